@@ -1,0 +1,83 @@
+// A content-addressed, crash-safe store of immutable artifacts: each blob lives at a path derived
+// from its sha256, is written to a temporary file, fsynced and linked into place, and is stored once.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace lepton {
+
+// Hex-encoded sha256 of a byte string.
+std::string Sha256Hex(std::string_view bytes);
+
+// A blob that has been stored and is held against concurrent cleanup until the metadata that refers
+// to it is committed. Releasing it (or destroying it) lets garbage collection see it again.
+class BlobLease {
+ public:
+  BlobLease() = default;
+  BlobLease(BlobLease&& other) noexcept;
+  BlobLease& operator=(BlobLease&& other) noexcept;
+  BlobLease(const BlobLease&) = delete;
+  BlobLease& operator=(const BlobLease&) = delete;
+  ~BlobLease();
+
+  const std::string& sha256() const { return sha256_; }
+  int64_t size() const { return size_; }
+  // True when this write stored new bytes; false when an identical blob was already there.
+  bool created() const { return created_; }
+  void Release();
+
+ private:
+  friend class BlobStore;
+  std::string sha256_;
+  int64_t size_ = 0;
+  bool created_ = false;
+  int blob_fd_ = -1;  // shared lock on the stored blob
+  int tmp_fd_ = -1;   // exclusive lock on the temporary file that records this write
+  std::string tmp_path_;
+};
+
+class BlobStore {
+ public:
+  // Checks a freshly written temporary file before it becomes visible; throws to refuse it.
+  using Validator = std::function<void(const std::string& path)>;
+
+  // `root` is created if missing.
+  explicit BlobStore(std::string root);
+
+  BlobLease PutFile(const std::string& source_path, const Validator& validate);
+  BlobLease PutBytes(std::string_view bytes, const Validator& validate);
+
+  std::string PathOf(const std::string& sha256) const;
+  // Reads a blob and verifies its hash; IntegrityError when missing or corrupted.
+  std::string Read(const std::string& sha256) const;
+
+  enum class Health { kOk, kMissing, kCorrupted };
+  Health Check(const std::string& sha256) const;
+
+  // Every digest present in the store.
+  std::vector<std::string> List() const;
+
+  // Deletes the blob when no writer holds it and `unreferenced()`, asked while the blob is locked,
+  // says nothing refers to it. Adds the bytes freed to `*freed` when given.
+  bool RemoveIfUnused(const std::string& sha256, const std::function<bool()>& unreferenced,
+                      int64_t* freed = nullptr);
+
+  // Removes the temporary files of writers that died and returns the digests they were storing,
+  // whose blobs the caller should offer to RemoveIfUnused.
+  std::vector<std::string> RecoverAbandoned();
+
+  const std::string& root() const { return root_; }
+
+ private:
+  BlobLease Put(const std::function<void(int fd, void* hash_ctx, int64_t* size)>& write,
+                const Validator& validate);
+
+  std::string root_;
+  std::string tmp_dir_;
+};
+
+}  // namespace lepton
