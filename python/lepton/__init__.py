@@ -1,0 +1,61 @@
+"""lepton: run many versions of a model side by side.
+
+The registry stores every version durably, with aliases, lineage, metrics and an audit log::
+
+    import lepton
+    reg = lepton.Registry("./models")
+    v1 = reg.register("classifier", model, version="v1.0", metrics={"accuracy": 0.91})
+    reg.set_alias("classifier", "production", "v1.0", reason="first release")
+    model = reg.load("classifier@production")
+"""
+from . import _core
+from .errors import (
+    Conflict,
+    IntegrityError,
+    InvalidArgument,
+    LeptonError,
+    NotFound,
+    Overloaded,
+    StorageError,
+    Timeout,
+)
+from .registry import (
+    AuditEntry,
+    GcReport,
+    ModelInfo,
+    ModelVersion,
+    Registry,
+    Signature,
+    TensorSpec,
+    VerifyProblem,
+    VerifyReport,
+    default_registry_path,
+    diff_metrics,
+    infer_signature,
+)
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "__version__",
+    "Registry",
+    "ModelVersion",
+    "ModelInfo",
+    "AuditEntry",
+    "VerifyReport",
+    "VerifyProblem",
+    "GcReport",
+    "Signature",
+    "TensorSpec",
+    "default_registry_path",
+    "diff_metrics",
+    "infer_signature",
+    "LeptonError",
+    "InvalidArgument",
+    "NotFound",
+    "Conflict",
+    "IntegrityError",
+    "StorageError",
+    "Overloaded",
+    "Timeout",
+]

@@ -1,0 +1,310 @@
+"""The ``lepton`` command: manage a registry from the shell.
+
+The registry path comes from ``--registry``, else ``$LEPTON_HOME``, else ``~/.lepton``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import click
+
+from . import __version__
+from .errors import LeptonError
+from .registry import Registry, default_registry_path
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _pairs(values: Tuple[str, ...], what: str) -> List[Tuple[str, str]]:
+    out = []
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
+        out.append((key, value))
+    return out
+
+
+def _floats(values: Tuple[str, ...]) -> dict:
+    out = {}
+    for key, value in _pairs(values, "--metric"):
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a number", param_hint="--metric") from None
+    return out
+
+
+class _Group(click.Group):
+    """Turns lepton errors into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LeptonError as e:
+            click.echo(f"error: {type(e).__name__}: {e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="lepton")
+@click.option(
+    "--registry",
+    "registry_path",
+    envvar="LEPTON_HOME",
+    default=default_registry_path,
+    show_default="$LEPTON_HOME or ~/.lepton",
+    help="Registry directory.",
+)
+@click.option("--actor", default=None, help="Name recorded in the audit log (default: login name).")
+@click.pass_context
+def cli(ctx: click.Context, registry_path: str, actor: Optional[str]) -> None:
+    """lepton: run many versions of a model side by side."""
+    ctx.obj = {"path": registry_path, "actor": actor}
+
+
+def _registry(ctx: click.Context) -> Registry:
+    return Registry(ctx.obj["path"], actor=ctx.obj["actor"])
+
+
+@cli.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create the registry directory (opening it does the same)."""
+    reg = _registry(ctx)
+    click.echo(f"registry ready at {reg.path}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--version", "label", help="Version label (default v<seq>).")
+@click.option("--description", default="")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE")
+@click.option("--metric", "metrics", multiple=True, metavar="KEY=NUMBER")
+@click.option("--parent", help="Version this derives from: a label, @alias or model:label.")
+@click.option("--alias", "aliases", multiple=True, help="Point this alias at the new version.")
+@click.option("--reason", default="")
+@click.pass_context
+def register(ctx, name, file, label, description, tags, metrics, parent, aliases, reason) -> None:
+    """Register a TorchScript FILE as a new version of model NAME."""
+    reg = _registry(ctx)
+    v = reg.register(
+        name,
+        file,
+        version=label,
+        description=description,
+        tags=dict(_pairs(tags, "--tag")),
+        metrics=_floats(metrics),
+        parent=parent,
+        reason=reason,
+    )
+    for alias in aliases:
+        reg.set_alias(name, alias, v.version, reason=reason)
+    click.echo(f"registered {v.ref} (seq {v.seq}, sha256 {v.sha256[:12]}, {v.size} bytes)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def models(ctx, as_json) -> None:
+    """List models."""
+    items = _registry(ctx).models()
+    if as_json:
+        click.echo(json.dumps([{**m.__dict__, "created_at": m.created_at.isoformat()} for m in items], indent=2))
+        return
+    rows = [
+        (m.name, m.version_count, m.latest, ", ".join(f"{a}->{v}" for a, v in sorted(m.aliases.items())), m.description)
+        for m in items
+    ]
+    click.echo(_table(["MODEL", "VERSIONS", "LATEST", "ALIASES", "DESCRIPTION"], rows))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def versions(ctx, name, as_json) -> None:
+    """List the versions of model NAME."""
+    items = _registry(ctx).versions(name)
+    if as_json:
+        click.echo(json.dumps([v.to_dict() for v in items], indent=2))
+        return
+    rows = [
+        (
+            v.seq,
+            v.version,
+            v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            v.sha256[:12],
+            v.size,
+            ", ".join(v.aliases),
+            " ".join(f"{k}={val:g}" for k, val in sorted(v.metrics.items())),
+            v.parent,
+        )
+        for v in items
+    ]
+    click.echo(_table(["SEQ", "VERSION", "CREATED (UTC)", "SHA256", "BYTES", "ALIASES", "METRICS", "PARENT"], rows))
+
+
+@cli.command()
+@click.argument("ref")
+@click.pass_context
+def show(ctx, ref) -> None:
+    """Show one version (REF: name, name:LABEL or name@ALIAS) as JSON."""
+    click.echo(json.dumps(_registry(ctx).get(ref).to_dict(), indent=2))
+
+
+@cli.group()
+def alias() -> None:
+    """List, set and remove aliases."""
+
+
+@alias.command("list")
+@click.argument("name")
+@click.pass_context
+def alias_list(ctx, name) -> None:
+    """List the aliases of model NAME."""
+    aliases = _registry(ctx).aliases(name)
+    click.echo(_table(["ALIAS", "VERSION"], sorted(aliases.items())))
+
+
+@alias.command("set")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("version")
+@click.option("--expected", default=None, help="Move only if ALIAS now points here ('' = unset).")
+@click.option("--reason", default="")
+@click.pass_context
+def alias_set(ctx, name, alias_name, version, expected, reason) -> None:
+    """Point ALIAS of model NAME at VERSION."""
+    v = _registry(ctx).set_alias(name, alias_name, version, expected=expected, reason=reason)
+    click.echo(f"{name}@{alias_name} -> {v.version}")
+
+
+@alias.command("remove")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.option("--reason", default="")
+@click.pass_context
+def alias_remove(ctx, name, alias_name, reason) -> None:
+    """Remove ALIAS from model NAME."""
+    _registry(ctx).remove_alias(name, alias_name, reason=reason)
+    click.echo(f"removed {name}@{alias_name}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.option("--reason", default="")
+@click.pass_context
+def rollback(ctx, name, alias_name, reason) -> None:
+    """Move ALIAS of model NAME back to its previous target."""
+    v = _registry(ctx).rollback(name, alias_name, reason=reason)
+    click.echo(f"{name}@{alias_name} -> {v.version} (rolled back)")
+
+
+def format_history(entries) -> str:
+    rows = []
+    for e in entries:
+        if e.from_version or e.to_version:
+            what = f"{e.alias or ''}: {e.from_version or '-'} -> {e.to_version or '-'}"
+        else:
+            what = e.version or ""
+        rows.append((e.time.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, what, e.reason))
+    return _table(["TIME (UTC)", "ACTOR", "ACTION", "WHAT", "REASON"], rows)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(min=0), default=0, help="Only the newest N entries.")
+@click.pass_context
+def history(ctx, name, limit) -> None:
+    """Show the audit log of model NAME."""
+    click.echo(format_history(_registry(ctx).history(name, limit=limit or None)))
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE")
+@click.option("--untag", multiple=True, metavar="KEY")
+@click.option("--metric", "metrics", multiple=True, metavar="KEY=NUMBER")
+@click.option("--description", default=None)
+@click.option("--reason", default="")
+@click.pass_context
+def update(ctx, ref, tags, untag, metrics, description, reason) -> None:
+    """Change the tags, metrics or description of a version."""
+    tag_map = {**dict(_pairs(tags, "--tag")), **{k: None for k in untag}}
+    v = _registry(ctx).update(ref, tags=tag_map, metrics=_floats(metrics), description=description, reason=reason)
+    click.echo(f"updated {v.ref}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--force", is_flag=True, help="Delete even if aliases point at it.")
+@click.option("--reason", default="")
+@click.pass_context
+def delete(ctx, ref, force, reason) -> None:
+    """Delete one version."""
+    reg = _registry(ctx)
+    target = reg.get(ref).ref
+    reg.delete(target, force=force, reason=reason)
+    click.echo(f"deleted {target}")
+
+
+@cli.command()
+@click.pass_context
+def verify(ctx) -> None:
+    """Rehash every artifact; exit status 1 if any is missing or corrupted."""
+    report = _registry(ctx).verify()
+    for p in report.problems:
+        click.echo(f"{p.problem}: {p.ref} ({p.sha256[:12]})", err=True)
+    click.echo(
+        f"checked {report.versions_checked} versions, {report.blobs_checked} artifacts: "
+        f"{len(report.problems)} problems, {len(report.orphan_blobs)} unreferenced blobs"
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--keep", "keep_latest", type=click.IntRange(min=0), required=True, help="Versions to keep per model.")
+@click.option("--name", default=None, help="Only this model.")
+@click.option("--dry-run", is_flag=True)
+@click.pass_context
+def gc(ctx, keep_latest, name, dry_run) -> None:
+    """Delete unaliased versions beyond the newest N per model, and unused artifacts."""
+    r = _registry(ctx).gc(keep_latest, name=name, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    for ref in r.deleted_versions:
+        click.echo(f"{verb} {ref}")
+    click.echo(f"{verb} {len(r.deleted_versions)} versions, {r.blobs_removed} artifacts ({r.bytes_freed} bytes)")
+
+
+@cli.command()
+@click.option(
+    "--registry",
+    "demo_path",
+    default="./lepton-demo",
+    show_default=True,
+    help="Folder for the demo's registry (recreated on each run).",
+)
+def demo(demo_path: str) -> None:
+    """Run the end-to-end demo on a local registry folder."""
+    from .demo import run
+
+    run(demo_path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    cli.main(args=argv, prog_name="lepton")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""lepton's demo: train three small versions of a classifier, register them, move aliases, roll
+back, serve from an alias, and print the audit history."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+from torch import nn
+
+from .cli import format_history
+from .registry import Registry, diff_metrics
+
+
+def _make_data(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2048, 16, generator=g)
+    w = torch.randn(16, generator=g)
+    y = (x @ w + 0.3 * torch.randn(2048, generator=g) > 0).long()
+    return x[:1536], y[:1536], x[1536:], y[1536:]
+
+
+def _train(hidden: int, epochs: int, seed: int, data):
+    torch.manual_seed(seed)
+    xtr, ytr, xva, yva = data
+    model = nn.Sequential(nn.Linear(16, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(xtr), ytr)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(xva).argmax(1) == yva).float().mean().item()
+        val_loss = nn.functional.cross_entropy(model(xva), yva).item()
+    return model, {"accuracy": round(accuracy, 4), "val_loss": round(val_loss, 4)}
+
+
+def run(path: str) -> None:
+    if os.path.exists(path):
+        if not os.path.exists(os.path.join(path, "registry.db")):
+            raise SystemExit(f"{path} exists and is not a lepton registry; choose another --registry")
+        shutil.rmtree(path)
+    reg = Registry(path, actor="demo")
+    print(f"lepton demo: registry at {os.path.abspath(path)}\n")
+
+    data = _make_data()
+    example = data[0][:4]
+    parent = None
+    for label, hidden, epochs in (("v1.0", 8, 30), ("v1.1", 32, 60), ("v1.2", 64, 5)):
+        model, metrics = _train(hidden, epochs, seed=1, data=data)
+        v = reg.register(
+            "classifier",
+            model,
+            version=label,
+            example_inputs=example,
+            description=f"MLP 16-{hidden}-2, {epochs} epochs",
+            tags={"arch": "mlp", "hidden": str(hidden)},
+            metrics=metrics,
+            parent=parent,
+        )
+        parent = v.version
+        print(f"registered {v.ref:18} seq={v.seq} accuracy={metrics['accuracy']:.3f} sha256={v.sha256[:12]}")
+
+    print("\nsignature of classifier:v1.0:", reg.get("classifier:v1.0").signature)
+    reg.set_alias("classifier", "production", "v1.0", reason="first release")
+    reg.set_alias("classifier", "production", "v1.1", expected="v1.0", reason="v1.1 is more accurate")
+    reg.set_alias("classifier", "production", "v1.2", expected="v1.1", reason="try the wider model")
+    latest = reg.get("classifier:v1.2")
+    print(f"\nproduction -> {reg.get('classifier@production').version}")
+    print("metric diff v1.1 -> v1.2:")
+    for name, (a, b, d) in diff_metrics(reg.get("classifier:v1.1"), latest).items():
+        print(f"  {name:9} {a:.4f} -> {b:.4f} ({d:+.4f})")
+    back = reg.rollback("classifier", "production", reason="v1.2 is under-trained: accuracy dropped")
+    print(f"rolled back: production -> {back.version}")
+
+    served = reg.load("classifier@production")
+    with torch.no_grad():
+        predictions = served(data[2][:8]).argmax(1).tolist()
+    print(f"predictions from classifier@production ({back.version}): {predictions}")
+
+    report = reg.verify()
+    print(f"verify: {report.versions_checked} versions checked, ok={report.ok}")
+    print("\nhistory of classifier:")
+    print(format_history(reg.history("classifier")))

@@ -1,0 +1,26 @@
+"""lepton's exceptions: one Python class per C++ error kind, all under LeptonError.
+
+``InvalidArgument`` is also a ``ValueError``, ``NotFound`` a ``LookupError``, ``StorageError`` an
+``OSError`` and ``Timeout`` a ``TimeoutError``, so generic handlers catch them too.
+"""
+from ._core import (
+    Conflict,
+    IntegrityError,
+    InvalidArgument,
+    LeptonError,
+    NotFound,
+    Overloaded,
+    StorageError,
+    Timeout,
+)
+
+__all__ = [
+    "LeptonError",
+    "InvalidArgument",
+    "NotFound",
+    "Conflict",
+    "IntegrityError",
+    "StorageError",
+    "Overloaded",
+    "Timeout",
+]
