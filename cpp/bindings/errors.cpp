@@ -23,9 +23,8 @@ py::object NewError(py::module_& m, const char* name, py::handle base, PyObject*
 }  // namespace
 
 void BindErrors(py::module_& m) {
-  PyObject* base_type =
-      PyErr_NewExceptionWithDoc("lepton.LeptonError", "Base class of every lepton error.",
-                                PyExc_Exception, nullptr);
+  PyObject* base_type = PyErr_NewExceptionWithDoc(
+      "lepton.LeptonError", "Base class of every lepton error.", PyExc_Exception, nullptr);
   if (!base_type) throw py::error_already_set();
   static py::object base = py::reinterpret_steal<py::object>(base_type);
   m.attr("LeptonError") = base;
@@ -33,14 +32,14 @@ void BindErrors(py::module_& m) {
                                        "An argument is malformed or out of range.");
   static py::object not_found = NewError(m, "NotFound", base, PyExc_LookupError,
                                          "A model, version, alias or file does not exist.");
-  static py::object conflict = NewError(m, "Conflict", base, nullptr,
-                                        "The request clashes with the current state.");
+  static py::object conflict =
+      NewError(m, "Conflict", base, nullptr, "The request clashes with the current state.");
   static py::object integrity = NewError(m, "IntegrityError", base, nullptr,
                                          "Stored data does not match its checksum or is missing.");
-  static py::object storage = NewError(m, "StorageError", base, PyExc_OSError,
-                                       "The storage layer failed.");
-  static py::object overloaded = NewError(m, "Overloaded", base, nullptr,
-                                          "A queue is full; the request was refused.");
+  static py::object storage =
+      NewError(m, "StorageError", base, PyExc_OSError, "The storage layer failed.");
+  static py::object overloaded =
+      NewError(m, "Overloaded", base, nullptr, "A queue is full; the request was refused.");
   static py::object timeout = NewError(m, "Timeout", base, PyExc_TimeoutError,
                                        "A deadline passed before the work completed.");
 

@@ -127,10 +127,10 @@ void BindRegistry(py::module_& m) {
            arg("root"), arg("actor") = "", Release())
       .def_property_readonly("root", &Registry::root)
       .def_property_readonly("actor", &Registry::actor)
-      .def("create_model", &Registry::CreateModel, arg("name"), arg("description"),
-           arg("exist_ok"), Release())
-      .def("set_model_description", &Registry::SetModelDescription, arg("name"),
-           arg("description"), Release())
+      .def("create_model", &Registry::CreateModel, arg("name"), arg("description"), arg("exist_ok"),
+           Release())
+      .def("set_model_description", &Registry::SetModelDescription, arg("name"), arg("description"),
+           Release())
       .def(
           "register_file",
           [](Registry& r, const std::string& model, const std::string& path,
@@ -138,10 +138,9 @@ void BindRegistry(py::module_& m) {
              std::map<std::string, std::string> tags, std::map<std::string, double> metrics,
              std::optional<std::string> parent, std::optional<Signature> signature,
              std::string reason) {
-            const RegisterOptions o = MakeOptions(std::move(version), std::move(description),
-                                                  std::move(tags), std::move(metrics),
-                                                  std::move(parent), std::move(signature),
-                                                  std::move(reason));
+            const RegisterOptions o = MakeOptions(
+                std::move(version), std::move(description), std::move(tags), std::move(metrics),
+                std::move(parent), std::move(signature), std::move(reason));
             py::gil_scoped_release release;
             return r.RegisterFile(model, path, o);
           },
@@ -154,10 +153,9 @@ void BindRegistry(py::module_& m) {
              std::map<std::string, std::string> tags, std::map<std::string, double> metrics,
              std::optional<std::string> parent, std::optional<Signature> signature,
              std::string reason) {
-            const RegisterOptions o = MakeOptions(std::move(version), std::move(description),
-                                                  std::move(tags), std::move(metrics),
-                                                  std::move(parent), std::move(signature),
-                                                  std::move(reason));
+            const RegisterOptions o = MakeOptions(
+                std::move(version), std::move(description), std::move(tags), std::move(metrics),
+                std::move(parent), std::move(signature), std::move(reason));
             // The caller's bytes object stays alive for the call, so its buffer is used in place.
             char* buffer = nullptr;
             Py_ssize_t length = 0;

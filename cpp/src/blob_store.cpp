@@ -271,7 +271,8 @@ BlobLease BlobStore::Put(const std::function<void(int, void*, int64_t*)>& write,
       ::close(fd);
       ThrowErrno("cannot lock " + target);
     }
-    struct stat held {}, named {};
+    struct stat held {
+    }, named{};
     if (::fstat(fd, &held) == 0 && ::stat(target.c_str(), &named) == 0 &&
         held.st_ino == named.st_ino && held.st_dev == named.st_dev) {
       lease.blob_fd_ = fd;
@@ -349,8 +350,8 @@ std::vector<std::string> BlobStore::List() const {
   return out;
 }
 
-bool BlobStore::RemoveIfUnused(const std::string& sha256,
-                               const std::function<bool()>& unreferenced, int64_t* freed) {
+bool BlobStore::RemoveIfUnused(const std::string& sha256, const std::function<bool()>& unreferenced,
+                               int64_t* freed) {
   const std::string path = PathOf(sha256);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
@@ -359,7 +360,8 @@ bool BlobStore::RemoveIfUnused(const std::string& sha256,
     ~Closer() { ::close(fd); }
   } closer{fd};
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) return false;  // a writer is committing it
-  struct stat held {}, named {};
+  struct stat held {
+  }, named{};
   if (::fstat(fd, &held) != 0 || ::stat(path.c_str(), &named) != 0) return false;
   if (held.st_ino != named.st_ino || held.st_dev != named.st_dev) return false;
   if (!unreferenced()) return false;

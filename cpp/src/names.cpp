@@ -42,7 +42,8 @@ void ValidateName(std::string_view value, std::string_view what) {
     }
     if (c != '.') only_dots = false;
   }
-  if (only_dots) throw InvalidArgument(field + " " + Quote(value) + " must not be made of dots only");
+  if (only_dots)
+    throw InvalidArgument(field + " " + Quote(value) + " must not be made of dots only");
 }
 
 std::string Reference::ToString() const {

@@ -86,7 +86,8 @@ CREATE INDEX IF NOT EXISTS audit_model ON audit(model, id);
 
 constexpr const char* kVersionColumns =
     "SELECT v.id, m.name, v.label, v.seq, v.sha256, v.size, v.format, v.created_at, v.updated_at, "
-    "v.description, pm.name, p.label, v.signature FROM versions v JOIN models m ON m.id = v.model_id "
+    "v.description, pm.name, p.label, v.signature FROM versions v JOIN models m ON m.id = "
+    "v.model_id "
     "LEFT JOIN versions p ON p.id = v.parent_id LEFT JOIN models pm ON pm.id = p.model_id ";
 
 const std::set<std::string>& KnownDtypes() {
@@ -110,7 +111,8 @@ std::string DefaultActor() {
 json SignatureToJson(const Signature& s) {
   auto specs = [](const std::vector<TensorSpec>& v) {
     json out = json::array();
-    for (const auto& t : v) out.push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}});
+    for (const auto& t : v)
+      out.push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}});
     return out;
   };
   return {{"inputs", specs(s.inputs)}, {"outputs", specs(s.outputs)}};
@@ -141,7 +143,8 @@ void ValidateMetadata(const std::map<std::string, std::string>& tags,
   for (const auto& [k, v] : metrics) {
     if (k.empty()) throw InvalidArgument("metric names must not be empty");
     if (!std::isfinite(v)) {
-      throw InvalidArgument("metric '" + k + "' is " + std::to_string(v) + "; metrics must be finite");
+      throw InvalidArgument("metric '" + k + "' is " + std::to_string(v) +
+                            "; metrics must be finite");
     }
   }
 }
@@ -257,8 +260,8 @@ class Registry::Impl {
   std::optional<int64_t> FindVersion(int64_t model_id, const Reference& ref) {
     switch (ref.kind) {
       case Reference::Kind::kLatest: {
-        auto q = db_.Prepare(
-            "SELECT id FROM versions WHERE model_id = ? ORDER BY seq DESC LIMIT 1");
+        auto q =
+            db_.Prepare("SELECT id FROM versions WHERE model_id = ? ORDER BY seq DESC LIMIT 1");
         if (q->Bind(1, model_id).Step()) return q->Int(0);
         return std::nullopt;
       }
@@ -379,15 +382,15 @@ class Registry::Impl {
     std::optional<Reference> parent_ref;
     if (opts.parent) {
       // A bare label or `@ALIAS` is within this model; `other:LABEL` may name any model.
-      const bool within = opts.parent->front() == '@' ||
-                          opts.parent->find_first_of(":@") == std::string::npos;
+      const bool within =
+          opts.parent->front() == '@' || opts.parent->find_first_of(":@") == std::string::npos;
       parent_ref = within ? ParseVersionIn(model, *opts.parent) : ParseReference(*opts.parent);
     }
     if (opts.version) {
       // Refuse a taken label before copying a possibly large artifact; checked again below.
       std::lock_guard<std::mutex> lock(mu_);
-      if (auto id = FindModel(model); id && FindVersion(*id, {model, Reference::Kind::kLabel,
-                                                              *opts.version})) {
+      if (auto id = FindModel(model);
+          id && FindVersion(*id, {model, Reference::Kind::kLabel, *opts.version})) {
         throw LabelTaken(model, *opts.version);
       }
     }
@@ -445,7 +448,8 @@ class Registry::Impl {
     {
       auto q = db_.Prepare(
           "INSERT INTO versions(model_id, seq, label, sha256, size, format, created_at, "
-          "updated_at, description, parent_id, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+          "updated_at, description, parent_id, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+          "?)");
       q->Bind(1, model_id)
           .Bind(2, seq)
           .Bind(3, label)
@@ -468,7 +472,10 @@ class Registry::Impl {
       q->Run();
     }
     const int64_t id = db_.LastInsertRowId();
-    db_.Prepare("UPDATE models SET last_seq = ? WHERE id = ?")->Bind(1, seq).Bind(2, model_id).Run();
+    db_.Prepare("UPDATE models SET last_seq = ? WHERE id = ?")
+        ->Bind(1, seq)
+        .Bind(2, model_id)
+        .Run();
     for (const auto& [k, v] : opts.tags) {
       db_.Prepare("INSERT INTO tags(version_id, key, value) VALUES (?, ?, ?)")
           ->Bind(1, id)
@@ -649,7 +656,8 @@ class Registry::Impl {
     }
     MoveAlias(model_id, alias, target);
     const std::string target_label = LabelOf(target);
-    Audit(model, "set_alias", target_label, alias, current_label, target_label, reason, json::object());
+    Audit(model, "set_alias", target_label, alias, current_label, target_label, reason,
+          json::object());
     tx.Commit();
     return LoadVersion(target);
   }
@@ -775,7 +783,10 @@ class Registry::Impl {
             .Run();
         details["tags"][k] = *v;
       } else {
-        db_.Prepare("DELETE FROM tags WHERE version_id = ? AND key = ?")->Bind(1, id).Bind(2, k).Run();
+        db_.Prepare("DELETE FROM tags WHERE version_id = ? AND key = ?")
+            ->Bind(1, id)
+            .Bind(2, k)
+            .Run();
         details["tags"][k] = nullptr;
       }
     }
@@ -804,8 +815,12 @@ class Registry::Impl {
           .Run();
       details["description"] = *update.description;
     }
-    db_.Prepare("UPDATE versions SET updated_at = ? WHERE id = ?")->Bind(1, Now()).Bind(2, id).Run();
-    Audit(ref.model, "update", LabelOf(id), std::nullopt, std::nullopt, std::nullopt, reason, details);
+    db_.Prepare("UPDATE versions SET updated_at = ? WHERE id = ?")
+        ->Bind(1, Now())
+        .Bind(2, id)
+        .Run();
+    Audit(ref.model, "update", LabelOf(id), std::nullopt, std::nullopt, std::nullopt, reason,
+          details);
     tx.Commit();
     return LoadVersion(id);
   }
@@ -842,7 +857,8 @@ class Registry::Impl {
 
   bool RemoveBlobIfUnused(const std::string& sha, int64_t* freed) {
     std::lock_guard<std::mutex> lock(mu_);
-    return blobs_.RemoveIfUnused(sha, [&] { return !Referenced(sha); }, freed);
+    return blobs_.RemoveIfUnused(
+        sha, [&] { return !Referenced(sha); }, freed);
   }
 
   GcReport Gc(int64_t keep_latest, const std::optional<std::string>& model, bool dry_run) {
@@ -969,8 +985,7 @@ Registry::~Registry() = default;
 const std::string& Registry::root() const { return impl_->root_; }
 const std::string& Registry::actor() const { return impl_->options_.actor; }
 
-void Registry::CreateModel(const std::string& name, const std::string& description,
-                           bool exist_ok) {
+void Registry::CreateModel(const std::string& name, const std::string& description, bool exist_ok) {
   impl_->CreateModel(name, description, exist_ok);
 }
 void Registry::SetModelDescription(const std::string& name, const std::string& description) {
@@ -1022,8 +1037,7 @@ ModelVersion Registry::Update(std::string_view ref, const MetadataUpdate& update
 void Registry::Delete(std::string_view ref, bool force, const std::string& reason) {
   impl_->Delete(ref, force, reason);
 }
-GcReport Registry::Gc(int64_t keep_latest, const std::optional<std::string>& model,
-                      bool dry_run) {
+GcReport Registry::Gc(int64_t keep_latest, const std::optional<std::string>& model, bool dry_run) {
   return impl_->Gc(keep_latest, model, dry_run);
 }
 VerifyReport Registry::Verify() const { return impl_->Verify(); }

@@ -6,7 +6,8 @@ namespace lepton::sqlite {
 namespace {
 
 [[noreturn]] void Throw(sqlite3* db, int rc, std::string_view context) {
-  const std::string msg = db ? std::string(context) + ": " + sqlite3_errmsg(db) : std::string(context);
+  const std::string msg =
+      db ? std::string(context) + ": " + sqlite3_errmsg(db) : std::string(context);
   switch (rc & 0xff) {
     case SQLITE_CONSTRAINT:
       throw Conflict(msg);
@@ -78,11 +79,12 @@ std::optional<std::string> Statement::OptText(int col) const {
 }
 
 Database::Database(const std::string& path, int busy_timeout_ms) {
-  const int rc = sqlite3_open_v2(
-      path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  const int rc =
+      sqlite3_open_v2(path.c_str(), &db_,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
-    const std::string msg = "cannot open database " + path + ": " +
-                            (db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc));
+    const std::string msg =
+        "cannot open database " + path + ": " + (db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc));
     sqlite3_close(db_);
     db_ = nullptr;
     throw StorageError(msg);

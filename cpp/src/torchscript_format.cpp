@@ -26,7 +26,8 @@ class TorchScript final : public ArtifactFormat {
     }
     if (!has_data || !has_constants || !has_code) {
       throw InvalidArgument(
-          "artifact is not a TorchScript archive: it has no compiled code (a torch.save() file or a "
+          "artifact is not a TorchScript archive: it has no compiled code (a torch.save() file or "
+          "a "
           "state_dict is not TorchScript; save a scripted or traced module with torch.jit.save)");
     }
   }

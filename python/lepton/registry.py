@@ -163,7 +163,7 @@ class GcReport:
     dry_run: bool
 
 
-ModelLike = Union[PathLike, "torch.nn.Module", "torch.jit.ScriptModule"]  # noqa: F821
+ModelLike = Union[PathLike, bytes, "torch.nn.Module", "torch.jit.ScriptModule"]  # noqa: F821
 Ref = Union[str, ModelVersion]
 
 
@@ -223,8 +223,8 @@ def _serialize(model: Any, example_inputs: Any) -> "tuple[bytes, Any]":
             scripted = torch.jit.trace(model, _as_tuple(example_inputs))
     else:
         raise InvalidArgument(
-            "model must be a torch.nn.Module, a torch.jit.ScriptModule or a path to a TorchScript "
-            f"file, not {type(model).__name__}"
+            "model must be a torch.nn.Module, a torch.jit.ScriptModule, a path to a TorchScript "
+            f"file or its bytes, not {type(model).__name__}"
         )
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
@@ -310,7 +310,7 @@ class Registry:
         """Stores ``model`` as a new version of ``name`` and returns it.
 
         ``model`` is an ``nn.Module`` (scripted, or traced with ``example_inputs`` when scripting
-        fails), a ``torch.jit.ScriptModule``, or a path to a TorchScript file. With
+        fails), a ``torch.jit.ScriptModule``, a path to a TorchScript file, or the bytes of one. With
         ``example_inputs`` and no ``signature``, the signature is inferred by running the model.
         ``parent`` is a label of this model or a reference to any version.
         """
@@ -335,9 +335,16 @@ class Registry:
             return ModelVersion(
                 self._core.register_file(name, os.fspath(model), signature=signature, **common)
             )
-        data, scripted = _serialize(model, example_inputs)
-        if signature is None and example_inputs is not None:
-            signature = infer_signature(scripted, example_inputs)
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            data = bytes(model)
+            if signature is None and example_inputs is not None:
+                import torch
+
+                signature = infer_signature(torch.jit.load(io.BytesIO(data)), example_inputs)
+        else:
+            data, scripted = _serialize(model, example_inputs)
+            if signature is None and example_inputs is not None:
+                signature = infer_signature(scripted, example_inputs)
         return ModelVersion(self._core.register_bytes(name, data, signature=signature, **common))
 
     def get(self, ref: Ref) -> ModelVersion:

@@ -86,8 +86,10 @@ TEST(BlobStore, HeldBlobIsNotRemoved) {
   const std::string sha = lease.sha256();
   lease.Release();
   int64_t freed = 0;
-  EXPECT_FALSE(store.RemoveIfUnused(sha, [] { return false; }, &freed));
-  EXPECT_TRUE(store.RemoveIfUnused(sha, [] { return true; }, &freed));
+  EXPECT_FALSE(store.RemoveIfUnused(
+      sha, [] { return false; }, &freed));
+  EXPECT_TRUE(store.RemoveIfUnused(
+      sha, [] { return true; }, &freed));
   EXPECT_EQ(freed, 4);
   EXPECT_TRUE(store.List().empty());
 }

@@ -1,5 +1,3 @@
-#include "lepton/registry.h"
-
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -12,6 +10,7 @@
 
 #include "lepton/blob_store.h"
 #include "lepton/errors.h"
+#include "lepton/registry.h"
 #include "test_util.h"
 
 namespace lepton {

@@ -1,5 +1,5 @@
-#include <gtest/gtest.h>
 #include <caffe2/serialize/inline_container.h>
+#include <gtest/gtest.h>
 #include <torch/script.h>
 
 #include "lepton/artifact_format.h"

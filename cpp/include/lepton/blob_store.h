@@ -1,5 +1,6 @@
 // A content-addressed, crash-safe store of immutable artifacts: each blob lives at a path derived
-// from its sha256, is written to a temporary file, fsynced and linked into place, and is stored once.
+// from its sha256, is written to a temporary file, fsynced and linked into place, and is stored
+// once.
 #pragma once
 
 #include <cstdint>

@@ -57,7 +57,7 @@ struct ModelSummary {
   std::string description;
   double created_at = 0;
   int64_t version_count = 0;
-  std::optional<std::string> latest;          // label of the highest seq
+  std::optional<std::string> latest;           // label of the highest seq
   std::map<std::string, std::string> aliases;  // alias -> label
 };
 
@@ -167,7 +167,8 @@ class Registry {
   // Oldest first; with `limit` > 0 only the newest `limit` entries.
   std::vector<AuditEntry> History(const std::string& model, int64_t limit = 0) const;
 
-  ModelVersion Update(std::string_view ref, const MetadataUpdate& update, const std::string& reason);
+  ModelVersion Update(std::string_view ref, const MetadataUpdate& update,
+                      const std::string& reason);
   // Conflict when an alias points at the version, unless `force` (the aliases are removed too).
   void Delete(std::string_view ref, bool force, const std::string& reason);
   // Deletes every version that is neither among the newest `keep_latest` of its model nor aliased,
