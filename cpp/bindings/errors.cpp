@@ -43,6 +43,11 @@ void BindErrors(py::module_& m) {
   static py::object timeout = NewError(m, "Timeout", base, PyExc_TimeoutError,
                                        "A deadline passed before the work completed.");
 
+  static py::object model_error = NewError(m, "ModelError", base, nullptr,
+                                           "A model's forward failed or returned no tensors.");
+  static py::object unavailable = NewError(m, "Unavailable", base, nullptr,
+                                           "The target is not ready, unloaded or closed.");
+
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -60,6 +65,10 @@ void BindErrors(py::module_& m) {
       PyErr_SetString(overloaded.ptr(), e.what());
     } catch (const Timeout& e) {
       PyErr_SetString(timeout.ptr(), e.what());
+    } catch (const ModelError& e) {
+      PyErr_SetString(model_error.ptr(), e.what());
+    } catch (const Unavailable& e) {
+      PyErr_SetString(unavailable.ptr(), e.what());
     } catch (const Error& e) {
       PyErr_SetString(base.ptr(), e.what());
     }

@@ -14,10 +14,12 @@ from .errors import (
     IntegrityError,
     InvalidArgument,
     LeptonError,
+    ModelError,
     NotFound,
     Overloaded,
     StorageError,
     Timeout,
+    Unavailable,
 )
 from .registry import (
     AuditEntry,
@@ -58,4 +60,6 @@ __all__ = [
     "StorageError",
     "Overloaded",
     "Timeout",
+    "ModelError",
+    "Unavailable",
 ]

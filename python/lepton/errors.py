@@ -8,10 +8,12 @@ from ._core import (
     IntegrityError,
     InvalidArgument,
     LeptonError,
+    ModelError,
     NotFound,
     Overloaded,
     StorageError,
     Timeout,
+    Unavailable,
 )
 
 __all__ = [
@@ -23,4 +25,6 @@ __all__ = [
     "StorageError",
     "Overloaded",
     "Timeout",
+    "ModelError",
+    "Unavailable",
 ]

@@ -55,4 +55,16 @@ class Timeout : public Error {
   using Error::Error;
 };
 
+// A model's own code failed: its forward raised, or it returned something that is not tensors.
+class ModelError : public Error {
+ public:
+  using Error::Error;
+};
+
+// The target cannot serve now: not ready, draining past its deadline, unloaded, or closed.
+class Unavailable : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace lepton

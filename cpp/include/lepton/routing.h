@@ -1,0 +1,115 @@
+// Routing: a Policy maps one request (its key, an optional pinned version, its headers) to a Route:
+// the versions that answer it with their weights, the versions that get a mirrored copy, and why.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace lepton {
+
+struct RequestContext {
+  std::optional<std::string> key;      // sticky-routing key (a user id, a session)
+  std::optional<std::string> version;  // a version the caller pinned
+  std::map<std::string, std::string> headers;
+};
+
+struct Target {
+  std::string version;
+  double weight = 1.0;
+};
+
+// How an ensemble's member outputs become one answer.
+enum class Combine {
+  kAuto,    // weighted mean for floating outputs, weighted vote for integer or bool outputs
+  kMean,    // weighted mean
+  kVote,    // weighted vote per row over class labels
+  kCustom,  // a caller-supplied combiner
+};
+
+// What an ensemble does when a member fails.
+enum class OnError {
+  kFail,  // the request fails with the member's error
+  kSkip,  // the member is left out and the remaining weights are renormalised
+};
+
+struct Route {
+  std::vector<Target> targets;       // one for a plain request, several for an ensemble
+  std::vector<std::string> mirrors;  // copies sent off the request path; never change the answer
+  bool combine = false;              // true: every target runs and outputs are combined
+  Combine combine_mode = Combine::kAuto;
+  OnError on_error = OnError::kFail;
+  std::string policy;  // the policy's name
+  std::string reason;  // the rule that chose the targets, for the caller and the logs
+};
+
+// The versions a deployment has live, in the order they were added, and its primary: the version
+// a plain request goes to (the followed alias's target, or the first version deployed).
+struct LiveVersions {
+  std::vector<std::string> versions;
+  std::string primary;
+  bool Has(const std::string& v) const;
+};
+
+class Policy {
+ public:
+  virtual ~Policy() = default;
+  virtual std::string name() const = 0;
+  // Thread-safe; called on every request.
+  virtual Route Select(const RequestContext& request, const LiveVersions& live) const = 0;
+  // Throws InvalidArgument/NotFound when the policy cannot work with these versions.
+  virtual void Validate(const LiveVersions& live) const { (void)live; }
+  // The same policy with version `from` replaced by `to` (after a swap); itself if unaffected.
+  virtual std::shared_ptr<const Policy> Renamed(const std::string& from,
+                                                const std::string& to) const = 0;
+  // A one-line description for status output.
+  virtual std::string Describe() const = 0;
+};
+
+// Every request goes to one version: the given one, or the deployment's primary when none is given.
+class FixedPolicy final : public Policy, public std::enable_shared_from_this<FixedPolicy> {
+ public:
+  explicit FixedPolicy(std::optional<std::string> version = std::nullopt);
+  std::string name() const override { return "fixed"; }
+  Route Select(const RequestContext& request, const LiveVersions& live) const override;
+  void Validate(const LiveVersions& live) const override;
+  std::shared_ptr<const Policy> Renamed(const std::string& from,
+                                        const std::string& to) const override;
+  std::string Describe() const override;
+  const std::optional<std::string>& version() const { return version_; }
+
+ private:
+  std::optional<std::string> version_;
+};
+
+// Every listed version answers each request; their outputs are combined with the weights.
+class EnsemblePolicy final : public Policy {
+ public:
+  // Empty `versions`: every live version, with `weights` in live order (empty: equal weights).
+  EnsemblePolicy(std::vector<std::string> versions, std::vector<double> weights,
+                 Combine combine = Combine::kAuto, OnError on_error = OnError::kFail);
+  std::string name() const override { return "ensemble"; }
+  Route Select(const RequestContext& request, const LiveVersions& live) const override;
+  void Validate(const LiveVersions& live) const override;
+  std::shared_ptr<const Policy> Renamed(const std::string& from,
+                                        const std::string& to) const override;
+  std::string Describe() const override;
+
+  const std::vector<std::string>& versions() const { return versions_; }
+  const std::vector<double>& weights() const { return weights_; }
+  Combine combine() const { return combine_; }
+  OnError on_error() const { return on_error_; }
+
+ private:
+  std::vector<std::string> versions_;
+  std::vector<double> weights_;
+  Combine combine_;
+  OnError on_error_;
+};
+
+// Throws InvalidArgument unless every weight is finite and >= 0 and at least one is > 0.
+void ValidateWeights(const std::vector<double>& weights, const char* what);
+
+}  // namespace lepton

@@ -1,0 +1,265 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "engine_models.h"
+#include "lepton/deployment.h"
+#include "lepton/errors.h"
+#include "test_util.h"
+
+namespace lepton {
+namespace {
+
+using testing::AddN;
+using testing::TempDir;
+
+class DeploymentTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Registry::Options o;
+    o.actor = "tester";
+    o.format = TorchScriptFormat();
+    reg_ = std::make_shared<Registry>(dir_ / "reg", o);
+    for (int n = 1; n <= 4; ++n) {
+      RegisterOptions r;
+      r.version = "v" + std::to_string(n);
+      reg_->RegisterBytes("m", AddN(n), r);
+    }
+  }
+  static DeploymentOptions Opts() {
+    DeploymentOptions o;
+    o.threads = 2;
+    o.adaptive = false;
+    o.drain_timeout_s = 5;
+    return o;
+  }
+  // AddN(n) answers n for a zero input, which says which version ran.
+  static int Answer(const Prediction& p) { return static_cast<int>(p.outputs[0].item<float>()); }
+
+  TempDir dir_;
+  std::shared_ptr<Registry> reg_;
+};
+
+TEST_F(DeploymentTest, FixedRoutesToThePrimaryAndPinsOverride) {
+  Deployment d(reg_, "m", {"v1", "v2"}, Opts());
+  Prediction p = d.Predict({torch::zeros({1})});
+  EXPECT_EQ(Answer(p), 1);
+  EXPECT_EQ(p.versions, std::vector<std::string>{"v1"});
+  EXPECT_EQ(p.policy, "fixed");
+  EXPECT_FALSE(p.request_id.empty());
+  EXPECT_GT(p.latency_s, 0);
+  PredictOptions pin;
+  pin.context.version = "v2";
+  EXPECT_EQ(Answer(d.Predict({torch::zeros({1})}, pin)), 2);
+  pin.context.version = "v3";
+  EXPECT_THROW(d.Predict({torch::zeros({1})}, pin), NotFound);
+  d.SetPolicy(std::make_shared<FixedPolicy>("v2"));
+  EXPECT_EQ(Answer(d.Predict({torch::zeros({1})})), 2);
+  EXPECT_THROW(d.SetPolicy(std::make_shared<FixedPolicy>("v4")), NotFound);
+  EXPECT_NE(d.Predict({torch::zeros({1})}).request_id, p.request_id);
+}
+
+TEST_F(DeploymentTest, VersionsResolveThroughTheRegistry) {
+  reg_->SetAlias("m", "production", "v3", std::nullopt, "");
+  Deployment d(reg_, "m", {"@production", "m:v1"}, Opts());
+  EXPECT_EQ(d.versions(), (std::vector<std::string>{"v3", "v1"}));
+  EXPECT_THROW(Deployment(reg_, "m", {"v9"}, Opts()), NotFound);
+  EXPECT_THROW(Deployment(reg_, "m", {}, Opts()), InvalidArgument);
+  EXPECT_THROW(Deployment(reg_, "m", {"v1", "v1"}, Opts()), InvalidArgument);
+}
+
+TEST_F(DeploymentTest, EnsembleAveragesWithWeights) {
+  Deployment d(reg_, "m", {"v1", "v2", "v4"}, Opts());
+  d.SetPolicy(std::make_shared<EnsemblePolicy>(std::vector<std::string>{"v1", "v2", "v4"},
+                                               std::vector<double>{0.5, 0.3, 0.2}));
+  Prediction p = d.Predict({torch::zeros({3, 2})});
+  EXPECT_TRUE(torch::allclose(p.outputs[0], torch::full({3, 2}, 0.5 * 1 + 0.3 * 2 + 0.2 * 4)));
+  EXPECT_EQ(p.versions, (std::vector<std::string>{"v1", "v2", "v4"}));
+  EXPECT_EQ(p.policy, "ensemble");
+  // Weights that do not sum to one are normalised.
+  d.SetPolicy(std::make_shared<EnsemblePolicy>(std::vector<std::string>{"v1", "v2"},
+                                               std::vector<double>{1, 3}));
+  EXPECT_NEAR(d.Predict({torch::zeros({1})}).outputs[0].item<float>(), 1.75, 1e-6);
+  for (auto bad : {std::vector<double>{-1, 1}, std::vector<double>{0, 0},
+                   std::vector<double>{NAN, 1}, std::vector<double>{1}}) {
+    EXPECT_THROW(EnsemblePolicy({"v1", "v2"}, bad), InvalidArgument);
+  }
+  EXPECT_THROW(d.SetPolicy(std::make_shared<EnsemblePolicy>(std::vector<std::string>{"v1", "v3"},
+                                                            std::vector<double>{})),
+               NotFound);
+}
+
+TEST_F(DeploymentTest, EnsembleVotesOnClassLabels) {
+  std::vector<std::pair<std::string, std::string>> files;
+  TempDir files_dir;
+  // Member i shifts the scores so that it predicts class i for a zero input row [0, 0, 0].
+  for (int i = 0; i < 3; ++i) {
+    torch::jit::Module m("L");
+    m.register_buffer("shift", torch::one_hot(torch::tensor(i), 3).to(torch::kFloat));
+    m.define("def forward(self, x):\n  return (x + self.shift).argmax(1)\n");
+    const std::string path = files_dir / ("m" + std::to_string(i) + ".pt");
+    m.save(path);
+    files.emplace_back("c" + std::to_string(i), path);
+  }
+  Deployment d("labels", files, Opts());
+  d.SetPolicy(std::make_shared<EnsemblePolicy>(std::vector<std::string>{"c0", "c1", "c2"},
+                                               std::vector<double>{0.2, 0.5, 0.3}));
+  Prediction p = d.Predict({torch::zeros({4, 3})});
+  EXPECT_EQ(p.outputs[0].scalar_type(), torch::kLong);
+  EXPECT_TRUE(p.outputs[0].equal(torch::full({4}, 1, torch::kLong)));
+}
+
+TEST_F(DeploymentTest, EnsembleSkipsOrFailsOnAMemberError) {
+  RegisterOptions r;
+  r.version = "bad";
+  reg_->RegisterBytes("m", testing::FailsOnNegative(), r);
+  Deployment d(reg_, "m", {"v1", "v2", "bad"}, Opts());
+  d.SetPolicy(std::make_shared<EnsemblePolicy>(std::vector<std::string>{"v1", "v2", "bad"},
+                                               std::vector<double>{1, 1, 2}, Combine::kAuto,
+                                               OnError::kSkip));
+  const torch::Tensor x = -torch::ones({1});
+  Prediction p = d.Predict({x});
+  EXPECT_EQ(p.skipped, std::vector<std::string>{"bad"});
+  EXPECT_EQ(p.versions, (std::vector<std::string>{"v1", "v2"}));
+  EXPECT_NEAR(p.outputs[0].item<float>(), 0.5, 1e-6);  // mean of 0 and 1, weights renormalised
+  d.SetPolicy(std::make_shared<EnsemblePolicy>(std::vector<std::string>{"v1", "v2", "bad"},
+                                               std::vector<double>{1, 1, 2}));
+  EXPECT_THROW(d.Predict({x}), ModelError);
+  EXPECT_NO_THROW(d.Predict({torch::ones({1})}));
+}
+
+TEST_F(DeploymentTest, CustomCombiner) {
+  Deployment d(reg_, "m", {"v1", "v3"}, Opts());
+  d.SetPolicy(std::make_shared<EnsemblePolicy>(std::vector<std::string>{"v1", "v3"},
+                                               std::vector<double>{1, 1}, Combine::kCustom));
+  EXPECT_THROW(d.Predict({torch::zeros({1})}), InvalidArgument);
+  d.SetCombiner([](const std::vector<Tensors>& outs, const std::vector<double>&) {
+    return Tensors{torch::maximum(outs[0][0], outs[1][0])};
+  });
+  EXPECT_EQ(d.Predict({torch::zeros({1})}).outputs[0].item<float>(), 3.0f);
+}
+
+TEST_F(DeploymentTest, AddRemoveAndTheirRefusals) {
+  Deployment d(reg_, "m", {"v1"}, Opts());
+  d.Add("v2");
+  EXPECT_THROW(d.Add("v2"), Conflict);
+  EXPECT_THROW(d.Add("v9"), NotFound);
+  EXPECT_EQ(d.versions(), (std::vector<std::string>{"v1", "v2"}));
+  d.SetPolicy(std::make_shared<FixedPolicy>("v2"));
+  EXPECT_THROW(d.Remove("v2"), Conflict);  // the policy routes to it
+  d.Remove("v1");
+  EXPECT_EQ(Answer(d.Predict({torch::zeros({1})})), 2);
+  EXPECT_THROW(d.Remove("v2"), Conflict);  // the last one
+  EXPECT_THROW(d.Remove("v7"), NotFound);
+}
+
+TEST_F(DeploymentTest, HotSwapUnderLoadDropsNothing) {
+  Deployment d(reg_, "m", {"v1"}, Opts());
+  std::atomic<bool> stop{false};
+  std::atomic<int> errors{0}, answered{0};
+  std::mutex seen_mu;
+  std::set<int> seen;
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 8; ++t) {
+    clients.emplace_back([&] {
+      while (!stop) {
+        try {
+          const int v = Answer(d.Predict({torch::zeros({1})}));
+          ++answered;
+          std::lock_guard<std::mutex> lk(seen_mu);
+          seen.insert(v);
+        } catch (...) {
+          ++errors;
+        }
+      }
+    });
+  }
+  std::string live = "v1";
+  for (int i = 0; i < 12; ++i) {
+    const std::string next = "v" + std::to_string(1 + (i + 1) % 4);
+    d.Swap(live, next);
+    live = next;
+  }
+  stop = true;
+  for (auto& c : clients) c.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_GT(answered.load(), 100);
+  for (int v : seen) EXPECT_TRUE(v >= 1 && v <= 4) << v;
+  EXPECT_EQ(d.Status().swaps, 12);
+}
+
+TEST_F(DeploymentTest, FollowsAnAliasMovedByAnotherRegistryHandle) {
+  reg_->SetAlias("m", "production", "v1", std::nullopt, "");
+  DeploymentOptions o = Opts();
+  o.alias_poll_s = 0.02;
+  auto d = Deployment::FollowAlias(reg_, "m", "production", o);
+  EXPECT_EQ(Answer(d->Predict({torch::zeros({1})})), 1);
+  Registry other(dir_ / "reg");
+  other.SetAlias("m", "production", "v3", std::nullopt, "promote");
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while (d->Status().primary != "v3" && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(Answer(d->Predict({torch::zeros({1})})), 3);
+  EXPECT_EQ(d->Status().alias, "production");
+  EXPECT_THROW(d->Remove("v3"), Conflict);
+}
+
+TEST_F(DeploymentTest, AdaptiveBudgetsFollowDemand) {
+  RegisterOptions r;
+  r.version = "spin";
+  reg_->RegisterBytes("m", testing::Sleeps(), r);
+  DeploymentOptions o = Opts();
+  o.threads = 4;
+  o.adaptive = true;
+  o.rebalance_interval_s = 0.05;
+  Deployment d(reg_, "m", {"v1", "spin"}, o);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t) {
+    clients.emplace_back([&] {
+      PredictOptions pin;
+      pin.context.version = "spin";
+      while (!stop) d.Predict({torch::full({1, 1}, 2.0f)}, pin);
+    });
+  }
+  int spin_threads = 0;
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while (spin_threads < 3 && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (const auto& s : d.Status().versions) {
+      if (s.version == "spin") spin_threads = s.threads;
+    }
+  }
+  stop = true;
+  for (auto& c : clients) c.join();
+  EXPECT_EQ(spin_threads, 3);  // the idle version keeps its minimum of one
+}
+
+TEST_F(DeploymentTest, CloseMakesItUnavailable) {
+  Deployment d(reg_, "m", {"v1"}, Opts());
+  d.Close();
+  EXPECT_THROW(d.Predict({torch::zeros({1})}), Unavailable);
+  EXPECT_NO_THROW(d.Close());
+}
+
+TEST_F(DeploymentTest, TimeoutAndOverloadAreTyped) {
+  RegisterOptions r;
+  r.version = "spin";
+  reg_->RegisterBytes("m", testing::Sleeps(), r);
+  Deployment d(reg_, "m", {"spin", "v1"}, Opts());
+  PredictOptions o;
+  o.timeout_s = 0.1;
+  EXPECT_THROW(d.Predict({torch::full({1, 1}, 1000.0f)}, o), Timeout);
+  PredictOptions pin;
+  pin.context.version = "v1";
+  EXPECT_EQ(Answer(d.Predict({torch::zeros({1, 1})}, pin)), 1);
+  o.timeout_s = -1;
+  EXPECT_THROW(d.Predict({torch::zeros({1, 1})}, o), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace lepton
