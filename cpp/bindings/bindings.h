@@ -7,5 +7,6 @@ namespace lepton::bindings {
 
 void BindErrors(pybind11::module_& m);
 void BindRegistry(pybind11::module_& m);
+void BindEngine(pybind11::module_& m);
 
 }  // namespace lepton::bindings

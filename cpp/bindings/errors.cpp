@@ -43,10 +43,10 @@ void BindErrors(py::module_& m) {
   static py::object timeout = NewError(m, "Timeout", base, PyExc_TimeoutError,
                                        "A deadline passed before the work completed.");
 
-  static py::object model_error = NewError(m, "ModelError", base, nullptr,
-                                           "A model's forward failed or returned no tensors.");
-  static py::object unavailable = NewError(m, "Unavailable", base, nullptr,
-                                           "The target is not ready, unloaded or closed.");
+  static py::object model_error =
+      NewError(m, "ModelError", base, nullptr, "A model's forward failed or returned no tensors.");
+  static py::object unavailable =
+      NewError(m, "Unavailable", base, nullptr, "The target is not ready, unloaded or closed.");
 
   py::register_exception_translator([](std::exception_ptr p) {
     try {

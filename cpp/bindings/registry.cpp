@@ -117,12 +117,12 @@ void BindRegistry(py::module_& m) {
       .def_readonly("bytes_freed", &GcReport::bytes_freed)
       .def_readonly("dry_run", &GcReport::dry_run);
 
-  py::class_<Registry>(m, "Registry")
+  py::class_<Registry, std::shared_ptr<Registry>>(m, "Registry")
       .def(py::init([](const std::string& root, const std::string& actor) {
              Registry::Options options;
              options.actor = actor;
              options.format = TorchScriptFormat();
-             return std::make_unique<Registry>(root, std::move(options));
+             return std::make_shared<Registry>(root, std::move(options));
            }),
            arg("root"), arg("actor") = "", Release())
       .def_property_readonly("root", &Registry::root)

@@ -21,6 +21,7 @@ from .errors import (
     Timeout,
     Unavailable,
 )
+from .engine import Deployment, Ensemble, Fixed, LeptonAI, Prediction
 from .registry import (
     AuditEntry,
     GcReport,
@@ -41,6 +42,11 @@ __version__: str = _core.__version__
 __all__ = [
     "__version__",
     "Registry",
+    "Deployment",
+    "Prediction",
+    "Fixed",
+    "Ensemble",
+    "LeptonAI",
     "ModelVersion",
     "ModelInfo",
     "AuditEntry",

@@ -1,0 +1,220 @@
+#include <pybind11/functional.h>
+#include <pybind11/stl.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include "bindings.h"
+#include "lepton/deployment.h"
+#include "lepton/errors.h"
+
+namespace py = pybind11;
+using py::arg;
+
+namespace lepton::bindings {
+namespace {
+
+using Release = py::call_guard<py::gil_scoped_release>;
+
+Combine ParseCombine(const std::string& s) {
+  if (s == "auto") return Combine::kAuto;
+  if (s == "mean") return Combine::kMean;
+  if (s == "vote") return Combine::kVote;
+  if (s == "custom") return Combine::kCustom;
+  throw InvalidArgument("combine must be 'auto', 'mean', 'vote' or a callable, not '" + s + "'");
+}
+
+OnError ParseOnError(const std::string& s) {
+  if (s == "fail") return OnError::kFail;
+  if (s == "skip") return OnError::kSkip;
+  throw InvalidArgument("on_error must be 'fail' or 'skip', not '" + s + "'");
+}
+
+DeploymentOptions MakeOptions(int threads, int intra_op_threads, int max_batch_size,
+                              double max_queue_delay_s, int max_queue,
+                              std::map<std::string, int> version_threads,
+                              std::map<std::string, int> version_priority, bool adaptive,
+                              int min_threads, double drain_timeout_s, double alias_poll_s,
+                              std::vector<at::Tensor> example_inputs) {
+  DeploymentOptions o;
+  o.threads = threads;
+  o.servable.intra_op_threads = intra_op_threads;
+  o.servable.max_batch_size = max_batch_size;
+  o.servable.max_queue_delay_s = max_queue_delay_s;
+  o.servable.max_queue = max_queue;
+  o.servable.example_inputs = std::move(example_inputs);
+  o.version_threads = std::move(version_threads);
+  o.version_priority = std::move(version_priority);
+  o.adaptive = adaptive;
+  o.min_threads = min_threads;
+  o.drain_timeout_s = drain_timeout_s;
+  o.alias_poll_s = alias_poll_s;
+  return o;
+}
+
+py::dict StatsDict(const ServableStats& s) {
+  py::dict d;
+  d["version"] = s.version;
+  d["health"] = HealthName(s.health);
+  d["threads"] = s.threads;
+  d["requests"] = s.requests;
+  d["succeeded"] = s.succeeded;
+  d["failed"] = s.failed;
+  d["timed_out"] = s.timed_out;
+  d["rejected"] = s.rejected;
+  d["batches"] = s.batches;
+  d["batched_rows"] = s.batched_rows;
+  d["in_flight"] = s.in_flight;
+  d["queued"] = s.queued;
+  d["busy_seconds"] = s.busy_s;
+  d["weight_bytes"] = s.weight_bytes;
+  return d;
+}
+
+}  // namespace
+
+void BindEngine(py::module_& m) {
+  py::class_<Policy, std::shared_ptr<Policy>>(m, "Policy")
+      .def_property_readonly("name", &Policy::name)
+      .def("describe", &Policy::Describe);
+
+  py::class_<FixedPolicy, Policy, std::shared_ptr<FixedPolicy>>(m, "FixedPolicy")
+      .def(py::init<std::optional<std::string>>(), arg("version") = py::none())
+      .def_property_readonly("version", &FixedPolicy::version);
+
+  py::class_<EnsemblePolicy, Policy, std::shared_ptr<EnsemblePolicy>>(m, "EnsemblePolicy")
+      .def(py::init([](std::vector<std::string> versions, std::vector<double> weights,
+                       const std::string& combine, const std::string& on_error) {
+             return std::make_shared<EnsemblePolicy>(std::move(versions), std::move(weights),
+                                                     ParseCombine(combine), ParseOnError(on_error));
+           }),
+           arg("versions"), arg("weights"), arg("combine"), arg("on_error"))
+      .def_property_readonly("versions", &EnsemblePolicy::versions)
+      .def_property_readonly("weights", &EnsemblePolicy::weights);
+
+  py::class_<Prediction>(m, "Prediction")
+      .def_readonly("outputs", &Prediction::outputs)
+      .def_readonly("versions", &Prediction::versions)
+      .def_readonly("skipped", &Prediction::skipped)
+      .def_readonly("policy", &Prediction::policy)
+      .def_readonly("route", &Prediction::route)
+      .def_readonly("request_id", &Prediction::request_id)
+      .def_readonly("latency", &Prediction::latency_s)
+      .def_readonly("queue_time", &Prediction::queue_s)
+      .def_readonly("compute_time", &Prediction::compute_s);
+
+  py::class_<Deployment>(m, "Deployment")
+      .def(py::init([](std::shared_ptr<Registry> registry, const std::string& model,
+                       std::vector<std::string> versions, const std::optional<std::string>& alias,
+                       int threads, int intra_op_threads, int max_batch_size,
+                       double max_queue_delay_s, int max_queue,
+                       std::map<std::string, int> version_threads,
+                       std::map<std::string, int> version_priority, bool adaptive, int min_threads,
+                       double drain_timeout_s, double alias_poll_s,
+                       std::vector<at::Tensor> example_inputs) {
+             DeploymentOptions o = MakeOptions(
+                 threads, intra_op_threads, max_batch_size, max_queue_delay_s, max_queue,
+                 std::move(version_threads), std::move(version_priority), adaptive, min_threads,
+                 drain_timeout_s, alias_poll_s, std::move(example_inputs));
+             py::gil_scoped_release release;
+             if (alias) {
+               if (!versions.empty()) {
+                 throw InvalidArgument("give versions or alias, not both");
+               }
+               return Deployment::FollowAlias(std::move(registry), model, *alias, std::move(o));
+             }
+             return std::make_unique<Deployment>(std::move(registry), model, std::move(versions),
+                                                 std::move(o));
+           }),
+           arg("registry"), arg("model"), arg("versions"), arg("alias"), arg("threads"),
+           arg("intra_op_threads"), arg("max_batch_size"), arg("max_queue_delay_s"),
+           arg("max_queue"), arg("version_threads"), arg("version_priority"), arg("adaptive"),
+           arg("min_threads"), arg("drain_timeout_s"), arg("alias_poll_s"), arg("example_inputs"))
+      .def(py::init([](const std::string& model,
+                       std::vector<std::pair<std::string, std::string>> files, int threads,
+                       int intra_op_threads, int max_batch_size, double max_queue_delay_s,
+                       int max_queue, bool adaptive, std::vector<at::Tensor> example_inputs) {
+             DeploymentOptions o =
+                 MakeOptions(threads, intra_op_threads, max_batch_size, max_queue_delay_s,
+                             max_queue, {}, {}, adaptive, 1, 30, 0.2, std::move(example_inputs));
+             py::gil_scoped_release release;
+             return std::make_unique<Deployment>(model, std::move(files), std::move(o));
+           }),
+           arg("model"), arg("files"), arg("threads"), arg("intra_op_threads"),
+           arg("max_batch_size"), arg("max_queue_delay_s"), arg("max_queue"), arg("adaptive"),
+           arg("example_inputs"))
+      .def(
+          "predict",
+          [](Deployment& d, std::vector<at::Tensor> inputs, std::optional<std::string> version,
+             std::optional<std::string> key, std::map<std::string, std::string> headers,
+             std::optional<double> timeout_s, std::optional<int> priority) {
+            PredictOptions o;
+            o.context.version = std::move(version);
+            o.context.key = std::move(key);
+            o.context.headers = std::move(headers);
+            o.timeout_s = timeout_s;
+            o.priority = priority;
+            py::gil_scoped_release release;
+            return d.Predict(inputs, o);
+          },
+          arg("inputs"), arg("version"), arg("key"), arg("headers"), arg("timeout"),
+          arg("priority"))
+      .def("add", &Deployment::Add, arg("version"), arg("policy"), Release())
+      .def("remove", &Deployment::Remove, arg("version"), arg("policy"), Release())
+      .def("swap", &Deployment::Swap, arg("old"), arg("new"), Release())
+      .def("set_policy", &Deployment::SetPolicy, arg("policy"), Release())
+      .def(
+          "set_combiner",
+          [](Deployment& d, py::object fn) {
+            if (fn.is_none()) {
+              d.SetCombiner(nullptr);
+              return;
+            }
+            // The callable is shared by worker threads; it is released under the GIL.
+            auto holder =
+                std::shared_ptr<py::object>(new py::object(std::move(fn)), [](py::object* p) {
+                  py::gil_scoped_acquire gil;
+                  delete p;
+                });
+            d.SetCombiner([holder](const std::vector<Tensors>& outputs,
+                                   const std::vector<double>& weights) {
+              py::gil_scoped_acquire gil;
+              try {
+                py::object result = (*holder)(outputs, weights);
+                if (THPVariable_Check(result.ptr())) return Tensors{result.cast<at::Tensor>()};
+                return result.cast<Tensors>();
+              } catch (py::error_already_set& e) {
+                throw ModelError(std::string("the ensemble combiner raised: ") + e.what());
+              } catch (const py::cast_error&) {
+                throw ModelError("the ensemble combiner must return a tensor or a list of tensors");
+              }
+            });
+          },
+          arg("combiner"))
+      .def_property_readonly("policy", &Deployment::policy)
+      .def_property_readonly("versions", &Deployment::versions)
+      .def_property_readonly("model", &Deployment::model)
+      .def("status",
+           [](const Deployment& d) {
+             DeploymentStatus s;
+             {
+               py::gil_scoped_release release;
+               s = d.Status();
+             }
+             py::dict out;
+             out["model"] = s.model;
+             out["alias"] = s.alias;
+             out["primary"] = s.primary;
+             out["policy"] = s.policy;
+             out["threads"] = s.threads;
+             out["adaptive"] = s.adaptive;
+             out["swaps"] = s.swaps;
+             out["last_error"] = s.last_error;
+             py::list versions;
+             for (const auto& v : s.versions) versions.append(StatsDict(v));
+             out["versions"] = versions;
+             return out;
+           })
+      .def("close", &Deployment::Close, Release());
+}
+
+}  // namespace lepton::bindings

@@ -1,0 +1,334 @@
+"""The engine: several versions of a model loaded side by side, routed by a policy, run in
+parallel on oneTBB arenas with per-version CPU budgets, batched, and hot-swapped."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import _core
+from .errors import InvalidArgument, NotFound
+from .registry import ModelVersion, Registry
+
+Inputs = Union[torch.Tensor, np.ndarray, Sequence[Union[torch.Tensor, np.ndarray]]]
+
+
+class Fixed:
+    """Every request goes to one version: ``version``, or the deployment's primary when omitted
+    (the followed alias's target, or the first version deployed). A version pinned in the request
+    overrides it."""
+
+    def __init__(self, version: Optional[str] = None):
+        self._core = _core.FixedPolicy(version)
+
+    combiner = None
+
+    def __repr__(self) -> str:
+        return self._core.describe()
+
+
+class Ensemble:
+    """Every listed version answers each request, in parallel, and the outputs are combined.
+
+    ``weights`` is a mapping ``{version: weight}``, or a sequence aligned with ``versions`` (or,
+    without ``versions``, with the deployment's versions in order). ``combine`` is ``"auto"``
+    (weighted mean of floating outputs, weighted vote over integer class labels), ``"mean"``,
+    ``"vote"`` (on floating outputs: a vote over their argmax), or a callable
+    ``fn(outputs, weights) -> tensor or list of tensors`` where ``outputs`` holds each member's
+    list of output tensors and ``weights`` sums to one. ``on_error="skip"`` leaves a failing
+    member out and renormalises the remaining weights; ``"fail"`` fails the request.
+    """
+
+    def __init__(
+        self,
+        weights: Union[Mapping[str, float], Sequence[float], None] = None,
+        *,
+        versions: Optional[Sequence[str]] = None,
+        combine: Union[str, Callable[..., Any]] = "auto",
+        on_error: str = "fail",
+    ):
+        if isinstance(weights, Mapping):
+            if versions is not None:
+                raise InvalidArgument("give the versions in the weights mapping or in versions, not both")
+            versions = list(weights.keys())
+            weights = list(weights.values())
+        try:
+            weight_list = [float(w) for w in (weights or [])]
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"weights must be numbers, got {weights!r}") from None
+        self.combiner = combine if callable(combine) else None
+        mode = "custom" if callable(combine) else combine
+        self._core = _core.EnsemblePolicy(list(versions or []), weight_list, mode, on_error)
+
+    def __repr__(self) -> str:
+        return self._core.describe()
+
+
+Policy = Union[Fixed, Ensemble]
+
+
+class Prediction:
+    """The answer to one request, and which version gave it and why."""
+
+    __slots__ = ("_p", "_numpy")
+
+    def __init__(self, core_prediction: "_core.Prediction", numpy_out: bool):
+        self._p = core_prediction
+        self._numpy = numpy_out
+
+    @property
+    def outputs(self) -> List[Any]:
+        outs = self._p.outputs
+        return [o.numpy() for o in outs] if self._numpy else list(outs)
+
+    @property
+    def output(self) -> Any:
+        """The model's output: one tensor (or array), or a tuple for multi-output models."""
+        outs = self.outputs
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    @property
+    def version(self) -> Union[str, List[str]]:
+        """The version that answered; for an ensemble, the members whose outputs were combined."""
+        versions = self._p.versions
+        return versions[0] if len(versions) == 1 and self._p.policy != "ensemble" else list(versions)
+
+    versions = property(lambda self: list(self._p.versions))
+    skipped = property(lambda self: list(self._p.skipped), doc="Ensemble members left out after an error.")
+    policy = property(lambda self: self._p.policy, doc="The policy that routed the request.")
+    route = property(lambda self: self._p.route, doc="Why these versions answered.")
+    request_id = property(lambda self: self._p.request_id)
+    latency = property(lambda self: self._p.latency, doc="Seconds from call to answer.")
+    queue_time = property(lambda self: self._p.queue_time, doc="Seconds spent waiting in a queue.")
+    compute_time = property(lambda self: self._p.compute_time, doc="Seconds of model compute.")
+
+    def __repr__(self) -> str:
+        return (
+            f"Prediction(version={self.version!r}, route={self.route!r}, request_id={self.request_id!r}, "
+            f"latency={self.latency * 1e3:.3f} ms)"
+        )
+
+
+def _to_inputs(x: Inputs) -> Tuple[List[torch.Tensor], bool]:
+    """Tensors for the core (numpy arrays are wrapped without copying) and whether to answer numpy."""
+    items = list(x) if isinstance(x, (list, tuple)) else [x]
+    if not items:
+        raise InvalidArgument("no inputs given")
+    tensors, numpy_in = [], False
+    for i, item in enumerate(items):
+        if isinstance(item, torch.Tensor):
+            tensors.append(item)
+        elif isinstance(item, np.ndarray):
+            numpy_in = True
+            try:
+                tensors.append(torch.from_numpy(item))
+            except TypeError as e:
+                raise InvalidArgument(f"input {i}: numpy dtype {item.dtype} has no torch equivalent") from e
+            except ValueError as e:  # negative strides
+                raise InvalidArgument(f"input {i}: {e}; pass np.ascontiguousarray(x)") from e
+        else:
+            raise InvalidArgument(f"input {i} is {type(item).__name__}; expected a torch.Tensor or numpy.ndarray")
+    return tensors, numpy_in
+
+
+def _threads(threads: Optional[int]) -> int:
+    if threads is None:
+        return 0
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise InvalidArgument(f"threads must be a positive int, got {threads!r}")
+    return threads
+
+
+def _example(example_inputs: Any) -> List[torch.Tensor]:
+    return [] if example_inputs is None else _to_inputs(example_inputs)[0]
+
+
+class Deployment:
+    """The live versions of one model and the policy that routes requests to them.
+
+    ``versions`` lists labels (or ``@alias`` or ``name:label`` references); with ``alias`` the
+    deployment serves what the alias points to and hot-swaps when it moves in the registry, from
+    this process or another. ``threads`` is the CPU budget shared by the versions (default: every
+    core); each version's share is adapted to its measured demand unless ``adaptive=False`` or the
+    version has a fixed budget in ``version_threads``. Each forward runs on one intra-op thread
+    by default (``intra_op_threads``): versions run side by side instead of fighting over one
+    process-wide pool. ``max_batch_size`` > 1 enables dynamic batching, waiting up to
+    ``max_queue_delay_ms`` for a batch to fill; more than ``max_queue`` waiting requests per
+    version are refused with ``Overloaded``. ``priorities`` gives versions a default request
+    priority (higher is served first and refused last).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        name: str,
+        versions: Optional[Sequence[Union[str, ModelVersion]]] = None,
+        *,
+        alias: Optional[str] = None,
+        policy: Optional[Policy] = None,
+        max_batch_size: int = 1,
+        max_queue_delay_ms: float = 0.0,
+        max_queue: int = 1024,
+        threads: Optional[int] = None,
+        intra_op_threads: int = 1,
+        adaptive: bool = True,
+        version_threads: Optional[Mapping[str, int]] = None,
+        priorities: Optional[Mapping[str, int]] = None,
+        min_threads: int = 1,
+        drain_timeout: float = 30.0,
+        alias_poll_interval: float = 0.2,
+        example_inputs: Any = None,
+    ):
+        if not isinstance(registry, Registry):
+            raise InvalidArgument(f"registry must be a lepton.Registry, not {type(registry).__name__}")
+        if (versions is None) == (alias is None):
+            raise InvalidArgument("give either versions=[...] or alias=...")
+        specs = [v.version if isinstance(v, ModelVersion) else v for v in (versions or [])]
+        self._core = _core.Deployment(
+            registry._core,
+            name,
+            specs,
+            alias,
+            _threads(threads),
+            intra_op_threads,
+            max_batch_size,
+            max_queue_delay_ms / 1000.0,
+            max_queue,
+            dict(version_threads or {}),
+            dict(priorities or {}),
+            adaptive,
+            min_threads,
+            drain_timeout,
+            alias_poll_interval,
+            _example(example_inputs),
+        )
+        self.registry = registry
+        if policy is not None:
+            self.set_policy(policy)
+
+    @classmethod
+    def _from_core(cls, core: "_core.Deployment") -> "Deployment":
+        self = cls.__new__(cls)
+        self._core = core
+        self.registry = None
+        return self
+
+    def predict(
+        self,
+        x: Inputs,
+        *,
+        version: Optional[str] = None,
+        key: Optional[str] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+        priority: Optional[int] = None,
+    ) -> Prediction:
+        """Runs one request. ``x`` is a tensor, a numpy array (the answer is numpy too), or a list
+        or tuple of them for multi-input models. ``version`` pins a version; ``key`` routes
+        sticky policies; ``timeout`` (seconds) raises ``lepton.Timeout`` when passed. The GIL is
+        released while the request runs."""
+        tensors, numpy_in = _to_inputs(x)
+        return Prediction(
+            self._core.predict(tensors, version, key, dict(headers or {}), timeout, priority), numpy_in
+        )
+
+    def __call__(self, x: Inputs, **kwargs: Any) -> Any:
+        """The output alone: ``deployment(x)`` is ``deployment.predict(x).output``."""
+        return self.predict(x, **kwargs).output
+
+    def add(self, version: Union[str, ModelVersion], *, policy: Optional[Policy] = None) -> None:
+        """Loads, verifies and warms ``version``, then makes it live (with ``policy`` if given)."""
+        if policy is not None and policy.combiner is not None:
+            self._core.set_combiner(policy.combiner)
+        self._core.add(_label(version), None if policy is None else policy._core)
+
+    def remove(self, version: str, *, policy: Optional[Policy] = None) -> None:
+        """Takes ``version`` out of routing, then waits for its requests to finish and frees it."""
+        self._core.remove(version, None if policy is None else policy._core)
+
+    def swap(self, old: str, new: Union[str, ModelVersion]) -> None:
+        """Loads and warms ``new``, switches atomically, then drains ``old``: no request is dropped."""
+        self._core.swap(old, _label(new))
+
+    def set_policy(self, policy: Policy) -> None:
+        if not isinstance(policy, (Fixed, Ensemble)):
+            raise InvalidArgument(f"policy must be lepton.Fixed or lepton.Ensemble, not {type(policy).__name__}")
+        if policy.combiner is not None:
+            self._core.set_combiner(policy.combiner)
+        self._core.set_policy(policy._core)
+
+    @property
+    def policy(self) -> str:
+        return self._core.policy.describe()
+
+    @property
+    def versions(self) -> List[str]:
+        return list(self._core.versions)
+
+    @property
+    def name(self) -> str:
+        return self._core.model
+
+    def status(self) -> Dict[str, Any]:
+        """Versions with their health, CPU budget and counters; the policy; the swaps so far."""
+        return self._core.status()
+
+    def close(self) -> None:
+        """Drains every version; later requests raise ``lepton.Unavailable``."""
+        self._core.close()
+
+    def __enter__(self) -> "Deployment":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Deployment({self.name!r}, versions={self.versions!r}, policy={self.policy})"
+
+
+def _label(version: Union[str, ModelVersion]) -> str:
+    return version.version if isinstance(version, ModelVersion) else version
+
+
+class LeptonAI:
+    """A weighted ensemble straight from TorchScript files, without a registry.
+
+    ``LeptonAI(["a.pt", "b.pt", "c.pt"], [0.5, 0.3, 0.2]).predict(x)`` runs the three models in
+    parallel and returns the weighted mean of their outputs.
+    """
+
+    def __init__(
+        self,
+        model_paths: Sequence[Union[str, "os.PathLike[str]"]],
+        weights: Optional[Sequence[float]] = None,
+        *,
+        threads: Optional[int] = None,
+        combine: Union[str, Callable[..., Any]] = "auto",
+    ):
+        paths = [os.fspath(p) for p in model_paths]
+        if not paths:
+            raise InvalidArgument("LeptonAI needs at least one model path")
+        for p in paths:
+            if not os.path.isfile(p):
+                raise NotFound(f"model file '{p}' does not exist")
+        labels = [f"m{i}" for i in range(len(paths))]
+        core = _core.Deployment("lepton-ai", list(zip(labels, paths)), _threads(threads), 1, 1, 0.0, 1024, True, [])
+        self._deployment = Deployment._from_core(core)
+        self._deployment.set_policy(
+            Ensemble(list(weights) if weights is not None else [], versions=labels, combine=combine)
+        )
+
+    def predict(self, x: Inputs) -> Any:
+        """The combined output."""
+        return self._deployment.predict(x).output
+
+    @property
+    def deployment(self) -> Deployment:
+        return self._deployment
+
+    def close(self) -> None:
+        self._deployment.close()
+
