@@ -102,7 +102,15 @@ void BindEngine(py::module_& m) {
       .def_readonly("queue_time", &Prediction::queue_s)
       .def_readonly("compute_time", &Prediction::compute_s);
 
-  py::class_<Deployment>(m, "Deployment")
+  // Destroying a deployment drains its versions, whose workers may need the GIL to release the
+  // caller's tensors: it must not hold the GIL while it waits.
+  struct ReleaseGilDelete {
+    void operator()(Deployment* d) const {
+      py::gil_scoped_release release;
+      delete d;
+    }
+  };
+  py::class_<Deployment, std::unique_ptr<Deployment, ReleaseGilDelete>>(m, "Deployment")
       .def(py::init([](std::shared_ptr<Registry> registry, const std::string& model,
                        std::vector<std::string> versions, const std::optional<std::string>& alias,
                        int threads, int intra_op_threads, int max_batch_size,
@@ -120,10 +128,12 @@ void BindEngine(py::module_& m) {
                if (!versions.empty()) {
                  throw InvalidArgument("give versions or alias, not both");
                }
-               return Deployment::FollowAlias(std::move(registry), model, *alias, std::move(o));
+               return std::unique_ptr<Deployment, ReleaseGilDelete>(
+                   Deployment::FollowAlias(std::move(registry), model, *alias, std::move(o))
+                       .release());
              }
-             return std::make_unique<Deployment>(std::move(registry), model, std::move(versions),
-                                                 std::move(o));
+             return std::unique_ptr<Deployment, ReleaseGilDelete>(
+                 new Deployment(std::move(registry), model, std::move(versions), std::move(o)));
            }),
            arg("registry"), arg("model"), arg("versions"), arg("alias"), arg("threads"),
            arg("intra_op_threads"), arg("max_batch_size"), arg("max_queue_delay_s"),
@@ -137,7 +147,8 @@ void BindEngine(py::module_& m) {
                  MakeOptions(threads, intra_op_threads, max_batch_size, max_queue_delay_s,
                              max_queue, {}, {}, adaptive, 1, 30, 0.2, std::move(example_inputs));
              py::gil_scoped_release release;
-             return std::make_unique<Deployment>(model, std::move(files), std::move(o));
+             return std::unique_ptr<Deployment, ReleaseGilDelete>(
+                 new Deployment(model, std::move(files), std::move(o)));
            }),
            arg("model"), arg("files"), arg("threads"), arg("intra_op_threads"),
            arg("max_batch_size"), arg("max_queue_delay_s"), arg("max_queue"), arg("adaptive"),

@@ -362,6 +362,9 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   void Collect() {
+    // Declared before the lock so that tickets (and the caller's tensors, whose destructor may
+    // need Python's GIL) are released only after the mutex is.
+    std::vector<std::shared_ptr<Ticket>> batch;
     std::unique_lock<std::mutex> lk(mu_);
     const bool batching = options_.max_batch_size > 1 && batchable_;
     if (batching && options_.max_queue_delay_s > 0) {
@@ -374,7 +377,6 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
         changed_.wait_until(lk, oldest + delay);
       }
     }
-    std::vector<std::shared_ptr<Ticket>> batch;
     if (!queue_.empty()) {
       auto first = queue_.begin();
       batch.push_back(first->second);
@@ -506,8 +508,10 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
       t->state = Ticket::State::kDone;
       t->done.notify_all();
     }
-    queue_.clear();
+    std::map<Key, std::shared_ptr<Ticket>> dropped;
+    dropped.swap(queue_);
     health_ = Health::kUnloaded;
+    lk.unlock();
     return finished;
   }
 

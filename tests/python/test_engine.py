@@ -1,0 +1,379 @@
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import lepton
+from conftest import AddN
+
+
+class Spin(torch.nn.Module):
+    """Busy for about x[0, 0] * 10 ms: a forward that takes as long as asked."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for _ in range(int(x[0, 0].item()) * 1000):
+            y = y + 0
+        return y
+
+
+class Pair(torch.nn.Module):
+    """Two inputs, two outputs."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor):
+        return a + b, a * b
+
+
+class FailsOnNegative(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < 0).any()):
+            raise RuntimeError("negative input")
+        return x * 2
+
+
+@pytest.fixture
+def reg(registry):
+    for n in range(1, 5):
+        registry.register("m", AddN(n), version=f"v{n}", example_inputs=torch.zeros(2, 3))
+    return registry
+
+
+def answer(p):
+    return int(p.output.flatten()[0].item())
+
+
+def test_fixed_pinned_and_prediction_fields(reg):
+    with lepton.Deployment(reg, "m", ["v1", "v2"], adaptive=False) as d:
+        p = d.predict(torch.zeros(1, 3))
+        assert answer(p) == 1 and p.version == "v1" and p.policy == "fixed"
+        assert p.route == "primary version v1"
+        assert p.latency > 0 and p.compute_time >= 0 and p.request_id
+        assert answer(d.predict(torch.zeros(1, 3), version="v2")) == 2
+        with pytest.raises(lepton.NotFound, match="not deployed"):
+            d.predict(torch.zeros(1, 3), version="v3")
+        d.set_policy(lepton.Fixed("v2"))
+        assert answer(d.predict(torch.zeros(1, 3))) == 2
+        assert d(torch.zeros(1, 3)).flatten()[0].item() == 2
+        assert d.versions == ["v1", "v2"] and d.policy == "Fixed(v2)"
+        ids = {d.predict(torch.zeros(1, 3)).request_id for _ in range(50)}
+        assert len(ids) == 50
+    with pytest.raises(lepton.Unavailable):
+        d.predict(torch.zeros(1, 3))
+
+
+def test_numpy_in_numpy_out_without_copy(reg):
+    d = lepton.Deployment(reg, "m", ["v1"])
+    x = np.zeros((2, 3), dtype=np.float32)
+    out = d.predict(x).output
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.ones((2, 3), dtype=np.float32))
+    with pytest.raises(lepton.InvalidArgument, match="expected float32"):
+        d.predict(np.zeros((2, 3)))  # float64
+
+
+def test_multi_input_multi_output(registry):
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    registry.register("pair", Pair(), example_inputs=(a, b))
+    d = lepton.Deployment(registry, "pair", ["v1"])
+    s, prod = d.predict((a, b)).output
+    torch.testing.assert_close(s, a + b)
+    torch.testing.assert_close(prod, a * b)
+    with pytest.raises(lepton.InvalidArgument, match="takes 2 inputs"):
+        d.predict(a)
+
+
+def test_ensemble_matches_plain_pytorch(registry):
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)).eval() for _ in range(3)]
+    for i, m in enumerate(models):
+        registry.register("ens", m, version=f"v{i}", example_inputs=torch.zeros(1, 10))
+    weights = {"v0": 0.5, "v1": 0.3, "v2": 0.2}
+    d = lepton.Deployment(registry, "ens", list(weights), policy=lepton.Ensemble(weights))
+    x = torch.randn(10, 10)
+    p = d.predict(x)
+    with torch.no_grad():
+        expected = sum(w * m(x) for w, m in zip(weights.values(), models))
+    torch.testing.assert_close(p.output, expected)
+    assert p.output.shape == (10, 2)
+    assert p.version == ["v0", "v1", "v2"] and p.policy == "ensemble"
+    d.set_policy(lepton.Ensemble([1, 1, 1]))  # aligned with the deployment's versions
+    with torch.no_grad():
+        torch.testing.assert_close(d.predict(x).output, sum(m(x) for m in models) / 3)
+
+
+def test_ensemble_vote_and_custom_combiner(reg):
+    d = lepton.Deployment(reg, "m", ["v1", "v2", "v3"])
+    # Scores x + n with a one-hot x: argmax is the hot class for every member.
+    x = torch.tensor([[0.0, 5.0, 0.0], [9.0, 0.0, 0.0]])
+    d.set_policy(lepton.Ensemble([0.2, 0.5, 0.3], combine="vote"))
+    assert d.predict(x).output.tolist() == [1, 0]
+    seen = {}
+
+    def maximum(outputs, weights):
+        seen["weights"] = weights
+        return torch.stack([o[0] for o in outputs]).max(0).values
+
+    d.set_policy(lepton.Ensemble({"v1": 1, "v3": 3}, combine=maximum))
+    assert d.predict(torch.zeros(1, 3)).output.flatten()[0].item() == 3
+    assert seen["weights"] == pytest.approx([0.25, 0.75])
+
+    def broken(outputs, weights):
+        raise ValueError("combiner bug")
+
+    d.set_policy(lepton.Ensemble({"v1": 1, "v3": 3}, combine=broken))
+    with pytest.raises(lepton.ModelError, match="combiner bug"):
+        d.predict(torch.zeros(1, 3))
+    d.set_policy(lepton.Fixed())
+    assert answer(d.predict(torch.zeros(1, 3))) == 1
+
+
+def test_ensemble_on_error_skip_or_fail(reg):
+    reg.register("m", FailsOnNegative(), version="bad")
+    d = lepton.Deployment(reg, "m", ["v1", "v2", "bad"])
+    d.set_policy(lepton.Ensemble({"v1": 1, "v2": 1, "bad": 2}, on_error="skip"))
+    p = d.predict(-torch.ones(1, 3))
+    assert p.skipped == ["bad"] and p.version == ["v1", "v2"]
+    assert p.output.flatten()[0].item() == pytest.approx(0.5)
+    d.set_policy(lepton.Ensemble({"v1": 1, "v2": 1, "bad": 2}))
+    with pytest.raises(lepton.ModelError, match="negative input"):
+        d.predict(-torch.ones(1, 3))
+    assert d.predict(torch.ones(1, 3)).version == ["v1", "v2", "bad"]
+
+
+def test_bad_weights_and_policies(reg):
+    d = lepton.Deployment(reg, "m", ["v1", "v2"])
+    for weights, message in [([-1, 1], "finite and >= 0"), ([0, 0], "all zero"), ([float("nan"), 1], "NaN"), (["a", 1], "numbers")]:
+        with pytest.raises(lepton.InvalidArgument, match=message):
+            lepton.Ensemble(weights)
+    with pytest.raises(lepton.InvalidArgument, match="3 weights for 2 live versions"):
+        d.set_policy(lepton.Ensemble([1, 1, 1]))
+    with pytest.raises(lepton.NotFound, match="not deployed"):
+        d.set_policy(lepton.Ensemble({"v1": 1, "v9": 1}))
+    with pytest.raises(lepton.InvalidArgument, match="combine"):
+        lepton.Ensemble([1, 1], combine="median")
+    with pytest.raises(lepton.InvalidArgument, match="on_error"):
+        lepton.Ensemble([1, 1], on_error="ignore")
+    with pytest.raises(lepton.InvalidArgument):
+        d.set_policy("fixed")
+    assert answer(d.predict(torch.zeros(1, 3))) == 1  # still serving
+
+
+def test_bad_inputs_are_typed_and_serving_continues(reg):
+    d = lepton.Deployment(reg, "m", ["v1"])
+    cases = [
+        (torch.zeros(2, 3, dtype=torch.int64), "dtype int64, expected float32"),
+        (torch.zeros(2, 4), r"expected \[-1, 3\]"),
+        (torch.zeros(2, 3, 1), r"expected \[-1, 3\]"),
+        (torch.zeros(0, 3), "empty batch"),
+        (torch.zeros(3, 2).t(), "not contiguous"),
+        (torch.empty(2, 3, device="meta"), "is on meta"),
+        ("text", "expected a torch.Tensor"),
+        ([], "no inputs"),
+    ]
+    for x, message in cases:
+        with pytest.raises(lepton.InvalidArgument, match=message):
+            d.predict(x)
+    with pytest.raises(lepton.InvalidArgument, match="timeout"):
+        d.predict(torch.zeros(1, 3), timeout=0)
+    assert answer(d.predict(torch.zeros(1, 3))) == 1
+    with pytest.raises(lepton.NotFound):
+        lepton.Deployment(reg, "m", ["v9"])
+    with pytest.raises(lepton.InvalidArgument):
+        lepton.Deployment(reg, "m")
+    with pytest.raises(lepton.InvalidArgument):
+        lepton.Deployment(reg, "m", ["v1"], threads=0)
+
+
+def test_timeout_cuts_off_a_hanging_version_and_others_are_unaffected(reg):
+    reg.register("m", Spin(), version="slow")
+    d = lepton.Deployment(reg, "m", ["slow", "v1"], adaptive=False)
+    start = time.perf_counter()
+    with pytest.raises(lepton.Timeout):
+        d.predict(torch.full((1, 1), 30.0), timeout=0.05)
+    assert time.perf_counter() - start < 0.25
+    assert answer(d.predict(torch.zeros(1, 3), version="v1")) == 1
+    assert d.status()["versions"][0]["timed_out"] == 1
+
+
+def test_full_queue_raises_overloaded_at_once(reg):
+    reg.register("m", Spin(), version="slow")
+    d = lepton.Deployment(reg, "m", ["slow"], max_queue=1, threads=1, adaptive=False)
+    results = []
+
+    def call(ms):
+        try:
+            results.append(d.predict(torch.full((1, 1), float(ms))).output is not None)
+        except lepton.Overloaded:
+            results.append("overloaded")
+
+    threads = [threading.Thread(target=call, args=(20,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert results.count("overloaded") >= 1
+    assert results.count(True) >= 2
+    assert d.status()["versions"][0]["rejected"] == results.count("overloaded")
+
+
+def test_dynamic_batching(reg):
+    d = lepton.Deployment(reg, "m", ["v1"], max_batch_size=16, max_queue_delay_ms=5, threads=1)
+    outputs = {}
+
+    def client(i):
+        outputs[i] = d.predict(torch.full((1, 3), float(i))).output
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, out in outputs.items():
+        torch.testing.assert_close(out, torch.full((1, 3), float(i + 1)))
+    stats = d.status()["versions"][0]
+    assert stats["batched_rows"] == 32 and stats["batches"] < 32
+
+
+def test_hot_swap_under_load_drops_nothing(reg):
+    """8 client threads for 10 s while versions are swapped repeatedly."""
+    d = lepton.Deployment(reg, "m", ["v1"], drain_timeout=10)
+    stop = threading.Event()
+    errors, answers = [], []
+    live = {"v1"}
+    live_lock = threading.Lock()
+
+    def client():
+        while not stop.is_set():
+            try:
+                p = d.predict(torch.zeros(1, 3))
+                answers.append((answer(p), p.version))
+            except Exception as e:  # counted, and the test fails on any
+                errors.append(e)
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for c in clients:
+        c.start()
+    deadline = time.monotonic() + 10
+    current, i = "v1", 0
+    while time.monotonic() < deadline:
+        nxt = f"v{1 + (i + 1) % 4}"
+        with live_lock:
+            live.add(nxt)
+        d.swap(current, nxt)
+        current, i = nxt, i + 1
+    stop.set()
+    for c in clients:
+        c.join()
+    assert errors == []
+    assert len(answers) > 1000 and i > 10
+    assert all(f"v{value}" == version and version in live for value, version in answers)
+    assert d.status()["swaps"] == i
+
+
+def test_follows_an_alias_moved_by_another_process(reg, python_env):
+    reg.set_alias("m", "production", "v1")
+    d = lepton.Deployment(reg, "m", alias="production", alias_poll_interval=0.02)
+    assert answer(d.predict(torch.zeros(1, 3))) == 1
+    lepton_cmd = os.path.join(os.path.dirname(sys.executable), "lepton")
+    subprocess.run([lepton_cmd, "--registry", reg.path, "alias", "set", "m", "production", "v3"], check=True, env=python_env, capture_output=True)
+    deadline = time.monotonic() + 10
+    while d.status()["primary"] != "v3" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    p = d.predict(torch.zeros(1, 3))
+    assert answer(p) == 3 and p.version == "v3"
+    assert d.status()["alias"] == "production"
+    with pytest.raises(lepton.InvalidArgument):
+        lepton.Deployment(reg, "m", ["v1"], alias="production")
+
+
+def test_add_remove(reg):
+    d = lepton.Deployment(reg, "m", ["v1"])
+    d.add("v2", policy=lepton.Fixed("v2"))
+    assert answer(d.predict(torch.zeros(1, 3))) == 2
+    with pytest.raises(lepton.Conflict):
+        d.add("v2")
+    with pytest.raises(lepton.Conflict, match="set a policy without it"):
+        d.remove("v2")
+    d.remove("v2", policy=lepton.Fixed())
+    assert d.versions == ["v1"]
+    with pytest.raises(lepton.Conflict, match="only version"):
+        d.remove("v1")
+
+
+def test_priorities(reg):
+    reg.register("m", Spin(), version="slow")
+    d = lepton.Deployment(reg, "m", ["slow"], threads=1, max_queue=1, adaptive=False)
+    order = []
+
+    def call(priority, tag, units=1.0):
+        try:
+            d.predict(torch.full((1, 1), units), priority=priority)
+            order.append(tag)
+        except lepton.Overloaded:
+            order.append(tag + "-refused")
+
+    blocker = threading.Thread(target=call, args=(0, "first", 60.0))
+    blocker.start()
+    time.sleep(0.02)
+    low = threading.Thread(target=call, args=(0, "low"))
+    low.start()
+    time.sleep(0.02)
+    high = threading.Thread(target=call, args=(5, "high"))
+    high.start()
+    for t in (blocker, low, high):
+        t.join()
+    # The full queue held "low"; "high" evicted it and ran after the blocker.
+    assert sorted(order) == ["first", "high", "low-refused"]
+    assert order.index("high") > order.index("first")
+
+
+def test_predict_releases_the_gil(reg):
+    reg.register("m", Spin(), version="slow")
+    d = lepton.Deployment(reg, "m", ["slow"])
+    stamps, stop = [], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+            for _ in range(200):
+                pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    time.sleep(0.02)
+    start = time.perf_counter()
+    d.predict(torch.full((1, 1), 10.0))
+    end = time.perf_counter()
+    stop.set()
+    t.join()
+    assert end - start > 0.03
+    assert [s for s in stamps if start + 0.01 < s < end - 0.01], "the GIL was held during predict"
+
+
+def test_lepton_ai_reference_example(tmp_path):
+    """Three models, weights 0.5, 0.3 and 0.2, a 10x10 input giving a 10x2 output."""
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(10, 2).eval() for _ in range(3)]
+    paths = []
+    for i, m in enumerate(models):
+        path = tmp_path / f"model_{i}.pt"
+        torch.jit.script(m).save(str(path))
+        paths.append(path)
+    ai = lepton.LeptonAI(paths, [0.5, 0.3, 0.2])
+    x = torch.randn(10, 10)
+    out = ai.predict(x)
+    with torch.no_grad():
+        expected = 0.5 * models[0](x) + 0.3 * models[1](x) + 0.2 * models[2](x)
+    assert out.shape == (10, 2)
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(lepton.NotFound):
+        lepton.LeptonAI([tmp_path / "missing.pt"], [1.0])
+    with pytest.raises(lepton.InvalidArgument):
+        lepton.LeptonAI(paths, [0.5, 0.5])
+    ai.close()
