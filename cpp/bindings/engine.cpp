@@ -83,11 +83,12 @@ void BindEngine(py::module_& m) {
 
   py::class_<EnsemblePolicy, Policy, std::shared_ptr<EnsemblePolicy>>(m, "EnsemblePolicy")
       .def(py::init([](std::vector<std::string> versions, std::vector<double> weights,
-                       const std::string& combine, const std::string& on_error) {
+                       const std::string& combine, const std::string& on_error, bool split) {
              return std::make_shared<EnsemblePolicy>(std::move(versions), std::move(weights),
-                                                     ParseCombine(combine), ParseOnError(on_error));
+                                                     ParseCombine(combine), ParseOnError(on_error),
+                                                     split);
            }),
-           arg("versions"), arg("weights"), arg("combine"), arg("on_error"))
+           arg("versions"), arg("weights"), arg("combine"), arg("on_error"), arg("split"))
       .def_property_readonly("versions", &EnsemblePolicy::versions)
       .def_property_readonly("weights", &EnsemblePolicy::weights);
 
@@ -156,12 +157,13 @@ void BindEngine(py::module_& m) {
       .def(
           "predict",
           [](Deployment& d, std::vector<at::Tensor> inputs, std::optional<std::string> version,
-             std::optional<std::string> key, std::map<std::string, std::string> headers,
+             std::optional<std::string> key,
+             std::optional<std::map<std::string, std::string>> headers,
              std::optional<double> timeout_s, std::optional<int> priority) {
             PredictOptions o;
             o.context.version = std::move(version);
             o.context.key = std::move(key);
-            o.context.headers = std::move(headers);
+            if (headers) o.context.headers = std::move(*headers);
             o.timeout_s = timeout_s;
             o.priority = priority;
             py::gil_scoped_release release;

@@ -11,6 +11,10 @@
 #include <sstream>
 #include <thread>
 
+#include <ATen/ATen.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
 #include "lepton/errors.h"
 #include "lepton/names.h"
 
@@ -85,6 +89,9 @@ class Deployment::Impl {
     for (const auto& [v, t] : options_.version_threads) {
       if (t < 1) throw InvalidArgument("threads for version '" + v + "' must be >= 1");
     }
+    // All slots reserved for callers: each request's caller joins and works; no TBB workers needed
+    // beyond what the process already has.
+    ensemble_arena_ = std::make_unique<tbb::task_arena>(options_.threads, 1);
     std::random_device rd;
     std::ostringstream prefix;
     prefix << std::hex << (static_cast<uint64_t>(rd()) << 16 ^ rd());
@@ -165,9 +172,14 @@ class Deployment::Impl {
   }
 
   std::string NextRequestId() {
-    std::ostringstream out;
-    out << id_prefix_ << "-" << std::hex << ++request_counter_;
-    return out.str();
+    static const char* kHex = "0123456789abcdef";
+    char digits[16];
+    int n = 0;
+    for (uint64_t v = ++request_counter_; v; v >>= 4) digits[n++] = kHex[v & 0xf];
+    std::string id = id_prefix_;
+    id += '-';
+    while (n) id += digits[--n];
+    return id;
   }
 
   Prediction Predict(const Tensors& inputs, const PredictOptions& o) {
@@ -224,11 +236,77 @@ class Deployment::Impl {
     return p;
   }
 
+  // Chunks per member so that members x chunks divides evenly over the cores; 1 when it already
+  // does, or when the batch is too small to split.
+  int SplitFactor(size_t members, const Tensors& inputs) const {
+    const int cores = options_.threads;
+    if (members < 2 || cores < 2 || members % cores == 0) return 1;
+    int k = 2;
+    while ((static_cast<int>(members) * k) % cores != 0) ++k;
+    return inputs[0].size(0) >= k ? k : 1;
+  }
+
+  // Runs every (member, row chunk) task in one TBB parallel_for on the deployment's arena: the
+  // cores share the work of one request evenly, whatever the number of members.
+  void RunSplit(const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
+                int chunks, std::vector<RunResult>& results,
+                std::vector<std::exception_ptr>& errors) {
+    const int64_t rows = inputs[0].size(0);
+    const size_t n = members.size();
+    std::vector<Tensors> parts(n * chunks);
+    std::vector<std::exception_ptr> part_errors(n * chunks);
+    std::vector<double> compute(n * chunks, 0);
+    // Chunk-major order, so that neighbouring tasks belong to different members.
+    ensemble_arena_->execute([&] {
+      tbb::parallel_for(size_t{0}, n * chunks, size_t{1}, [&](size_t task) {
+        const size_t member = task % n;
+        const int64_t chunk = static_cast<int64_t>(task / n);
+        const int64_t begin = rows * chunk / chunks, end = rows * (chunk + 1) / chunks;
+        Tensors slice;
+        for (const auto& t : inputs) slice.push_back(t.narrow(0, begin, end - begin));
+        try {
+          RunResult r = members[member]->RunHere(slice);
+          parts[member * chunks + chunk] = std::move(r.outputs);
+          compute[member * chunks + chunk] = r.compute_s;
+        } catch (...) {
+          part_errors[member * chunks + chunk] = std::current_exception();
+        }
+      });
+    });
+    for (size_t m = 0; m < n; ++m) {
+      for (int c = 0; c < chunks && !errors[m]; ++c) errors[m] = part_errors[m * chunks + c];
+      if (errors[m]) continue;
+      try {
+        for (size_t k = 0; k < parts[m * chunks].size(); ++k) {
+          std::vector<at::Tensor> pieces;
+          for (int c = 0; c < chunks; ++c) pieces.push_back(parts[m * chunks + c][k]);
+          results[m].outputs.push_back(at::cat(pieces, 0));
+        }
+        for (int c = 0; c < chunks; ++c) results[m].compute_s += compute[m * chunks + c];
+      } catch (const std::exception& e) {
+        errors[m] = std::make_exception_ptr(ModelError(
+            "version '" + members[m]->version() + "' gave outputs that do not follow the batch "
+            "dimension, so its batch cannot be split: " + e.what() +
+            " (use Ensemble(..., split=False))"));
+      }
+    }
+  }
+
   void RunEnsemble(const State& st, const Route& route, const Tensors& inputs, RunOptions run,
                    Prediction& p) {
     std::vector<std::shared_ptr<Servable>> members;
     for (const auto& t : route.targets) members.push_back(Lookup(st, t.version));
     for (const auto& m : members) m->CheckInputs(inputs);
+    const int chunks =
+        route.split_batches && !run.deadline ? SplitFactor(members.size(), inputs) : 1;
+    if (chunks > 1) {
+      std::vector<RunResult> results(members.size());
+      std::vector<std::exception_ptr> errors(members.size());
+      RunSplit(members, inputs, chunks, results, errors);
+      CombineMembers(route, st, members, results, errors, p);
+      p.route += "; rows split in " + std::to_string(chunks) + " chunks per member";
+      return;
+    }
     // Every member but the first goes to its own arena; the caller runs the first itself.
     std::vector<std::shared_ptr<Servable::Ticket>> tickets(members.size());
     RunOptions async = run;
@@ -255,6 +333,13 @@ class Deployment::Impl {
         errors[i] = std::current_exception();
       }
     }
+    CombineMembers(route, st, members, results, errors, p);
+  }
+
+  void CombineMembers(const Route& route, const State& st,
+               const std::vector<std::shared_ptr<Servable>>& members,
+               std::vector<RunResult>& results, const std::vector<std::exception_ptr>& errors,
+               Prediction& p) {
     std::vector<Tensors> outputs;
     std::vector<double> weights;
     for (size_t i = 0; i < members.size(); ++i) {
@@ -279,8 +364,7 @@ class Deployment::Impl {
       throw ModelError("every ensemble member with a weight above zero failed");
     }
     if (route.combine_mode == Combine::kCustom) {
-      if (!st.combiner)
-        throw InvalidArgument("the ensemble asks for a custom combiner; none is set");
+      if (!st.combiner) throw InvalidArgument("the ensemble asks for a custom combiner; none is set");
       const double total = std::accumulate(weights.begin(), weights.end(), 0.0);
       for (auto& w : weights) w /= total;
       p.outputs = st.combiner(outputs, weights);
@@ -540,6 +624,7 @@ class Deployment::Impl {
   std::atomic<int64_t> swaps_{0};
 
   std::shared_ptr<const State> state_;
+  std::unique_ptr<tbb::task_arena> ensemble_arena_;
   std::mutex admin_mu_;
   std::atomic<bool> closed_{false};
 

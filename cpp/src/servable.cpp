@@ -13,7 +13,7 @@
 
 #include "lepton/blob_store.h"
 #include "lepton/errors.h"
-#include "worker_pool.h"
+#include <thread>
 
 namespace lepton {
 namespace {
@@ -155,10 +155,21 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
         signature_(std::move(sig)),
         options_(std::move(options)),
         threads_(options_.threads),
-        arena_(std::make_shared<tbb::task_arena>(threads_, 0)),
-        workers_(threads_) {}
+        arena_(NewArena(threads_)) {}
+
+  // Every slot is reserved for external threads: the servable's own executors and callers that
+  // run their request inline. No TBB worker is needed, so no process-wide setting is touched and
+  // a hung forward can only hold its own version's threads.
+  static std::shared_ptr<tbb::task_arena> NewArena(int threads) {
+    return std::make_shared<tbb::task_arena>(threads, static_cast<unsigned>(threads));
+  }
 
   std::string Who() const { return model_ + ":" + version_; }
+
+  void ResolveSignature() {
+    if (!signature_) return;
+    for (const auto& spec : signature_->inputs) input_types_.push_back(DtypeFromName(spec.dtype));
+  }
 
   void LoadModule(std::string_view bytes) {
     std::istringstream in{std::string(bytes)};
@@ -198,37 +209,36 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     }
   }
 
+  std::string InputName(size_t i) const {
+    return signature_ && i < signature_->inputs.size() ? "input '" + signature_->inputs[i].name + "'"
+                                                       : "input " + std::to_string(i);
+  }
+
+  // Messages are built only on failure: this runs on every request.
   void CheckInputs(const Tensors& inputs) const {
-    const std::string who = Who();
-    if (inputs.empty()) throw InvalidArgument(who + ": no inputs given");
+    auto fail = [&](size_t i, const std::string& what) {
+      throw InvalidArgument(Who() + ": " + InputName(i) + " " + what);
+    };
+    if (inputs.empty()) throw InvalidArgument(Who() + ": no inputs given");
     if (signature_ && !signature_->inputs.empty() && inputs.size() != signature_->inputs.size()) {
-      throw InvalidArgument(who + " takes " + std::to_string(signature_->inputs.size()) +
+      throw InvalidArgument(Who() + " takes " + std::to_string(signature_->inputs.size()) +
                             " inputs, got " + std::to_string(inputs.size()));
     }
     for (size_t i = 0; i < inputs.size(); ++i) {
       const at::Tensor& t = inputs[i];
-      const std::string name = signature_ && i < signature_->inputs.size()
-                                   ? "input '" + signature_->inputs[i].name + "'"
-                                   : "input " + std::to_string(i);
-      if (!t.defined()) throw InvalidArgument(who + ": " + name + " is an undefined tensor");
+      if (!t.defined()) fail(i, "is an undefined tensor");
       if (!t.device().is_cpu()) {
-        throw InvalidArgument(who + ": " + name + " is on " + t.device().str() +
-                              "; lepton serves on CPU, move it with .cpu()");
+        fail(i, "is on " + t.device().str() + "; lepton serves on CPU, move it with .cpu()");
       }
-      if (t.dim() == 0) {
-        throw InvalidArgument(who + ": " + name +
-                              " is a scalar; inputs need a batch dimension first");
-      }
-      if (t.size(0) == 0) throw InvalidArgument(who + ": " + name + " is an empty batch (0 rows)");
+      if (t.dim() == 0) fail(i, "is a scalar; inputs need a batch dimension first");
+      if (t.size(0) == 0) fail(i, "is an empty batch (0 rows)");
       if (!t.is_contiguous()) {
-        throw InvalidArgument(who + ": " + name + " of shape " + ShapeString(t.sizes()) +
-                              " is not contiguous; call .contiguous() first");
+        fail(i, "of shape " + ShapeString(t.sizes()) + " is not contiguous; call .contiguous() first");
       }
       if (!signature_ || i >= signature_->inputs.size()) continue;
       const TensorSpec& spec = signature_->inputs[i];
-      if (DtypeName(t.scalar_type()) != spec.dtype) {
-        throw InvalidArgument(who + ": " + name + " has dtype " + DtypeName(t.scalar_type()) +
-                              ", expected " + spec.dtype);
+      if (t.scalar_type() != input_types_[i]) {
+        fail(i, "has dtype " + DtypeName(t.scalar_type()) + ", expected " + spec.dtype);
       }
       if (spec.shape.empty()) continue;
       bool fits = static_cast<size_t>(t.dim()) == spec.shape.size();
@@ -236,16 +246,21 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
         fits = spec.shape[d] < 0 || spec.shape[d] == t.size(static_cast<int64_t>(d));
       }
       if (!fits) {
-        throw InvalidArgument(who + ": " + name + " has shape " + ShapeString(t.sizes()) +
-                              ", expected " + ShapeString(spec.shape) + " (-1: any size)");
+        fail(i, "has shape " + ShapeString(t.sizes()) + ", expected " + ShapeString(spec.shape) +
+                    " (-1: any size)");
       }
     }
   }
 
   Tensors Forward(const Tensors& inputs) {
     // Touch ATen's per-thread pool set-up first so that it does not undo the count set next.
+    // The count is per thread; the caller's own setting comes back when the forward ends.
     (void)at::get_num_threads();
-    omp_set_num_threads(options_.intra_op_threads);
+    struct IntraOpThreads {
+      int saved = omp_get_max_threads();
+      explicit IntraOpThreads(int n) { omp_set_num_threads(n); }
+      ~IntraOpThreads() { omp_set_num_threads(saved); }
+    } intra_op(options_.intra_op_threads);
     c10::InferenceMode guard;
     std::vector<c10::IValue> args(inputs.begin(), inputs.end());
     try {
@@ -354,11 +369,41 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 
   void MaybeDispatch(std::unique_lock<std::mutex>& lk) {
     (void)lk;
-    if (queue_.empty() || collecting_ || in_flight_ >= threads_) return;
-    collecting_ = true;
+    if (!queue_.empty() && !collecting_ && in_flight_ < threads_) work_.notify_one();
+  }
+
+  void StartExecutors(std::unique_lock<std::mutex>& lk) {
+    (void)lk;
     auto self = shared_from_this();
-    auto arena = arena_;
-    arena->enqueue([self, arena] { self->Collect(); });
+    while (executors_ < threads_) {
+      const int index = executors_++;
+      std::thread([self, index] { self->ExecutorLoop(index); }).detach();
+    }
+  }
+
+  // One of the servable's `threads_` executors: takes a batch whenever there is work and a free
+  // slot, and runs it inside the arena. Holds the servable alive until it exits.
+  void ExecutorLoop(int index) {
+    std::unique_lock<std::mutex> lk(mu_);
+    while (!stopping_ && index < threads_) {
+      if (queue_.empty() || collecting_ || in_flight_ >= threads_) {
+        work_.wait(lk);
+        continue;
+      }
+      collecting_ = true;
+      auto arena = arena_;
+      lk.unlock();
+      arena->execute([this] { Collect(); });
+      lk.lock();
+    }
+    --executors_;
+    changed_.notify_all();
+  }
+
+  void Stop() {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+    work_.notify_all();
   }
 
   void Collect() {
@@ -461,6 +506,24 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     return Take(t);
   }
 
+  RunResult RunHere(const Tensors& inputs) {
+    CheckInputs(inputs);
+    std::unique_lock<std::mutex> lk(mu_);
+    RequireServing();
+    auto t = MakeTicket(inputs, RunOptions{});
+    ++requests_;
+    ++in_flight_;
+    t->state = Ticket::State::kRunning;
+    lk.unlock();
+    Execute({t});
+    lk.lock();
+    --in_flight_;
+    Finish({t});
+    MaybeDispatch(lk);
+    lk.unlock();
+    return Take(t);
+  }
+
   std::shared_ptr<Ticket> Submit(const Tensors& inputs, const RunOptions& o) {
     CheckInputs(inputs);
     std::unique_lock<std::mutex> lk(mu_);
@@ -520,8 +583,9 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     std::unique_lock<std::mutex> lk(mu_);
     if (threads == threads_) return;
     threads_ = threads;
-    arena_ = std::make_shared<tbb::task_arena>(threads, 0);
-    workers_.Resize(threads);
+    arena_ = NewArena(threads);
+    StartExecutors(lk);
+    work_.notify_all();  // executors beyond the new budget exit
     MaybeDispatch(lk);
   }
 
@@ -548,6 +612,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   const std::string model_, version_, sha256_;
   const std::optional<Signature> signature_;
   const ServableOptions options_;
+  std::vector<at::ScalarType> input_types_;  // the signature's input dtypes, resolved once
   torch::jit::Module module_;
   int64_t weight_bytes_ = 0;
 
@@ -556,7 +621,9 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   Health health_ = Health::kLoading;
   int threads_;
   std::shared_ptr<tbb::task_arena> arena_;
-  WorkerReservation workers_;
+  std::condition_variable work_;  // wakes executors
+  int executors_ = 0;             // executor threads started and not yet exited
+  bool stopping_ = false;
   std::map<Key, std::shared_ptr<Ticket>> queue_;
   uint64_t next_seq_ = 0;
   bool collecting_ = false;
@@ -587,14 +654,22 @@ std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
   }
   auto impl = std::make_shared<Impl>(std::move(model), std::move(version), std::move(sha256),
                                      std::move(signature), std::move(options));
+  impl->ResolveSignature();
   impl->LoadModule(bytes);
   impl->Warmup();
-  impl->health_ = Health::kReady;
+  {
+    std::unique_lock<std::mutex> lk(impl->mu_);
+    impl->health_ = Health::kReady;
+    impl->StartExecutors(lk);
+  }
   return std::shared_ptr<Servable>(new Servable(std::move(impl)));
 }
 
 Servable::Servable(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Servable::~Servable() { impl_->Drain(0); }
+Servable::~Servable() {
+  impl_->Drain(0);
+  impl_->Stop();
+}
 
 const std::string& Servable::model() const { return impl_->model_; }
 const std::string& Servable::version() const { return impl_->version_; }
@@ -605,6 +680,7 @@ void Servable::CheckInputs(const Tensors& inputs) const { impl_->CheckInputs(inp
 RunResult Servable::Run(const Tensors& inputs, const RunOptions& options) {
   return impl_->Run(inputs, options);
 }
+RunResult Servable::RunHere(const Tensors& inputs) { return impl_->RunHere(inputs); }
 std::shared_ptr<Servable::Ticket> Servable::Submit(const Tensors& inputs,
                                                    const RunOptions& options) {
   return impl_->Submit(inputs, options);

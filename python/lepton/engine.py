@@ -39,6 +39,9 @@ class Ensemble:
     ``fn(outputs, weights) -> tensor or list of tensors`` where ``outputs`` holds each member's
     list of output tensors and ``weights`` sums to one. ``on_error="skip"`` leaves a failing
     member out and renormalises the remaining weights; ``"fail"`` fails the request.
+    ``split``: when the members do not divide evenly over the cores (three on two), each member
+    runs on row chunks of the batch so that every core stays busy; members must then treat rows
+    independently, as dynamic batching also assumes. Requests with a timeout are not split.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class Ensemble:
         versions: Optional[Sequence[str]] = None,
         combine: Union[str, Callable[..., Any]] = "auto",
         on_error: str = "fail",
+        split: bool = True,
     ):
         if isinstance(weights, Mapping):
             if versions is not None:
@@ -60,7 +64,7 @@ class Ensemble:
             raise InvalidArgument(f"weights must be numbers, got {weights!r}") from None
         self.combiner = combine if callable(combine) else None
         mode = "custom" if callable(combine) else combine
-        self._core = _core.EnsemblePolicy(list(versions or []), weight_list, mode, on_error)
+        self._core = _core.EnsemblePolicy(list(versions or []), weight_list, mode, on_error, bool(split))
 
     def __repr__(self) -> str:
         return self._core.describe()
@@ -113,6 +117,8 @@ class Prediction:
 
 def _to_inputs(x: Inputs) -> Tuple[List[torch.Tensor], bool]:
     """Tensors for the core (numpy arrays are wrapped without copying) and whether to answer numpy."""
+    if type(x) is torch.Tensor:  # the common case, kept cheap
+        return [x], False
     items = list(x) if isinstance(x, (list, tuple)) else [x]
     if not items:
         raise InvalidArgument("no inputs given")
@@ -230,9 +236,7 @@ class Deployment:
         sticky policies; ``timeout`` (seconds) raises ``lepton.Timeout`` when passed. The GIL is
         released while the request runs."""
         tensors, numpy_in = _to_inputs(x)
-        return Prediction(
-            self._core.predict(tensors, version, key, dict(headers or {}), timeout, priority), numpy_in
-        )
+        return Prediction(self._core.predict(tensors, version, key, headers, timeout, priority), numpy_in)
 
     def __call__(self, x: Inputs, **kwargs: Any) -> Any:
         """The output alone: ``deployment(x)`` is ``deployment.predict(x).output``."""

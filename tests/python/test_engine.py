@@ -377,3 +377,14 @@ def test_lepton_ai_reference_example(tmp_path):
     with pytest.raises(lepton.InvalidArgument):
         lepton.LeptonAI(paths, [0.5, 0.5])
     ai.close()
+
+
+def test_predict_leaves_the_callers_torch_threads_alone(reg):
+    d = lepton.Deployment(reg, "m", ["v1"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        d.predict(torch.zeros(1, 3))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,204 @@
+"""Engine macro-benchmarks, side by side in one run, medians of several runs.
+
+  ensemble   3 versions of a 64->1024->1024->2 MLP at batch 64: lepton's parallel ensemble against
+             each version's single-thread latency (parallel efficiency) and against the plain
+             approach (a Python loop over the models summing weighted outputs) at torch's default
+             and best thread settings
+  overhead   a tiny model at batch 1: Deployment.predict against calling the TorchScript module
+  batching   32 client threads sending batch-1 requests to a small MLP, with and without batching
+  swap       p99 latency of 8 clients while versions are hot-swapped, against the steady p99
+
+usage: .venv/bin/python benchmarks/engine_bench.py [--runs 5] [--only ensemble,overhead,...]
+"""
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+
+import torch
+
+import lepton
+
+CORES = os.cpu_count() or 1
+
+
+def mlp(sizes, seed):
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1]).eval()
+
+
+def timed(fn, calls):
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def median_of(fn, calls, runs):
+    fn()
+    return statistics.median(timed(fn, calls) for _ in range(runs))
+
+
+def bench_ensemble(reg, runs):
+    sizes = [64, 1024, 1024, 2]
+    models = [torch.jit.script(mlp(sizes, seed)) for seed in range(3)]
+    weights = [0.5, 0.3, 0.2]
+    for i, m in enumerate(models):
+        reg.register("ens", m, version=f"v{i}", example_inputs=torch.zeros(64, 64))
+    x = torch.randn(64, 64)
+    calls = 30
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        single = [median_of(lambda m=m: m(x), calls, runs) for m in models]
+    torch.set_num_threads(saved)
+
+    d = lepton.Deployment(reg, "ens", ["v0", "v1", "v2"], policy=lepton.Ensemble(weights))
+    ensemble = median_of(lambda: d.predict(x), calls, runs)
+
+    def plain():
+        with torch.inference_mode():
+            return sum(w * m(x) for w, m in zip(weights, models))
+
+    plain_by_threads = {}
+    for threads in sorted({saved, 1, CORES}):
+        torch.set_num_threads(threads)
+        plain_by_threads[threads] = median_of(plain, calls, runs)
+    torch.set_num_threads(saved)
+    best_threads = min(plain_by_threads, key=plain_by_threads.get)
+    d.close()
+
+    efficiency = sum(single) / (CORES * ensemble)
+    print(f"ensemble  single-thread latency per version: {', '.join(f'{s * 1e3:.2f}' for s in single)} ms")
+    print(f"ensemble  lepton 3-version ensemble: {ensemble * 1e3:.2f} ms; "
+          f"parallel efficiency {efficiency:.2f} on {CORES} cores (goal >= 0.9)")
+    print(f"ensemble  plain Python loop: {plain_by_threads[saved] * 1e3:.2f} ms at torch's default "
+          f"{saved} thread(s) ({plain_by_threads[saved] / ensemble:.2f}x lepton's time), "
+          f"{plain_by_threads[best_threads] * 1e3:.2f} ms at its best, {best_threads} thread(s) "
+          f"({plain_by_threads[best_threads] / ensemble:.2f}x)")
+
+
+def bench_overhead(reg, runs):
+    tiny = torch.jit.script(torch.nn.Linear(4, 2).eval())
+    reg.register("tiny", tiny, example_inputs=torch.zeros(1, 4))
+    d = lepton.Deployment(reg, "tiny", ["v1"])
+    x = torch.randn(1, 4)
+    calls = 5000
+
+    def direct():
+        with torch.inference_mode():
+            return tiny(x)
+
+    pairs = []
+    for _ in range(runs):  # interleaved so both see the same machine state
+        pairs.append((timed(direct, calls), timed(lambda: d.predict(x), calls)))
+    direct_t = statistics.median(p[0] for p in pairs)
+    lepton_t = statistics.median(p[1] for p in pairs)
+    print(f"overhead  tiny model, batch 1: direct TorchScript call {direct_t * 1e6:.1f} us, "
+          f"Deployment.predict {lepton_t * 1e6:.1f} us, ratio {lepton_t / direct_t:.2f} (goal <= 1.0)")
+    d.close()
+
+
+def load(d, clients, seconds, x):
+    latencies, errors = [], []
+    stop = threading.Event()
+
+    def client():
+        mine = []
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                d.predict(x)
+                mine.append(time.perf_counter() - t)
+            except Exception as e:  # reported
+                errors.append(e)
+        latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return latencies, errors
+
+
+def p99(values):
+    return statistics.quantiles(values, n=100)[98] if len(values) >= 100 else max(values)
+
+
+def bench_batching(reg, runs):
+    reg.register("batch", mlp([512, 1024, 1024, 10], 0), example_inputs=torch.zeros(1, 512))
+    x = torch.randn(1, 512)
+    results = {}
+    for label, batch, delay in (("without batching", 1, 0.0), ("with batching", 32, 2.0)):
+        d = lepton.Deployment(reg, "batch", ["v1"], max_batch_size=batch, max_queue_delay_ms=delay)
+        throughput, tails = [], []
+        for _ in range(runs):
+            lat, errors = load(d, 32, 2.0, x)
+            assert not errors, errors[:3]
+            throughput.append(len(lat) / 2.0)
+            tails.append(p99(lat))
+        results[label] = (statistics.median(throughput), statistics.median(tails))
+        d.close()
+    (t0, p0), (t1, p1) = results["without batching"], results["with batching"]
+    print(f"batching  32 clients, batch-1 requests: {t0:,.0f} req/s without batching (p99 {p0 * 1e3:.1f} ms), "
+          f"{t1:,.0f} req/s with max_batch_size=32 (p99 {p1 * 1e3:.1f} ms): {t1 / t0:.1f}x (goal >= 4x)")
+
+
+def bench_swap(reg, runs):
+    for i in range(4):
+        reg.register("swap", mlp([64, 256, 256, 2], i), version=f"s{i}", example_inputs=torch.zeros(1, 64))
+    x = torch.randn(1, 64)
+    d = lepton.Deployment(reg, "swap", ["s0"])
+    steady_tails, swap_tails, swaps, total_errors = [], [], 0, 0
+    for _ in range(runs):
+        lat, errors = load(d, 8, 1.5, x)
+        steady_tails.append(p99(lat))
+        total_errors += len(errors)
+        stop = threading.Event()
+
+        def swapper():
+            nonlocal swaps
+            while not stop.is_set():
+                current = d.versions[0]
+                d.swap(current, f"s{(int(current[1]) + 1) % 4}")
+                swaps += 1
+                time.sleep(0.1)
+
+        t = threading.Thread(target=swapper)
+        t.start()
+        lat, errors = load(d, 8, 1.5, x)
+        stop.set()
+        t.join()
+        swap_tails.append(p99(lat))
+        total_errors += len(errors)
+    steady, swapping = statistics.median(steady_tails), statistics.median(swap_tails)
+    print(f"swap      8 clients: steady p99 {steady * 1e3:.2f} ms, p99 during {swaps} hot swaps "
+          f"{swapping * 1e3:.2f} ms ({swapping / steady:.2f}x, goal <= 2x), errors {total_errors}")
+    d.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--only", default="ensemble,overhead,batching,swap")
+    args = ap.parse_args()
+    print(f"lepton {lepton.__version__}, torch {torch.__version__}, {CORES} cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        reg = lepton.Registry(os.path.join(tmp, "reg"))
+        for name in args.only.split(","):
+            {"ensemble": bench_ensemble, "overhead": bench_overhead, "batching": bench_batching, "swap": bench_swap}[
+                name
+            ](reg, args.runs)
+
+
+if __name__ == "__main__":
+    main()
