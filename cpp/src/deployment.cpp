@@ -1,5 +1,9 @@
 #include "lepton/deployment.h"
 
+#include <ATen/ATen.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -10,10 +14,6 @@
 #include <random>
 #include <sstream>
 #include <thread>
-
-#include <ATen/ATen.h>
-#include <tbb/parallel_for.h>
-#include <tbb/task_arena.h>
 
 #include "lepton/errors.h"
 #include "lepton/names.h"
@@ -284,10 +284,11 @@ class Deployment::Impl {
         }
         for (int c = 0; c < chunks; ++c) results[m].compute_s += compute[m * chunks + c];
       } catch (const std::exception& e) {
-        errors[m] = std::make_exception_ptr(ModelError(
-            "version '" + members[m]->version() + "' gave outputs that do not follow the batch "
-            "dimension, so its batch cannot be split: " + e.what() +
-            " (use Ensemble(..., split=False))"));
+        errors[m] =
+            std::make_exception_ptr(ModelError("version '" + members[m]->version() +
+                                               "' gave outputs that do not follow the batch "
+                                               "dimension, so its batch cannot be split: " +
+                                               e.what() + " (use Ensemble(..., split=False))"));
       }
     }
   }
@@ -337,9 +338,9 @@ class Deployment::Impl {
   }
 
   void CombineMembers(const Route& route, const State& st,
-               const std::vector<std::shared_ptr<Servable>>& members,
-               std::vector<RunResult>& results, const std::vector<std::exception_ptr>& errors,
-               Prediction& p) {
+                      const std::vector<std::shared_ptr<Servable>>& members,
+                      std::vector<RunResult>& results,
+                      const std::vector<std::exception_ptr>& errors, Prediction& p) {
     std::vector<Tensors> outputs;
     std::vector<double> weights;
     for (size_t i = 0; i < members.size(); ++i) {
@@ -364,7 +365,8 @@ class Deployment::Impl {
       throw ModelError("every ensemble member with a weight above zero failed");
     }
     if (route.combine_mode == Combine::kCustom) {
-      if (!st.combiner) throw InvalidArgument("the ensemble asks for a custom combiner; none is set");
+      if (!st.combiner)
+        throw InvalidArgument("the ensemble asks for a custom combiner; none is set");
       const double total = std::accumulate(weights.begin(), weights.end(), 0.0);
       for (auto& w : weights) w /= total;
       p.outputs = st.combiner(outputs, weights);

@@ -10,10 +10,10 @@
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "lepton/blob_store.h"
 #include "lepton/errors.h"
-#include <thread>
 
 namespace lepton {
 namespace {
@@ -210,8 +210,9 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   std::string InputName(size_t i) const {
-    return signature_ && i < signature_->inputs.size() ? "input '" + signature_->inputs[i].name + "'"
-                                                       : "input " + std::to_string(i);
+    return signature_ && i < signature_->inputs.size()
+               ? "input '" + signature_->inputs[i].name + "'"
+               : "input " + std::to_string(i);
   }
 
   // Messages are built only on failure: this runs on every request.
@@ -233,7 +234,8 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
       if (t.dim() == 0) fail(i, "is a scalar; inputs need a batch dimension first");
       if (t.size(0) == 0) fail(i, "is an empty batch (0 rows)");
       if (!t.is_contiguous()) {
-        fail(i, "of shape " + ShapeString(t.sizes()) + " is not contiguous; call .contiguous() first");
+        fail(i,
+             "of shape " + ShapeString(t.sizes()) + " is not contiguous; call .contiguous() first");
       }
       if (!signature_ || i >= signature_->inputs.size()) continue;
       const TensorSpec& spec = signature_->inputs[i];

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import torch
 from torch import nn
 
 from .cli import format_history
+from .engine import Deployment, Ensemble, Fixed
 from .registry import Registry, diff_metrics
 
 
@@ -84,3 +86,35 @@ def run(path: str) -> None:
     print(f"verify: {report.versions_checked} versions checked, ok={report.ok}")
     print("\nhistory of classifier:")
     print(format_history(reg.history("classifier")))
+
+    _serve(reg, data[2][:6])
+
+
+def _show(p, note: str = "") -> None:
+    classes = p.output.argmax(1).tolist()
+    print(f"  {p.request_id:12} answered by {str(p.version):20} {p.route:52} -> {classes}{note}")
+
+
+def _serve(reg: Registry, x: torch.Tensor) -> None:
+    print("\nserving v1.0 and v1.1 side by side:")
+    with Deployment(reg, "classifier", ["v1.0", "v1.1"]) as d:
+        _show(d.predict(x))
+        _show(d.predict(x, version="v1.1"), "  (pinned by the request)")
+        d.set_policy(Ensemble({"v1.0": 0.4, "v1.1": 0.6}))
+        _show(d.predict(x), "  (weighted mean 0.4/0.6)")
+        d.set_policy(Fixed("v1.1"))
+        _show(d.predict(x))
+        d.swap("v1.0", "v1.2")
+        print(f"  hot-swapped v1.0 -> v1.2; live versions: {d.versions}")
+        _show(d.predict(x, version="v1.2"))
+        for v in d.status()["versions"]:
+            print(f"  {v['version']:5} {v['health']:6} threads={v['threads']} requests={v['requests']} ok={v['succeeded']}")
+
+    print("\nfollowing classifier@production:")
+    with Deployment(reg, "classifier", alias="production", alias_poll_interval=0.05) as d:
+        _show(d.predict(x))
+        reg.set_alias("classifier", "production", "v1.2", reason="demo: promote v1.2 again")
+        deadline = time.monotonic() + 5
+        while d.status()["primary"] != "v1.2" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _show(d.predict(x), "  (alias moved in the registry; the deployment followed)")

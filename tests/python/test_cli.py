@@ -88,6 +88,8 @@ def test_demo_runs(tmp_path):
     assert result.exit_code == 0, result.output
     assert "rolled back: production -> v1.1" in result.output
     assert "verify: 3 versions checked, ok=True" in result.output
+    assert "answered by ['v1.0', 'v1.1']" in result.output
+    assert "the deployment followed" in result.output
     (tmp_path / "not-a-registry").mkdir()
     (tmp_path / "not-a-registry" / "keep.txt").write_text("mine")
     result = CliRunner().invoke(cli, ["demo", "--registry", str(tmp_path / "not-a-registry")])
