@@ -83,12 +83,12 @@ void BindEngine(py::module_& m) {
 
   py::class_<EnsemblePolicy, Policy, std::shared_ptr<EnsemblePolicy>>(m, "EnsemblePolicy")
       .def(py::init([](std::vector<std::string> versions, std::vector<double> weights,
-                       const std::string& combine, const std::string& on_error, bool split) {
+                       const std::string& combine, const std::string& on_error, bool balance) {
              return std::make_shared<EnsemblePolicy>(std::move(versions), std::move(weights),
                                                      ParseCombine(combine), ParseOnError(on_error),
-                                                     split);
+                                                     balance);
            }),
-           arg("versions"), arg("weights"), arg("combine"), arg("on_error"), arg("split"))
+           arg("versions"), arg("weights"), arg("combine"), arg("on_error"), arg("balance"))
       .def_property_readonly("versions", &EnsemblePolicy::versions)
       .def_property_readonly("weights", &EnsemblePolicy::weights);
 

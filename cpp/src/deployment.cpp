@@ -236,59 +236,70 @@ class Deployment::Impl {
     return p;
   }
 
-  // Chunks per member so that members x chunks divides evenly over the cores; 1 when it already
-  // does, or when the batch is too small to split.
-  int SplitFactor(size_t members, const Tensors& inputs) const {
-    const int cores = options_.threads;
-    if (members < 2 || cores < 2 || members % cores == 0) return 1;
-    int k = 2;
-    while ((static_cast<int>(members) * k) % cores != 0) ++k;
-    return inputs[0].size(0) >= k ? k : 1;
-  }
-
-  // Runs every (member, row chunk) task in one TBB parallel_for on the deployment's arena: the
-  // cores share the work of one request evenly, whatever the number of members.
-  void RunSplit(const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
-                int chunks, std::vector<RunResult>& results,
-                std::vector<std::exception_ptr>& errors) {
+  // Runs the members in waves on the deployment's TBB arena so that every core works: whole
+  // waves of `cores` members, then the remaining members with their batches split by rows over
+  // the spare cores. Every forward keeps one intra-op thread: OpenMP teams for the last wave would
+  // spin into the next request's cores.
+  void RunInWaves(const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
+                  std::vector<RunResult>& results, std::vector<std::exception_ptr>& errors) {
+    const size_t cores = static_cast<size_t>(options_.threads);
+    const size_t whole = members.size() - members.size() % cores;
+    const size_t rest = members.size() - whole;
     const int64_t rows = inputs[0].size(0);
-    const size_t n = members.size();
-    std::vector<Tensors> parts(n * chunks);
-    std::vector<std::exception_ptr> part_errors(n * chunks);
-    std::vector<double> compute(n * chunks, 0);
-    // Chunk-major order, so that neighbouring tasks belong to different members.
-    ensemble_arena_->execute([&] {
-      tbb::parallel_for(size_t{0}, n * chunks, size_t{1}, [&](size_t task) {
-        const size_t member = task % n;
-        const int64_t chunk = static_cast<int64_t>(task / n);
-        const int64_t begin = rows * chunk / chunks, end = rows * (chunk + 1) / chunks;
-        Tensors slice;
-        for (const auto& t : inputs) slice.push_back(t.narrow(0, begin, end - begin));
+    const int64_t chunks = rest ? std::min<int64_t>(rows, static_cast<int64_t>(cores / rest)) : 1;
+    // Tasks: one per member of the whole waves, then `chunks` per remaining member.
+    const size_t tasks = whole + rest * static_cast<size_t>(chunks);
+    std::vector<Tensors> parts(rest * chunks);
+    std::vector<std::exception_ptr> part_errors(rest * chunks);
+    std::vector<double> part_compute(rest * chunks, 0);
+    auto run_task = [&](size_t task) {
+      if (task < whole) {
         try {
-          RunResult r = members[member]->RunHere(slice);
-          parts[member * chunks + chunk] = std::move(r.outputs);
-          compute[member * chunks + chunk] = r.compute_s;
+          results[task] = members[task]->RunHere(inputs, 1);
         } catch (...) {
-          part_errors[member * chunks + chunk] = std::current_exception();
+          errors[task] = std::current_exception();
         }
-      });
-    });
-    for (size_t m = 0; m < n; ++m) {
-      for (int c = 0; c < chunks && !errors[m]; ++c) errors[m] = part_errors[m * chunks + c];
-      if (errors[m]) continue;
+        return;
+      }
+      const size_t k = task - whole;
+      const size_t member = whole + k / chunks;
+      const int64_t chunk = static_cast<int64_t>(k % chunks);
+      const int64_t begin = rows * chunk / chunks, end = rows * (chunk + 1) / chunks;
+      Tensors slice;
+      for (const auto& t : inputs) slice.push_back(t.narrow(0, begin, end - begin));
       try {
-        for (size_t k = 0; k < parts[m * chunks].size(); ++k) {
+        RunResult r = members[member]->RunHere(slice, 1);
+        parts[k] = std::move(r.outputs);
+        part_compute[k] = r.compute_s;
+      } catch (...) {
+        part_errors[k] = std::current_exception();
+      }
+    };
+    ensemble_arena_->execute([&] {
+      for (size_t begin = 0; begin < whole; begin += cores) {
+        tbb::parallel_for(begin, begin + cores, size_t{1}, run_task);
+      }
+      tbb::parallel_for(whole, tasks, size_t{1}, run_task);
+    });
+    for (size_t r = 0; r < rest; ++r) {
+      const size_t member = whole + r;
+      for (int64_t c = 0; c < chunks && !errors[member]; ++c)
+        errors[member] = part_errors[r * chunks + c];
+      if (errors[member]) continue;
+      try {
+        for (size_t o = 0; o < parts[r * chunks].size(); ++o) {
           std::vector<at::Tensor> pieces;
-          for (int c = 0; c < chunks; ++c) pieces.push_back(parts[m * chunks + c][k]);
-          results[m].outputs.push_back(at::cat(pieces, 0));
+          for (int64_t c = 0; c < chunks; ++c) pieces.push_back(parts[r * chunks + c][o]);
+          results[member].outputs.push_back(chunks == 1 ? pieces[0] : at::cat(pieces, 0));
         }
-        for (int c = 0; c < chunks; ++c) results[m].compute_s += compute[m * chunks + c];
+        for (int64_t c = 0; c < chunks; ++c)
+          results[member].compute_s += part_compute[r * chunks + c];
       } catch (const std::exception& e) {
-        errors[m] =
-            std::make_exception_ptr(ModelError("version '" + members[m]->version() +
-                                               "' gave outputs that do not follow the batch "
-                                               "dimension, so its batch cannot be split: " +
-                                               e.what() + " (use Ensemble(..., split=False))"));
+        errors[member] =
+            std::make_exception_ptr(ModelError("version '" + members[member]->version() +
+                                               "' gave outputs that do not follow the "
+                                               "batch dimension, so its rows cannot be split: " +
+                                               e.what() + " (use Ensemble(..., balance=False))"));
       }
     }
   }
@@ -298,14 +309,12 @@ class Deployment::Impl {
     std::vector<std::shared_ptr<Servable>> members;
     for (const auto& t : route.targets) members.push_back(Lookup(st, t.version));
     for (const auto& m : members) m->CheckInputs(inputs);
-    const int chunks =
-        route.split_batches && !run.deadline ? SplitFactor(members.size(), inputs) : 1;
-    if (chunks > 1) {
+    const size_t cores = static_cast<size_t>(options_.threads);
+    if (route.balance && !run.deadline && cores > 1 && members.size() % cores != 0) {
       std::vector<RunResult> results(members.size());
       std::vector<std::exception_ptr> errors(members.size());
-      RunSplit(members, inputs, chunks, results, errors);
+      RunInWaves(members, inputs, results, errors);
       CombineMembers(route, st, members, results, errors, p);
-      p.route += "; rows split in " + std::to_string(chunks) + " chunks per member";
       return;
     }
     // Every member but the first goes to its own arena; the caller runs the first itself.

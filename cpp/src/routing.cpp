@@ -78,12 +78,12 @@ std::string FixedPolicy::Describe() const {
 }
 
 EnsemblePolicy::EnsemblePolicy(std::vector<std::string> versions, std::vector<double> weights,
-                               Combine combine, OnError on_error, bool split)
+                               Combine combine, OnError on_error, bool balance)
     : versions_(std::move(versions)),
       weights_(std::move(weights)),
       combine_(combine),
       on_error_(on_error),
-      split_(split) {
+      balance_(balance) {
   if (!versions_.empty() && !weights_.empty() && versions_.size() != weights_.size()) {
     throw InvalidArgument("Ensemble has " + std::to_string(versions_.size()) + " versions but " +
                           std::to_string(weights_.size()) + " weights");
@@ -104,7 +104,7 @@ Route EnsemblePolicy::Select(const RequestContext&, const LiveVersions& live) co
   r.combine = true;
   r.combine_mode = combine_;
   r.on_error = on_error_;
-  r.split_batches = split_;
+  r.balance = balance_;
   const std::vector<std::string>& members = versions_.empty() ? live.versions : versions_;
   for (size_t i = 0; i < members.size(); ++i) {
     r.targets.push_back({members[i], weights_.empty() ? 1.0 : weights_[i]});
@@ -131,7 +131,7 @@ std::shared_ptr<const Policy> EnsemblePolicy::Renamed(const std::string& from,
                                                       const std::string& to) const {
   std::vector<std::string> renamed = versions_;
   std::replace(renamed.begin(), renamed.end(), from, to);
-  return std::make_shared<EnsemblePolicy>(renamed, weights_, combine_, on_error_, split_);
+  return std::make_shared<EnsemblePolicy>(renamed, weights_, combine_, on_error_, balance_);
 }
 
 std::string EnsemblePolicy::Describe() const {

@@ -254,7 +254,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     }
   }
 
-  Tensors Forward(const Tensors& inputs) {
+  Tensors Forward(const Tensors& inputs, int intra_op_threads = 0) {
     // Touch ATen's per-thread pool set-up first so that it does not undo the count set next.
     // The count is per thread; the caller's own setting comes back when the forward ends.
     (void)at::get_num_threads();
@@ -262,7 +262,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
       int saved = omp_get_max_threads();
       explicit IntraOpThreads(int n) { omp_set_num_threads(n); }
       ~IntraOpThreads() { omp_set_num_threads(saved); }
-    } intra_op(options_.intra_op_threads);
+    } intra_op(intra_op_threads > 0 ? intra_op_threads : options_.intra_op_threads);
     c10::InferenceMode guard;
     std::vector<c10::IValue> args(inputs.begin(), inputs.end());
     try {
@@ -277,13 +277,13 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   // Runs one batch and fills in each ticket's outputs or error. Never throws.
-  void Execute(const std::vector<std::shared_ptr<Ticket>>& batch) {
+  void Execute(const std::vector<std::shared_ptr<Ticket>>& batch, int intra_op_threads = 0) {
     const auto start = Clock::now();
     int64_t rows = 0;
     for (const auto& t : batch) rows += t->rows;
     try {
       if (batch.size() == 1) {
-        batch[0]->result.outputs = Forward(batch[0]->inputs);
+        batch[0]->result.outputs = Forward(batch[0]->inputs, intra_op_threads);
       } else {
         Tensors joined;
         for (size_t i = 0; i < batch[0]->inputs.size(); ++i) {
@@ -508,7 +508,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     return Take(t);
   }
 
-  RunResult RunHere(const Tensors& inputs) {
+  RunResult RunHere(const Tensors& inputs, int intra_op_threads) {
     CheckInputs(inputs);
     std::unique_lock<std::mutex> lk(mu_);
     RequireServing();
@@ -517,7 +517,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     ++in_flight_;
     t->state = Ticket::State::kRunning;
     lk.unlock();
-    Execute({t});
+    Execute({t}, intra_op_threads);
     lk.lock();
     --in_flight_;
     Finish({t});
@@ -682,7 +682,9 @@ void Servable::CheckInputs(const Tensors& inputs) const { impl_->CheckInputs(inp
 RunResult Servable::Run(const Tensors& inputs, const RunOptions& options) {
   return impl_->Run(inputs, options);
 }
-RunResult Servable::RunHere(const Tensors& inputs) { return impl_->RunHere(inputs); }
+RunResult Servable::RunHere(const Tensors& inputs, int intra_op_threads) {
+  return impl_->RunHere(inputs, intra_op_threads);
+}
 std::shared_ptr<Servable::Ticket> Servable::Submit(const Tensors& inputs,
                                                    const RunOptions& options) {
   return impl_->Submit(inputs, options);

@@ -39,9 +39,11 @@ class Ensemble:
     ``fn(outputs, weights) -> tensor or list of tensors`` where ``outputs`` holds each member's
     list of output tensors and ``weights`` sums to one. ``on_error="skip"`` leaves a failing
     member out and renormalises the remaining weights; ``"fail"`` fails the request.
-    ``split``: when the members do not divide evenly over the cores (three on two), each member
-    runs on row chunks of the batch so that every core stays busy; members must then treat rows
-    independently, as dynamic batching also assumes. Requests with a timeout are not split.
+    ``balance``: when the members do not divide evenly over the cores (three on two), they run
+    in waves so that no core idles: one member per core while whole waves last, then the
+    remaining members with their batches split by rows over the spare cores (rows must be
+    independent, as dynamic batching also assumes). Requests with a timeout run each member whole
+    on its own version's threads instead, so that the deadline can cut them off.
     """
 
     def __init__(
@@ -51,7 +53,7 @@ class Ensemble:
         versions: Optional[Sequence[str]] = None,
         combine: Union[str, Callable[..., Any]] = "auto",
         on_error: str = "fail",
-        split: bool = True,
+        balance: bool = True,
     ):
         if isinstance(weights, Mapping):
             if versions is not None:
@@ -64,7 +66,7 @@ class Ensemble:
             raise InvalidArgument(f"weights must be numbers, got {weights!r}") from None
         self.combiner = combine if callable(combine) else None
         mode = "custom" if callable(combine) else combine
-        self._core = _core.EnsemblePolicy(list(versions or []), weight_list, mode, on_error, bool(split))
+        self._core = _core.EnsemblePolicy(list(versions or []), weight_list, mode, on_error, bool(balance))
 
     def __repr__(self) -> str:
         return self._core.describe()

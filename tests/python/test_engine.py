@@ -390,18 +390,17 @@ def test_predict_leaves_the_callers_torch_threads_alone(reg):
         torch.set_num_threads(before)
 
 
-def test_split_and_unsplit_ensembles_agree(registry):
+def test_balanced_and_unbalanced_ensembles_agree(registry):
     torch.manual_seed(1)
     models = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).eval() for _ in range(3)]
     for i, m in enumerate(models):
         registry.register("s", m, version=f"v{i}", example_inputs=torch.zeros(1, 8))
-    x = torch.randn(33, 8)  # an odd row count: chunks of unequal size
-    split = lepton.Deployment(registry, "s", ["v0", "v1", "v2"], threads=2, policy=lepton.Ensemble([1, 2, 3]))
-    whole = lepton.Deployment(registry, "s", ["v0", "v1", "v2"], threads=2, policy=lepton.Ensemble([1, 2, 3], split=False))
-    a, b = split.predict(x), whole.predict(x)
-    assert "split in 2 chunks" in a.route and "split" not in b.route
+    x = torch.randn(33, 8)
+    waves = lepton.Deployment(registry, "s", ["v0", "v1", "v2"], threads=2, policy=lepton.Ensemble([1, 2, 3]))
+    plain = lepton.Deployment(registry, "s", ["v0", "v1", "v2"], threads=2, policy=lepton.Ensemble([1, 2, 3], balance=False))
+    a, b = waves.predict(x), plain.predict(x)
     torch.testing.assert_close(a.output, b.output)
     with torch.no_grad():
-        torch.testing.assert_close(b.output, sum(w * m(x) for w, m in zip([1 / 6, 2 / 6, 3 / 6], models)))
-    # A one-row batch cannot be split and runs whole.
-    assert "split" not in split.predict(x[:1]).route
+        torch.testing.assert_close(a.output, sum(w * m(x) for w, m in zip([1 / 6, 2 / 6, 3 / 6], models)))
+    assert a.version == b.version == ["v0", "v1", "v2"]
+    assert waves.predict(x, timeout=5).version == ["v0", "v1", "v2"]

@@ -41,8 +41,8 @@ struct Route {
   bool combine = false;              // true: every target runs and outputs are combined
   Combine combine_mode = Combine::kAuto;
   OnError on_error = OnError::kFail;
-  // An ensemble may split the batch into row chunks to spread its members evenly over the cores.
-  bool split_batches = false;
+  // An ensemble may balance its members over the cores in waves (see EnsemblePolicy).
+  bool balance = false;
   std::string policy;  // the policy's name
   std::string reason;  // the rule that chose the targets, for the caller and the logs
 };
@@ -90,12 +90,13 @@ class FixedPolicy final : public Policy, public std::enable_shared_from_this<Fix
 class EnsemblePolicy final : public Policy {
  public:
   // Empty `versions`: every live version, with `weights` in live order (empty: equal weights).
-  // `split`: when the members do not divide evenly over the cores, run each member on row chunks
-  // of the batch so that every core stays busy (members must treat rows independently, as
-  // dynamic batching also assumes).
+  // `balance`: when the members do not divide evenly over the cores (three on two), run them in
+  // waves on the deployment's TBB arena: one member per core while whole waves last, then the
+  // remaining members with their batches split by rows over the spare cores (rows must be
+  // independent, as dynamic batching also assumes).
   EnsemblePolicy(std::vector<std::string> versions, std::vector<double> weights,
                  Combine combine = Combine::kAuto, OnError on_error = OnError::kFail,
-                 bool split = true);
+                 bool balance = true);
   std::string name() const override { return "ensemble"; }
   Route Select(const RequestContext& request, const LiveVersions& live) const override;
   void Validate(const LiveVersions& live) const override;
@@ -107,14 +108,14 @@ class EnsemblePolicy final : public Policy {
   const std::vector<double>& weights() const { return weights_; }
   Combine combine() const { return combine_; }
   OnError on_error() const { return on_error_; }
-  bool split() const { return split_; }
+  bool balance() const { return balance_; }
 
  private:
   std::vector<std::string> versions_;
   std::vector<double> weights_;
   Combine combine_;
   OnError on_error_;
-  bool split_;
+  bool balance_;
 };
 
 // Throws InvalidArgument unless every weight is finite and >= 0 and at least one is > 0.

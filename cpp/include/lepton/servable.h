@@ -94,9 +94,10 @@ class Servable {
   // full, Timeout at the deadline, ModelError when the forward fails, Unavailable when unloaded.
   RunResult Run(const Tensors& inputs, const RunOptions& options = {});
 
-  // Runs one request on the calling thread at once, whatever the budget: for work that is already
-  // inside a bounded pool (an ensemble's TBB arena). Counted in the statistics like any other.
-  RunResult RunHere(const Tensors& inputs);
+  // Runs one request on the calling thread at once, whatever the budget, with `intra_op_threads`
+  // (0: the servable's own setting): for work already inside a bounded pool (an ensemble's TBB
+  // arena). Counted in the statistics like any other.
+  RunResult RunHere(const Tensors& inputs, int intra_op_threads = 0);
 
   // Starts one request on the servable's arena and returns at once.
   std::shared_ptr<Ticket> Submit(const Tensors& inputs, const RunOptions& options = {});
