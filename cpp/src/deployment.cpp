@@ -21,12 +21,6 @@
 namespace lepton {
 namespace {
 
-std::string Join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
-  return out.empty() ? "none" : out;
-}
-
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 Clock::duration Duration(double seconds) {
@@ -166,7 +160,7 @@ class Deployment::Impl {
     auto it = st.servables.find(version);
     if (it == st.servables.end()) {
       throw NotFound("version '" + version + "' of " + model_ +
-                     " is not deployed (live: " + Join(st.live.versions) + ")");
+                     " is not deployed (live: " + JoinNames(st.live.versions) + ")");
     }
     return it->second;
   }
@@ -382,7 +376,7 @@ class Deployment::Impl {
     } else {
       p.outputs = CombineOutputs(outputs, weights, route.combine_mode);
     }
-    if (!p.skipped.empty()) p.route += "; skipped after errors: " + Join(p.skipped);
+    if (!p.skipped.empty()) p.route += "; skipped after errors: " + JoinNames(p.skipped);
   }
 
   // Mirrors get a copy off the request path: submitted, never waited for.

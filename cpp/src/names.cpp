@@ -46,6 +46,12 @@ void ValidateName(std::string_view value, std::string_view what) {
     throw InvalidArgument(field + " " + Quote(value) + " must not be made of dots only");
 }
 
+std::string JoinNames(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& s : names) out += (out.empty() ? "" : ", ") + s;
+  return out.empty() ? "none" : out;
+}
+
 std::string Reference::ToString() const {
   switch (kind) {
     case Kind::kLabel:

@@ -5,20 +5,15 @@
 #include <sstream>
 
 #include "lepton/errors.h"
+#include "lepton/names.h"
 
 namespace lepton {
 namespace {
 
-std::string Join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
-  return out.empty() ? "none" : out;
-}
-
 void RequireLive(const std::string& version, const LiveVersions& live, const char* who) {
   if (!live.Has(version)) {
     throw NotFound(std::string(who) + " names version '" + version +
-                   "', which is not deployed (live: " + Join(live.versions) + ")");
+                   "', which is not deployed (live: " + JoinNames(live.versions) + ")");
   }
 }
 
@@ -120,7 +115,7 @@ void EnsemblePolicy::Validate(const LiveVersions& live) const {
     if (!weights_.empty() && weights_.size() != live.versions.size()) {
       throw InvalidArgument("Ensemble has " + std::to_string(weights_.size()) + " weights for " +
                             std::to_string(live.versions.size()) + " live versions (" +
-                            Join(live.versions) + ")");
+                            JoinNames(live.versions) + ")");
     }
     return;
   }

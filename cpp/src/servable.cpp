@@ -32,53 +32,32 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return ShapeString(at::IntArrayRef(shape));
 }
 
+// The dtype names of signatures (registry.h) and the tensor types they stand for.
+constexpr std::pair<const char*, at::ScalarType> kDtypes[] = {{"float16", at::kHalf},
+                                                              {"bfloat16", at::kBFloat16},
+                                                              {"float32", at::kFloat},
+                                                              {"float64", at::kDouble},
+                                                              {"complex64", at::kComplexFloat},
+                                                              {"complex128", at::kComplexDouble},
+                                                              {"uint8", at::kByte},
+                                                              {"int8", at::kChar},
+                                                              {"int16", at::kShort},
+                                                              {"int32", at::kInt},
+                                                              {"int64", at::kLong},
+                                                              {"bool", at::kBool}};
+
 std::string DtypeName(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf:
-      return "float16";
-    case at::kBFloat16:
-      return "bfloat16";
-    case at::kFloat:
-      return "float32";
-    case at::kDouble:
-      return "float64";
-    case at::kComplexFloat:
-      return "complex64";
-    case at::kComplexDouble:
-      return "complex128";
-    case at::kByte:
-      return "uint8";
-    case at::kChar:
-      return "int8";
-    case at::kShort:
-      return "int16";
-    case at::kInt:
-      return "int32";
-    case at::kLong:
-      return "int64";
-    case at::kBool:
-      return "bool";
-    default:
-      return c10::toString(t);
+  for (const auto& [name, type] : kDtypes) {
+    if (type == t) return name;
   }
+  return c10::toString(t);
 }
 
 at::ScalarType DtypeFromName(const std::string& name) {
-  static const std::map<std::string, at::ScalarType> kTypes = {{"float16", at::kHalf},
-                                                               {"bfloat16", at::kBFloat16},
-                                                               {"float32", at::kFloat},
-                                                               {"float64", at::kDouble},
-                                                               {"complex64", at::kComplexFloat},
-                                                               {"complex128", at::kComplexDouble},
-                                                               {"uint8", at::kByte},
-                                                               {"int8", at::kChar},
-                                                               {"int16", at::kShort},
-                                                               {"int32", at::kInt},
-                                                               {"int64", at::kLong},
-                                                               {"bool", at::kBool}};
-  auto it = kTypes.find(name);
-  if (it == kTypes.end()) throw InvalidArgument("dtype '" + name + "' has no tensor type");
-  return it->second;
+  for (const auto& [n, type] : kDtypes) {
+    if (name == n) return type;
+  }
+  throw InvalidArgument("dtype '" + name + "' has no tensor type");
 }
 
 Tensors ToTensors(const c10::IValue& value, const std::string& who) {

@@ -1,5 +1,7 @@
 import os
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -51,3 +53,26 @@ def python_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__)] + sys.path)
     return env
+
+
+def assert_releases_gil(call):
+    """Runs `call` while another Python thread spins, and fails unless that thread made progress
+    strictly inside the call: a call that held the GIL would have frozen it."""
+    stamps, stop = [], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+            for _ in range(200):
+                pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    time.sleep(0.02)
+    start = time.perf_counter()
+    call()
+    end = time.perf_counter()
+    stop.set()
+    t.join()
+    assert end - start > 0.03, "the call was too short to tell"
+    assert [s for s in stamps if start + 0.01 < s < end - 0.01], "the GIL was held during the call"

@@ -4,6 +4,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace lepton {
 
@@ -29,5 +30,8 @@ Reference ParseReference(std::string_view text);
 // Resolves a version given within a known model: a bare label, `@ALIAS`, or a full reference whose
 // model must be `model`.
 Reference ParseVersionIn(std::string_view model, std::string_view text);
+
+// "a, b, c" for messages; "none" when empty.
+std::string JoinNames(const std::vector<std::string>& names);
 
 }  // namespace lepton
