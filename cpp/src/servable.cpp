@@ -116,7 +116,6 @@ class Servable::Ticket {
   Clock::time_point enqueued;
   uint64_t seq = 0;
   State state = State::kQueued;
-  bool abandoned = false;
   RunResult result;
   std::exception_ptr error;
   std::condition_variable done;
@@ -525,10 +524,9 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
           t->state != Ticket::State::kDone) {
         const bool queued = t->state == Ticket::State::kQueued;
         if (queued) {
+          // A running one cannot be stopped: it finishes and its result is dropped.
           queue_.erase(Key{-t->priority, t->seq});
           changed_.notify_all();
-        } else {
-          t->abandoned = true;
         }
         ++timed_out_;
         throw Timeout(Who() + ": no answer by the deadline (" +
