@@ -4,6 +4,8 @@
 #include <torch/script.h>
 
 #include <filesystem>
+#include <map>
+#include <mutex>
 #include <fstream>
 #include <sstream>
 
@@ -68,6 +70,50 @@ BENCHMARK(BM_DeploymentPredict)
     ->Repetitions(7)
     ->ReportAggregatesOnly(true)
     ->Unit(benchmark::kMicrosecond);
+
+// A 512 -> 1024 -> 1024 -> 10 MLP, the model of engine_bench.py's batching run.
+std::string MlpModel() {
+  torch::manual_seed(0);
+  torch::jit::Module m("Mlp");
+  m.register_parameter("w1", torch::randn({512, 1024}) * 0.04, false);
+  m.register_parameter("w2", torch::randn({1024, 1024}) * 0.03, false);
+  m.register_parameter("w3", torch::randn({1024, 10}) * 0.03, false);
+  m.define(
+      "def forward(self, x):\n"
+      "  h = torch.relu(x.matmul(self.w1))\n"
+      "  h = torch.relu(h.matmul(self.w2))\n"
+      "  return h.matmul(self.w3)\n");
+  std::ostringstream out;
+  m.save(out);
+  return out.str();
+}
+
+lepton::Deployment& MlpDeployment(int max_batch_size) {
+  static std::map<int, std::unique_ptr<lepton::Deployment>> deployments;
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& d = deployments[max_batch_size];
+  if (!d) {
+    const std::string path = Shared().dir + "/mlp.pt";
+    std::ofstream(path, std::ios::binary) << MlpModel();
+    lepton::DeploymentOptions o;
+    o.servable.max_batch_size = max_batch_size;
+    o.servable.max_queue_delay_s = max_batch_size > 1 ? 0.002 : 0;
+    d = std::make_unique<lepton::Deployment>(
+        "mlp", std::vector<std::pair<std::string, std::string>>{{"v1", path}}, o);
+  }
+  return *d;
+}
+
+// 32 client threads sending batch-1 requests; items_per_second is the throughput.
+void BM_Batching(benchmark::State& state) {
+  auto& d = MlpDeployment(static_cast<int>(state.range(0)));
+  const lepton::Tensors x = {torch::randn({1, 512})};
+  for (auto _ : state) benchmark::DoNotOptimize(d.Predict(x));
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Batching)->Arg(1)->Arg(16)->Arg(32)->Threads(32)->UseRealTime()->MinTime(2.0)->Unit(
+    benchmark::kMillisecond);
 
 }  // namespace
 
