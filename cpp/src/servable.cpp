@@ -471,31 +471,29 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
       return WaitLocked(lk, t);
     }
     // A free slot and nobody waiting: the caller runs the request itself, inside the arena.
-    auto t = MakeTicket(inputs, o);
-    ++requests_;
-    ++in_flight_;
-    t->state = Ticket::State::kRunning;
     auto arena = arena_;
-    lk.unlock();
-    arena->execute([&] { Execute({t}); });
-    lk.lock();
-    --in_flight_;
-    Finish({t});
-    MaybeDispatch(lk);
-    lk.unlock();
-    return Take(t);
+    return RunOnCaller(lk, MakeTicket(inputs, o), [&](const std::shared_ptr<Ticket>& t) {
+      arena->execute([&] { Execute({t}); });
+    });
   }
 
   RunResult RunHere(const Tensors& inputs, int intra_op_threads) {
     CheckInputs(inputs);
     std::unique_lock<std::mutex> lk(mu_);
     RequireServing();
-    auto t = MakeTicket(inputs, RunOptions{});
+    return RunOnCaller(lk, MakeTicket(inputs, RunOptions{}),
+                       [&](const std::shared_ptr<Ticket>& t) { Execute({t}, intra_op_threads); });
+  }
+
+  // Runs a ticket on the calling thread, counted like every other request; `run` executes it
+  // with the lock released.
+  template <typename RunFn>
+  RunResult RunOnCaller(std::unique_lock<std::mutex>& lk, std::shared_ptr<Ticket> t, RunFn&& run) {
     ++requests_;
     ++in_flight_;
     t->state = Ticket::State::kRunning;
     lk.unlock();
-    Execute({t}, intra_op_threads);
+    run(t);
     lk.lock();
     --in_flight_;
     Finish({t});

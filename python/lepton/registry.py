@@ -178,10 +178,6 @@ def _ref(ref: Ref) -> str:
     return ref
 
 
-def _version_in(version: Union[str, ModelVersion]) -> str:
-    return version.ref if isinstance(version, ModelVersion) else _ref(version)
-
-
 def _checked(values: Optional[Mapping[str, Any]], what: str) -> Mapping[str, Any]:
     if values is None:
         return {}
@@ -316,7 +312,7 @@ class Registry:
         """
         tags_ = _str_map(tags, "tags")
         metrics_ = _float_map(metrics, "metrics")
-        parent_ = None if parent is None else _version_in(parent)
+        parent_ = None if parent is None else _ref(parent)
         if signature is not None and not isinstance(signature, Signature):
             raise InvalidArgument(f"signature must be a lepton.Signature, not {type(signature).__name__}")
         common = dict(
@@ -390,8 +386,8 @@ class Registry:
         With ``expected``, the move happens only if the alias currently points at that version
         (``""``: only if the alias does not exist yet); otherwise ``Conflict`` is raised.
         """
-        expected_ = None if expected is None else ("" if expected == "" else _version_in(expected))
-        return ModelVersion(self._core.set_alias(name, alias, _version_in(version), expected_, reason))
+        expected_ = None if expected is None else _ref(expected)
+        return ModelVersion(self._core.set_alias(name, alias, _ref(version), expected_, reason))
 
     def remove_alias(self, name: str, alias: str, *, reason: str = "") -> None:
         self._core.remove_alias(name, alias, reason)
