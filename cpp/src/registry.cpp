@@ -82,6 +82,12 @@ CREATE TABLE IF NOT EXISTS audit(
   reason TEXT NOT NULL DEFAULT '',
   details TEXT NOT NULL DEFAULT '{}');
 CREATE INDEX IF NOT EXISTS audit_model ON audit(model, id);
+CREATE TABLE IF NOT EXISTS policy_state(
+  model TEXT NOT NULL,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  updated_at REAL NOT NULL,
+  PRIMARY KEY(model, key)) WITHOUT ROWID;
 )sql";
 
 constexpr const char* kVersionColumns =
@@ -722,6 +728,47 @@ class Registry::Impl {
     return LoadVersion(previous);
   }
 
+  void Record(const std::string& model, const std::string& action,
+              const std::optional<std::string>& version, const std::optional<std::string>& from,
+              const std::optional<std::string>& to, const std::string& reason,
+              const std::string& details) {
+    ValidateName(model, "model name");
+    ValidateName(action, "audit action");
+    json parsed = details.empty() ? json::object() : json::parse(details, nullptr, false);
+    if (parsed.is_discarded() || !parsed.is_object()) {
+      throw InvalidArgument("audit details must be a JSON object");
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    sqlite::Transaction tx(db_);
+    ModelId(model);
+    Audit(model, action, version, std::nullopt, from, to, reason, parsed);
+    tx.Commit();
+  }
+
+  void PutState(const std::string& model, const std::string& key, const std::string& value) {
+    ValidateName(model, "model name");
+    if (key.empty()) throw InvalidArgument("state key must not be empty");
+    std::lock_guard<std::mutex> lock(mu_);
+    sqlite::Transaction tx(db_);
+    db_.Prepare(
+           "INSERT INTO policy_state(model, key, value, updated_at) VALUES (?, ?, ?, ?) "
+           "ON CONFLICT(model, key) DO UPDATE SET value = excluded.value, "
+           "updated_at = excluded.updated_at")
+        ->Bind(1, model)
+        .Bind(2, key)
+        .Bind(3, value)
+        .Bind(4, Now())
+        .Run();
+    tx.Commit();
+  }
+
+  std::optional<std::string> GetState(const std::string& model, const std::string& key) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto q = db_.Prepare("SELECT value FROM policy_state WHERE model = ? AND key = ?");
+    if (!q->Bind(1, model).Bind(2, key).Step()) return std::nullopt;
+    return q->Text(0);
+  }
+
   std::vector<AuditEntry> History(const std::string& model, int64_t limit) {
     ValidateName(model, "model name");
     if (limit < 0) throw InvalidArgument("history limit must be >= 0");
@@ -1041,5 +1088,19 @@ GcReport Registry::Gc(int64_t keep_latest, const std::optional<std::string>& mod
   return impl_->Gc(keep_latest, model, dry_run);
 }
 VerifyReport Registry::Verify() const { return impl_->Verify(); }
+void Registry::Record(const std::string& model, const std::string& action,
+                      const std::optional<std::string>& version,
+                      const std::optional<std::string>& from, const std::optional<std::string>& to,
+                      const std::string& reason, const std::string& details) {
+  impl_->Record(model, action, version, from, to, reason, details);
+}
+void Registry::PutState(const std::string& model, const std::string& key,
+                        const std::string& value) {
+  impl_->PutState(model, key, value);
+}
+std::optional<std::string> Registry::GetState(const std::string& model,
+                                              const std::string& key) const {
+  return impl_->GetState(model, key);
+}
 
 }  // namespace lepton

@@ -141,4 +141,18 @@ std::string EnsemblePolicy::Describe() const {
   return out.str();
 }
 
+void Policy::Feedback(const std::string& version, double reward) const {
+  (void)version;
+  (void)reward;
+  throw InvalidArgument("policy " + name() + " takes no feedback");
+}
+
+std::vector<PolicyEvent> Policy::Tick(const LiveVersions& live, const LoadFn& load,
+                                      double now) const {
+  (void)live;
+  (void)load;
+  (void)now;
+  return {};
+}
+
 }  // namespace lepton

@@ -66,7 +66,8 @@ struct AuditEntry {
   double time = 0;
   std::string model;
   std::string actor;
-  std::string action;  // register, update, set_alias, remove_alias, rollback, delete, gc
+  std::string action;  // register, update, set_alias, remove_alias, rollback, delete, gc,
+                       // or a policy's event (canary_promote, canary_rollback, ...)
   std::optional<std::string> version;
   std::optional<std::string> alias;
   std::optional<std::string> from_version;
@@ -175,6 +176,16 @@ class Registry {
   // then every blob nothing refers to. Restricted to `model` when given.
   GcReport Gc(int64_t keep_latest, const std::optional<std::string>& model, bool dry_run);
   VerifyReport Verify() const;
+
+  // Appends an audit entry for an event that happened outside the registry (a policy's automatic
+  // switch); `details` is a JSON object with its evidence.
+  void Record(const std::string& model, const std::string& action,
+              const std::optional<std::string>& version, const std::optional<std::string>& from,
+              const std::optional<std::string>& to, const std::string& reason,
+              const std::string& details);
+  // Durable per-model state for stateful policies (a bandit's counts), keyed by the policy.
+  void PutState(const std::string& model, const std::string& key, const std::string& value);
+  std::optional<std::string> GetState(const std::string& model, const std::string& key) const;
 
  private:
   class Impl;

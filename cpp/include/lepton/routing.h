@@ -2,6 +2,8 @@
 // the versions that answer it with their weights, the versions that get a mirrored copy, and why.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -55,6 +57,34 @@ struct LiveVersions {
   bool Has(const std::string& v) const;
 };
 
+// What a deployment knows of one live version's load, for policies that balance by it.
+struct VersionLoad {
+  int threads = 0;           // its CPU budget
+  int64_t completed = 0;     // requests answered so far
+  int64_t outstanding = 0;   // queued or running now
+  double busy_s = 0;         // compute time so far
+};
+using LoadFn = std::function<VersionLoad(const std::string& version)>;
+
+// How one routed request ended, reported back to the policy that routed it.
+struct Outcome {
+  std::string version;
+  double latency_s = 0;
+  bool error = false;  // the model failed or the request timed out (not bad input)
+};
+
+// An automatic switch a policy decided: the deployment applies it (the alias moves for
+// kPromote/kRollback) and writes it to the registry's audit log with its evidence.
+struct PolicyEvent {
+  enum class Kind { kPromote, kRollback, kSwitch, kConclude };
+  Kind kind = Kind::kSwitch;
+  std::string action;  // audit action, e.g. canary_promote
+  std::string from, to;
+  std::string reason;
+  std::string evidence;  // JSON object
+  double time = 0;       // seconds since the epoch
+};
+
 class Policy {
  public:
   virtual ~Policy() = default;
@@ -68,6 +98,30 @@ class Policy {
                                                 const std::string& to) const = 0;
   // A one-line description for status output.
   virtual std::string Describe() const = 0;
+
+  // --- for policies that learn or act on their own; the defaults do nothing ---
+
+  // Whether Observe should be called for the requests this policy routed.
+  virtual bool observes() const { return false; }
+  // Called once per routed request when it ends (thread-safe).
+  virtual void Observe(const Outcome& outcome) const { (void)outcome; }
+  // Whether the policy learns from rewards (Deployment::Feedback).
+  virtual bool takes_feedback() const { return false; }
+  // A reward for a request this policy routed to `version`; InvalidArgument for a bad reward.
+  virtual void Feedback(const std::string& version, double reward) const;
+  // Called by the deployment's controller every few milliseconds with the time (seconds since
+  // the epoch); returns the switches decided since the last call.
+  virtual std::vector<PolicyEvent> Tick(const LiveVersions& live, const LoadFn& load,
+                                        double now) const;
+  // The alias an automatic promotion or rollback moves; none: the deployment's followed alias.
+  virtual std::optional<std::string> alias() const { return std::nullopt; }
+  // Durable state: a non-empty key makes the deployment save SaveState() to the registry and
+  // restore it with LoadState() when the policy is installed again (after a restart).
+  virtual std::string state_key() const { return ""; }
+  virtual std::string SaveState() const { return ""; }
+  virtual void LoadState(const std::string& state) const { (void)state; }
+  // A JSON object with what the policy knows now (counts, evidence, phase).
+  virtual std::string Report() const { return "{}"; }
 };
 
 // Every request goes to one version: the given one, or the deployment's primary when none is given.

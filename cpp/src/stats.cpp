@@ -1,0 +1,123 @@
+#include "lepton/stats.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "lepton/errors.h"
+
+namespace lepton {
+
+void RunningMoments::Add(double x) {
+  ++n_;
+  const double delta = x - mean_;
+  mean_ += delta / double(n_);
+  m2_ += delta * (x - mean_);
+}
+
+RunningMoments RunningMoments::FromParts(int64_t n, double mean, double m2) {
+  if (n < 0 || !std::isfinite(mean) || !std::isfinite(m2) || m2 < 0) {
+    throw InvalidArgument("running moments need n >= 0, a finite mean and m2 >= 0");
+  }
+  RunningMoments r;
+  r.n_ = n;
+  r.mean_ = n ? mean : 0;
+  r.m2_ = n > 1 ? m2 : 0;
+  return r;
+}
+
+double RunningMoments::variance() const { return n_ > 1 ? m2_ / double(n_ - 1) : 0.0; }
+
+OutcomeWindow::OutcomeWindow(size_t capacity) : capacity_(std::max<size_t>(1, capacity)) {}
+
+void OutcomeWindow::Add(double latency_s, bool error) {
+  ++total_;
+  if (error) ++total_errors_;
+  if (error) ++window_errors_;
+  if (latencies_.size() < capacity_) {
+    latencies_.push_back(latency_s);
+    errors_.push_back(error);
+    return;
+  }
+  if (errors_[next_]) --window_errors_;
+  latencies_[next_] = latency_s;
+  errors_[next_] = error;
+  next_ = (next_ + 1) % capacity_;
+}
+
+double OutcomeWindow::error_rate() const {
+  if (errors_.empty()) return 0;
+  return double(window_errors_) / double(errors_.size());
+}
+
+double OutcomeWindow::Quantile(double q) const {
+  std::vector<double> ok;
+  ok.reserve(latencies_.size());
+  for (size_t i = 0; i < latencies_.size(); ++i) {
+    if (!errors_[i]) ok.push_back(latencies_[i]);
+  }
+  if (ok.empty()) return 0;
+  const size_t k = std::min(ok.size() - 1, static_cast<size_t>(std::ceil(q * double(ok.size()))) -
+                                               (q > 0 ? 1 : 0));
+  std::nth_element(ok.begin(), ok.begin() + static_cast<std::ptrdiff_t>(k), ok.end());
+  return ok[k];
+}
+
+SequentialTest::SequentialTest(double alpha, double effect, int64_t min_samples)
+    : alpha_(alpha), effect_(effect), min_samples_(min_samples) {
+  if (!(alpha > 0 && alpha < 1)) throw InvalidArgument("alpha must be in (0, 1)");
+  if (!(effect > 0) || !std::isfinite(effect)) throw InvalidArgument("effect must be > 0");
+  if (min_samples < 2) throw InvalidArgument("min_samples must be >= 2");
+}
+
+void SequentialTest::Add(int arm, double value) {
+  if (arm != 0 && arm != 1) throw InvalidArgument("arm must be 0 or 1");
+  if (!std::isfinite(value)) throw InvalidArgument("a reward must be a finite number");
+  arms_[arm].Add(value);
+}
+
+void SequentialTest::Restore(const RunningMoments& a, const RunningMoments& b, double p_value) {
+  arms_[0] = a;
+  arms_[1] = b;
+  p_value_ = std::clamp(p_value, 0.0, 1.0);
+}
+
+SequentialTest::Result SequentialTest::Evaluate() {
+  Result r;
+  const RunningMoments &a = arms_[0], &b = arms_[1];
+  r.n_a = a.count();
+  r.n_b = b.count();
+  r.mean_a = a.mean();
+  r.mean_b = b.mean();
+  r.difference = r.mean_b - r.mean_a;
+  r.p_value = p_value_;
+  r.confidence = 1 - p_value_;
+  r.ci_low = -INFINITY;
+  r.ci_high = INFINITY;
+  if (r.n_a < 2 || r.n_b < 2) return r;
+  // A floor on the variance keeps a run of identical rewards from claiming certainty.
+  const double var_a = std::max(a.variance(), 1e-12), var_b = std::max(b.variance(), 1e-12);
+  const double v = var_a / double(r.n_a) + var_b / double(r.n_b);
+  const double pooled = (var_a * double(r.n_a - 1) + var_b * double(r.n_b - 1)) /
+                        double(r.n_a + r.n_b - 2);
+  const double tau2 = effect_ * effect_ * std::max(pooled, 1e-12);
+  const double log_ratio = 0.5 * std::log(v / (v + tau2)) +
+                           tau2 * r.difference * r.difference / (2 * v * (v + tau2));
+  r.likelihood_ratio = std::exp(std::min(log_ratio, 700.0));
+  if (r.n_a >= min_samples_ && r.n_b >= min_samples_) {
+    p_value_ = std::min(p_value_, std::min(1.0, std::exp(-log_ratio)));
+  }
+  r.p_value = p_value_;
+  r.confidence = 1 - p_value_;
+  // The confidence sequence at level alpha: differences whose ratio stays below 1 / alpha.
+  const double radius =
+      std::sqrt(std::max(0.0, (v * (v + tau2) / tau2) *
+                                  (2 * std::log(1 / alpha_) - std::log(v / (v + tau2)))));
+  r.ci_low = r.difference - radius;
+  r.ci_high = r.difference + radius;
+  r.decided = r.n_a >= min_samples_ && r.n_b >= min_samples_ && p_value_ <= alpha_;
+  if (r.decided) r.winner = r.difference > 0 ? 1 : 0;
+  return r;
+}
+
+}  // namespace lepton
