@@ -7,6 +7,7 @@ namespace lepton::bindings {
 
 void BindErrors(pybind11::module_& m);
 void BindRegistry(pybind11::module_& m);
+void BindPolicies(pybind11::module_& m);
 void BindEngine(pybind11::module_& m);
 
 }  // namespace lepton::bindings

@@ -73,10 +73,6 @@ py::dict StatsDict(const ServableStats& s) {
 }  // namespace
 
 void BindEngine(py::module_& m) {
-  py::class_<Policy, std::shared_ptr<Policy>>(m, "Policy")
-      .def_property_readonly("name", &Policy::name)
-      .def("describe", &Policy::Describe);
-
   py::class_<FixedPolicy, Policy, std::shared_ptr<FixedPolicy>>(m, "FixedPolicy")
       .def(py::init<std::optional<std::string>>(), arg("version") = py::none())
       .def_property_readonly("version", &FixedPolicy::version);
@@ -225,6 +221,56 @@ void BindEngine(py::module_& m) {
              py::list versions;
              for (const auto& v : s.versions) versions.append(StatsDict(v));
              out["versions"] = versions;
+             return out;
+           })
+      .def("feedback", &Deployment::Feedback, arg("request_id"), arg("reward"), Release())
+      .def("tick_policy", &Deployment::TickPolicy, Release())
+      .def("shadows",
+           [](const Deployment& d) {
+             std::vector<ShadowStats> stats;
+             {
+               py::gil_scoped_release release;
+               stats = d.Shadows();
+             }
+             py::list out;
+             for (const auto& s : stats) {
+               py::dict x;
+               x["primary"] = s.primary;
+               x["mirror"] = s.mirror;
+               x["compared"] = s.compared;
+               x["failed"] = s.failed;
+               x["dropped"] = s.dropped;
+               x["max_abs_diff"] = s.max_abs_diff;
+               x["mean_abs_diff"] = s.mean_abs_diff;
+               x["argmax_agreement"] = s.argmax_agreement;
+               x["kl_divergence"] = s.kl_divergence;
+               out.append(x);
+             }
+             return out;
+           })
+      .def("events",
+           [](const Deployment& d) {
+             std::vector<AppliedEvent> events;
+             {
+               py::gil_scoped_release release;
+               events = d.Events();
+             }
+             py::list out;
+             for (const auto& a : events) {
+               static const char* kKinds[] = {"promote", "rollback", "switch", "conclude"};
+               py::dict x;
+               x["kind"] = kKinds[static_cast<int>(a.event.kind)];
+               x["action"] = a.event.action;
+               x["from"] = a.event.from;
+               x["to"] = a.event.to;
+               x["reason"] = a.event.reason;
+               x["evidence"] = a.event.evidence;
+               x["time"] = a.event.time;
+               x["policy"] = a.policy;
+               x["alias"] = a.alias;
+               x["note"] = a.note;
+               out.append(x);
+             }
              return out;
            })
       .def("close", &Deployment::Close, Release());

@@ -5,5 +5,6 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = LEPTON_VERSION_STRING;
   lepton::bindings::BindErrors(m);
   lepton::bindings::BindRegistry(m);
+  lepton::bindings::BindPolicies(m);
   lepton::bindings::BindEngine(m);
 }

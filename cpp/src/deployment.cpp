@@ -8,15 +8,18 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <deque>
 #include <fstream>
 #include <mutex>
 #include <numeric>
 #include <random>
 #include <sstream>
 #include <thread>
+#include <unordered_map>
 
 #include "lepton/errors.h"
 #include "lepton/names.h"
+#include "lepton/policies.h"
 
 namespace lepton {
 namespace {
@@ -150,6 +153,7 @@ class Deployment::Impl {
     st->live.primary = st->live.versions.front();
     st->policy = policy ? std::move(policy) : std::make_shared<FixedPolicy>();
     st->policy->Validate(st->live);
+    RestoreState(*st->policy);
     Publish(st);
     StartController();
   }
@@ -195,14 +199,44 @@ class Deployment::Impl {
   Prediction PredictOn(const std::shared_ptr<const State>& st, const Tensors& inputs,
                        const PredictOptions& o, Clock::time_point start) {
     Route route;
-    if (o.context.version) {
-      route.policy = st->policy->name();
+    const Policy& policy = *st->policy;
+    const bool routed = !o.context.version;
+    if (!routed) {
+      route.policy = policy.name();
       route.targets.push_back({*o.context.version, 1.0});
       route.reason = "version pinned by the request";
     } else {
-      route = st->policy->Select(o.context, st->live);
+      route = policy.Select(o.context, st->live);
     }
     if (route.targets.empty()) throw Unavailable("policy " + route.policy + " chose no version");
+    if (!routed || !policy.observes() || route.combine) {
+      Prediction p = Answer(*st, route, inputs, o, start);
+      if (routed && policy.takes_feedback()) Remember(p, st->policy);
+      return p;
+    }
+    // The policy learns from how its requests end: every exit reports an outcome.
+    const std::string& version = route.targets[0].version;
+    try {
+      Prediction p = Answer(*st, route, inputs, o, start);
+      policy.Observe({version, p.latency_s, false});
+      if (policy.takes_feedback()) Remember(p, st->policy);
+      return p;
+    } catch (const ModelError&) {
+      policy.Observe({version, Seconds(Clock::now() - start), true});
+      throw;
+    } catch (const Timeout&) {
+      policy.Observe({version, Seconds(Clock::now() - start), true});
+      throw;
+    } catch (...) {
+      // Bad input or a version that left: not the version's fault, but the request is over.
+      policy.Observe({version, Seconds(Clock::now() - start), false});
+      throw;
+    }
+  }
+
+  Prediction Answer(const State& st_ref, const Route& route, const Tensors& inputs,
+                    const PredictOptions& o, Clock::time_point start) {
+    const State* st = &st_ref;
 
     RunOptions run;
     if (o.timeout_s) {
@@ -225,9 +259,41 @@ class Deployment::Impl {
     } else {
       RunEnsemble(*st, route, inputs, run, p);
     }
-    Mirror(*st, route, inputs);
     p.latency_s = Seconds(Clock::now() - start);
+    if (!route.mirrors.empty()) Mirror(*st, route, inputs, p);
     return p;
+  }
+
+  // --- feedback ---
+
+  void Remember(const Prediction& p, const std::shared_ptr<const Policy>& policy) {
+    std::lock_guard<std::mutex> lk(feedback_mu_);
+    if (feedback_order_.size() >= std::max<size_t>(1, options_.feedback_window)) {
+      feedback_.erase(feedback_order_.front());
+      feedback_order_.pop_front();
+    }
+    feedback_[p.request_id] = {policy, p.versions};
+    feedback_order_.push_back(p.request_id);
+  }
+
+  void Feedback(const std::string& request_id, double reward) {
+    if (!std::isfinite(reward)) throw InvalidArgument("a reward must be a finite number");
+    Remembered r;
+    {
+      std::lock_guard<std::mutex> lk(feedback_mu_);
+      auto it = feedback_.find(request_id);
+      if (it == feedback_.end()) {
+        throw NotFound("request '" + request_id + "' is unknown to " + model_ +
+                       ", older than the last " + std::to_string(options_.feedback_window) +
+                       " requests, or already has its reward (only requests routed by a policy "
+                       "that learns take feedback)");
+      }
+      r = it->second;
+      // Validate before forgetting, so a rejected reward can be sent again.
+      for (const auto& v : r.versions) r.policy->Feedback(v, reward);
+      feedback_.erase(it);
+    }
+    Wake();
   }
 
   // Runs the members in waves on the deployment's TBB arena so that every core works: whole
@@ -379,19 +445,129 @@ class Deployment::Impl {
     if (!p.skipped.empty()) p.route += "; skipped after errors: " + JoinNames(p.skipped);
   }
 
-  // Mirrors get a copy off the request path: submitted, never waited for.
-  void Mirror(const State& st, const Route& route, const Tensors& inputs) {
+  // Mirrors get a copy off the request path: submitted to their own arenas and compared with the
+  // primary's answer by the shadow thread; the caller never waits for them.
+  void Mirror(const State& st, const Route& route, const Tensors& inputs, const Prediction& p) {
     for (const auto& v : route.mirrors) {
       auto it = st.servables.find(v);
       if (it == st.servables.end()) continue;
+      const std::string& primary = p.versions.empty() ? route.targets[0].version : p.versions[0];
+      std::unique_lock<std::mutex> lk(shadow_mu_);
+      ShadowStats& stats = ShadowFor(primary, v);
+      if (shadow_jobs_.size() >= options_.shadow_queue || stopping_shadow_) {
+        ++stats.dropped;
+        continue;
+      }
+      lk.unlock();
+      std::shared_ptr<Servable::Ticket> ticket;
       try {
         RunOptions o;
         o.force_async = true;
-        it->second->Submit(inputs, o);
+        ticket = it->second->Submit(inputs, o);
       } catch (const Error&) {
-        // A mirror that cannot take the copy is skipped; the answer is already decided.
+        lk.lock();
+        ++stats.dropped;  // the mirror's queue is full; the answer is already decided
+        continue;
+      }
+      lk.lock();
+      shadow_jobs_.push_back({it->second, ticket, p.outputs, primary, v});
+      if (!shadow_thread_.joinable()) shadow_thread_ = std::thread([this] { ShadowLoop(); });
+      lk.unlock();
+      shadow_cv_.notify_one();
+    }
+  }
+
+  ShadowStats& ShadowFor(const std::string& primary, const std::string& mirror) {
+    for (auto& s : shadow_stats_) {
+      if (s.primary == primary && s.mirror == mirror) return s;
+    }
+    shadow_stats_.push_back({});
+    shadow_stats_.back().primary = primary;
+    shadow_stats_.back().mirror = mirror;
+    return shadow_stats_.back();
+  }
+
+  struct ShadowJob {
+    std::shared_ptr<Servable> servable;
+    std::shared_ptr<Servable::Ticket> ticket;
+    Tensors primary_outputs;
+    std::string primary, mirror;
+  };
+
+  void ShadowLoop() {
+    std::unique_lock<std::mutex> lk(shadow_mu_);
+    for (;;) {
+      shadow_cv_.wait(lk, [&] { return stopping_shadow_ || !shadow_jobs_.empty(); });
+      if (shadow_jobs_.empty()) return;
+      ShadowJob job = std::move(shadow_jobs_.front());
+      shadow_jobs_.pop_front();
+      lk.unlock();
+      Comparison c;
+      bool ok = false;
+      try {
+        RunResult r = job.servable->Wait(job.ticket);
+        c = Compare(job.primary_outputs, r.outputs);
+        ok = true;
+      } catch (const std::exception&) {
+      }
+      lk.lock();
+      ShadowStats& s = ShadowFor(job.primary, job.mirror);
+      if (!ok) {
+        ++s.failed;
+        continue;
+      }
+      const double n = double(++s.compared);
+      s.max_abs_diff = std::max(s.max_abs_diff, c.max_abs);
+      s.mean_abs_diff += (c.mean_abs - s.mean_abs_diff) / n;
+      if (c.agreement) {
+        const double prev = s.argmax_agreement.value_or(0);
+        s.argmax_agreement = prev + (*c.agreement - prev) / n;
+      }
+      if (c.kl) {
+        const double prev = s.kl_divergence.value_or(0);
+        s.kl_divergence = prev + (*c.kl - prev) / n;
       }
     }
+  }
+
+  struct Comparison {
+    double max_abs = 0, mean_abs = 0;
+    std::optional<double> agreement, kl;
+  };
+
+  static Comparison Compare(const Tensors& a, const Tensors& b) {
+    if (a.size() != b.size()) throw ModelError("mirror gave a different number of outputs");
+    Comparison c;
+    int64_t elements = 0;
+    double abs_sum = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (!a[i].sizes().equals(b[i].sizes())) throw ModelError("mirror output shape differs");
+      const at::Tensor x = a[i].to(at::kDouble), y = b[i].to(at::kDouble);
+      const at::Tensor d = (x - y).abs();
+      if (d.numel() == 0) continue;
+      c.max_abs = std::max(c.max_abs, d.max().item<double>());
+      abs_sum += d.sum().item<double>();
+      elements += d.numel();
+    }
+    c.mean_abs = elements ? abs_sum / double(elements) : 0;
+    if (!a.empty() && a[0].dim() >= 1 && a[0].size(-1) > 1 && a[0].numel() > 0) {
+      const at::Tensor x = a[0].to(at::kDouble), y = b[0].to(at::kDouble);
+      c.agreement = x.argmax(-1).eq(y.argmax(-1)).to(at::kDouble).mean().item<double>();
+      auto is_probability = [](const at::Tensor& t) {
+        return t.min().item<double>() >= 0 &&
+               (t.sum(-1) - 1).abs().max().item<double>() < 1e-3;
+      };
+      if (is_probability(x) && is_probability(y)) {
+        const at::Tensor p = x.clamp_min(1e-12), q = y.clamp_min(1e-12);
+        c.kl = (x * (p.log() - q.log())).sum(-1).mean().item<double>();
+      }
+    }
+    return c;
+  }
+
+  std::vector<ShadowStats> Shadows() const {
+    std::lock_guard<std::mutex> lk(shadow_mu_);
+    return shadow_stats_;
   }
 
   // --- changes ---
@@ -408,10 +584,12 @@ class Deployment::Impl {
     }
     auto next = Copy(*st);
     next->live.versions.push_back(a.label);
+    const bool new_policy = policy != nullptr;
     if (policy) next->policy = std::move(policy);
     auto servable = LoadServable(a, next->live.versions.size());
     next->servables.emplace(a.label, servable);
     next->policy->Validate(next->live);
+    if (new_policy) Replacing(*st->policy, *next->policy);
     Publish(next);
   }
 
@@ -434,6 +612,7 @@ class Deployment::Impl {
       v.erase(std::find(v.begin(), v.end(), version));
       next->servables.erase(version);
       if (next->live.primary == version) next->live.primary = v.front();
+      const bool new_policy = policy != nullptr;
       if (policy) next->policy = std::move(policy);
       try {
         next->policy->Validate(next->live);
@@ -441,6 +620,7 @@ class Deployment::Impl {
         throw Conflict("cannot remove '" + version + "': " + e.what() +
                        "; set a policy without it first or pass one along");
       }
+      if (new_policy) Replacing(*st->policy, *next->policy);
       Publish(next);
     }
     gone->Drain(options_.drain_timeout_s);
@@ -487,9 +667,130 @@ class Deployment::Impl {
     auto st = Snapshot();
     if (!st || closed_) throw Unavailable("deployment of " + model_ + " is closed");
     policy->Validate(st->live);
+    Replacing(*st->policy, *policy);
     auto next = Copy(*st);
     next->policy = std::move(policy);
     Publish(next);
+    Wake();
+  }
+
+  // --- stateful policies ---
+
+  // The outgoing policy's state is saved; the incoming one's is restored.
+  void Replacing(const Policy& out, const Policy& in) {
+    if (&out == &in) return;
+    SaveState(out, true);
+    RestoreState(in);
+  }
+
+  void RestoreState(const Policy& policy) {
+    const std::string key = policy.state_key();
+    if (!registry_ || key.empty()) return;
+    if (auto state = registry_->GetState(model_, key)) policy.LoadState(*state);
+  }
+
+  void SaveState(const Policy& policy, bool force) {
+    const std::string key = policy.state_key();
+    if (!registry_ || key.empty()) return;
+    const std::string state = policy.SaveState();
+    std::lock_guard<std::mutex> lk(saved_mu_);
+    if (!force && saved_state_[key] == state) return;
+    registry_->PutState(model_, key, state);
+    saved_state_[key] = state;
+  }
+
+  void Wake() {
+    {
+      std::lock_guard<std::mutex> lk(control_mu_);
+      wake_ = true;
+    }
+    control_cv_.notify_all();
+  }
+
+  VersionLoad LoadOf(const State& st, const std::string& version) const {
+    VersionLoad l;
+    auto it = st.servables.find(version);
+    if (it == st.servables.end()) return l;
+    const ServableStats s = it->second->stats();
+    l.threads = s.threads;
+    l.completed = s.succeeded;
+    l.outstanding = s.in_flight + s.queued;
+    l.busy_s = s.busy_s;
+    return l;
+  }
+
+  void TickPolicy() {
+    auto st = Snapshot();
+    if (!st || closed_) return;
+    const LoadFn load = [&](const std::string& v) { return LoadOf(*st, v); };
+    std::vector<PolicyEvent> events;
+    try {
+      events = st->policy->Tick(st->live, load, WallSeconds());
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lk(error_mu_);
+      last_error_ = std::string("policy controller: ") + e.what();
+      return;
+    }
+    for (const auto& e : events) ApplyEvent(*st->policy, e);
+  }
+
+  void ApplyEvent(const Policy& policy, const PolicyEvent& e) {
+    AppliedEvent applied{e, policy.name(), policy.alias() ? policy.alias() : alias_, ""};
+    std::vector<std::string> notes;
+    const bool moves_primary =
+        e.kind == PolicyEvent::Kind::kPromote || e.kind == PolicyEvent::Kind::kSwitch;
+    if (registry_ && applied.alias) {
+      const std::string& alias = *applied.alias;
+      try {
+        if (moves_primary) {
+          std::optional<std::string> expected;
+          if (e.kind == PolicyEvent::Kind::kPromote) expected = e.from;
+          registry_->SetAlias(model_, alias, e.to, expected, e.reason);
+          notes.push_back("moved " + model_ + "@" + alias + " to " + e.to);
+        } else if (e.kind == PolicyEvent::Kind::kRollback) {
+          std::optional<std::string> current;
+          try {
+            current = registry_->Get(model_ + "@" + alias).version;
+          } catch (const NotFound&) {
+          }
+          if (current == e.from) {
+            registry_->SetAlias(model_, alias, e.to, e.from, e.reason);
+            notes.push_back("moved " + model_ + "@" + alias + " back to " + e.to);
+          } else {
+            notes.push_back(model_ + "@" + alias + " stays at " + current.value_or("(none)"));
+          }
+        }
+      } catch (const std::exception& ex) {
+        notes.push_back(std::string("alias not moved: ") + ex.what());
+      }
+    }
+    if (registry_) {
+      try {
+        registry_->Record(model_, e.action, e.to, e.from.empty() ? std::nullopt
+                                                                 : std::optional(e.from),
+                          e.to, e.reason, e.evidence);
+      } catch (const std::exception& ex) {
+        notes.push_back(std::string("audit entry not written: ") + ex.what());
+      }
+    }
+    if (moves_primary) {
+      std::lock_guard<std::mutex> admin(admin_mu_);
+      auto st = Snapshot();
+      if (st && !closed_ && st->live.Has(e.to) && st->live.primary != e.to) {
+        auto next = Copy(*st);
+        next->live.primary = e.to;
+        Publish(next);
+      }
+    }
+    for (size_t i = 0; i < notes.size(); ++i) applied.note += (i ? "; " : "") + notes[i];
+    std::lock_guard<std::mutex> lk(events_mu_);
+    if (events_.size() >= 1000) events_.pop_front();
+    events_.push_back(std::move(applied));
+  }
+
+  std::vector<AppliedEvent> Events() const {
+    std::lock_guard<std::mutex> lk(events_mu_);
+    return {events_.begin(), events_.end()};
   }
 
   void SetCombiner(Combiner combiner) {
@@ -503,21 +804,23 @@ class Deployment::Impl {
 
   // --- background control: alias following and adaptive budgets ---
 
-  void StartController() {
-    const bool adaptive = options_.adaptive;
-    if (!alias_ && !adaptive) return;
-    controller_ = std::thread([this] { ControlLoop(); });
-  }
+  void StartController() { controller_ = std::thread([this] { ControlLoop(); }); }
 
   void ControlLoop() {
     std::unique_lock<std::mutex> lk(control_mu_);
-    auto next_poll = Clock::now();
-    auto next_balance = Clock::now() + Duration(options_.rebalance_interval_s);
+    const auto now0 = Clock::now();
+    auto next_poll = now0;
+    auto next_balance = now0 + Duration(options_.rebalance_interval_s);
+    auto next_tick = now0;
+    auto next_save = now0 + Duration(options_.state_save_s);
     while (!stopping_) {
-      const auto wake = std::min(alias_ ? next_poll : Clock::time_point::max(),
-                                 options_.adaptive ? next_balance : Clock::time_point::max());
-      control_cv_.wait_until(lk, wake, [&] { return stopping_; });
+      auto wake = std::min(next_tick, next_save);
+      if (alias_) wake = std::min(wake, next_poll);
+      if (options_.adaptive) wake = std::min(wake, next_balance);
+      control_cv_.wait_until(lk, wake, [&] { return stopping_ || wake_; });
       if (stopping_) break;
+      const bool woken = wake_;
+      wake_ = false;
       lk.unlock();
       const auto now = Clock::now();
       if (alias_ && now >= next_poll) {
@@ -528,7 +831,26 @@ class Deployment::Impl {
         Rebalance();
         next_balance = now + Duration(options_.rebalance_interval_s);
       }
+      if (woken || now >= next_tick) {
+        TickPolicy();
+        next_tick = now + Duration(options_.policy_tick_s);
+      }
+      if (now >= next_save) {
+        SaveCurrentState(false);
+        next_save = now + Duration(options_.state_save_s);
+      }
       lk.lock();
+    }
+  }
+
+  void SaveCurrentState(bool force) {
+    auto st = Snapshot();
+    if (!st) return;
+    try {
+      SaveState(*st->policy, force);
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lk(error_mu_);
+      last_error_ = std::string("saving policy state: ") + e.what();
     }
   }
 
@@ -540,7 +862,14 @@ class Deployment::Impl {
         std::lock_guard<std::mutex> admin(admin_mu_);
         auto st = Snapshot();
         if (!st || closed_ || st->live.primary == target.version) return;
-        SwapLocked(st->live.primary, target.version, &old);
+        if (st->live.Has(target.version)) {
+          // Already live (a canary's candidate): it becomes the primary, nothing is loaded.
+          auto next = Copy(*st);
+          next->live.primary = target.version;
+          Publish(next);
+        } else {
+          SwapLocked(st->live.primary, target.version, &old);
+        }
       }
       if (old) old->Drain(options_.drain_timeout_s);
       std::lock_guard<std::mutex> lk(error_mu_);
@@ -589,6 +918,13 @@ class Deployment::Impl {
     }
     control_cv_.notify_all();
     if (controller_.joinable()) controller_.join();
+    {
+      std::lock_guard<std::mutex> lk(shadow_mu_);
+      stopping_shadow_ = true;
+    }
+    shadow_cv_.notify_all();
+    if (shadow_thread_.joinable()) shadow_thread_.join();
+    if (!closed_) SaveCurrentState(true);
     std::shared_ptr<const State> st;
     {
       std::lock_guard<std::mutex> admin(admin_mu_);
@@ -637,9 +973,30 @@ class Deployment::Impl {
   std::mutex control_mu_;
   std::condition_variable control_cv_;
   bool stopping_ = false;
+  bool wake_ = false;
   std::map<std::string, double> last_busy_;
   mutable std::mutex error_mu_;
   std::string last_error_;
+
+  struct Remembered {
+    std::shared_ptr<const Policy> policy;
+    std::vector<std::string> versions;
+  };
+  std::mutex feedback_mu_;
+  std::unordered_map<std::string, Remembered> feedback_;
+  std::deque<std::string> feedback_order_;
+
+  mutable std::mutex shadow_mu_;
+  std::condition_variable shadow_cv_;
+  std::deque<ShadowJob> shadow_jobs_;
+  std::vector<ShadowStats> shadow_stats_;
+  std::thread shadow_thread_;
+  bool stopping_shadow_ = false;
+
+  std::mutex saved_mu_;
+  std::map<std::string, std::string> saved_state_;
+  mutable std::mutex events_mu_;
+  std::deque<AppliedEvent> events_;
 };
 
 Deployment::Deployment(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -692,6 +1049,12 @@ void Deployment::SetPolicy(std::shared_ptr<const Policy> policy) {
   impl_->SetPolicy(std::move(policy));
 }
 void Deployment::SetCombiner(Combiner combiner) { impl_->SetCombiner(std::move(combiner)); }
+void Deployment::Feedback(const std::string& request_id, double reward) {
+  impl_->Feedback(request_id, reward);
+}
+std::vector<ShadowStats> Deployment::Shadows() const { return impl_->Shadows(); }
+std::vector<AppliedEvent> Deployment::Events() const { return impl_->Events(); }
+void Deployment::TickPolicy() { impl_->TickPolicy(); }
 std::shared_ptr<const Policy> Deployment::policy() const {
   auto st = impl_->Snapshot();
   return st ? st->policy : nullptr;

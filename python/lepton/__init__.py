@@ -21,7 +21,9 @@ from .errors import (
     Timeout,
     Unavailable,
 )
+from . import weights
 from .engine import Deployment, Ensemble, Fixed, LeptonAI, Prediction
+from .policies import ABTest, Balanced, Bandit, Canary, Guardrails, LeastLoaded, Shadow, TimeBased, Weighted
 from .registry import (
     AuditEntry,
     GcReport,
@@ -47,6 +49,16 @@ __all__ = [
     "Fixed",
     "Ensemble",
     "LeptonAI",
+    "Weighted",
+    "Canary",
+    "Guardrails",
+    "Shadow",
+    "Bandit",
+    "LeastLoaded",
+    "Balanced",
+    "ABTest",
+    "TimeBased",
+    "weights",
     "ModelVersion",
     "ModelInfo",
     "AuditEntry",

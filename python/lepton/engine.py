@@ -2,6 +2,7 @@
 parallel on oneTBB arenas with per-version CPU budgets, batched, and hot-swapped."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -10,12 +11,13 @@ import torch
 
 from . import _core
 from .errors import InvalidArgument, NotFound
+from .policies import _Policy
 from .registry import ModelVersion, Registry
 
 Inputs = Union[torch.Tensor, np.ndarray, Sequence[Union[torch.Tensor, np.ndarray]]]
 
 
-class Fixed:
+class Fixed(_Policy):
     """Every request goes to one version: ``version``, or the deployment's primary when omitted
     (the followed alias's target, or the first version deployed). A version pinned in the request
     overrides it."""
@@ -23,13 +25,8 @@ class Fixed:
     def __init__(self, version: Optional[str] = None):
         self._core = _core.FixedPolicy(version)
 
-    combiner = None
 
-    def __repr__(self) -> str:
-        return self._core.describe()
-
-
-class Ensemble:
+class Ensemble(_Policy):
     """Every listed version answers each request, in parallel, and the outputs are combined.
 
     ``weights`` is a mapping ``{version: weight}``, or a sequence aligned with ``versions`` (or,
@@ -68,11 +65,8 @@ class Ensemble:
         mode = "custom" if callable(combine) else combine
         self._core = _core.EnsemblePolicy(list(versions or []), weight_list, mode, on_error, bool(balance))
 
-    def __repr__(self) -> str:
-        return self._core.describe()
 
-
-Policy = Union[Fixed, Ensemble]
+Policy = _Policy
 
 
 class Prediction:
@@ -259,8 +253,10 @@ class Deployment:
         self._core.swap(old, _label(new))
 
     def set_policy(self, policy: Policy) -> None:
-        if not isinstance(policy, (Fixed, Ensemble)):
-            raise InvalidArgument(f"policy must be lepton.Fixed or lepton.Ensemble, not {type(policy).__name__}")
+        if not isinstance(policy, _Policy):
+            raise InvalidArgument(
+                f"policy must be a lepton policy (Fixed, Ensemble, Weighted, Canary, ...), not {type(policy).__name__}"
+            )
         if policy.combiner is not None:
             self._core.set_combiner(policy.combiner)
         self._core.set_policy(policy._core)
@@ -280,6 +276,39 @@ class Deployment:
     def status(self) -> Dict[str, Any]:
         """Versions with their health, CPU budget and counters; the policy; the swaps so far."""
         return self._core.status()
+
+    def feedback(self, request_id: Union[str, "Prediction"], reward: float) -> None:
+        """A reward (binary or continuous) for an earlier request, for policies that learn
+        (``Bandit``, ``ABTest``). Raises ``NotFound`` for an unknown or already rewarded request,
+        ``InvalidArgument`` for a reward the policy cannot take."""
+        rid = request_id.request_id if isinstance(request_id, Prediction) else request_id
+        try:
+            value = float(reward)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"reward must be a number, got {reward!r}") from None
+        self._core.feedback(rid, value)
+
+    def shadow_report(self) -> List[Dict[str, Any]]:
+        """Per (primary, mirror) pair: requests compared, failed and dropped, max and mean
+        absolute difference, argmax agreement and KL divergence (for probability outputs)."""
+        return self._core.shadows()
+
+    def events(self) -> List[Dict[str, Any]]:
+        """The automatic switches applied so far (promotions, rollbacks, schedule switches),
+        with their reasons, evidence and what happened to the alias."""
+        out = self._core.events()
+        for e in out:
+            e["evidence"] = json.loads(e["evidence"]) if e["evidence"] else {}
+        return out
+
+    def policy_report(self) -> Dict[str, Any]:
+        """What the current policy knows now (a canary's phase and evidence, a bandit's counts,
+        an A/B test's confidence)."""
+        return json.loads(self._core.policy.report())
+
+    def tick(self) -> None:
+        """Runs the policy's controller now (it also runs on its own every few milliseconds)."""
+        self._core.tick_policy()
 
     def close(self) -> None:
         """Drains every version; later requests raise ``lepton.Unavailable``."""
@@ -334,6 +363,39 @@ class LeptonAI:
     @property
     def deployment(self) -> Deployment:
         return self._deployment
+
+    def feedback(self, request_id: Union[str, "Prediction"], reward: float) -> None:
+        """A reward (binary or continuous) for an earlier request, for policies that learn
+        (``Bandit``, ``ABTest``). Raises ``NotFound`` for an unknown or already rewarded request,
+        ``InvalidArgument`` for a reward the policy cannot take."""
+        rid = request_id.request_id if isinstance(request_id, Prediction) else request_id
+        try:
+            value = float(reward)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"reward must be a number, got {reward!r}") from None
+        self._core.feedback(rid, value)
+
+    def shadow_report(self) -> List[Dict[str, Any]]:
+        """Per (primary, mirror) pair: requests compared, failed and dropped, max and mean
+        absolute difference, argmax agreement and KL divergence (for probability outputs)."""
+        return self._core.shadows()
+
+    def events(self) -> List[Dict[str, Any]]:
+        """The automatic switches applied so far (promotions, rollbacks, schedule switches),
+        with their reasons, evidence and what happened to the alias."""
+        out = self._core.events()
+        for e in out:
+            e["evidence"] = json.loads(e["evidence"]) if e["evidence"] else {}
+        return out
+
+    def policy_report(self) -> Dict[str, Any]:
+        """What the current policy knows now (a canary's phase and evidence, a bandit's counts,
+        an A/B test's confidence)."""
+        return json.loads(self._core.policy.report())
+
+    def tick(self) -> None:
+        """Runs the policy's controller now (it also runs on its own every few milliseconds)."""
+        self._core.tick_policy()
 
     def close(self) -> None:
         self._deployment.close()

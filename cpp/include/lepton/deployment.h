@@ -33,6 +33,34 @@ struct DeploymentOptions {
   double drain_timeout_s = 30;
   // How often a deployment that follows an alias checks the registry.
   double alias_poll_s = 0.2;
+  // How often the policy's controller runs (canary steps, A/B decisions, schedules).
+  double policy_tick_s = 0.02;
+  // How often a stateful policy's state is saved to the registry (and at close).
+  double state_save_s = 1.0;
+  // How many recent requests can still take feedback.
+  size_t feedback_window = 100000;
+  // Mirrored requests waiting for comparison; more are dropped (and counted).
+  size_t shadow_queue = 256;
+};
+
+// How a mirror's outputs compare with the primary's, over the mirrored requests so far.
+struct ShadowStats {
+  std::string primary, mirror;
+  int64_t compared = 0;  // requests whose outputs were compared
+  int64_t failed = 0;    // the mirror failed or its outputs could not be compared
+  int64_t dropped = 0;   // not mirrored: the mirror or the comparison queue was full
+  double max_abs_diff = 0;
+  double mean_abs_diff = 0;                 // mean over requests of the mean |difference|
+  std::optional<double> argmax_agreement;   // share of rows whose argmax agrees
+  std::optional<double> kl_divergence;      // mean KL(primary || mirror) for probabilities
+};
+
+// An automatic switch that a policy decided and the deployment applied.
+struct AppliedEvent {
+  PolicyEvent event;
+  std::string policy;
+  std::optional<std::string> alias;  // the alias moved, if any
+  std::string note;                  // what applying it did or why part of it could not
 };
 
 struct PredictOptions {
@@ -91,6 +119,15 @@ class Deployment {
   void Swap(const std::string& from, const std::string& to);
   void SetPolicy(std::shared_ptr<const Policy> policy);
   void SetCombiner(Combiner combiner);
+
+  // A reward for an earlier request, for policies that learn (bandits, A/B tests). NotFound when
+  // the request id is unknown, too old, or already has its reward.
+  void Feedback(const std::string& request_id, double reward);
+  std::vector<ShadowStats> Shadows() const;
+  // The automatic switches applied so far, oldest first (at most the last 1000).
+  std::vector<AppliedEvent> Events() const;
+  // Runs the policy's controller once now (the controller also runs every policy_tick_s).
+  void TickPolicy();
 
   std::shared_ptr<const Policy> policy() const;
   std::vector<std::string> versions() const;

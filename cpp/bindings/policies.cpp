@@ -1,0 +1,239 @@
+#include <pybind11/eigen.h>
+#include <pybind11/functional.h>
+#include <pybind11/stl.h>
+
+#include "bindings.h"
+#include "lepton/errors.h"
+#include "lepton/policies.h"
+#include "lepton/weighting.h"
+
+namespace py = pybind11;
+using py::arg;
+
+namespace lepton::bindings {
+namespace {
+
+Guardrails MakeGuardrails(double max_error_rate_increase, double max_latency_ratio,
+                          int64_t min_requests, size_t window) {
+  Guardrails g;
+  g.max_error_rate_increase = max_error_rate_increase;
+  g.max_latency_ratio = max_latency_ratio;
+  g.min_requests = min_requests;
+  g.window = window;
+  return g;
+}
+
+BanditAlgorithm ParseAlgorithm(const std::string& s) {
+  if (s == "thompson") return BanditAlgorithm::kThompson;
+  if (s == "ucb1") return BanditAlgorithm::kUcb1;
+  if (s == "epsilon_greedy") return BanditAlgorithm::kEpsilonGreedy;
+  throw InvalidArgument("algorithm must be 'thompson', 'ucb1' or 'epsilon_greedy', not '" + s +
+                        "'");
+}
+
+weights::Loss ParseLoss(const std::string& s) {
+  if (s == "mse") return weights::Loss::kMse;
+  if (s == "logloss") return weights::Loss::kLogLoss;
+  throw InvalidArgument("loss must be 'mse' or 'logloss', not '" + s + "'");
+}
+
+}  // namespace
+
+void BindPolicies(py::module_& m) {
+  py::class_<Policy, std::shared_ptr<Policy>>(m, "Policy")
+      .def_property_readonly("name", &Policy::name)
+      .def("describe", &Policy::Describe)
+      .def("report", &Policy::Report, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "select",
+          [](const Policy& p, std::vector<std::string> versions, std::optional<std::string> key,
+             std::optional<std::string> primary) {
+            LiveVersions live;
+            live.versions = std::move(versions);
+            if (live.versions.empty()) throw InvalidArgument("versions must not be empty");
+            live.primary = primary.value_or(live.versions.front());
+            RequestContext r;
+            r.key = std::move(key);
+            py::gil_scoped_release release;
+            Route route = p.Select(r, live);
+            return std::make_pair(route.targets.empty() ? std::string() : route.targets[0].version,
+                                  route.reason);
+          },
+          arg("versions"), arg("key"), arg("primary"))
+      .def("validate", [](const Policy& p, std::vector<std::string> versions) {
+        LiveVersions live;
+        live.versions = std::move(versions);
+        if (!live.versions.empty()) live.primary = live.versions.front();
+        p.Validate(live);
+      });
+
+  py::class_<Guardrails>(m, "Guardrails")
+      .def(py::init(&MakeGuardrails), arg("max_error_rate_increase"), arg("max_latency_ratio"),
+           arg("min_requests"), arg("window"))
+      .def_readonly("max_error_rate_increase", &Guardrails::max_error_rate_increase)
+      .def_readonly("max_latency_ratio", &Guardrails::max_latency_ratio)
+      .def_readonly("min_requests", &Guardrails::min_requests)
+      .def_readonly("window", &Guardrails::window);
+
+  py::class_<WeightedPolicy, Policy, std::shared_ptr<WeightedPolicy>>(m, "WeightedPolicy")
+      .def(py::init<std::vector<std::string>, std::vector<double>, bool>(), arg("versions"),
+           arg("weights"), arg("sticky"));
+
+  py::class_<CanaryPolicy, Policy, std::shared_ptr<CanaryPolicy>>(m, "CanaryPolicy")
+      .def(py::init([](std::string stable, std::string candidate, std::vector<double> steps,
+                       int64_t step_requests, double step_seconds, Guardrails guardrails,
+                       std::optional<std::string> alias, bool sticky) {
+             CanaryOptions o;
+             o.steps = std::move(steps);
+             o.step_requests = step_requests;
+             o.step_seconds = step_seconds;
+             o.guardrails = guardrails;
+             o.alias = std::move(alias);
+             o.sticky = sticky;
+             return std::make_shared<CanaryPolicy>(std::move(stable), std::move(candidate), o);
+           }),
+           arg("stable"), arg("candidate"), arg("steps"), arg("step_requests"),
+           arg("step_seconds"), arg("guardrails"), arg("alias"), arg("sticky"))
+      .def_property_readonly("phase", [](const CanaryPolicy& p) {
+        switch (p.phase()) {
+          case CanaryPolicy::Phase::kRamping:
+            return "ramping";
+          case CanaryPolicy::Phase::kPromoted:
+            return "promoted";
+          case CanaryPolicy::Phase::kRolledBack:
+            return "rolled_back";
+        }
+        return "?";
+      });
+
+  py::class_<ShadowPolicy, Policy, std::shared_ptr<ShadowPolicy>>(m, "ShadowPolicy")
+      .def(py::init<std::string, std::vector<std::string>>(), arg("primary"), arg("mirrors"));
+
+  py::class_<BanditPolicy, Policy, std::shared_ptr<BanditPolicy>>(m, "BanditPolicy")
+      .def(py::init([](std::vector<std::string> versions, const std::string& algorithm,
+                       double epsilon, uint64_t seed, std::string name) {
+             BanditOptions o;
+             o.algorithm = ParseAlgorithm(algorithm);
+             o.epsilon = epsilon;
+             o.seed = seed;
+             o.name = std::move(name);
+             return std::make_shared<BanditPolicy>(std::move(versions), o);
+           }),
+           arg("versions"), arg("algorithm"), arg("epsilon"), arg("seed"), arg("name"))
+      .def("feedback", &BanditPolicy::Feedback, arg("version"), arg("reward"))
+      .def_property_readonly("state_key", &BanditPolicy::state_key);
+
+  py::class_<LeastLoadedPolicy, Policy, std::shared_ptr<LeastLoadedPolicy>>(m,
+                                                                            "LeastLoadedPolicy")
+      .def(py::init<std::vector<std::string>>(), arg("versions"))
+      .def("outstanding", &LeastLoadedPolicy::outstanding, arg("version"));
+
+  py::class_<BalancedPolicy, Policy, std::shared_ptr<BalancedPolicy>>(m, "BalancedPolicy")
+      .def(py::init([](const std::string& by, std::vector<std::string> versions,
+                       double interval_s, bool sticky) {
+             BalancedPolicy::By b;
+             if (by == "requests") {
+               b = BalancedPolicy::By::kRequests;
+             } else if (by == "resources") {
+               b = BalancedPolicy::By::kResources;
+             } else {
+               throw InvalidArgument("by must be 'requests' or 'resources', not '" + by + "'");
+             }
+             return std::make_shared<BalancedPolicy>(b, std::move(versions), interval_s, sticky);
+           }),
+           arg("by"), arg("versions"), arg("interval_s"), arg("sticky"));
+
+  py::class_<ABTestPolicy, Policy, std::shared_ptr<ABTestPolicy>>(m, "ABTestPolicy")
+      .def(py::init([](std::string control, std::string treatment, double split, double alpha,
+                       double effect, int64_t min_samples, bool sticky,
+                       std::optional<Guardrails> guardrails, std::optional<std::string> alias,
+                       std::string name) {
+             ABTestOptions o;
+             o.split = split;
+             o.alpha = alpha;
+             o.effect = effect;
+             o.min_samples = min_samples;
+             o.sticky = sticky;
+             o.guardrails = guardrails;
+             o.alias = std::move(alias);
+             o.name = std::move(name);
+             return std::make_shared<ABTestPolicy>(std::move(control), std::move(treatment), o);
+           }),
+           arg("control"), arg("treatment"), arg("split"), arg("alpha"), arg("effect"),
+           arg("min_samples"), arg("sticky"), arg("guardrails"), arg("alias"), arg("name"))
+      .def("feedback", &ABTestPolicy::Feedback, arg("version"), arg("reward"))
+      .def_property_readonly("winner", &ABTestPolicy::winner);
+
+  py::class_<TimeBasedPolicy, Policy, std::shared_ptr<TimeBasedPolicy>>(m, "TimeBasedPolicy")
+      .def(py::init([](std::vector<std::tuple<std::string, double, std::optional<double>,
+                                              std::optional<double>>>
+                           schedule,
+                       const std::string& mode, std::optional<std::string> alias) {
+             std::vector<TimeBasedEntry> entries;
+             for (auto& [v, start, validity, cycle] : schedule) {
+               entries.push_back({v, start, validity, cycle});
+             }
+             TimeBasedPolicy::Mode md;
+             if (mode == "switch") {
+               md = TimeBasedPolicy::Mode::kSwitch;
+             } else if (mode == "split") {
+               md = TimeBasedPolicy::Mode::kSplit;
+             } else {
+               throw InvalidArgument("mode must be 'switch' or 'split', not '" + mode + "'");
+             }
+             return std::make_shared<TimeBasedPolicy>(std::move(entries), md, std::move(alias));
+           }),
+           arg("schedule"), arg("mode"), arg("alias"))
+      .def("eligible", [](const TimeBasedPolicy& p, double now) {
+        std::vector<std::pair<std::string, double>> out;
+        for (const auto& t : p.Eligible(now)) out.emplace_back(t.version, t.weight);
+        return out;
+      });
+
+  // --- weighting math ---
+  py::module_ w = m.def_submodule("weights", "Weighting math on Eigen (pure functions).");
+  using weights::Vector;
+  w.def("performance_average", &weights::PerformanceAverage, arg("performance"), arg("weights"));
+  w.def("time_based", &weights::TimeBased, arg("validity"), arg("cycle"));
+  w.def("request_share", &weights::RequestShare, arg("counts"));
+  w.def("resource_share", &weights::ResourceShare, arg("usage"));
+  w.def("fuse", &weights::Fuse, arg("y1"), arg("y2"), arg("alpha"));
+  w.def("normalize", &weights::Normalize, arg("weights"));
+  w.def("softmax", &weights::Softmax, arg("scores"), arg("temperature"));
+  w.def(
+      "fit_ensemble_weights",
+      [](std::vector<weights::Matrix> predictions, weights::Matrix targets,
+         const std::string& loss, int max_iterations, double tolerance) {
+        weights::FitResult r;
+        {
+          py::gil_scoped_release release;
+          r = weights::FitEnsembleWeights(predictions, targets, ParseLoss(loss), max_iterations,
+                                          tolerance);
+        }
+        py::dict d;
+        d["weights"] = r.weights;
+        d["loss"] = r.loss;
+        d["member_loss"] = r.member_loss;
+        d["iterations"] = r.iterations;
+        d["gap"] = r.gap;
+        return d;
+      },
+      arg("predictions"), arg("targets"), arg("loss"), arg("max_iterations"), arg("tolerance"));
+  w.def(
+      "allocate",
+      [](weights::Matrix demands, Vector capacity, Vector value, std::optional<Vector> min_share,
+         std::optional<Vector> max_share, std::vector<std::string> names) {
+        weights::Allocation a =
+            weights::Allocate(demands, capacity, value, min_share, max_share, names);
+        py::dict d;
+        d["shares"] = a.shares;
+        d["objective"] = a.objective;
+        d["usage"] = a.usage;
+        d["binding"] = a.binding;
+        return d;
+      },
+      arg("demands"), arg("capacity"), arg("value"), arg("min_share"), arg("max_share"),
+      arg("resource_names"));
+}
+
+}  // namespace lepton::bindings
