@@ -4,9 +4,9 @@
 #include <torch/script.h>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
-#include <fstream>
 #include <sstream>
 
 #include "lepton/deployment.h"
@@ -112,8 +112,14 @@ void BM_Batching(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(d.Predict(x));
   state.SetItemsProcessed(state.iterations());
 }
-BENCHMARK(BM_Batching)->Arg(1)->Arg(16)->Arg(32)->Threads(32)->UseRealTime()->MinTime(2.0)->Unit(
-    benchmark::kMillisecond);
+BENCHMARK(BM_Batching)
+    ->Arg(1)
+    ->Arg(16)
+    ->Arg(32)
+    ->Threads(32)
+    ->UseRealTime()
+    ->MinTime(2.0)
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

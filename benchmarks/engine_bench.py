@@ -8,7 +8,7 @@
   batching   32 client threads sending batch-1 requests to a small MLP, with and without batching
   swap       p99 latency of 8 clients while versions are hot-swapped, against the steady p99
 
-usage: .venv/bin/python benchmarks/engine_bench.py [--runs 5] [--only ensemble,overhead,...]
+usage: .venv/bin/python benchmarks/engine_bench.py [--runs 5] [--only ensemble,overhead,batching,swap,shadow]
 """
 import argparse
 import os
@@ -196,16 +196,44 @@ def bench_swap(reg, runs):
     d.close()
 
 
+def bench_shadow(reg, runs):
+    sizes = [64, 512, 512, 10]
+    for seed in range(2):
+        reg.register("shadowed", torch.jit.script(mlp(sizes, seed)), example_inputs=torch.zeros(8, 64))
+    d = lepton.Deployment(reg, "shadowed", ["v1", "v2"], adaptive=False)
+    x = torch.randn(8, 64)
+    calls = 400
+    plain, shadow = lepton.Fixed("v1"), lepton.Shadow("v1", ["v2"])
+
+    def median_latency(policy):
+        d.set_policy(policy)
+        samples = []
+        for _ in range(calls):
+            samples.append(d.predict(x).latency)
+        time.sleep(0.05)  # let the last mirrored requests finish
+        return statistics.median(samples)
+
+    pairs = [(median_latency(plain), median_latency(shadow)) for _ in range(runs)]
+    base = statistics.median(p[0] for p in pairs)
+    mirrored = statistics.median(p[1] for p in pairs)
+    [report] = d.shadow_report()
+    print(f"shadow    one client, MLP {sizes} batch 8: primary median {base * 1e3:.3f} ms alone, "
+          f"{mirrored * 1e3:.3f} ms with one mirror (+{(mirrored / base - 1) * 100:.1f}%, goal < 5%); "
+          f"mirrored {report['compared']}, dropped {report['dropped']}")
+    d.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", default="ensemble,overhead,batching,swap")
+    ap.add_argument("--only", default="ensemble,overhead,batching,swap,shadow")
     args = ap.parse_args()
     print(f"lepton {lepton.__version__}, torch {torch.__version__}, {CORES} cores")
     with tempfile.TemporaryDirectory() as tmp:
         reg = lepton.Registry(os.path.join(tmp, "reg"))
         for name in args.only.split(","):
-            {"ensemble": bench_ensemble, "overhead": bench_overhead, "batching": bench_batching, "swap": bench_swap}[
+            {"ensemble": bench_ensemble, "overhead": bench_overhead, "batching": bench_batching, "swap": bench_swap,
+             "shadow": bench_shadow}[
                 name
             ](reg, args.runs)
 

@@ -1,10 +1,11 @@
+#include "lepton/policies.h"
+
 #include <pybind11/eigen.h>
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
 #include "bindings.h"
 #include "lepton/errors.h"
-#include "lepton/policies.h"
 #include "lepton/weighting.h"
 
 namespace py = pybind11;
@@ -57,7 +58,7 @@ void BindPolicies(py::module_& m) {
             py::gil_scoped_release release;
             Route route = p.Select(r, live);
             return std::make_pair(route.targets.empty() ? std::string() : route.targets[0].version,
-                                  route.reason);
+                                  route.reason.str());
           },
           arg("versions"), arg("key"), arg("primary"))
       .def("validate", [](const Policy& p, std::vector<std::string> versions) {
@@ -92,8 +93,8 @@ void BindPolicies(py::module_& m) {
              o.sticky = sticky;
              return std::make_shared<CanaryPolicy>(std::move(stable), std::move(candidate), o);
            }),
-           arg("stable"), arg("candidate"), arg("steps"), arg("step_requests"),
-           arg("step_seconds"), arg("guardrails"), arg("alias"), arg("sticky"))
+           arg("stable"), arg("candidate"), arg("steps"), arg("step_requests"), arg("step_seconds"),
+           arg("guardrails"), arg("alias"), arg("sticky"))
       .def_property_readonly("phase", [](const CanaryPolicy& p) {
         switch (p.phase()) {
           case CanaryPolicy::Phase::kRamping:
@@ -123,14 +124,13 @@ void BindPolicies(py::module_& m) {
       .def("feedback", &BanditPolicy::Feedback, arg("version"), arg("reward"))
       .def_property_readonly("state_key", &BanditPolicy::state_key);
 
-  py::class_<LeastLoadedPolicy, Policy, std::shared_ptr<LeastLoadedPolicy>>(m,
-                                                                            "LeastLoadedPolicy")
+  py::class_<LeastLoadedPolicy, Policy, std::shared_ptr<LeastLoadedPolicy>>(m, "LeastLoadedPolicy")
       .def(py::init<std::vector<std::string>>(), arg("versions"))
       .def("outstanding", &LeastLoadedPolicy::outstanding, arg("version"));
 
   py::class_<BalancedPolicy, Policy, std::shared_ptr<BalancedPolicy>>(m, "BalancedPolicy")
-      .def(py::init([](const std::string& by, std::vector<std::string> versions,
-                       double interval_s, bool sticky) {
+      .def(py::init([](const std::string& by, std::vector<std::string> versions, double interval_s,
+                       bool sticky) {
              BalancedPolicy::By b;
              if (by == "requests") {
                b = BalancedPolicy::By::kRequests;
@@ -165,24 +165,25 @@ void BindPolicies(py::module_& m) {
       .def_property_readonly("winner", &ABTestPolicy::winner);
 
   py::class_<TimeBasedPolicy, Policy, std::shared_ptr<TimeBasedPolicy>>(m, "TimeBasedPolicy")
-      .def(py::init([](std::vector<std::tuple<std::string, double, std::optional<double>,
-                                              std::optional<double>>>
-                           schedule,
-                       const std::string& mode, std::optional<std::string> alias) {
-             std::vector<TimeBasedEntry> entries;
-             for (auto& [v, start, validity, cycle] : schedule) {
-               entries.push_back({v, start, validity, cycle});
-             }
-             TimeBasedPolicy::Mode md;
-             if (mode == "switch") {
-               md = TimeBasedPolicy::Mode::kSwitch;
-             } else if (mode == "split") {
-               md = TimeBasedPolicy::Mode::kSplit;
-             } else {
-               throw InvalidArgument("mode must be 'switch' or 'split', not '" + mode + "'");
-             }
-             return std::make_shared<TimeBasedPolicy>(std::move(entries), md, std::move(alias));
-           }),
+      .def(py::init(
+               [](std::vector<
+                      std::tuple<std::string, double, std::optional<double>, std::optional<double>>>
+                      schedule,
+                  const std::string& mode, std::optional<std::string> alias) {
+                 std::vector<TimeBasedEntry> entries;
+                 for (auto& [v, start, validity, cycle] : schedule) {
+                   entries.push_back({v, start, validity, cycle});
+                 }
+                 TimeBasedPolicy::Mode md;
+                 if (mode == "switch") {
+                   md = TimeBasedPolicy::Mode::kSwitch;
+                 } else if (mode == "split") {
+                   md = TimeBasedPolicy::Mode::kSplit;
+                 } else {
+                   throw InvalidArgument("mode must be 'switch' or 'split', not '" + mode + "'");
+                 }
+                 return std::make_shared<TimeBasedPolicy>(std::move(entries), md, std::move(alias));
+               }),
            arg("schedule"), arg("mode"), arg("alias"))
       .def("eligible", [](const TimeBasedPolicy& p, double now) {
         std::vector<std::pair<std::string, double>> out;
@@ -202,8 +203,8 @@ void BindPolicies(py::module_& m) {
   w.def("softmax", &weights::Softmax, arg("scores"), arg("temperature"));
   w.def(
       "fit_ensemble_weights",
-      [](std::vector<weights::Matrix> predictions, weights::Matrix targets,
-         const std::string& loss, int max_iterations, double tolerance) {
+      [](std::vector<weights::Matrix> predictions, weights::Matrix targets, const std::string& loss,
+         int max_iterations, double tolerance) {
         weights::FitResult r;
         {
           py::gil_scoped_release release;

@@ -554,8 +554,7 @@ class Deployment::Impl {
       const at::Tensor x = a[0].to(at::kDouble), y = b[0].to(at::kDouble);
       c.agreement = x.argmax(-1).eq(y.argmax(-1)).to(at::kDouble).mean().item<double>();
       auto is_probability = [](const at::Tensor& t) {
-        return t.min().item<double>() >= 0 &&
-               (t.sum(-1) - 1).abs().max().item<double>() < 1e-3;
+        return t.min().item<double>() >= 0 && (t.sum(-1) - 1).abs().max().item<double>() < 1e-3;
       };
       if (is_probability(x) && is_probability(y)) {
         const at::Tensor p = x.clamp_min(1e-12), q = y.clamp_min(1e-12);
@@ -766,9 +765,9 @@ class Deployment::Impl {
     }
     if (registry_) {
       try {
-        registry_->Record(model_, e.action, e.to, e.from.empty() ? std::nullopt
-                                                                 : std::optional(e.from),
-                          e.to, e.reason, e.evidence);
+        registry_->Record(model_, e.action, e.to,
+                          e.from.empty() ? std::nullopt : std::optional(e.from), e.to, e.reason,
+                          e.evidence);
       } catch (const std::exception& ex) {
         notes.push_back(std::string("audit entry not written: ") + ex.what());
       }
@@ -804,7 +803,9 @@ class Deployment::Impl {
 
   // --- background control: alias following and adaptive budgets ---
 
-  void StartController() { controller_ = std::thread([this] { ControlLoop(); }); }
+  void StartController() {
+    controller_ = std::thread([this] { ControlLoop(); });
+  }
 
   void ControlLoop() {
     std::unique_lock<std::mutex> lk(control_mu_);

@@ -74,7 +74,7 @@ void RefuseRename(const std::string& policy, const std::string& from) {
                  "; set another policy before swapping it");
 }
 
-Route OneTarget(const std::string& policy, const std::string& version, std::string reason) {
+Route OneTarget(const std::string& policy, const std::string& version, Reason reason) {
   Route r;
   r.policy = policy;
   r.targets.push_back({version, 1.0});
@@ -93,16 +93,11 @@ RunningMoments MomentsFrom(const json& j) {
 
 json ResultJson(const SequentialTest::Result& r) {
   auto finite = [](double x) { return std::isfinite(x) ? json(x) : json(nullptr); };
-  return {{"n_control", r.n_a},
-          {"n_treatment", r.n_b},
-          {"mean_control", r.mean_a},
-          {"mean_treatment", r.mean_b},
-          {"difference", r.difference},
-          {"likelihood_ratio", finite(r.likelihood_ratio)},
-          {"p_value", r.p_value},
-          {"confidence", r.confidence},
-          {"ci_low", finite(r.ci_low)},
-          {"ci_high", finite(r.ci_high)},
+  return {{"n_control", r.n_a},         {"n_treatment", r.n_b},
+          {"mean_control", r.mean_a},   {"mean_treatment", r.mean_b},
+          {"difference", r.difference}, {"likelihood_ratio", finite(r.likelihood_ratio)},
+          {"p_value", r.p_value},       {"confidence", r.confidence},
+          {"ci_low", finite(r.ci_low)}, {"ci_high", finite(r.ci_high)},
           {"decided", r.decided}};
 }
 
@@ -122,8 +117,7 @@ void ValidateGuardrails(const Guardrails& g) {
 }  // namespace
 
 double WallSeconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 // --- WeightedChooser ---
@@ -170,8 +164,8 @@ size_t WeightedChooser::ForKey(std::string_view key) const {
   double best_score = -INFINITY;
   for (size_t i = 0; i < seeds_.size(); ++i) {
     if (inverse_[i] == 0) continue;
-    const double u = (double(SplitMix(h ^ seeds_[i]) >> 11) + 0.5) * 0x1.0p-53;
-    const double score = std::log(u) * inverse_[i];
+    const float u = (float(SplitMix(h ^ seeds_[i]) >> 40) + 0.5f) * 0x1.0p-24f;
+    const double score = double(std::log(u)) * inverse_[i];
     if (score > best_score) {
       best_score = score;
       best = i;
@@ -277,12 +271,9 @@ std::optional<std::string> GuardrailMonitor::Breach() const {
 std::string GuardrailMonitor::EvidenceJson() const {
   std::lock_guard<std::mutex> lk(mu_);
   auto side = [](const OutcomeWindow& w) {
-    return json{{"requests", w.total()},
-                {"errors", w.total_errors()},
-                {"window", w.size()},
-                {"error_rate", w.error_rate()},
-                {"p50_s", w.Quantile(0.5)},
-                {"p99_s", w.Quantile(0.99)}};
+    return json{{"requests", w.total()},    {"errors", w.total_errors()},
+                {"window", w.size()},       {"error_rate", w.error_rate()},
+                {"p50_s", w.Quantile(0.5)}, {"p99_s", w.Quantile(0.99)}};
   };
   json j{{baseline_, side(base_)},
          {candidate_, side(cand_)},
@@ -316,9 +307,15 @@ CanaryPolicy::CanaryPolicy(std::string stable, std::string candidate, CanaryOpti
     throw InvalidArgument("a canary step needs step_requests or step_seconds");
   }
   if (options_.alias) ValidateName(*options_.alias, "alias");
-  for (double s : options_.steps) {
+  for (size_t k = 0; k < options_.steps.size(); ++k) {
+    const double s = options_.steps[k];
     choosers_.push_back(std::make_shared<WeightedChooser>(
         std::vector<std::string>{stable_, candidate_}, std::vector<double>{1 - s, s}));
+    const std::string text = "canary step " + std::to_string(k + 1) + "/" +
+                             std::to_string(options_.steps.size()) + ": " + candidate_ + " at " +
+                             Percent(s);
+    reasons_.emplace_back(text);
+    reasons_.emplace_back(text + " (sticky key)");
   }
 }
 
@@ -338,10 +335,7 @@ Route CanaryPolicy::Select(const RequestContext& request, const LiveVersions& li
   const WeightedChooser& c = *choosers_[step];
   const bool by_key = options_.sticky && request.key;
   const size_t i = by_key ? c.ForKey(*request.key) : c.Random();
-  return OneTarget("canary", c.arms()[i],
-                   "canary step " + std::to_string(step + 1) + "/" +
-                       std::to_string(choosers_.size()) + ": " + candidate_ + " at " +
-                       Percent(options_.steps[step]) + (by_key ? " (sticky key)" : ""));
+  return OneTarget("canary", c.arms()[i], reasons_[step * 2 + (by_key ? 1 : 0)]);
 }
 
 void CanaryPolicy::Validate(const LiveVersions& live) const {
@@ -386,8 +380,7 @@ void CanaryPolicy::Observe(const Outcome& outcome) const {
 
 void CanaryPolicy::Advance(double now, std::vector<PolicyEvent>& events) const {
   if (step_started_ == 0) step_started_ = now;
-  const bool by_count =
-      options_.step_requests > 0 && step_count_.load() >= options_.step_requests;
+  const bool by_count = options_.step_requests > 0 && step_count_.load() >= options_.step_requests;
   const bool by_time = options_.step_seconds > 0 && now - step_started_ >= options_.step_seconds;
   if (!by_count && !by_time) return;
   const size_t step = step_.load();
@@ -402,10 +395,10 @@ void CanaryPolicy::Advance(double now, std::vector<PolicyEvent>& events) const {
   phase_ = Phase::kPromoted;
   json evidence = json::parse(monitor_.EvidenceJson());
   evidence["steps"] = options_.steps;
-  events.push_back({PolicyEvent::Kind::kPromote, "canary_promote", stable_, candidate_,
-                    "canary completed " + std::to_string(choosers_.size()) +
-                        " steps within its guardrails",
-                    evidence.dump(), now});
+  events.push_back(
+      {PolicyEvent::Kind::kPromote, "canary_promote", stable_, candidate_,
+       "canary completed " + std::to_string(choosers_.size()) + " steps within its guardrails",
+       evidence.dump(), now});
 }
 
 std::vector<PolicyEvent> CanaryPolicy::Tick(const LiveVersions& live, const LoadFn& load,
@@ -439,8 +432,9 @@ std::string CanaryPolicy::Report() const {
                                            : "rolled_back"},
          {"step", step + 1},
          {"steps", options_.steps},
-         {"share", p == Phase::kPromoted ? 1.0 : p == Phase::kRolledBack ? 0.0
-                                                                         : options_.steps[step]},
+         {"share", p == Phase::kPromoted     ? 1.0
+                   : p == Phase::kRolledBack ? 0.0
+                                             : options_.steps[step]},
          {"evidence", json::parse(monitor_.EvidenceJson())}};
   std::lock_guard<std::mutex> lk(mu_);
   if (breach_) j["breach"] = *breach_;
@@ -579,9 +573,9 @@ Route BanditPolicy::Select(const RequestContext& request, const LiveVersions& li
     i = Choose();
     ++arms_[i].pulls;
   }
-  return OneTarget("bandit", versions_[i], std::string("bandit (") +
-                                               AlgorithmName(options_.algorithm) +
-                                               ") chose from the rewards so far");
+  return OneTarget("bandit", versions_[i],
+                   std::string("bandit (") + AlgorithmName(options_.algorithm) +
+                       ") chose from the rewards so far");
 }
 
 void BanditPolicy::Validate(const LiveVersions& live) const {
@@ -597,8 +591,8 @@ std::shared_ptr<const Policy> BanditPolicy::Renamed(const std::string& from,
 }
 
 std::string BanditPolicy::Describe() const {
-  return std::string("bandit(") + AlgorithmName(options_.algorithm) + ": " +
-         JoinNames(versions_) + ")";
+  return std::string("bandit(") + AlgorithmName(options_.algorithm) + ": " + JoinNames(versions_) +
+         ")";
 }
 
 void BanditPolicy::Feedback(const std::string& version, double reward) const {
@@ -618,8 +612,8 @@ void BanditPolicy::Feedback(const std::string& version, double reward) const {
 }
 
 std::string BanditPolicy::state_key() const {
-  return "bandit/" + (options_.name.empty() ? std::string(AlgorithmName(options_.algorithm)) +
-                                                  ":" + JoinNames(versions_)
+  return "bandit/" + (options_.name.empty() ? std::string(AlgorithmName(options_.algorithm)) + ":" +
+                                                  JoinNames(versions_)
                                             : options_.name);
 }
 
@@ -733,9 +727,8 @@ std::shared_ptr<const Policy> LeastLoadedPolicy::Renamed(const std::string& from
 }
 
 std::string LeastLoadedPolicy::Describe() const {
-  return "least_loaded(" + (versions_.empty() ? std::string("every version")
-                                               : JoinNames(versions_)) +
-         ")";
+  return "least_loaded(" +
+         (versions_.empty() ? std::string("every version") : JoinNames(versions_)) + ")";
 }
 
 // --- BalancedPolicy ---
@@ -772,8 +765,8 @@ Route BalancedPolicy::Select(const RequestContext& request, const LiveVersions& 
     return OneTarget("balanced", live.primary, "balanced: chosen version left; the primary");
   }
   return OneTarget("balanced", c->arms()[i],
-                   std::string("balanced by ") + by + ": " + Percent(c->weights()[i]) +
-                       " share" + (by_key ? " (sticky key)" : ""));
+                   std::string("balanced by ") + by + ": " + Percent(c->weights()[i]) + " share" +
+                       (by_key ? " (sticky key)" : ""));
 }
 
 std::vector<PolicyEvent> BalancedPolicy::Tick(const LiveVersions& live, const LoadFn& load,
@@ -811,8 +804,7 @@ void BalancedPolicy::Validate(const LiveVersions& live) const {
 
 std::shared_ptr<const Policy> BalancedPolicy::Renamed(const std::string& from,
                                                       const std::string& to) const {
-  return std::make_shared<BalancedPolicy>(by_, Replace(versions_, from, to), interval_s_,
-                                          sticky_);
+  return std::make_shared<BalancedPolicy>(by_, Replace(versions_, from, to), interval_s_, sticky_);
 }
 
 std::string BalancedPolicy::Describe() const {
@@ -826,8 +818,7 @@ std::string BalancedPolicy::Report() const {
   if (c) {
     for (size_t i = 0; i < c->arms().size(); ++i) weights[c->arms()[i]] = c->weights()[i];
   }
-  return json{{"by", by_ == By::kRequests ? "requests" : "resources"}, {"weights", weights}}
-      .dump();
+  return json{{"by", by_ == By::kRequests ? "requests" : "resources"}, {"weights", weights}}.dump();
 }
 
 // --- ABTestPolicy ---
@@ -926,8 +917,8 @@ std::vector<PolicyEvent> ABTestPolicy::Tick(const LiveVersions& live, const Load
     if (auto breach = monitor_->Breach()) {
       winner_ = control_;
       return {{PolicyEvent::Kind::kConclude, "ab_keep_control", treatment_, control_,
-               "treatment won on the metric but breached a guardrail: " + *breach,
-               evidence.dump(), now}};
+               "treatment won on the metric but breached a guardrail: " + *breach, evidence.dump(),
+               now}};
     }
   }
   std::ostringstream reason;
@@ -1032,9 +1023,8 @@ std::vector<Target> TimeBasedPolicy::Eligible(double now) const {
     if (e.start > now || (e.validity && now >= e.start + *e.validity)) continue;
     const double w = e.cycle ? 1.0 / (*e.validity + *e.cycle) : 1.0;
     // One entry per version: a later start of the same version replaces an earlier one.
-    auto it = std::find_if(out.begin(), out.end(), [&](const Target& t) {
-      return t.version == e.version;
-    });
+    auto it = std::find_if(out.begin(), out.end(),
+                           [&](const Target& t) { return t.version == e.version; });
     if (it != out.end()) {
       it->weight = w;
       starts[static_cast<size_t>(it - out.begin())] = e.start;
@@ -1105,8 +1095,8 @@ std::shared_ptr<const Policy> TimeBasedPolicy::Renamed(const std::string& from,
 
 std::string TimeBasedPolicy::Describe() const {
   const auto eligible = Eligible(clock_());
-  return "time_based(" + std::to_string(entries_.size()) + " scheduled; now: " +
-         (eligible.empty() ? std::string("none") : eligible[0].version) + ")";
+  return "time_based(" + std::to_string(entries_.size()) +
+         " scheduled; now: " + (eligible.empty() ? std::string("none") : eligible[0].version) + ")";
 }
 
 std::vector<PolicyEvent> TimeBasedPolicy::Tick(const LiveVersions& live, const LoadFn& load,

@@ -57,8 +57,8 @@ double OutcomeWindow::Quantile(double q) const {
     if (!errors_[i]) ok.push_back(latencies_[i]);
   }
   if (ok.empty()) return 0;
-  const size_t k = std::min(ok.size() - 1, static_cast<size_t>(std::ceil(q * double(ok.size()))) -
-                                               (q > 0 ? 1 : 0));
+  const size_t k = std::min(
+      ok.size() - 1, static_cast<size_t>(std::ceil(q * double(ok.size()))) - (q > 0 ? 1 : 0));
   std::nth_element(ok.begin(), ok.begin() + static_cast<std::ptrdiff_t>(k), ok.end());
   return ok[k];
 }
@@ -98,11 +98,11 @@ SequentialTest::Result SequentialTest::Evaluate() {
   // A floor on the variance keeps a run of identical rewards from claiming certainty.
   const double var_a = std::max(a.variance(), 1e-12), var_b = std::max(b.variance(), 1e-12);
   const double v = var_a / double(r.n_a) + var_b / double(r.n_b);
-  const double pooled = (var_a * double(r.n_a - 1) + var_b * double(r.n_b - 1)) /
-                        double(r.n_a + r.n_b - 2);
+  const double pooled =
+      (var_a * double(r.n_a - 1) + var_b * double(r.n_b - 1)) / double(r.n_a + r.n_b - 2);
   const double tau2 = effect_ * effect_ * std::max(pooled, 1e-12);
-  const double log_ratio = 0.5 * std::log(v / (v + tau2)) +
-                           tau2 * r.difference * r.difference / (2 * v * (v + tau2));
+  const double log_ratio =
+      0.5 * std::log(v / (v + tau2)) + tau2 * r.difference * r.difference / (2 * v * (v + tau2));
   r.likelihood_ratio = std::exp(std::min(log_ratio, 700.0));
   if (r.n_a >= min_samples_ && r.n_b >= min_samples_) {
     p_value_ = std::min(p_value_, std::min(1.0, std::exp(-log_ratio)));
@@ -110,9 +110,8 @@ SequentialTest::Result SequentialTest::Evaluate() {
   r.p_value = p_value_;
   r.confidence = 1 - p_value_;
   // The confidence sequence at level alpha: differences whose ratio stays below 1 / alpha.
-  const double radius =
-      std::sqrt(std::max(0.0, (v * (v + tau2) / tau2) *
-                                  (2 * std::log(1 / alpha_) - std::log(v / (v + tau2)))));
+  const double radius = std::sqrt(std::max(
+      0.0, (v * (v + tau2) / tau2) * (2 * std::log(1 / alpha_) - std::log(v / (v + tau2)))));
   r.ci_low = r.difference - radius;
   r.ci_high = r.difference + radius;
   r.decided = r.n_a >= min_samples_ && r.n_b >= min_samples_ && p_value_ <= alpha_;

@@ -80,8 +80,8 @@ struct Objective {
 };
 
 struct MseObjective : Objective {
-  Matrix gram;  // X^T X / N
-  Vector cross; // X^T y / N
+  Matrix gram;   // X^T X / N
+  Vector cross;  // X^T y / N
   double y2 = 0;
   double Value(const Vector& w) const override {
     return std::max(0.0, w.dot(gram * w) - 2 * cross.dot(w) + y2);
@@ -91,9 +91,7 @@ struct MseObjective : Objective {
 
 struct LogLossObjective : Objective {
   Matrix a;  // n x k: each member's probability of the true class
-  double Value(const Vector& w) const override {
-    return -(a * w).array().max(1e-300).log().mean();
-  }
+  double Value(const Vector& w) const override { return -(a * w).array().max(1e-300).log().mean(); }
   Vector Gradient(const Vector& w) const override {
     const Vector p = (a * w).array().max(1e-300);
     return -(a.transpose() * p.cwiseInverse()) / double(a.rows());
@@ -265,8 +263,8 @@ FitResult FitEnsembleWeights(const std::vector<Matrix>& predictions, const Matri
                                 "; expected probabilities in [0, 1] for logloss");
         }
       }
-      const double q = c == 1 ? (label == 1 ? p(i, 0) : 1 - p(i, 0))
-                              : p(i, static_cast<Eigen::Index>(label));
+      const double q =
+          c == 1 ? (label == 1 ? p(i, 0) : 1 - p(i, 0)) : p(i, static_cast<Eigen::Index>(label));
       f.a(i, m) = std::clamp(q, 1e-15, 1.0);
     }
   }

@@ -214,7 +214,7 @@ def format_history(entries) -> str:
     rows = []
     for e in entries:
         if e.from_version or e.to_version:
-            what = f"{e.alias or ''}: {e.from_version or '-'} -> {e.to_version or '-'}"
+            what = (f"{e.alias}: " if e.alias else "") + f"{e.from_version or '-'} -> {e.to_version or '-'}"
         else:
             what = e.version or ""
         rows.append((e.time.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, what, e.reason))

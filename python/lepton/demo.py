@@ -11,6 +11,8 @@ from torch import nn
 
 from .cli import format_history
 from .engine import Deployment, Ensemble, Fixed
+from .errors import ModelError
+from .policies import Canary, Guardrails
 from .registry import Registry, diff_metrics
 
 
@@ -88,6 +90,7 @@ def run(path: str) -> None:
     print(format_history(reg.history("classifier")))
 
     _serve(reg, data[2][:6])
+    _canaries(reg, data)
 
 
 def _show(p, note: str = "") -> None:
@@ -118,3 +121,65 @@ def _serve(reg: Registry, x: torch.Tensor) -> None:
         while d.status()["primary"] != "v1.2" and time.monotonic() < deadline:
             time.sleep(0.02)
         _show(d.predict(x), "  (alias moved in the registry; the deployment followed)")
+
+
+class _RejectsLargeFeature(nn.Module):
+    """A release with a bug: it fails whenever feature 0 is above 0.5."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x[:, 0].max() > 0.5):
+            raise RuntimeError("feature 0 out of range")
+        return self.inner(x)
+
+
+def _ramp(d: Deployment, canary: Canary, rows: torch.Tensor) -> None:
+    answered, failed, step = {}, 0, None
+    for i in range(rows.shape[0]):
+        try:
+            p = d.predict(rows[i : i + 1])
+            answered[p.version] = answered.get(p.version, 0) + 1
+            if p.route != step:
+                step = p.route
+                print(f"  request {i:4}: {p.route}")
+        except ModelError:
+            failed += 1
+        if canary.phase != "ramping":
+            break
+    deadline = time.monotonic() + 5
+    while not d.events() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print(f"  answered: {answered}, failed: {failed}; canary {canary.phase}")
+    for e in d.events()[-1:]:
+        print(f"  {e['action']}: {e['reason']}")
+        print(f"  {e['note']}")
+
+
+def _canaries(reg: Registry, data) -> None:
+    x = torch.Generator().manual_seed(5)
+    rows = torch.randn(4000, 16, generator=x)
+    model, metrics = _train(32, 80, seed=2, data=data)
+    reg.register("classifier", model, version="v2.0", example_inputs=data[0][:4], metrics=metrics, parent="v1.1")
+    buggy = torch.jit.script(_RejectsLargeFeature(model))
+    reg.register("classifier", buggy, version="v2.1", example_inputs=torch.zeros(4, 16), parent="v2.0")
+    guardrails = Guardrails(min_requests=20, max_latency_ratio=5.0)
+
+    print(f"\ncanary v1.2 -> v2.0 on classifier@production (now {reg.get('classifier@production').version}):")
+    with Deployment(reg, "classifier", alias="production", alias_poll_interval=0.05) as d:
+        canary = Canary(d.status()["primary"], "v2.0", steps=[0.1, 0.5, 1.0], step_requests=150, guardrails=guardrails)
+        d.add("v2.0", policy=canary)
+        _ramp(d, canary, rows)
+        print(f"  production -> {reg.get('classifier@production').version}")
+
+    print("\ncanary v2.0 -> v2.1 (fails on some inputs):")
+    with Deployment(reg, "classifier", alias="production", alias_poll_interval=0.05) as d:
+        canary = Canary("v2.0", "v2.1", steps=[0.1, 0.5, 1.0], step_requests=150, guardrails=guardrails)
+        d.add("v2.1", policy=canary)
+        _ramp(d, canary, rows)
+        print(f"  production -> {reg.get('classifier@production').version} (where it was)")
+
+    print("\nlatest audit entries:")
+    print(format_history(reg.history("classifier")[-4:]))

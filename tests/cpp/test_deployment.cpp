@@ -8,6 +8,7 @@
 #include "engine_models.h"
 #include "lepton/deployment.h"
 #include "lepton/errors.h"
+#include "lepton/policies.h"
 #include "test_util.h"
 
 namespace lepton {
@@ -259,6 +260,77 @@ TEST_F(DeploymentTest, TimeoutAndOverloadAreTyped) {
   EXPECT_EQ(Answer(d.Predict({torch::zeros({1, 1})}, pin)), 1);
   o.timeout_s = -1;
   EXPECT_THROW(d.Predict({torch::zeros({1, 1})}, o), InvalidArgument);
+}
+
+TEST_F(DeploymentTest, CanaryBreachRollsBackTheAliasWithAnAuditEntry) {
+  RegisterOptions r;
+  r.version = "bad";
+  reg_->RegisterBytes("m", testing::FailsOnNegative(), r);
+  reg_->SetAlias("m", "prod", "bad", std::nullopt, "release");
+  Deployment d(reg_, "m", {"v1", "bad"}, Opts());
+  CanaryOptions o;
+  o.steps = {0.5, 1.0};
+  o.step_requests = 100000;
+  o.guardrails.min_requests = 10;
+  o.alias = "prod";
+  auto canary = std::make_shared<CanaryPolicy>("v1", "bad", o);
+  d.SetPolicy(canary);
+  int failures = 0;
+  for (int i = 0; i < 200; ++i) {
+    try {
+      d.Predict({-torch::ones({1})});
+    } catch (const ModelError&) {
+      ++failures;
+    }
+  }
+  EXPECT_EQ(canary->phase(), CanaryPolicy::Phase::kRolledBack);
+  EXPECT_LT(failures, 100);
+  d.TickPolicy();
+  for (int i = 0; i < 500 && d.Events().empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(reg_->Get("m@prod").version, "v1");
+  const auto history = reg_->History("m");
+  ASSERT_EQ(history.back().action, "canary_rollback");
+  EXPECT_NE(history.back().details.find("error_rate"), std::string::npos);
+  ASSERT_EQ(d.Events().size(), 1u);
+  EXPECT_EQ(Answer(d.Predict({torch::zeros({1})})), 1);
+}
+
+TEST_F(DeploymentTest, FeedbackReachesTheBanditOnceAndStateSurvivesARestart) {
+  BanditOptions o;
+  o.seed = 4;
+  {
+    Deployment d(reg_, "m", {"v1", "v2"}, Opts());
+    d.SetPolicy(std::make_shared<BanditPolicy>(std::vector<std::string>{"v1", "v2"}, o));
+    for (int i = 0; i < 100; ++i) {
+      const Prediction p = d.Predict({torch::zeros({1})});
+      d.Feedback(p.request_id, p.versions[0] == "v2" ? 1.0 : 0.0);
+      if (i == 0) EXPECT_THROW(d.Feedback(p.request_id, 1.0), NotFound);
+    }
+    EXPECT_THROW(d.Feedback("nope", 1.0), NotFound);
+  }
+  Deployment again(reg_, "m", {"v1", "v2"}, Opts());
+  auto bandit = std::make_shared<BanditPolicy>(std::vector<std::string>{"v1", "v2"}, o);
+  again.SetPolicy(bandit);
+  const auto arms = bandit->arms();
+  EXPECT_EQ(arms[0].n + arms[1].n, 100);
+}
+
+TEST_F(DeploymentTest, ShadowComparesWithoutChangingTheAnswer) {
+  Deployment d(reg_, "m", {"v1", "v2"}, Opts());
+  d.SetPolicy(std::make_shared<ShadowPolicy>("v1", std::vector<std::string>{"v2"}));
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(Answer(d.Predict({torch::zeros({1})})), 1);
+  for (int i = 0; i < 500; ++i) {
+    const auto s = d.Shadows();
+    if (!s.empty() && s[0].compared + s[0].dropped + s[0].failed == 20) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const auto s = d.Shadows();
+  ASSERT_EQ(s.size(), 1u);
+  EXPECT_EQ(s[0].compared + s[0].dropped, 20);
+  EXPECT_GT(s[0].compared, 0);
+  EXPECT_DOUBLE_EQ(s[0].max_abs_diff, 1.0);
 }
 
 }  // namespace

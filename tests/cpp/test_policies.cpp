@@ -215,8 +215,7 @@ TEST(Canary, BadOptionsRefused) {
   EXPECT_THROW(CanaryPolicy("a", "b", o), InvalidArgument);
 }
 
-double Regret(BanditAlgorithm algorithm, const std::vector<double>& p, int rounds,
-              uint64_t seed) {
+double Regret(BanditAlgorithm algorithm, const std::vector<double>& p, int rounds, uint64_t seed) {
   BanditOptions o;
   o.algorithm = algorithm;
   o.seed = seed;
@@ -238,8 +237,8 @@ TEST(Bandit, RegretBelowUniformRouting) {
   const std::vector<double> p{0.3, 0.5, 0.7};
   const int rounds = 3000;
   const double uniform = rounds * (0.7 - (0.3 + 0.5 + 0.7) / 3);  // 600
-  for (auto a : {BanditAlgorithm::kThompson, BanditAlgorithm::kUcb1,
-                 BanditAlgorithm::kEpsilonGreedy}) {
+  for (auto a :
+       {BanditAlgorithm::kThompson, BanditAlgorithm::kUcb1, BanditAlgorithm::kEpsilonGreedy}) {
     double total = 0;
     for (uint64_t seed = 1; seed <= 5; ++seed) total += Regret(a, p, rounds, seed);
     const double mean = total / 5;
@@ -346,9 +345,9 @@ TEST(ABTest, PromotesABetterTreatmentAndKeepsStateAcrossARestart) {
 TEST(TimeBased, SwitchesOnTheScheduleWithWeightsFromValidityAndCycle) {
   double now = 0;
   auto clock = [&now] { return now; };
-  TimeBasedPolicy plain({{"v1", 0, std::nullopt, std::nullopt}, {"v2", 100, std::nullopt,
-                                                                  std::nullopt}},
-                        TimeBasedPolicy::Mode::kSwitch, std::nullopt, clock);
+  TimeBasedPolicy plain(
+      {{"v1", 0, std::nullopt, std::nullopt}, {"v2", 100, std::nullopt, std::nullopt}},
+      TimeBasedPolicy::Mode::kSwitch, std::nullopt, clock);
   const auto live = Live({"v1", "v2", "v3"});
   now = 50;
   EXPECT_EQ(plain.Select({}, live).targets[0].version, "v1");

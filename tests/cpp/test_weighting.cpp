@@ -160,8 +160,8 @@ TEST(Weighting, AllocateSolvesTheLinearProgram) {
   // Vertices: (1, 0) -> 3, (2/3, 2/3) -> 10/3, (0, 1) -> 2; the optimum is (2/3, 2/3).
   Matrix d(2, 2);
   d << 2, 1, 1, 2;
-  const Allocation a = Allocate(d, V({2, 2}), V({3, 2}), std::nullopt, std::nullopt,
-                                {"cpu", "memory"});
+  const Allocation a =
+      Allocate(d, V({2, 2}), V({3, 2}), std::nullopt, std::nullopt, {"cpu", "memory"});
   EXPECT_NEAR(a.shares[0], 2.0 / 3, 1e-9);
   EXPECT_NEAR(a.shares[1], 2.0 / 3, 1e-9);
   EXPECT_NEAR(a.objective, 10.0 / 3, 1e-9);

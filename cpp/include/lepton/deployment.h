@@ -50,9 +50,9 @@ struct ShadowStats {
   int64_t failed = 0;    // the mirror failed or its outputs could not be compared
   int64_t dropped = 0;   // not mirrored: the mirror or the comparison queue was full
   double max_abs_diff = 0;
-  double mean_abs_diff = 0;                 // mean over requests of the mean |difference|
-  std::optional<double> argmax_agreement;   // share of rows whose argmax agrees
-  std::optional<double> kl_divergence;      // mean KL(primary || mirror) for probabilities
+  double mean_abs_diff = 0;                // mean over requests of the mean |difference|
+  std::optional<double> argmax_agreement;  // share of rows whose argmax agrees
+  std::optional<double> kl_divergence;     // mean KL(primary || mirror) for probabilities
 };
 
 // An automatic switch that a policy decided and the deployment applied.

@@ -50,7 +50,7 @@ class WeightedPolicy final : public Policy {
  private:
   WeightedChooser chooser_;
   bool sticky_;
-  std::vector<std::string> reasons_, key_reasons_;
+  std::vector<Reason> reasons_, key_reasons_;
 };
 
 struct Guardrails {
@@ -119,6 +119,7 @@ class CanaryPolicy final : public Policy {
   std::string stable_, candidate_;
   CanaryOptions options_;
   std::vector<std::shared_ptr<const WeightedChooser>> choosers_;
+  std::vector<Reason> reasons_;  // per step: plain, sticky
   mutable GuardrailMonitor monitor_;
   mutable std::atomic<Phase> phase_{Phase::kRamping};
   mutable std::atomic<size_t> step_{0};
@@ -246,10 +247,10 @@ class BalancedPolicy final : public Policy {
 };
 
 struct ABTestOptions {
-  double split = 0.5;        // the treatment's share while the test runs
-  double alpha = 0.05;       // the test's level
-  double effect = 0.1;       // the mixture's scale, in pooled standard deviations
-  int64_t min_samples = 100; // rewards per arm before any decision
+  double split = 0.5;         // the treatment's share while the test runs
+  double alpha = 0.05;        // the test's level
+  double effect = 0.1;        // the mixture's scale, in pooled standard deviations
+  int64_t min_samples = 100;  // rewards per arm before any decision
   bool sticky = false;
   std::optional<Guardrails> guardrails;  // must hold for the treatment to be promoted
   std::optional<std::string> alias;
@@ -296,9 +297,9 @@ class ABTestPolicy final : public Policy {
 
 struct TimeBasedEntry {
   std::string version;
-  double start = 0;                 // seconds since the epoch when it becomes eligible
-  std::optional<double> validity;   // T_i, seconds it stays valid after `start`
-  std::optional<double> cycle;      // C_i, its update cycle in seconds
+  double start = 0;                // seconds since the epoch when it becomes eligible
+  std::optional<double> validity;  // T_i, seconds it stays valid after `start`
+  std::optional<double> cycle;     // C_i, its update cycle in seconds
 };
 
 // Time-based switching: versions become eligible on a schedule and expire after their validity.

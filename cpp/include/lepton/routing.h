@@ -37,6 +37,22 @@ enum class OnError {
   kSkip,  // the member is left out and the remaining weights are renormalised
 };
 
+// Why a route was chosen. Shared, so a policy hands out its precomputed reasons without copying.
+class Reason {
+ public:
+  Reason() = default;
+  Reason(std::string text) : text_(std::make_shared<const std::string>(std::move(text))) {}
+  Reason(const char* text) : Reason(std::string(text)) {}
+  const std::string& str() const {
+    static const std::string kEmpty;
+    return text_ ? *text_ : kEmpty;
+  }
+  operator const std::string&() const { return str(); }
+
+ private:
+  std::shared_ptr<const std::string> text_;
+};
+
 struct Route {
   std::vector<Target> targets;       // one for a plain request, several for an ensemble
   std::vector<std::string> mirrors;  // copies sent off the request path; never change the answer
@@ -46,7 +62,7 @@ struct Route {
   // An ensemble may balance its members over the cores in waves (see EnsemblePolicy).
   bool balance = false;
   std::string policy;  // the policy's name
-  std::string reason;  // the rule that chose the targets, for the caller and the logs
+  Reason reason;       // the rule that chose the targets, for the caller and the logs
 };
 
 // The versions a deployment has live, in the order they were added, and its primary: the version
@@ -59,10 +75,10 @@ struct LiveVersions {
 
 // What a deployment knows of one live version's load, for policies that balance by it.
 struct VersionLoad {
-  int threads = 0;           // its CPU budget
-  int64_t completed = 0;     // requests answered so far
-  int64_t outstanding = 0;   // queued or running now
-  double busy_s = 0;         // compute time so far
+  int threads = 0;          // its CPU budget
+  int64_t completed = 0;    // requests answered so far
+  int64_t outstanding = 0;  // queued or running now
+  double busy_s = 0;        // compute time so far
 };
 using LoadFn = std::function<VersionLoad(const std::string& version)>;
 

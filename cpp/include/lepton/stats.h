@@ -32,7 +32,7 @@ class OutcomeWindow {
   int64_t total() const { return total_; }
   int64_t total_errors() const { return total_errors_; }
   size_t size() const { return latencies_.size(); }
-  double error_rate() const;      // over the window
+  double error_rate() const;        // over the window
   double Quantile(double q) const;  // latency quantile over the window's successful requests
 
  private:
@@ -53,13 +53,13 @@ class SequentialTest {
   struct Result {
     int64_t n_a = 0, n_b = 0;
     double mean_a = 0, mean_b = 0;
-    double difference = 0;        // mean_b - mean_a
-    double likelihood_ratio = 1;  // the mixture likelihood ratio now
-    double p_value = 1;           // always-valid: the running minimum of 1 / ratio
-    double confidence = 0;        // 1 - p_value
+    double difference = 0;           // mean_b - mean_a
+    double likelihood_ratio = 1;     // the mixture likelihood ratio now
+    double p_value = 1;              // always-valid: the running minimum of 1 / ratio
+    double confidence = 0;           // 1 - p_value
     double ci_low = 0, ci_high = 0;  // always-valid confidence interval for the difference
-    bool decided = false;         // p_value <= alpha with both arms at min_samples
-    int winner = -1;              // 0 (A), 1 (B), or -1 while undecided
+    bool decided = false;            // p_value <= alpha with both arms at min_samples
+    int winner = -1;                 // 0 (A), 1 (B), or -1 while undecided
   };
 
   explicit SequentialTest(double alpha = 0.05, double effect = 0.1, int64_t min_samples = 100);

@@ -32,11 +32,11 @@ Vector Softmax(const Vector& scores, double temperature = 1.0);
 enum class Loss { kMse, kLogLoss };
 
 struct FitResult {
-  Vector weights;        // on the simplex: >= 0, summing to 1
-  double loss = 0;       // the ensemble's loss at `weights`
-  Vector member_loss;    // each member's own loss, for comparison
+  Vector weights;      // on the simplex: >= 0, summing to 1
+  double loss = 0;     // the ensemble's loss at `weights`
+  Vector member_loss;  // each member's own loss, for comparison
   int iterations = 0;
-  double gap = 0;        // Frank-Wolfe duality gap at the solution (0 at the optimum)
+  double gap = 0;  // Frank-Wolfe duality gap at the solution (0 at the optimum)
 };
 
 // The simplex-constrained weights minimising the loss of the weighted ensemble.
@@ -48,9 +48,9 @@ FitResult FitEnsembleWeights(const std::vector<Matrix>& predictions, const Matri
                              Loss loss, int max_iterations = 5000, double tolerance = 1e-10);
 
 struct Allocation {
-  Vector shares;          // x_i
-  double objective = 0;   // sum_i value_i * x_i
-  Vector usage;           // sum_i demand_ij * x_i, per resource j
+  Vector shares;              // x_i
+  double objective = 0;       // sum_i value_i * x_i
+  Vector usage;               // sum_i demand_ij * x_i, per resource j
   std::vector<bool> binding;  // resource j is used to capacity
 };
 
