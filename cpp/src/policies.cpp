@@ -586,8 +586,7 @@ std::shared_ptr<const Policy> BanditPolicy::Renamed(const std::string& from,
                                                     const std::string& to) const {
   (void)to;
   if (Contains(versions_, from)) RefuseRename("bandit", from);
-  return std::const_pointer_cast<const Policy>(
-      std::shared_ptr<const Policy>(std::make_shared<BanditPolicy>(versions_, options_)));
+  return std::make_shared<BanditPolicy>(versions_, options_);
 }
 
 std::string BanditPolicy::Describe() const {
@@ -773,7 +772,6 @@ std::vector<PolicyEvent> BalancedPolicy::Tick(const LiveVersions& live, const Lo
                                               double now) const {
   std::lock_guard<std::mutex> lk(mu_);
   if (!load || now - last_tick_ < interval_s_) return {};
-  const double elapsed = last_tick_ > 0 ? now - last_tick_ : 0;
   last_tick_ = now;
   const auto arms = Arms(live);
   if (arms.empty()) return {};
@@ -789,7 +787,6 @@ std::vector<PolicyEvent> BalancedPolicy::Tick(const LiveVersions& live, const Lo
       w.push_back(rate > 0 ? rate * std::max(1, l.threads) : 0);
     }
   }
-  (void)elapsed;
   double total = 0;
   for (double x : w) total += x;
   if (!(total > 0)) return {};
@@ -876,7 +873,7 @@ std::string ABTestPolicy::Describe() const {
 }
 
 void ABTestPolicy::Observe(const Outcome& outcome) const {
-  if (monitor_) const_cast<GuardrailMonitor&>(*monitor_).Observe(outcome);
+  if (monitor_) monitor_->Observe(outcome);
 }
 
 void ABTestPolicy::Feedback(const std::string& version, double reward) const {

@@ -364,39 +364,6 @@ class LeptonAI:
     def deployment(self) -> Deployment:
         return self._deployment
 
-    def feedback(self, request_id: Union[str, "Prediction"], reward: float) -> None:
-        """A reward (binary or continuous) for an earlier request, for policies that learn
-        (``Bandit``, ``ABTest``). Raises ``NotFound`` for an unknown or already rewarded request,
-        ``InvalidArgument`` for a reward the policy cannot take."""
-        rid = request_id.request_id if isinstance(request_id, Prediction) else request_id
-        try:
-            value = float(reward)
-        except (TypeError, ValueError):
-            raise InvalidArgument(f"reward must be a number, got {reward!r}") from None
-        self._core.feedback(rid, value)
-
-    def shadow_report(self) -> List[Dict[str, Any]]:
-        """Per (primary, mirror) pair: requests compared, failed and dropped, max and mean
-        absolute difference, argmax agreement and KL divergence (for probability outputs)."""
-        return self._core.shadows()
-
-    def events(self) -> List[Dict[str, Any]]:
-        """The automatic switches applied so far (promotions, rollbacks, schedule switches),
-        with their reasons, evidence and what happened to the alias."""
-        out = self._core.events()
-        for e in out:
-            e["evidence"] = json.loads(e["evidence"]) if e["evidence"] else {}
-        return out
-
-    def policy_report(self) -> Dict[str, Any]:
-        """What the current policy knows now (a canary's phase and evidence, a bandit's counts,
-        an A/B test's confidence)."""
-        return json.loads(self._core.policy.report())
-
-    def tick(self) -> None:
-        """Runs the policy's controller now (it also runs on its own every few milliseconds)."""
-        self._core.tick_policy()
-
     def close(self) -> None:
         self._deployment.close()
 

@@ -280,11 +280,6 @@ TEST(LeastLoaded, PrefersTheVersionWithFewerOutstanding) {
   for (const auto& v : chosen) p.Observe({v, 0.001, false});
   EXPECT_EQ(p.outstanding("a") + p.outstanding("b"), 0);
   // A version stuck with work gets nothing new.
-  for (int i = 0; i < 10; ++i) p.Select({}, live);
-  for (int i = 0; i < 10; ++i) {
-    const std::string v = p.outstanding("a") > p.outstanding("b") ? "a" : "b";
-    (void)v;
-  }
   LeastLoadedPolicy q({"a", "b"});
   for (int i = 0; i < 3; ++i) {
     const std::string v = q.Select({}, live).targets[0].version;

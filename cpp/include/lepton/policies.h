@@ -287,7 +287,7 @@ class ABTestPolicy final : public Policy {
   std::string control_, treatment_;
   ABTestOptions options_;
   WeightedChooser chooser_;
-  std::optional<GuardrailMonitor> monitor_;
+  mutable std::optional<GuardrailMonitor> monitor_;
   mutable std::mutex mu_;
   mutable SequentialTest test_;
   mutable std::optional<std::string> winner_;
