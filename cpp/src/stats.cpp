@@ -114,6 +114,13 @@ SequentialTest::Result SequentialTest::Evaluate() {
       0.0, (v * (v + tau2) / tau2) * (2 * std::log(1 / alpha_) - std::log(v / (v + tau2)))));
   r.ci_low = r.difference - radius;
   r.ci_high = r.difference + radius;
+  if (r.n_a >= min_samples_ && r.n_b >= min_samples_) {
+    // A confidence sequence stays valid intersected over time, like the running p-value.
+    ci_low_ = std::max(ci_low_, r.ci_low);
+    ci_high_ = std::min(ci_high_, r.ci_high);
+    r.ci_low = ci_low_;
+    r.ci_high = ci_high_;
+  }
   r.decided = r.n_a >= min_samples_ && r.n_b >= min_samples_ && p_value_ <= alpha_;
   if (r.decided) r.winner = r.difference > 0 ? 1 : 0;
   return r;

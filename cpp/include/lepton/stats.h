@@ -2,6 +2,7 @@
 // always-valid two-sample sequential test (mixture SPRT) that may be checked after every sample.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -57,7 +58,8 @@ class SequentialTest {
     double likelihood_ratio = 1;     // the mixture likelihood ratio now
     double p_value = 1;              // always-valid: the running minimum of 1 / ratio
     double confidence = 0;           // 1 - p_value
-    double ci_low = 0, ci_high = 0;  // always-valid confidence interval for the difference
+    double ci_low = 0, ci_high = 0;  // always-valid confidence sequence for the difference,
+                                     // intersected over the looks so far
     bool decided = false;            // p_value <= alpha with both arms at min_samples
     int winner = -1;                 // 0 (A), 1 (B), or -1 while undecided
   };
@@ -77,6 +79,7 @@ class SequentialTest {
   int64_t min_samples_;
   RunningMoments arms_[2];
   double p_value_ = 1;
+  double ci_low_ = -INFINITY, ci_high_ = INFINITY;
 };
 
 }  // namespace lepton
