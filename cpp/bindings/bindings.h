@@ -9,5 +9,6 @@ void BindErrors(pybind11::module_& m);
 void BindRegistry(pybind11::module_& m);
 void BindPolicies(pybind11::module_& m);
 void BindEngine(pybind11::module_& m);
+void BindObserve(pybind11::module_& m);
 
 }  // namespace lepton::bindings

@@ -6,6 +6,9 @@
 #include "bindings.h"
 #include "lepton/deployment.h"
 #include "lepton/errors.h"
+#include "lepton/metrics.h"
+
+#include <cmath>
 
 namespace py = pybind11;
 using py::arg;
@@ -49,6 +52,66 @@ DeploymentOptions MakeOptions(int threads, int intra_op_threads, int max_batch_s
   o.drain_timeout_s = drain_timeout_s;
   o.alias_poll_s = alias_poll_s;
   return o;
+}
+
+py::dict HistogramDict(const Histogram::Snapshot& h) {
+  py::dict d;
+  d["count"] = h.count;
+  d["sum"] = h.sum;
+  d["mean"] = h.count ? py::cast(h.sum / double(h.count)) : py::none();
+  for (const auto& [name, q] : {std::pair{"p50", 0.5}, {"p90", 0.9}, {"p99", 0.99}}) {
+    d[name] = h.count ? py::cast(h.Quantile(q)) : py::none();
+  }
+  py::list buckets;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < h.counts.size(); ++i) {
+    cumulative += h.counts[i];
+    const double le = i < h.bounds.size() ? h.bounds[i] : INFINITY;
+    buckets.append(py::make_tuple(le, cumulative));
+  }
+  d["buckets"] = buckets;
+  return d;
+}
+
+py::dict MetricsDict(const MetricsSnapshot& m) {
+  py::list series;
+  for (const auto& x : m.series) {
+    py::dict d;
+    d["model"] = x.key.model;
+    d["version"] = x.key.version;
+    d["alias"] = x.key.alias;
+    d["policy"] = x.key.policy;
+    d["requests"] = x.requests;
+    d["succeeded"] = x.succeeded;
+    d["failed"] = x.failed();
+    py::dict f;
+    for (size_t i = 0; i < kFailureReasons; ++i) {
+      f[FailureReasonName(static_cast<FailureReason>(i))] = x.failures[i];
+    }
+    d["failures"] = f;
+    d["queue_s"] = HistogramDict(x.queue);
+    d["compute_s"] = HistogramDict(x.compute);
+    d["total_s"] = HistogramDict(x.total);
+    d["batch_rows"] = HistogramDict(x.batch);
+    series.append(d);
+  }
+  py::list versions;
+  for (const auto& g : m.versions) {
+    py::dict d;
+    d["model"] = g.model;
+    d["version"] = g.version;
+    d["health"] = g.health;
+    d["threads"] = g.threads;
+    d["in_flight"] = g.in_flight;
+    d["queued"] = g.queued;
+    d["weight_bytes"] = g.weight_bytes;
+    d["anomalous"] = g.anomalous;
+    versions.append(d);
+  }
+  py::dict out;
+  out["series"] = series;
+  out["versions"] = versions;
+  return out;
 }
 
 py::dict StatsDict(const ServableStats& s) {
@@ -272,6 +335,20 @@ void BindEngine(py::module_& m) {
                out.append(x);
              }
              return out;
+           })
+      .def("metrics",
+           [](const Deployment& d) {
+             MetricsSnapshot m;
+             {
+               py::gil_scoped_release release;
+               m = d.Metrics();
+             }
+             return MetricsDict(m);
+           })
+      .def("prometheus",
+           [](const Deployment& d) {
+             py::gil_scoped_release release;
+             return RenderPrometheus({d.Metrics()});
            })
       .def("close", &Deployment::Close, Release());
 }

@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   lepton::bindings::BindRegistry(m);
   lepton::bindings::BindPolicies(m);
   lepton::bindings::BindEngine(m);
+  lepton::bindings::BindObserve(m);
 }

@@ -17,7 +17,11 @@
 #include <thread>
 #include <unordered_map>
 
+#include <nlohmann/json.hpp>
+
 #include "lepton/errors.h"
+#include "lepton/events.h"
+#include "lepton/metrics.h"
 #include "lepton/names.h"
 #include "lepton/policies.h"
 
@@ -25,6 +29,29 @@ namespace lepton {
 namespace {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// The failure reason of the exception being handled.
+FailureReason CurrentFailure() {
+  try {
+    throw;
+  } catch (const InvalidArgument&) {
+    return FailureReason::kInvalidInput;
+  } catch (const NotFound&) {
+    return FailureReason::kNotFound;
+  } catch (const Timeout&) {
+    return FailureReason::kTimeout;
+  } catch (const Overloaded&) {
+    return FailureReason::kOverloaded;
+  } catch (const ModelError&) {
+    return FailureReason::kModelError;
+  } catch (const Unavailable&) {
+    return FailureReason::kUnavailable;
+  } catch (...) {
+    return FailureReason::kInternal;
+  }
+}
+
+std::string Json(const nlohmann::json& j) { return j.dump(); }
 
 Clock::duration Duration(double seconds) {
   return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
@@ -83,6 +110,9 @@ class Deployment::Impl {
     }
     if (options_.min_threads < 1) throw InvalidArgument("min_threads must be >= 1");
     if (!(options_.drain_timeout_s >= 0)) throw InvalidArgument("drain_timeout must be >= 0");
+    if (!(options_.anomaly_interval_s > 0)) {
+      throw InvalidArgument("anomaly_interval must be > 0 seconds");
+    }
     for (const auto& [v, t] : options_.version_threads) {
       if (t < 1) throw InvalidArgument("threads for version '" + v + "' must be >= 1");
     }
@@ -132,7 +162,22 @@ class Deployment::Impl {
     o.threads = InitialThreads(a.label, live_count);
     auto p = options_.version_priority.find(a.label);
     if (p != options_.version_priority.end()) o.priority = p->second;
-    return Servable::Load(model_, a.label, a.bytes, a.sha256, a.signature, o);
+    const auto t0 = Clock::now();
+    try {
+      auto s = Servable::Load(model_, a.label, a.bytes, a.sha256, a.signature, o);
+      EmitEvent("info", "load", model_, a.label,
+                "loaded and warmed up " + model_ + ":" + a.label,
+                Json({{"seconds", Seconds(Clock::now() - t0)},
+                      {"threads", o.threads},
+                      {"warmup_runs", o.warmup_runs},
+                      {"weight_bytes", s->stats().weight_bytes},
+                      {"sha256", a.sha256}}));
+      return s;
+    } catch (const std::exception& e) {
+      EmitEvent("error", "load_failed", model_, a.label,
+                "could not load " + model_ + ":" + a.label + ": " + e.what());
+      throw;
+    }
   }
 
   std::shared_ptr<const State> Snapshot() const { return std::atomic_load(&state_); }
@@ -191,6 +236,8 @@ class Deployment::Impl {
         // The version this request picked was swapped out and drained before it got there; the
         // new state has its replacement.
         if (attempt < 8 && Snapshot() != st && !closed_) continue;
+        metrics_.Series({model_, "", alias_.value_or(""), ""})
+            .Failed(FailureReason::kUnavailable, Seconds(Clock::now() - start));
         throw;
       }
     }
@@ -209,6 +256,56 @@ class Deployment::Impl {
       route = policy.Select(o.context, st->live);
     }
     if (route.targets.empty()) throw Unavailable("policy " + route.policy + " chose no version");
+    // One series per answering version (an ensemble's members joined by '+'); a pinned version
+    // that is not live counts under "" so that requests cannot mint label values.
+    std::string label;
+    for (const auto& t : route.targets) {
+      if (!st->live.Has(t.version)) {
+        label.clear();
+        break;
+      }
+      label += (label.empty() ? "" : "+") + t.version;
+    }
+    RequestSeries& series = metrics_.Series({model_, label, alias_.value_or(""), route.policy});
+    try {
+      Prediction p = Routed(st, route, routed, inputs, o, start);
+      series.Succeeded(p.queue_s, p.compute_s, p.latency_s, p.batch_rows);
+      return p;
+    } catch (const Unavailable&) {
+      throw;  // counted by Predict unless a retry answers it
+    } catch (...) {
+      const FailureReason reason = CurrentFailure();
+      series.Failed(reason, Seconds(Clock::now() - start));
+      if (reason == FailureReason::kModelError || reason == FailureReason::kInternal) {
+        NoteModelError(label);
+      }
+      throw;
+    }
+  }
+
+  // A model error is an event, at most one per version and second so that a failing version
+  // cannot flood the log; the rest are counted in the metrics.
+  void NoteModelError(const std::string& version) {
+    std::string what = "request failed";
+    try {
+      throw;
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    const double now = WallSeconds();
+    {
+      std::lock_guard<std::mutex> lk(error_event_mu_);
+      double& last = last_error_event_[version];
+      if (now - last < 1.0) return;
+      last = now;
+    }
+    EmitEvent("error", "model_error", model_, version, what);
+  }
+
+  Prediction Routed(const std::shared_ptr<const State>& st, const Route& route, bool routed,
+                    const Tensors& inputs, const PredictOptions& o, Clock::time_point start) {
+    const Policy& policy = *st->policy;
     if (!routed || !policy.observes() || route.combine) {
       Prediction p = Answer(*st, route, inputs, o, start);
       if (routed && policy.takes_feedback()) Remember(p, st->policy);
@@ -256,6 +353,7 @@ class Deployment::Impl {
       p.versions.push_back(route.targets[0].version);
       p.queue_s = r.queue_s;
       p.compute_s = r.compute_s;
+      p.batch_rows = r.batch_rows;
     } else {
       RunEnsemble(*st, route, inputs, run, p);
     }
@@ -590,6 +688,8 @@ class Deployment::Impl {
     next->policy->Validate(next->live);
     if (new_policy) Replacing(*st->policy, *next->policy);
     Publish(next);
+    EmitEvent("info", "add", model_, a.label, a.label + " takes traffic in " + model_,
+              Json({{"live", next->live.versions}, {"policy", next->policy->Describe()}}));
   }
 
   void Remove(const std::string& version, std::shared_ptr<const Policy> policy) {
@@ -622,7 +722,10 @@ class Deployment::Impl {
       if (new_policy) Replacing(*st->policy, *next->policy);
       Publish(next);
     }
-    gone->Drain(options_.drain_timeout_s);
+    const bool drained = gone->Drain(options_.drain_timeout_s);
+    EmitEvent(drained ? "info" : "warning", "remove", model_, version,
+              version + " left " + model_ +
+                  (drained ? ", every request answered" : ", drain deadline reached"));
   }
 
   void Swap(const std::string& from, const std::string& to_spec) {
@@ -631,7 +734,14 @@ class Deployment::Impl {
       std::lock_guard<std::mutex> admin(admin_mu_);
       SwapLocked(from, to_spec, &old);
     }
-    if (old) old->Drain(options_.drain_timeout_s);
+    if (old) DrainSwapped(old);
+  }
+
+  void DrainSwapped(const std::shared_ptr<Servable>& old) {
+    const bool drained = old->Drain(options_.drain_timeout_s);
+    EmitEvent(drained ? "info" : "warning", "drained", model_, old->version(),
+              drained ? old->version() + " finished its requests and was unloaded"
+                      : old->version() + " reached its drain deadline; queued requests failed");
   }
 
   void SwapLocked(const std::string& from, const std::string& to_spec,
@@ -658,6 +768,8 @@ class Deployment::Impl {
     next->policy->Validate(next->live);
     Publish(next);
     ++swaps_;
+    EmitEvent("info", "swap", model_, a.label, "swapped " + from + " for " + a.label,
+              Json({{"from", from}, {"to", a.label}}));
   }
 
   void SetPolicy(std::shared_ptr<const Policy> policy) {
@@ -671,6 +783,7 @@ class Deployment::Impl {
     next->policy = std::move(policy);
     Publish(next);
     Wake();
+    EmitEvent("info", "policy", model_, "", "policy set to " + next->policy->Describe());
   }
 
   // --- stateful policies ---
@@ -782,6 +895,16 @@ class Deployment::Impl {
       }
     }
     for (size_t i = 0; i < notes.size(); ++i) applied.note += (i ? "; " : "") + notes[i];
+    {
+      nlohmann::json details = {{"from", e.from}, {"to", e.to}, {"policy", policy.name()}};
+      details["evidence"] = nlohmann::json::parse(e.evidence.empty() ? "{}" : e.evidence, nullptr,
+                                                  false);
+      if (details["evidence"].is_discarded()) details["evidence"] = e.evidence;
+      if (applied.alias) details["alias"] = *applied.alias;
+      if (!applied.note.empty()) details["note"] = applied.note;
+      EmitEvent(e.kind == PolicyEvent::Kind::kRollback ? "warning" : "info", e.action, model_,
+                e.to, e.reason, Json(details));
+    }
     std::lock_guard<std::mutex> lk(events_mu_);
     if (events_.size() >= 1000) events_.pop_front();
     events_.push_back(std::move(applied));
@@ -814,8 +937,9 @@ class Deployment::Impl {
     auto next_balance = now0 + Duration(options_.rebalance_interval_s);
     auto next_tick = now0;
     auto next_save = now0 + Duration(options_.state_save_s);
+    auto next_watch = now0 + Duration(options_.anomaly_interval_s);
     while (!stopping_) {
-      auto wake = std::min(next_tick, next_save);
+      auto wake = std::min({next_tick, next_save, next_watch});
       if (alias_) wake = std::min(wake, next_poll);
       if (options_.adaptive) wake = std::min(wake, next_balance);
       control_cv_.wait_until(lk, wake, [&] { return stopping_ || wake_; });
@@ -836,12 +960,89 @@ class Deployment::Impl {
         TickPolicy();
         next_tick = now + Duration(options_.policy_tick_s);
       }
+      if (now >= next_watch) {
+        WatchForAnomalies();
+        next_watch = now + Duration(options_.anomaly_interval_s);
+      }
       if (now >= next_save) {
         SaveCurrentState(false);
         next_save = now + Duration(options_.state_save_s);
       }
       lk.lock();
     }
+  }
+
+  // Each interval, every live version's error rate and p99 latency over that interval go to its
+  // detector; a version leaving (or coming back into) its band is an event.
+  void WatchForAnomalies() {
+    auto st = Snapshot();
+    if (!st || closed_) return;
+    std::map<std::string, std::pair<uint64_t, uint64_t>> counts;  // requests, failed (by model)
+    std::map<std::string, Histogram::Snapshot> totals;
+    for (const auto& x : metrics_.Snapshot()) {
+      if (!st->live.Has(x.key.version)) continue;
+      auto& c = counts[x.key.version];
+      c.first += x.requests;
+      c.second += x.failures[size_t(FailureReason::kModelError)] +
+                  x.failures[size_t(FailureReason::kTimeout)] +
+                  x.failures[size_t(FailureReason::kInternal)];
+      auto it = totals.find(x.key.version);
+      if (it == totals.end()) {
+        totals.emplace(x.key.version, x.total);
+      } else {
+        for (size_t i = 0; i < it->second.counts.size(); ++i) it->second.counts[i] += x.total.counts[i];
+        it->second.count += x.total.count;
+        it->second.sum += x.total.sum;
+      }
+    }
+    std::lock_guard<std::mutex> lk(anomaly_mu_);
+    for (const auto& [version, c] : counts) {
+      Watch& w = watches_[version];
+      const Histogram::Snapshot& total = totals.at(version);
+      const uint64_t requests = c.first - std::min(c.first, w.requests);
+      const uint64_t failed = c.second - std::min(c.second, w.failed);
+      const double p99 = total.Minus(w.total).Quantile(0.99);
+      w.requests = c.first;
+      w.failed = c.second;
+      w.total = total;
+      for (const auto& change : w.detector.Update(requests, failed, p99)) {
+        const bool error = change.signal == "error_rate";
+        std::ostringstream msg;
+        msg << version << (change.anomalous ? " left" : " is back in") << " its band of "
+            << (error ? "error rate" : "p99 latency") << ": " << change.value << " against "
+            << change.mean << " +- " << change.sd;
+        EmitEvent(change.anomalous ? "warning" : "info",
+                  change.anomalous ? "anomaly" : "anomaly_cleared", model_, version, msg.str(),
+                  Json({{"signal", change.signal},
+                        {"value", change.value},
+                        {"mean", change.mean},
+                        {"sd", change.sd},
+                        {"requests", requests}}));
+      }
+    }
+  }
+
+  MetricsSnapshot Metrics() const {
+    MetricsSnapshot m;
+    m.series = metrics_.Snapshot();
+    auto st = Snapshot();
+    if (!st) return m;
+    std::lock_guard<std::mutex> lk(anomaly_mu_);
+    for (const auto& v : st->live.versions) {
+      const ServableStats s = st->servables.at(v)->stats();
+      VersionGauges g;
+      g.model = model_;
+      g.version = v;
+      g.health = HealthName(s.health);
+      g.threads = s.threads;
+      g.in_flight = s.in_flight;
+      g.queued = s.queued;
+      g.weight_bytes = s.weight_bytes;
+      auto it = watches_.find(v);
+      g.anomalous = it != watches_.end() && it->second.detector.anomalous();
+      m.versions.push_back(std::move(g));
+    }
+    return m;
   }
 
   void SaveCurrentState(bool force) {
@@ -863,6 +1064,10 @@ class Deployment::Impl {
         std::lock_guard<std::mutex> admin(admin_mu_);
         auto st = Snapshot();
         if (!st || closed_ || st->live.primary == target.version) return;
+        EmitEvent("info", "alias", model_, target.version,
+                  model_ + "@" + *alias_ + " moved from " + st->live.primary + " to " +
+                      target.version,
+                  Json({{"alias", *alias_}, {"from", st->live.primary}, {"to", target.version}}));
         if (st->live.Has(target.version)) {
           // Already live (a canary's candidate): it becomes the primary, nothing is loaded.
           auto next = Copy(*st);
@@ -872,7 +1077,7 @@ class Deployment::Impl {
           SwapLocked(st->live.primary, target.version, &old);
         }
       }
-      if (old) old->Drain(options_.drain_timeout_s);
+      if (old) DrainSwapped(old);
       std::lock_guard<std::mutex> lk(error_mu_);
       last_error_.clear();
     } catch (const std::exception& e) {
@@ -935,6 +1140,7 @@ class Deployment::Impl {
     }
     if (!st) return;
     for (const auto& [v, s] : st->servables) s->Drain(options_.drain_timeout_s);
+    EmitEvent("info", "close", model_, "", "deployment of " + model_ + " closed");
   }
 
   DeploymentStatus Status() const {
@@ -998,6 +1204,17 @@ class Deployment::Impl {
   std::map<std::string, std::string> saved_state_;
   mutable std::mutex events_mu_;
   std::deque<AppliedEvent> events_;
+
+  RequestMetrics metrics_;
+  std::mutex error_event_mu_;
+  std::map<std::string, double> last_error_event_;
+  struct Watch {
+    AnomalyDetector detector;
+    uint64_t requests = 0, failed = 0;
+    Histogram::Snapshot total;
+  };
+  mutable std::mutex anomaly_mu_;
+  std::map<std::string, Watch> watches_;
 };
 
 Deployment::Deployment(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -1065,6 +1282,7 @@ std::vector<std::string> Deployment::versions() const {
   return st ? st->live.versions : std::vector<std::string>{};
 }
 DeploymentStatus Deployment::Status() const { return impl_->Status(); }
+MetricsSnapshot Deployment::Metrics() const { return impl_->Metrics(); }
 const std::string& Deployment::model() const { return impl_->model_; }
 void Deployment::Close() { impl_->Close(); }
 

@@ -16,11 +16,28 @@ namespace {
 
 using json = nlohmann::json;
 
+uint64_t SplitMix(uint64_t x);
+
+std::atomic<uint64_t> g_seed{0};
+std::atomic<uint64_t> g_seed_generation{0};
+std::atomic<uint64_t> g_seeded_threads{0};
+
+// Each thread draws from its own generator. After SeedRandom(s), a thread's next draw reseeds its
+// generator from s and the order in which threads first draw, so a single-threaded run repeats.
 std::mt19937_64& ThreadRng() {
-  thread_local std::mt19937_64 rng([] {
-    std::random_device rd;
-    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  }());
+  thread_local std::mt19937_64 rng;
+  thread_local uint64_t generation = ~uint64_t{0};
+  const uint64_t now = g_seed_generation.load(std::memory_order_acquire);
+  if (generation != now) {
+    generation = now;
+    const uint64_t seed = g_seed.load(std::memory_order_acquire);
+    if (seed == 0) {
+      std::random_device rd;
+      rng.seed((static_cast<uint64_t>(rd()) << 32) ^ rd());
+    } else {
+      rng.seed(SplitMix(seed + 0x51ed2701ULL * g_seeded_threads.fetch_add(1)));
+    }
+  }
   return rng;
 }
 
@@ -115,6 +132,12 @@ void ValidateGuardrails(const Guardrails& g) {
 }
 
 }  // namespace
+
+void SeedRandom(uint64_t seed) {
+  g_seed.store(seed, std::memory_order_release);
+  g_seeded_threads.store(0, std::memory_order_release);
+  g_seed_generation.fetch_add(1, std::memory_order_acq_rel);
+}
 
 double WallSeconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -489,12 +512,7 @@ BanditPolicy::BanditPolicy(std::vector<std::string> versions, BanditOptions opti
       !(options_.epsilon >= 0 && options_.epsilon <= 1)) {
     throw InvalidArgument("epsilon must be in [0, 1]");
   }
-  uint64_t seed = options_.seed;
-  if (seed == 0) {
-    std::random_device rd;
-    seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  }
-  rng_.seed(seed);
+  rng_.seed(options_.seed != 0 ? options_.seed : ThreadRng()());
   arms_.resize(versions_.size());
 }
 

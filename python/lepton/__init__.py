@@ -21,9 +21,10 @@ from .errors import (
     Timeout,
     Unavailable,
 )
-from . import weights
+from . import logs, weights
 from .engine import Deployment, Ensemble, Fixed, LeptonAI, Prediction
-from .policies import ABTest, Balanced, Bandit, Canary, Guardrails, LeastLoaded, Shadow, TimeBased, Weighted
+from .server import Server, serve
+from .policies import ABTest, Balanced, Bandit, Canary, Guardrails, LeastLoaded, Shadow, TimeBased, Weighted, seed
 from .registry import (
     AuditEntry,
     GcReport,
@@ -58,7 +59,11 @@ __all__ = [
     "Balanced",
     "ABTest",
     "TimeBased",
+    "seed",
     "weights",
+    "logs",
+    "Server",
+    "serve",
     "ModelVersion",
     "ModelInfo",
     "AuditEntry",

@@ -288,6 +288,87 @@ def gc(ctx, keep_latest, name, dry_run) -> None:
 
 
 @cli.command()
+@click.option("--registry", "serve_registry", default=None, help="Registry directory (as the group option).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port (0: any free one).")
+@click.option("--token", envvar="LEPTON_TOKEN", default=None, show_default="$LEPTON_TOKEN or generated",
+              help="Bearer token of the management endpoints.")
+@click.option("--token-for-inference", is_flag=True, help="Inference and feedback need the token too.")
+@click.option("--model", "model_specs", multiple=True, metavar="NAME[=@ALIAS|=VERSION]",
+              help="Serve NAME at an alias or version (repeatable).")
+@click.option("--policy", "policies", multiple=True, metavar="NAME=JSON", help="A served model's policy.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
+              help='JSON file: {"models": {NAME: {"alias"|"versions", "policy"}}, "host", "port", ...}.')
+@click.option("--only", is_flag=True, help="Serve only the models named by --model or the config.")
+@click.option("--threads", type=int, default=None, help="CPU budget per model (default: every core).")
+@click.option("--max-batch-size", type=int, default=1, show_default=True)
+@click.option("--max-queue-delay-ms", type=float, default=0.0, show_default=True)
+@click.option("--http-threads", type=int, default=64, show_default=True, help="Connections served at once.")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append events as JSON lines.")
+@click.pass_context
+def serve(ctx, serve_registry, host, port, token, token_for_inference, model_specs, policies, config_path,
+          only, threads, max_batch_size, max_queue_delay_ms, http_threads, log_file) -> None:
+    """Serve the registry over HTTP (Open Inference Protocol v2) until SIGTERM or Ctrl-C."""
+    import logging
+
+    from .logs import log_to_file
+    from .server import serve as start
+
+    settings: dict = {}
+    if config_path:
+        try:
+            with open(config_path) as f:
+                settings = json.load(f)
+        except ValueError as e:
+            raise click.BadParameter(f"not valid JSON: {e}", param_hint="--config") from None
+        if not isinstance(settings, dict):
+            raise click.BadParameter("must hold a JSON object", param_hint="--config")
+        unknown = set(settings) - {"models", "host", "port", "threads", "max_batch_size", "max_queue_delay_ms",
+                                   "token_for_inference", "only", "http_threads"}
+        if unknown:
+            raise click.BadParameter(f"unknown keys {sorted(unknown)}", param_hint="--config")
+    models = dict(settings.get("models") or {})
+    for item in model_specs:
+        name, sep, target = item.partition("=")
+        models[name] = target if sep else None
+    for name, text in _pairs(policies, "--policy"):
+        try:
+            policy = json.loads(text)
+        except ValueError as e:
+            raise click.BadParameter(f"{name}: not valid JSON: {e}", param_hint="--policy") from None
+        spec = models.get(name)
+        if spec is None:
+            spec = {}
+        elif isinstance(spec, str):
+            spec = {"alias": spec[1:]} if spec.startswith("@") else {"versions": [spec]}
+        models[name] = {**spec, "policy": policy}
+    ctx_source = click.get_current_context().get_parameter_source
+    pick = lambda key, value: settings.get(key, value) if ctx_source(key).name == "DEFAULT" else value  # noqa: E731
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_file:
+        log_to_file(log_file)
+    registry = Registry(serve_registry or ctx.obj["path"], actor=ctx.obj["actor"])
+    server = start(
+        registry,
+        host=pick("host", host),
+        port=pick("port", port),
+        token=token,
+        token_for_inference=pick("token_for_inference", token_for_inference),
+        models=models,
+        only=pick("only", only),
+        threads=pick("threads", threads),
+        max_batch_size=pick("max_batch_size", max_batch_size),
+        max_queue_delay_ms=pick("max_queue_delay_ms", max_queue_delay_ms),
+        http_threads=pick("http_threads", http_threads),
+    )
+    click.echo(f"lepton: serving {', '.join(server.models) or 'no models'} on {server.url}", err=True)
+    if not token:
+        click.echo(f"lepton: management token (set LEPTON_TOKEN to choose one): {server.token}", err=True)
+    server.serve_forever()
+    click.echo("lepton: stopped", err=True)
+
+
+@cli.command()
 @click.option(
     "--registry",
     "demo_path",

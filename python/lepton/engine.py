@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import _core
+from .logs import _start_log_bridge
 from .errors import InvalidArgument, NotFound
 from .policies import _Policy
 from .registry import ModelVersion, Registry
@@ -188,6 +189,7 @@ class Deployment:
         if (versions is None) == (alias is None):
             raise InvalidArgument("give either versions=[...] or alias=...")
         specs = [v.version if isinstance(v, ModelVersion) else v for v in (versions or [])]
+        _start_log_bridge()
         self._core = _core.Deployment(
             registry._core,
             name,
@@ -288,6 +290,22 @@ class Deployment:
             raise InvalidArgument(f"reward must be a number, got {reward!r}") from None
         self._core.feedback(rid, value)
 
+    def metrics(self) -> Dict[str, Any]:
+        """Request metrics as plain dicts: ``series`` (one per version, alias and policy: requests,
+        successes, failures by reason, and queue / compute / total latency and batch-size
+        histograms with p50, p90 and p99) and ``versions`` (health, CPU budget, in-flight and
+        queued requests, weight memory, anomaly flag)."""
+        return self._core.metrics()
+
+    def metrics_frame(self) -> Any:
+        """The metrics series as a pandas DataFrame, one row per version, alias and policy, with
+        latency quantiles in milliseconds."""
+        return metrics_frame(self.metrics())
+
+    def prometheus(self) -> str:
+        """This deployment's metrics in the Prometheus text exposition format."""
+        return self._core.prometheus()
+
     def shadow_report(self) -> List[Dict[str, Any]]:
         """Per (primary, mirror) pair: requests compared, failed and dropped, max and mean
         absolute difference, argmax agreement and KL divergence (for probability outputs)."""
@@ -367,3 +385,20 @@ class LeptonAI:
     def close(self) -> None:
         self._deployment.close()
 
+
+def metrics_frame(metrics: Dict[str, Any]) -> Any:
+    """A DataFrame of ``Deployment.metrics()``'s series (pandas is imported on first use)."""
+    import pandas as pd
+
+    rows = []
+    for x in metrics["series"]:
+        row = {k: x[k] for k in ("model", "version", "alias", "policy", "requests", "succeeded", "failed")}
+        row["error_rate"] = x["failed"] / x["requests"] if x["requests"] else None
+        for name, h in (("total", x["total_s"]), ("queue", x["queue_s"]), ("compute", x["compute_s"])):
+            for q in ("p50", "p90", "p99"):
+                row[f"{name}_{q}_ms"] = None if h[q] is None else h[q] * 1e3
+        row["mean_batch_rows"] = x["batch_rows"]["mean"]
+        for reason, n in x["failures"].items():
+            row[f"failed_{reason}"] = n
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -11,6 +11,14 @@ from . import _core
 from .errors import InvalidArgument
 
 
+def seed(value: int) -> None:
+    """Seeds every policy's random draws (weighted splits, two-choice balancing, bandits without a
+    seed of their own) so that a run repeats; ``seed(0)`` seeds from the system again."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise InvalidArgument(f"seed must be an integer in [0, 2**64), got {value!r}")
+    _core.seed(value)
+
+
 class _Policy:
     _core: Any
     combiner = None

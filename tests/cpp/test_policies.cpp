@@ -279,13 +279,19 @@ TEST(LeastLoaded, PrefersTheVersionWithFewerOutstanding) {
   EXPECT_LE(std::abs(p.outstanding("a") - p.outstanding("b")), 1);
   for (const auto& v : chosen) p.Observe({v, 0.001, false});
   EXPECT_EQ(p.outstanding("a") + p.outstanding("b"), 0);
-  // A version stuck with work gets nothing new.
+  // A version stuck with work gets nothing new: two requests go one to each version, then
+  // "b" keeps completing its work while "a" never does.
   LeastLoadedPolicy q({"a", "b"});
-  for (int i = 0; i < 3; ++i) {
-    const std::string v = q.Select({}, live).targets[0].version;
-    if (v == "b") q.Observe({v, 0.001, false});
+  const std::string first = q.Select({}, live).targets[0].version;
+  const std::string second = q.Select({}, live).targets[0].version;
+  ASSERT_NE(first, second);
+  q.Observe({"b", 0.001, false});
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_EQ(q.Select({}, live).targets[0].version, "b");
+    q.Observe({"b", 0.001, false});
   }
-  EXPECT_GE(q.outstanding("a"), 1);
+  EXPECT_EQ(q.outstanding("a"), 1);
+  EXPECT_EQ(q.outstanding("b"), 0);
 }
 
 TEST(Balanced, WeightsFollowServiceRateOrCores) {

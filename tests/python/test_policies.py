@@ -292,3 +292,15 @@ def test_least_loaded_and_balanced_route_every_request(reg):
         time.sleep(0.1)
         assert set(dep.policy_report()["weights"]) == {"v1", "v2"}
         assert "balanced by resources" in dep.predict(torch.zeros(1, 4)).route
+
+
+def test_seed_makes_splits_repeat_and_refuses_bad_values():
+    policy = lepton.Weighted({"v1": 1, "v2": 1, "v3": 1})
+    runs = []
+    for _ in range(2):
+        lepton.seed(99)
+        runs.append([policy.select(["v1", "v2", "v3"])[0] for _ in range(200)])
+    assert runs[0] == runs[1] and len(set(runs[0])) == 3
+    for bad in (-1, 2**64, 1.5, "7", True):
+        with pytest.raises(lepton.InvalidArgument):
+            lepton.seed(bad)

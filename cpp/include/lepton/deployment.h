@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "lepton/combine.h"
+#include "lepton/metrics.h"
 #include "lepton/registry.h"
 #include "lepton/routing.h"
 #include "lepton/servable.h"
@@ -41,6 +42,8 @@ struct DeploymentOptions {
   size_t feedback_window = 100000;
   // Mirrored requests waiting for comparison; more are dropped (and counted).
   size_t shadow_queue = 256;
+  // How often each version's error rate and latency are checked against their recent band.
+  double anomaly_interval_s = 1.0;
 };
 
 // How a mirror's outputs compare with the primary's, over the mirrored requests so far.
@@ -79,6 +82,7 @@ struct Prediction {
   double latency_s = 0;
   double queue_s = 0;
   double compute_s = 0;
+  int batch_rows = 0;  // rows in the batch it ran in (0 for an ensemble)
 };
 
 struct DeploymentStatus {
@@ -132,6 +136,8 @@ class Deployment {
   std::shared_ptr<const Policy> policy() const;
   std::vector<std::string> versions() const;
   DeploymentStatus Status() const;
+  // Request counters and histograms per version, alias and policy, and each version's gauges.
+  MetricsSnapshot Metrics() const;
   const std::string& model() const;
 
   // Stops the alias watcher and drains every version; later requests raise Unavailable.

@@ -336,4 +336,8 @@ class TimeBasedPolicy final : public Policy {
 
 double WallSeconds();
 
+// Seeds the random draws of every policy (weighted splits, two-choice balancing, bandits without a
+// seed of their own), for reproducible runs; 0 goes back to seeding from the system.
+void SeedRandom(uint64_t seed);
+
 }  // namespace lepton

@@ -1,0 +1,76 @@
+// lepton's HTTP server: the Open Inference Protocol v2 REST API (KServe / Triton clients work
+// unchanged) over every model of a registry, plus lepton's management endpoints (aliases,
+// rollback, policies, feedback, statistics, events) and Prometheus metrics. Built on cpp-httplib.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lepton/deployment.h"
+#include "lepton/registry.h"
+
+namespace lepton {
+
+struct ServedModel {
+  std::string name;
+  std::optional<std::string> alias;   // follow model@alias
+  std::vector<std::string> versions;  // or serve these; neither: the latest version
+  std::string policy;                 // JSON (see policy_config.h); "" for the default
+};
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8000;  // 0: any free port
+  // Bearer token for management endpoints; "" generates one (read it from token()).
+  std::string token;
+  bool token_for_inference = false;  // inference and feedback need the token too
+  size_t max_body_bytes = 64 << 20;
+  double read_timeout_s = 5;
+  double write_timeout_s = 5;
+  double keep_alive_s = 5;
+  int http_threads = 64;            // connections served at once
+  double request_timeout_s = 30;    // default deadline of an inference request
+  bool serve_all = true;            // serve every model of the registry
+  std::vector<ServedModel> models;  // overrides (and, without serve_all, the whole list)
+  DeploymentOptions deployment;
+};
+
+class Server {
+ public:
+  Server(std::shared_ptr<Registry> registry, ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Loads the models, binds and starts serving on a background thread; returns the port.
+  int Start();
+  // Stops accepting, lets requests in progress finish, drains and closes every deployment.
+  void Stop();
+  // Blocks until Stop() has finished.
+  void Wait();
+
+  int port() const;
+  const std::string& host() const;
+  const std::string& token() const;
+  std::vector<std::string> models() const;
+  // The deployment serving `model` (NotFound when it is not loaded).
+  std::shared_ptr<Deployment> deployment(const std::string& model) const;
+
+  // Handles one request without a socket: for tests and the fuzzer of the request path.
+  struct Reply {
+    int status = 200;
+    std::string body;
+    std::map<std::string, std::string> headers;
+  };
+  Reply Handle(const std::string& method, const std::string& path, const std::string& body,
+               const std::map<std::string, std::string>& headers = {});
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lepton

@@ -1,0 +1,985 @@
+#include "lepton/server.h"
+
+#include <ATen/ATen.h>
+#include <httplib.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <shared_mutex>
+#include <sstream>
+#include <thread>
+
+#include "lepton/errors.h"
+#include "lepton/events.h"
+#include "lepton/metrics.h"
+#include "lepton/names.h"
+#include "lepton/oip.h"
+#include "lepton/policy_config.h"
+
+namespace lepton {
+namespace {
+
+using json = nlohmann::json;
+using Reply = Server::Reply;
+using Query = std::map<std::string, std::string>;
+using Headers = std::map<std::string, std::string>;
+
+// An HTTP error with its status; the body is {"error": message}.
+struct HttpError {
+  int status;
+  std::string message;
+};
+
+Reply JsonReply(int status, const json& body) {
+  Reply r;
+  r.status = status;
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  r.headers["Content-Type"] = "application/json";
+  return r;
+}
+
+Reply ErrorReply(int status, const std::string& message) {
+  return JsonReply(status, json{{"error", message}});
+}
+
+// The status of the exception being handled.
+Reply CurrentErrorReply() {
+  try {
+    throw;
+  } catch (const HttpError& e) {
+    return ErrorReply(e.status, e.message);
+  } catch (const InvalidArgument& e) {
+    return ErrorReply(400, e.what());
+  } catch (const NotFound& e) {
+    return ErrorReply(404, e.what());
+  } catch (const Conflict& e) {
+    return ErrorReply(409, e.what());
+  } catch (const Overloaded& e) {
+    return ErrorReply(429, e.what());
+  } catch (const Unavailable& e) {
+    return ErrorReply(503, e.what());
+  } catch (const Timeout& e) {
+    return ErrorReply(504, e.what());
+  } catch (const ModelError& e) {
+    return ErrorReply(500, e.what());
+  } catch (const IntegrityError& e) {
+    return ErrorReply(500, e.what());
+  } catch (const StorageError& e) {
+    return ErrorReply(500, e.what());
+  } catch (const std::exception& e) {
+    return ErrorReply(500, std::string("internal error: ") + e.what());
+  } catch (...) {
+    return ErrorReply(500, "internal error");
+  }
+}
+
+std::vector<std::string> SplitPath(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t i = 0;
+  while (i < path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    if (j > i) parts.push_back(path.substr(i, j - i));
+    i = j + 1;
+  }
+  return parts;
+}
+
+std::string Sha256(const std::string& s) {
+  unsigned char d[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d);
+  return std::string(reinterpret_cast<char*>(d), sizeof d);
+}
+
+std::string RandomToken() {
+  unsigned char b[24];
+  if (RAND_bytes(b, sizeof b) != 1) throw StorageError("cannot draw a random token");
+  static const char* kHex = "0123456789abcdef";
+  std::string t;
+  for (unsigned char c : b) {
+    t += kHex[c >> 4];
+    t += kHex[c & 15];
+  }
+  return t;
+}
+
+json ParseBody(const std::string& body, bool allow_empty = false) {
+  if (body.empty() && allow_empty) return json::object();
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) throw InvalidArgument("the request body is not valid JSON");
+  if (!j.is_object()) throw InvalidArgument("the request body must be a JSON object");
+  return j;
+}
+
+template <typename T>
+T Field(const json& j, const char* name, const char* type) {
+  if (!j.contains(name)) throw InvalidArgument(std::string("the body needs '") + name + "'");
+  try {
+    return j.at(name).get<T>();
+  } catch (const json::exception&) {
+    throw InvalidArgument(std::string("'") + name + "' must be " + type);
+  }
+}
+
+template <typename T>
+std::optional<T> OptionalField(const json& j, const char* name, const char* type) {
+  if (!j.contains(name) || j.at(name).is_null()) return std::nullopt;
+  return Field<T>(j, name, type);
+}
+
+void OnlyFields(const json& j, std::initializer_list<const char*> known) {
+  for (const auto& [k, v] : j.items()) {
+    if (std::none_of(known.begin(), known.end(), [&](const char* n) { return k == n; })) {
+      throw InvalidArgument("unknown field '" + k + "'");
+    }
+  }
+}
+
+// --- tensors on the wire ---
+
+at::ScalarType ScalarOf(oip::DataType t) {
+  switch (t) {
+    case oip::DataType::kBool:
+      return at::kBool;
+    case oip::DataType::kUInt8:
+      return at::kByte;
+    case oip::DataType::kInt8:
+      return at::kChar;
+    case oip::DataType::kInt16:
+      return at::kShort;
+    case oip::DataType::kInt32:
+      return at::kInt;
+    case oip::DataType::kInt64:
+      return at::kLong;
+    case oip::DataType::kFp32:
+      return at::kFloat;
+    case oip::DataType::kFp64:
+      return at::kDouble;
+  }
+  return at::kFloat;
+}
+
+at::Tensor ToTensor(const oip::WireTensor& w) {
+  at::Tensor t = at::empty(w.shape, at::TensorOptions().dtype(ScalarOf(w.datatype)));
+  if (!w.data.empty()) std::memcpy(t.data_ptr(), w.data.data(), w.data.size());
+  return t;
+}
+
+oip::WireTensor FromTensor(std::string name, at::Tensor t) {
+  oip::WireTensor w;
+  w.name = std::move(name);
+  t = t.detach().to(at::kCPU);
+  switch (t.scalar_type()) {
+    case at::kBool:
+      w.datatype = oip::DataType::kBool;
+      break;
+    case at::kByte:
+      w.datatype = oip::DataType::kUInt8;
+      break;
+    case at::kChar:
+      w.datatype = oip::DataType::kInt8;
+      break;
+    case at::kShort:
+      w.datatype = oip::DataType::kInt16;
+      break;
+    case at::kInt:
+      w.datatype = oip::DataType::kInt32;
+      break;
+    case at::kLong:
+      w.datatype = oip::DataType::kInt64;
+      break;
+    case at::kDouble:
+      w.datatype = oip::DataType::kFp64;
+      break;
+    default:
+      w.datatype = oip::DataType::kFp32;
+      t = t.to(at::kFloat);
+  }
+  t = t.contiguous();
+  w.shape = t.sizes().vec();
+  w.data.assign(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+  return w;
+}
+
+std::string OipType(const std::string& dtype) {
+  static const std::map<std::string, std::string> kTypes = {
+      {"bool", "BOOL"},   {"uint8", "UINT8"},   {"int8", "INT8"},     {"int16", "INT16"},
+      {"int32", "INT32"}, {"int64", "INT64"},   {"float16", "FP16"},  {"bfloat16", "BF16"},
+      {"float32", "FP32"}, {"float64", "FP64"}, {"complex64", "FP32"}};
+  auto it = kTypes.find(dtype);
+  return it == kTypes.end() ? dtype : it->second;
+}
+
+json SpecsJson(const std::vector<TensorSpec>& specs) {
+  json a = json::array();
+  for (const auto& s : specs) {
+    a.push_back({{"name", s.name}, {"datatype", OipType(s.dtype)}, {"shape", s.shape}});
+  }
+  return a;
+}
+
+json PredictionParameters(const Prediction& p) {
+  return {{"lepton_request_id", p.request_id},
+          {"lepton_versions", p.versions},
+          {"lepton_skipped", p.skipped},
+          {"lepton_policy", p.policy},
+          {"lepton_route", p.route},
+          {"lepton_latency_ms", p.latency_s * 1e3},
+          {"lepton_queue_ms", p.queue_s * 1e3},
+          {"lepton_compute_ms", p.compute_s * 1e3}};
+}
+
+std::string HeaderSafe(std::string s) {
+  for (char& c : s) {
+    if (c == '\r' || c == '\n' || static_cast<unsigned char>(c) < 0x20) c = ' ';
+  }
+  return s;
+}
+
+}  // namespace
+
+class Server::Impl {
+ public:
+  Impl(std::shared_ptr<Registry> registry, ServerOptions options)
+      : registry_(std::move(registry)), options_(std::move(options)) {
+    if (!registry_) throw InvalidArgument("a server needs a registry");
+    if (options_.port < 0 || options_.port > 65535) {
+      throw InvalidArgument("port must be in [0, 65535]");
+    }
+    if (options_.http_threads < 1) throw InvalidArgument("http_threads must be >= 1");
+    if (!(options_.request_timeout_s > 0)) throw InvalidArgument("request_timeout must be > 0");
+    if (options_.token.empty()) {
+      options_.token = RandomToken();
+      generated_token_ = true;
+    }
+    token_digest_ = Sha256(options_.token);
+  }
+
+  ~Impl() { Stop(); }
+
+  // --- models ---
+
+  struct Entry {
+    std::shared_ptr<Deployment> deployment;
+    ServedModel config;
+  };
+
+  std::shared_ptr<Deployment> Deploy(const ServedModel& m) {
+    std::shared_ptr<const Policy> policy;
+    if (!m.policy.empty()) policy = PolicyFromJson(m.policy);
+    std::shared_ptr<Deployment> d;
+    if (m.alias) {
+      d = std::shared_ptr<Deployment>(
+          Deployment::FollowAlias(registry_, m.name, *m.alias, options_.deployment));
+      if (policy) d->SetPolicy(policy);
+    } else {
+      std::vector<std::string> versions = m.versions;
+      if (versions.empty()) {
+        const auto all = registry_->Versions(m.name);
+        if (all.empty()) throw NotFound("model '" + m.name + "' has no versions");
+        versions.push_back(all.back().version);
+      }
+      d = std::make_shared<Deployment>(registry_, m.name, versions, options_.deployment);
+      if (policy) d->SetPolicy(policy);
+    }
+    return d;
+  }
+
+  void Load(ServedModel m) {
+    ValidateName(m.name, "model name");
+    {
+      std::lock_guard<std::mutex> lk(load_mu_);
+      {
+        std::shared_lock<std::shared_mutex> r(models_mu_);
+        if (models_.count(m.name)) {
+          throw Conflict("model '" + m.name + "' is already loaded; unload it first");
+        }
+      }
+      auto d = Deploy(m);
+      std::unique_lock<std::shared_mutex> w(models_mu_);
+      models_[m.name] = Entry{d, m};
+    }
+  }
+
+  void Unload(const std::string& name) {
+    std::shared_ptr<Deployment> d;
+    {
+      std::unique_lock<std::shared_mutex> w(models_mu_);
+      auto it = models_.find(name);
+      if (it == models_.end()) throw NotFound("model '" + name + "' is not loaded");
+      d = it->second.deployment;
+      models_.erase(it);
+    }
+    d->Close();
+  }
+
+  Entry Find(const std::string& name) const {
+    std::shared_lock<std::shared_mutex> r(models_mu_);
+    auto it = models_.find(name);
+    if (it == models_.end()) {
+      // Tell an unknown model from one that exists but is not loaded.
+      bool known = false;
+      try {
+        for (const auto& m : registry_->Models()) known = known || m.name == name;
+      } catch (const std::exception&) {
+      }
+      throw NotFound(known ? "model '" + name + "' is not loaded"
+                           : "model '" + name + "' is not in the registry");
+    }
+    return it->second;
+  }
+
+  std::vector<std::string> Names() const {
+    std::shared_lock<std::shared_mutex> r(models_mu_);
+    std::vector<std::string> out;
+    for (const auto& [n, e] : models_) out.push_back(n);
+    return out;
+  }
+
+  // A version in a path is a label or an alias of the model.
+  std::string ResolveVersion(const std::string& model, const std::string& v) const {
+    const auto aliases = registry_->Aliases(model);
+    auto it = aliases.find(v);
+    if (it != aliases.end()) return it->second;
+    return v;
+  }
+
+  // --- lifecycle ---
+
+  int Start() {
+    std::vector<ServedModel> wanted;
+    std::map<std::string, ServedModel> overrides;
+    for (const auto& m : options_.models) overrides[m.name] = m;
+    if (options_.serve_all) {
+      for (const auto& s : registry_->Models()) {
+        if (s.version_count == 0) continue;
+        auto it = overrides.find(s.name);
+        wanted.push_back(it != overrides.end() ? it->second : ServedModel{s.name, {}, {}, ""});
+        if (it != overrides.end()) overrides.erase(it);
+      }
+    }
+    for (const auto& [n, m] : overrides) wanted.push_back(m);
+    for (const auto& m : wanted) {
+      const bool asked = std::any_of(options_.models.begin(), options_.models.end(),
+                                     [&](const ServedModel& x) { return x.name == m.name; });
+      try {
+        Load(m);
+      } catch (const std::exception& e) {
+        // A model named on purpose must load; one found in the registry may be left out.
+        if (asked) throw;
+        EmitEvent("error", "load_failed", m.name, "",
+                  "not serving " + m.name + ": " + e.what());
+      }
+    }
+
+    http_ = std::make_unique<httplib::Server>();
+    const int threads = options_.http_threads;
+    http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    http_->set_payload_max_length(options_.max_body_bytes);
+    auto split = [](double s) {
+      const time_t sec = static_cast<time_t>(s);
+      return std::make_pair(sec, static_cast<time_t>((s - sec) * 1e6));
+    };
+    auto [rs, ru] = split(options_.read_timeout_s);
+    auto [ws, wu] = split(options_.write_timeout_s);
+    http_->set_read_timeout(rs, ru);
+    http_->set_write_timeout(ws, wu);
+    http_->set_keep_alive_timeout(std::max<time_t>(1, static_cast<time_t>(options_.keep_alive_s)));
+    http_->set_keep_alive_max_count(100000);
+    http_->set_tcp_nodelay(true);
+    // SO_REUSEADDR only: without SO_REUSEPORT a second server cannot silently share the port.
+    http_->set_socket_options([](int sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof yes);
+    });
+    // One handler per method takes every path (httplib reads the body before handlers run);
+    // lepton routes by splitting the path, which is quicker than a regex per endpoint.
+    auto handler = [this](const httplib::Request& req, httplib::Response& res) {
+      Headers headers;
+      for (const auto& [k, v] : req.headers) headers[Lower(k)] = v;
+      Query query;
+      for (const auto& [k, v] : req.params) query[k] = v;
+      Reply r = Dispatch(req.method, req.path, query, req.body, headers);
+      res.status = r.status;
+      for (const auto& [k, v] : r.headers) {
+        if (k != "Content-Type") res.set_header(k, v);
+      }
+      auto ct = r.headers.find("Content-Type");
+      res.set_content(std::move(r.body), ct == r.headers.end() ? "application/json" : ct->second);
+    };
+    http_->Get(".*", handler);
+    http_->Post(".*", handler);
+    http_->Put(".*", handler);
+    http_->Delete(".*", handler);
+    // Errors httplib answers itself (a body over the limit, a request it cannot parse) get the
+    // same JSON shape as lepton's.
+    http_->set_error_handler(httplib::Server::HandlerWithResponse(
+        [](const httplib::Request&, httplib::Response& res) {
+      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      std::string message = "HTTP error " + std::to_string(res.status);
+      if (res.status == 400) message = "malformed HTTP request";
+      if (res.status == 404) message = "not found";
+      if (res.status == 413) message = "the request body is larger than the server's limit";
+      if (res.status == 414) message = "the request line is too long";
+      res.set_content(json{{"error", message}}.dump(), "application/json");
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    if (options_.port == 0) {
+      port_ = http_->bind_to_any_port(options_.host);
+    } else {
+      port_ = http_->bind_to_port(options_.host, options_.port) ? options_.port : -1;
+    }
+    if (port_ < 0) {
+      CloseAll();
+      throw Unavailable("cannot listen on " + options_.host + ":" + std::to_string(options_.port));
+    }
+    listener_ = std::thread([this] { http_->listen_after_bind(); });
+    // httplib's stop() is a no-op until the listener runs, so Start returns only once it does.
+    for (int i = 0; i < 5000 && !http_->is_running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    running_ = true;
+    EmitEvent("info", "serve", "", "",
+              "serving " + std::to_string(Names().size()) + " models on http://" + options_.host +
+                  ":" + std::to_string(port_));
+    return port_;
+  }
+
+  void Stop() {
+    std::lock_guard<std::mutex> lk(stop_mu_);
+    if (stopped_) return;
+    stopped_ = true;
+    if (http_) {
+      // Stops accepting; the pool finishes the requests it is serving before it joins.
+      http_->stop();
+      if (listener_.joinable()) listener_.join();
+    }
+    CloseAll();
+    running_ = false;
+    stop_cv_.notify_all();
+    EmitEvent("info", "stop", "", "", "server stopped");
+  }
+
+  void Wait() {
+    std::unique_lock<std::mutex> lk(stop_mu_);
+    stop_cv_.wait(lk, [&] { return stopped_; });
+  }
+
+  void CloseAll() {
+    std::map<std::string, Entry> all;
+    {
+      std::unique_lock<std::shared_mutex> w(models_mu_);
+      all.swap(models_);
+    }
+    for (auto& [n, e] : all) e.deployment->Close();
+  }
+
+  // --- requests ---
+
+  static std::string Lower(std::string s) {
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+    return s;
+  }
+
+  bool Authorized(const Headers& headers) const {
+    auto it = headers.find("authorization");
+    if (it == headers.end()) return false;
+    const std::string& v = it->second;
+    static const std::string kBearer = "Bearer ";
+    if (v.size() <= kBearer.size() || Lower(v.substr(0, kBearer.size())) != "bearer ") return false;
+    // Digests have equal lengths whatever the token's, and are compared in constant time.
+    const std::string d = Sha256(v.substr(kBearer.size()));
+    return CRYPTO_memcmp(d.data(), token_digest_.data(), d.size()) == 0;
+  }
+
+  void RequireToken(const Headers& headers) const {
+    if (!Authorized(headers)) throw HttpError{401, "this endpoint needs 'Authorization: Bearer <token>'"};
+  }
+
+  Reply Dispatch(const std::string& method, const std::string& path, const Query& query,
+                 const std::string& body, const Headers& headers) {
+    try {
+      Reply r = Route(method, path, query, body, headers);
+      if (r.status == 401) r.headers["WWW-Authenticate"] = "Bearer";
+      return r;
+    } catch (...) {
+      Reply r = CurrentErrorReply();
+      if (r.status == 401) r.headers["WWW-Authenticate"] = "Bearer";
+      return r;
+    }
+  }
+
+  static void Method(const std::string& got, const char* want) {
+    if (got != want) throw HttpError{405, "use " + std::string(want) + " here"};
+  }
+
+  Reply Route(const std::string& method, const std::string& path, const Query& query,
+              const std::string& body, const Headers& headers) {
+    const auto p = SplitPath(path);
+    const size_t n = p.size();
+    if (n == 1 && p[0] == "metrics") {
+      Method(method, "GET");
+      std::vector<MetricsSnapshot> all;
+      std::vector<Entry> entries;
+      {
+        std::shared_lock<std::shared_mutex> r(models_mu_);
+        for (const auto& [k, e] : models_) entries.push_back(e);
+      }
+      for (const auto& e : entries) all.push_back(e.deployment->Metrics());
+      Reply r;
+      r.body = RenderPrometheus(all);
+      r.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8";
+      return r;
+    }
+    if (n == 0 || p[0] != "v2") throw HttpError{404, "no such endpoint: " + path};
+    if (n == 1) {
+      Method(method, "GET");
+      return JsonReply(200, {{"name", "lepton"},
+                             {"version", LEPTON_VERSION_STRING},
+                             {"extensions", {"model_repository", "lepton"}}});
+    }
+    if (p[1] == "health" && n == 3) {
+      Method(method, "GET");
+      if (p[2] == "live") return JsonReply(200, {{"live", true}});
+      if (p[2] == "ready") {
+        const bool ready = running_ && AllReady();
+        return JsonReply(ready ? 200 : 503, {{"ready", ready}});
+      }
+    }
+    if (p[1] == "models" && n >= 3) return ModelRoute(method, p, body, headers);
+    if (p[1] == "repository") return RepositoryRoute(method, p, body, headers);
+    if (p[1] == "lepton") return LeptonRoute(method, p, query, body, headers);
+    throw HttpError{404, "no such endpoint: " + path};
+  }
+
+  bool AllReady() const {
+    std::vector<Entry> entries;
+    {
+      std::shared_lock<std::shared_mutex> r(models_mu_);
+      for (const auto& [k, e] : models_) entries.push_back(e);
+    }
+    for (const auto& e : entries) {
+      const auto st = e.deployment->Status();
+      const bool any = std::any_of(st.versions.begin(), st.versions.end(),
+                                   [](const ServableStats& s) { return s.health == Health::kReady; });
+      if (!any) return false;
+    }
+    return true;
+  }
+
+  // /v2/models/{m}[/versions/{v}][/ready|/infer]
+  Reply ModelRoute(const std::string& method, const std::vector<std::string>& p,
+                   const std::string& body, const Headers& headers) {
+    const std::string& model = p[2];
+    std::optional<std::string> version;
+    size_t i = 3;
+    if (p.size() >= 5 && p[3] == "versions") {
+      version = p[4];
+      i = 5;
+    }
+    const std::string action = i < p.size() ? p[i] : "";
+    if (i + (action.empty() ? 0 : 1) != p.size()) throw HttpError{404, "no such endpoint"};
+    if (action == "infer") {
+      Method(method, "POST");
+      if (options_.token_for_inference) RequireToken(headers);
+      return Infer(model, version, body, headers);
+    }
+    Method(method, "GET");
+    if (action == "ready") {
+      bool ready = false;
+      const Entry e = Find(model);
+      const auto st = e.deployment->Status();
+      const std::string want = version ? ResolveVersion(model, *version) : st.primary;
+      bool live = false;
+      for (const auto& s : st.versions) {
+        if (s.version == want) {
+          live = true;
+          ready = s.health == Health::kReady;
+        }
+      }
+      if (version && !live) {
+        registry_->Get(model + ":" + want);  // 404 when the version does not exist at all
+      }
+      return JsonReply(ready ? 200 : 503, {{"name", model}, {"version", want}, {"ready", ready}});
+    }
+    if (!action.empty()) throw HttpError{404, "no such endpoint"};
+    // Metadata.
+    const Entry e = Find(model);
+    const auto st = e.deployment->Status();
+    const std::string label = version ? ResolveVersion(model, *version) : st.primary;
+    const ModelVersion mv = registry_->Get(model + ":" + label);
+    json j = {{"name", model}, {"platform", "pytorch_torchscript"}};
+    json versions = json::array();
+    for (const auto& s : st.versions) versions.push_back(s.version);
+    j["versions"] = version ? json::array({label}) : versions;
+    j["inputs"] = mv.signature ? SpecsJson(mv.signature->inputs) : json::array();
+    j["outputs"] = mv.signature ? SpecsJson(mv.signature->outputs) : json::array();
+    j["parameters"] = {{"lepton_primary", st.primary},
+                       {"lepton_policy", st.policy},
+                       {"lepton_sha256", mv.sha256},
+                       {"lepton_aliases", mv.aliases}};
+    if (st.alias) j["parameters"]["lepton_alias"] = *st.alias;
+    return JsonReply(200, j);
+  }
+
+  Reply Infer(const std::string& model, const std::optional<std::string>& version,
+              const std::string& body, const Headers& headers) {
+    const Entry e = Find(model);
+    oip::InferRequest req = oip::DecodeInferRequest(body);
+    Tensors inputs;
+    inputs.reserve(req.inputs.size());
+    for (const auto& w : req.inputs) inputs.push_back(ToTensor(w));
+    PredictOptions o;
+    if (version) o.context.version = ResolveVersion(model, *version);
+    o.context.key = req.key;
+    if (!o.context.key) {
+      auto k = headers.find("x-lepton-key");
+      if (k != headers.end()) o.context.key = k->second;
+    }
+    o.timeout_s = req.timeout_s.value_or(options_.request_timeout_s);
+    o.priority = req.priority;
+    Prediction pred = e.deployment->Predict(inputs, o);
+    // Output names: the signature's when it has them, else output_0, output_1, ...
+    const std::vector<std::string> names = OutputNames(model, pred.versions.front());
+    oip::InferResponse resp;
+    resp.model = model;
+    resp.version = pred.versions.size() == 1 ? pred.versions[0] : JoinVersions(pred.versions);
+    resp.id = req.id;
+    resp.parameters = PredictionParameters(pred).dump();
+    for (size_t i = 0; i < pred.outputs.size(); ++i) {
+      std::string name = i < names.size() ? names[i] : "output_" + std::to_string(i);
+      if (!req.outputs.empty() &&
+          std::find(req.outputs.begin(), req.outputs.end(), name) == req.outputs.end()) {
+        continue;
+      }
+      resp.outputs.push_back(FromTensor(std::move(name), pred.outputs[i]));
+    }
+    for (const auto& want : req.outputs) {
+      if (std::none_of(resp.outputs.begin(), resp.outputs.end(),
+                       [&](const oip::WireTensor& t) { return t.name == want; })) {
+        throw InvalidArgument("the model has no output named '" + want + "'");
+      }
+    }
+    Reply r;
+    r.body = oip::EncodeInferResponse(resp);
+    r.headers["Content-Type"] = "application/json";
+    r.headers["X-Lepton-Request-Id"] = pred.request_id;
+    r.headers["X-Lepton-Version"] = HeaderSafe(resp.version);
+    r.headers["X-Lepton-Route"] = HeaderSafe(pred.route);
+    return r;
+  }
+
+  std::vector<std::string> OutputNames(const std::string& model, const std::string& version) {
+    const std::string ref = model + ":" + version;
+    {
+      std::lock_guard<std::mutex> lk(names_mu_);
+      auto it = output_names_.find(ref);
+      if (it != output_names_.end()) return it->second;
+    }
+    std::vector<std::string> names;
+    try {
+      const ModelVersion mv = registry_->Get(ref);
+      if (mv.signature) {
+        for (const auto& s : mv.signature->outputs) names.push_back(s.name);
+      }
+    } catch (const std::exception&) {
+      return names;
+    }
+    std::lock_guard<std::mutex> lk(names_mu_);
+    output_names_[ref] = names;
+    return names;
+  }
+
+  static std::string JoinVersions(const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : "+") + x;
+    return s;
+  }
+
+  // /v2/repository/index, /v2/repository/models/{m}/load|unload
+  Reply RepositoryRoute(const std::string& method, const std::vector<std::string>& p,
+                        const std::string& body, const Headers& headers) {
+    Method(method, "POST");
+    RequireToken(headers);
+    if (p.size() == 3 && p[2] == "index") {
+      const json req = ParseBody(body, true);
+      OnlyFields(req, {"ready"});
+      const bool only_ready = req.value("ready", false);
+      json out = json::array();
+      const auto loaded = Names();
+      for (const auto& m : registry_->Models()) {
+        const bool is_loaded = std::count(loaded.begin(), loaded.end(), m.name) > 0;
+        if (only_ready && !is_loaded) continue;
+        json x = {{"name", m.name}, {"state", is_loaded ? "READY" : "UNAVAILABLE"}};
+        if (is_loaded) {
+          x["version"] = Find(m.name).deployment->Status().primary;
+        } else {
+          x["reason"] = "not loaded";
+          if (m.latest) x["version"] = *m.latest;
+        }
+        out.push_back(std::move(x));
+      }
+      return JsonReply(200, out);
+    }
+    if (p.size() == 5 && p[2] == "models" && (p[4] == "load" || p[4] == "unload")) {
+      const std::string& model = p[3];
+      if (p[4] == "unload") {
+        Unload(model);
+        return JsonReply(200, {{"name", model}, {"state", "UNAVAILABLE"}});
+      }
+      const json req = ParseBody(body, true);
+      OnlyFields(req, {"parameters"});
+      ServedModel m{model, {}, {}, ""};
+      if (req.contains("parameters")) {
+        const json& params = req["parameters"];
+        if (!params.is_object()) throw InvalidArgument("'parameters' must be an object");
+        OnlyFields(params, {"alias", "versions", "policy"});
+        m.alias = OptionalField<std::string>(params, "alias", "a string");
+        m.versions = OptionalField<std::vector<std::string>>(params, "versions", "a list of strings")
+                         .value_or(std::vector<std::string>{});
+        if (params.contains("policy")) m.policy = params["policy"].dump();
+      }
+      Load(m);
+      return JsonReply(200, {{"name", model},
+                             {"state", "READY"},
+                             {"version", Find(model).deployment->Status().primary}});
+    }
+    throw HttpError{404, "no such repository endpoint"};
+  }
+
+  // /v2/lepton/...
+  Reply LeptonRoute(const std::string& method, const std::vector<std::string>& p,
+                    const Query& query, const std::string& body, const Headers& headers) {
+    const size_t n = p.size();
+    // Feedback belongs with inference; everything else is management.
+    if (n == 5 && p[2] == "models" && p[4] == "feedback") {
+      Method(method, "POST");
+      if (options_.token_for_inference) RequireToken(headers);
+      const json req = ParseBody(body);
+      OnlyFields(req, {"request_id", "reward"});
+      const auto id = Field<std::string>(req, "request_id", "a string");
+      if (!req.contains("reward") || !req["reward"].is_number()) {
+        throw InvalidArgument("'reward' must be a number");
+      }
+      Find(p[3]).deployment->Feedback(id, req["reward"].get<double>());
+      return JsonReply(200, {{"accepted", true}, {"request_id", id}});
+    }
+    RequireToken(headers);
+    if (n == 3 && p[2] == "models") {
+      Method(method, "GET");
+      json out = json::array();
+      for (const auto& name : Names()) out.push_back(StatusJson(name, false));
+      return JsonReply(200, out);
+    }
+    if (n == 3 && p[2] == "events") {
+      Method(method, "GET");
+      int64_t since = 0;
+      size_t limit = 1000;
+      try {
+        if (query.count("since")) since = std::stoll(query.at("since"));
+        if (query.count("limit")) limit = std::stoul(query.at("limit"));
+      } catch (const std::exception&) {
+        throw InvalidArgument("'since' and 'limit' must be integers");
+      }
+      const std::string model = query.count("model") ? query.at("model") : "";
+      json out = json::array();
+      for (const auto& e : EventLog::Global().Since(since, 0, 100000)) {
+        if (!model.empty() && e.model != model) continue;
+        out.push_back(json::parse(e.ToJson()));
+        if (out.size() >= limit) break;
+      }
+      return JsonReply(200, out);
+    }
+    if (n < 5 || p[2] != "models") throw HttpError{404, "no such lepton endpoint"};
+    const std::string& model = p[3];
+    const std::string& what = p[4];
+    if (what == "stats" && n == 5) {
+      Method(method, "GET");
+      return JsonReply(200, StatusJson(model, true));
+    }
+    if (what == "policy" && n == 5) {
+      const Entry e = Find(model);
+      if (method == "GET") return JsonReply(200, PolicyJson(e));
+      Method(method, "PUT");
+      ParseBody(body);
+      e.deployment->SetPolicy(PolicyFromJson(body));
+      {
+        std::unique_lock<std::shared_mutex> w(models_mu_);
+        auto it = models_.find(model);
+        if (it != models_.end()) it->second.config.policy = body;
+      }
+      return JsonReply(200, PolicyJson(Find(model)));
+    }
+    if (what == "rollback" && n == 5) {
+      Method(method, "POST");
+      const json req = ParseBody(body);
+      OnlyFields(req, {"alias", "reason"});
+      const ModelVersion v = registry_->Rollback(
+          model, Field<std::string>(req, "alias", "a string"),
+          OptionalField<std::string>(req, "reason", "a string").value_or("rollback over HTTP"));
+      return JsonReply(200, {{"model", model}, {"version", v.version}, {"aliases", v.aliases}});
+    }
+    if (what == "aliases") {
+      if (n == 5) {
+        Method(method, "GET");
+        return JsonReply(200, registry_->Aliases(model));
+      }
+      if (n == 6) {
+        const std::string& alias = p[5];
+        if (method == "DELETE") {
+          const json req = ParseBody(body, true);
+          OnlyFields(req, {"reason"});
+          registry_->RemoveAlias(
+              model, alias,
+              OptionalField<std::string>(req, "reason", "a string").value_or("removed over HTTP"));
+          return JsonReply(200, {{"model", model}, {"alias", alias}, {"removed", true}});
+        }
+        Method(method, "PUT");
+        const json req = ParseBody(body);
+        OnlyFields(req, {"version", "expected", "reason"});
+        const ModelVersion v = registry_->SetAlias(
+            model, alias, Field<std::string>(req, "version", "a string"),
+            OptionalField<std::string>(req, "expected", "a string"),
+            OptionalField<std::string>(req, "reason", "a string").value_or("moved over HTTP"));
+        return JsonReply(200, {{"model", model}, {"alias", alias}, {"version", v.version}});
+      }
+    }
+    throw HttpError{404, "no such lepton endpoint"};
+  }
+
+  json PolicyJson(const Entry& e) const {
+    auto policy = e.deployment->policy();
+    json j = {{"name", policy->name()}, {"describe", policy->Describe()}};
+    j["report"] = json::parse(policy->Report(), nullptr, false);
+    if (j["report"].is_discarded()) j["report"] = nullptr;
+    if (!e.config.policy.empty()) {
+      j["spec"] = json::parse(e.config.policy, nullptr, false);
+    }
+    return j;
+  }
+
+  json StatusJson(const std::string& model, bool full) const {
+    const Entry e = Find(model);
+    const DeploymentStatus st = e.deployment->Status();
+    json j = {{"model", st.model}, {"primary", st.primary}, {"policy", st.policy},
+              {"threads", st.threads}, {"adaptive", st.adaptive}, {"swaps", st.swaps}};
+    if (st.alias) j["alias"] = *st.alias;
+    if (!st.last_error.empty()) j["last_error"] = st.last_error;
+    json versions = json::array();
+    for (const auto& s : st.versions) {
+      versions.push_back({{"version", s.version},
+                          {"health", HealthName(s.health)},
+                          {"threads", s.threads},
+                          {"requests", s.requests},
+                          {"succeeded", s.succeeded},
+                          {"failed", s.failed},
+                          {"timed_out", s.timed_out},
+                          {"rejected", s.rejected},
+                          {"in_flight", s.in_flight},
+                          {"queued", s.queued},
+                          {"batches", s.batches},
+                          {"weight_bytes", s.weight_bytes}});
+    }
+    j["versions"] = versions;
+    if (!full) return j;
+    json series = json::array();
+    const MetricsSnapshot m = e.deployment->Metrics();
+    for (const auto& x : m.series) {
+      json f = json::object();
+      for (size_t i = 0; i < kFailureReasons; ++i) {
+        if (x.failures[i]) f[FailureReasonName(static_cast<FailureReason>(i))] = x.failures[i];
+      }
+      auto q = [](const Histogram::Snapshot& h, double p) {
+        const double v = h.Quantile(p);
+        return std::isnan(v) ? json(nullptr) : json(v * 1e3);
+      };
+      series.push_back({{"version", x.key.version},
+                        {"alias", x.key.alias},
+                        {"policy", x.key.policy},
+                        {"requests", x.requests},
+                        {"succeeded", x.succeeded},
+                        {"failures", f},
+                        {"latency_ms", {{"p50", q(x.total, 0.5)}, {"p90", q(x.total, 0.9)}, {"p99", q(x.total, 0.99)}}},
+                        {"queue_ms", {{"p50", q(x.queue, 0.5)}, {"p99", q(x.queue, 0.99)}}},
+                        {"compute_ms", {{"p50", q(x.compute, 0.5)}, {"p99", q(x.compute, 0.99)}}}});
+    }
+    j["series"] = series;
+    json anomalous = json::array();
+    for (const auto& g : m.versions) {
+      if (g.anomalous) anomalous.push_back(g.version);
+    }
+    j["anomalous"] = anomalous;
+    json shadows = json::array();
+    for (const auto& s : e.deployment->Shadows()) {
+      shadows.push_back({{"primary", s.primary},
+                         {"mirror", s.mirror},
+                         {"compared", s.compared},
+                         {"failed", s.failed},
+                         {"dropped", s.dropped},
+                         {"max_abs_diff", s.max_abs_diff},
+                         {"mean_abs_diff", s.mean_abs_diff}});
+    }
+    j["shadows"] = shadows;
+    return j;
+  }
+
+  std::shared_ptr<Registry> registry_;
+  ServerOptions options_;
+  bool generated_token_ = false;
+  std::string token_digest_;
+  mutable std::shared_mutex models_mu_;
+  std::map<std::string, Entry> models_;
+  std::mutex load_mu_;
+  std::mutex names_mu_;
+  std::map<std::string, std::vector<std::string>> output_names_;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread listener_;
+  int port_ = -1;
+  std::atomic<bool> running_{false};
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  bool stopped_ = false;
+
+  friend class Server;
+};
+
+Server::Server(std::shared_ptr<Registry> registry, ServerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(registry), std::move(options))) {}
+Server::~Server() = default;
+int Server::Start() { return impl_->Start(); }
+void Server::Stop() { impl_->Stop(); }
+void Server::Wait() { impl_->Wait(); }
+int Server::port() const { return impl_->port_; }
+const std::string& Server::host() const { return impl_->options_.host; }
+const std::string& Server::token() const { return impl_->options_.token; }
+std::vector<std::string> Server::models() const { return impl_->Names(); }
+std::shared_ptr<Deployment> Server::deployment(const std::string& model) const {
+  return impl_->Find(model).deployment;
+}
+
+Server::Reply Server::Handle(const std::string& method, const std::string& path,
+                             const std::string& body,
+                             const std::map<std::string, std::string>& headers) {
+  Headers lower;
+  for (const auto& [k, v] : headers) lower[Impl::Lower(k)] = v;
+  std::string p = path;
+  Query query;
+  const size_t q = path.find('?');
+  if (q != std::string::npos) {
+    p = path.substr(0, q);
+    std::istringstream in(path.substr(q + 1));
+    std::string kv;
+    while (std::getline(in, kv, '&')) {
+      const size_t eq = kv.find('=');
+      if (eq != std::string::npos) query[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+  }
+  return impl_->Dispatch(method, p, query, body, lower);
+}
+
+}  // namespace lepton
