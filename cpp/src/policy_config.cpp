@@ -95,7 +95,9 @@ Guardrails GuardrailsOf(const json& j) {
       f.get<double>("max_error_rate_increase", "a number", g.max_error_rate_increase);
   g.max_latency_ratio = f.get<double>("max_latency_ratio", "a number", g.max_latency_ratio);
   g.min_requests = f.get<int64_t>("min_requests", "an integer", g.min_requests);
-  g.window = f.get<size_t>("window", "an integer", g.window);
+  const int64_t window = f.get<int64_t>("window", "an integer", static_cast<int64_t>(g.window));
+  if (window < 1) throw InvalidArgument("guardrails: 'window' must be >= 1");
+  g.window = static_cast<size_t>(window);
   return g;
 }
 
@@ -167,7 +169,9 @@ std::shared_ptr<const Policy> Build(const json& j) {
                             algorithm + "'");
     }
     o.epsilon = f.get<double>("epsilon", "a number", o.epsilon);
-    o.seed = f.get<uint64_t>("seed", "a non-negative integer", 0);
+    const json& seed = f.has("seed") ? f.raw("seed") : json(uint64_t{0});
+    if (!seed.is_number_unsigned()) throw InvalidArgument("bandit: 'seed' must be a non-negative integer");
+    o.seed = seed.get<uint64_t>();
     o.name = f.get<std::string>("name", "a string", "");
     return std::make_shared<BanditPolicy>(
         f.get<std::vector<std::string>>("versions", "a list of strings"), o);

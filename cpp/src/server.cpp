@@ -252,7 +252,7 @@ class Server::Impl {
       throw InvalidArgument("port must be in [0, 65535]");
     }
     if (options_.http_threads < 1) throw InvalidArgument("http_threads must be >= 1");
-    if (!(options_.request_timeout_s > 0)) throw InvalidArgument("request_timeout must be > 0");
+    if (!(options_.request_timeout_s >= 0)) throw InvalidArgument("request_timeout must be >= 0");
     if (options_.token.empty()) {
       options_.token = RandomToken();
       generated_token_ = true;
@@ -641,7 +641,8 @@ class Server::Impl {
       auto k = headers.find("x-lepton-key");
       if (k != headers.end()) o.context.key = k->second;
     }
-    o.timeout_s = req.timeout_s.value_or(options_.request_timeout_s);
+    o.timeout_s = req.timeout_s;
+    if (!o.timeout_s && options_.request_timeout_s > 0) o.timeout_s = options_.request_timeout_s;
     o.priority = req.priority;
     Prediction pred = e.deployment->Predict(inputs, o);
     // Output names: the signature's when it has them, else output_0, output_1, ...

@@ -129,7 +129,7 @@ def serve(
     max_queue: int = 1024,
     max_body_bytes: int = 64 << 20,
     read_timeout: float = 5.0,
-    request_timeout: float = 30.0,
+    request_timeout: Optional[float] = None,
     http_threads: int = 64,
 ) -> Server:
     """Starts serving ``registry`` over HTTP and returns the running ``Server``.
@@ -138,7 +138,9 @@ def serve(
     ``{"name": "@production"}`` follows an alias, ``{"name": "v2"}`` serves a version, and
     ``{"name": {"versions": [...], "alias": ..., "policy": {...}}}`` sets a policy (JSON as
     ``PUT /v2/lepton/models/{m}/policy`` takes it). With ``only=True`` only ``models`` are served.
-    The token defaults to ``$LEPTON_TOKEN``, else one is generated (``Server.token``)."""
+    The token defaults to ``$LEPTON_TOKEN``, else one is generated (``Server.token``).
+    ``request_timeout`` (seconds) is the deadline of requests that do not set their own
+    (``parameters.timeout``); by default they have none."""
     if registry is None or isinstance(registry, (str, os.PathLike)):
         registry = Registry(registry)
     if not isinstance(registry, Registry):
@@ -148,7 +150,7 @@ def serve(
     _start_log_bridge()
     core = _core.Server(
         registry._core, host, int(port), token, bool(token_for_inference), int(max_body_bytes),
-        float(read_timeout), int(http_threads), float(request_timeout), not only, _served(models),
+        float(read_timeout), int(http_threads), float(request_timeout or 0.0), not only, _served(models),
         int(threads or 0), int(max_batch_size), float(max_queue_delay_ms) / 1000.0, int(max_queue),
     )
     core.start()

@@ -32,7 +32,9 @@ struct ServerOptions {
   double write_timeout_s = 5;
   double keep_alive_s = 5;
   int http_threads = 64;            // connections served at once
-  double request_timeout_s = 30;    // default deadline of an inference request
+  // Default deadline of an inference request; 0: none unless the request sets one. A request
+  // without a deadline runs on its caller's thread when its version is idle, saving a hand-off.
+  double request_timeout_s = 0;
   bool serve_all = true;            // serve every model of the registry
   std::vector<ServedModel> models;  // overrides (and, without serve_all, the whole list)
   DeploymentOptions deployment;

@@ -1,0 +1,147 @@
+"""lepton's HTTP server against a FastAPI + uvicorn server wrapping the same TorchScript model,
+side by side in one run, each load run repeated and the medians reported.
+
+  .venv/bin/python benchmarks/http_bench.py [--runs 3] [--seconds 5]
+
+Load comes from wrk (a separate process): requests per second and p99 latency at 32 concurrent
+connections. Server overhead is wrk's median round trip over one connection minus the model's
+median compute time for the same input, measured in process."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import lepton
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if requests.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server did not become ready")
+
+
+def parse_duration(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+
+
+def wrk(url: str, body_file: str, connections: int, seconds: int) -> dict:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", body_file, url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {q: parse_duration(re.search(rf"\s{q}%\s+(\S+)", out).group(1)) for q in ("50", "99")}
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(1) if errors else ""}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=32)
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (scripts/bootstrap installs it)")
+
+    work = tempfile.mkdtemp(prefix="lepton-http-bench-")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).eval()
+    example = torch.randn(1, 64)
+    model_path = os.path.join(work, "mlp.pt")
+    torch.jit.trace(net, example).save(model_path)
+    reg = lepton.Registry(os.path.join(work, "registry"))
+    reg.register("mlp", model_path, version="v1", example_inputs=example)
+
+    body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": example.flatten().tolist()}]}
+    body_file = os.path.join(work, "post.lua")
+    with open(body_file, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+        f.write(f"wrk.body = {json.dumps(json.dumps(body))}\n")
+
+    # The model's own compute time for this input, in process, one thread.
+    torch.set_num_threads(1)
+    scripted = torch.jit.load(model_path).eval()
+    samples = []
+    with torch.inference_mode():
+        for _ in range(200):
+            scripted(example)
+        for _ in range(2000):
+            t0 = time.perf_counter()
+            scripted(example)
+            samples.append(time.perf_counter() - t0)
+    compute = statistics.median(samples)
+
+    env = dict(os.environ, LEPTON_TOKEN="bench", MODEL_PATH=model_path, PYTHONPATH=HERE)
+    servers = {}
+    lp, fp = free_port(), free_port()
+    servers["lepton"] = (subprocess.Popen(
+        [sys.executable, "-m", "lepton", "serve", "--registry", reg.path, "--port", str(lp), "--only",
+         "--model", "mlp"], env=env, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{lp}")
+    servers["fastapi"] = (subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--port", str(fp), "--log-level", "warning",
+         "--no-access-log"], env=env, cwd=HERE, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{fp}")
+    try:
+        for name, (proc, url) in servers.items():
+            wait_ready(url, proc)
+            wrk(url + "/v2/models/mlp/infer", body_file, args.connections, 1)  # warm up
+        results = {name: [] for name in servers}
+        single = {name: [] for name in servers}
+        for _ in range(args.runs):
+            for name, (proc, url) in servers.items():
+                results[name].append(wrk(url + "/v2/models/mlp/infer", body_file, args.connections, args.seconds))
+                single[name].append(wrk(url + "/v2/models/mlp/infer", body_file, 1, max(2, args.seconds // 2)))
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+        for proc, _ in servers.values():
+            proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
+    print(f"model: MLP 64-128-10, one row; median compute in process {compute * 1e6:.1f} us")
+    print(f"{'server':<10}{'req/s @' + str(args.connections):>14}{'p50 ms':>10}{'p99 ms':>10}"
+          f"{'1-conn p50 us':>16}{'overhead us':>14}{'errors':>8}")
+    for name in servers:
+        rt = med(single[name], "p50")
+        errs = sum(x["non2xx"] for x in results[name] + single[name])
+        print(f"{name:<10}{med(results[name], 'rps'):>14.0f}{med(results[name], 'p50') * 1e3:>10.2f}"
+              f"{med(results[name], 'p99') * 1e3:>10.2f}{rt * 1e6:>16.1f}{(rt - compute) * 1e6:>14.1f}{errs:>8}")
+    ratio = med(results["lepton"], "rps") / med(results["fastapi"], "rps")
+    print(f"throughput ratio lepton / fastapi: {ratio:.1f}x; p99 lepton {med(results['lepton'], 'p99') * 1e3:.2f} ms "
+          f"vs fastapi {med(results['fastapi'], 'p99') * 1e3:.2f} ms")
+    print("runs:", json.dumps({k: [round(x["rps"]) for x in v] for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
