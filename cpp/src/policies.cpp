@@ -259,9 +259,9 @@ GuardrailMonitor::GuardrailMonitor(std::string baseline, std::string candidate, 
 void GuardrailMonitor::Observe(const Outcome& o) {
   std::lock_guard<std::mutex> lk(mu_);
   if (o.version == candidate_) {
-    cand_.Add(o.latency_s, o.error);
+    cand_.Add(o.latency_s, o.error, ++stamp_);
   } else if (o.version == baseline_) {
-    base_.Add(o.latency_s, o.error);
+    base_.Add(o.latency_s, o.error, ++stamp_);
   }
 }
 
@@ -280,7 +280,14 @@ std::optional<std::string> GuardrailMonitor::Breach() const {
     return "error rate " + Percent(ce) + " for " + candidate_ + " against " + Percent(be) +
            " for " + baseline_ + " (allowed: +" + Percent(g_.max_error_rate_increase) + ")";
   }
-  const double cp = cand_.Quantile(0.99), bp = base_.Quantile(0.99);
+  // The baseline's p99 over the span of the candidate's window: a candidate at a small share
+  // spreads its requests over a longer time, and comparing them with only the baseline's latest
+  // (and so briefer) requests would hold every scheduler hiccup against the candidate alone.
+  // Too few baseline requests in that span: the same number of its latest requests.
+  size_t overlap = 0;
+  const double cp = cand_.Quantile(0.99);
+  double bp = base_.QuantileSince(0.99, cand_.oldest_stamp(), &overlap);
+  if (overlap < need) bp = base_.Quantile(0.99, std::min(cand_.size(), base_.size()));
   if (bp > 0 && cp > g_.max_latency_ratio * bp) {
     std::ostringstream s;
     s.precision(3);

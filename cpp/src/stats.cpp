@@ -30,19 +30,39 @@ double RunningMoments::variance() const { return n_ > 1 ? m2_ / double(n_ - 1) :
 
 OutcomeWindow::OutcomeWindow(size_t capacity) : capacity_(std::max<size_t>(1, capacity)) {}
 
-void OutcomeWindow::Add(double latency_s, bool error) {
+void OutcomeWindow::Add(double latency_s, bool error, uint64_t stamp) {
   ++total_;
   if (error) ++total_errors_;
   if (error) ++window_errors_;
   if (latencies_.size() < capacity_) {
     latencies_.push_back(latency_s);
     errors_.push_back(error);
+    stamps_.push_back(stamp);
     return;
   }
   if (errors_[next_]) --window_errors_;
   latencies_[next_] = latency_s;
   errors_[next_] = error;
+  stamps_[next_] = stamp;
   next_ = (next_ + 1) % capacity_;
+}
+
+uint64_t OutcomeWindow::oldest_stamp() const {
+  if (stamps_.empty()) return 0;
+  return latencies_.size() < capacity_ ? stamps_.front() : stamps_[next_];
+}
+
+double OutcomeWindow::QuantileSince(double q, uint64_t stamp, size_t* count) const {
+  std::vector<double> ok;
+  for (size_t i = 0; i < latencies_.size(); ++i) {
+    if (!errors_[i] && stamps_[i] >= stamp) ok.push_back(latencies_[i]);
+  }
+  if (count) *count = ok.size();
+  if (ok.empty()) return 0;
+  const size_t k = std::min(
+      ok.size() - 1, static_cast<size_t>(std::ceil(q * double(ok.size()))) - (q > 0 ? 1 : 0));
+  std::nth_element(ok.begin(), ok.begin() + static_cast<std::ptrdiff_t>(k), ok.end());
+  return ok[k];
 }
 
 double OutcomeWindow::error_rate() const {
@@ -50,10 +70,15 @@ double OutcomeWindow::error_rate() const {
   return double(window_errors_) / double(errors_.size());
 }
 
-double OutcomeWindow::Quantile(double q) const {
+double OutcomeWindow::Quantile(double q, size_t last_n) const {
+  // The newest entry is just before next_ once the ring is full, else at the back.
+  const size_t n = latencies_.size();
+  const size_t take = std::min(n, last_n);
+  const size_t newest = n < capacity_ ? n - 1 : (next_ + n - 1) % n;
   std::vector<double> ok;
-  ok.reserve(latencies_.size());
-  for (size_t i = 0; i < latencies_.size(); ++i) {
+  ok.reserve(take);
+  for (size_t j = 0; j < take; ++j) {
+    const size_t i = (newest + n - j) % n;
     if (!errors_[i]) ok.push_back(latencies_[i]);
   }
   if (ok.empty()) return 0;

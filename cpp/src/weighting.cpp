@@ -90,10 +90,13 @@ struct MseObjective : Objective {
 };
 
 struct LogLossObjective : Objective {
+  // Momentum steps may leave the simplex, where a mix can reach zero or below; probabilities are
+  // floored as the members' own are, so that the gradient stays finite.
+  static constexpr double kFloor = 1e-15;
   Matrix a;  // n x k: each member's probability of the true class
-  double Value(const Vector& w) const override { return -(a * w).array().max(1e-300).log().mean(); }
+  double Value(const Vector& w) const override { return -(a * w).array().max(kFloor).log().mean(); }
   Vector Gradient(const Vector& w) const override {
-    const Vector p = (a * w).array().max(1e-300);
+    const Vector p = (a * w).array().max(kFloor);
     return -(a.transpose() * p.cwiseInverse()) / double(a.rows());
   }
 };
@@ -109,6 +112,12 @@ FitResult Minimise(const Objective& f, Eigen::Index k, int max_iterations, doubl
   for (; it < max_iterations; ++it) {
     const Vector g = f.Gradient(y);
     const double fy = f.Value(y);
+    if (!g.allFinite() || !std::isfinite(fy)) {  // an extrapolated point out of reach: restart
+      if (y == w) break;
+      t = 1;
+      y = w;
+      continue;
+    }
     Vector next;
     double fnext = 0;
     for (int tries = 0; tries < 60; ++tries) {

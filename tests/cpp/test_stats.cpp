@@ -80,3 +80,26 @@ TEST(OutcomeWindow, QuantilesAndErrorRateOverTheWindow) {
 
 }  // namespace
 }  // namespace lepton
+
+TEST(OutcomeWindowRecent, QuantileOverTheNewestEntries) {
+  lepton::OutcomeWindow w(4);
+  for (double v : {1.0, 2.0, 3.0, 4.0, 5.0, 6.0}) w.Add(v, false);  // the ring holds 3, 4, 5, 6
+  EXPECT_EQ(w.Quantile(1.0), 6.0);
+  EXPECT_EQ(w.Quantile(0.0), 3.0);
+  EXPECT_EQ(w.Quantile(0.0, 2), 5.0);  // the newest two: 5 and 6
+  EXPECT_EQ(w.Quantile(1.0, 1), 6.0);
+  lepton::OutcomeWindow partial(10);
+  for (double v : {9.0, 1.0, 2.0}) partial.Add(v, false);
+  EXPECT_EQ(partial.Quantile(1.0, 2), 2.0);
+}
+
+TEST(OutcomeWindowRecent, QuantileSinceAStamp) {
+  lepton::OutcomeWindow w(8);
+  for (uint64_t s = 1; s <= 6; ++s) w.Add(double(s), s == 5, s);
+  size_t n = 0;
+  EXPECT_EQ(w.QuantileSince(1.0, 4, &n), 6.0);
+  EXPECT_EQ(n, 2u);  // stamps 4 and 6; 5 was an error
+  EXPECT_EQ(w.oldest_stamp(), 1u);
+  EXPECT_EQ(w.QuantileSince(0.5, 99, &n), 0.0);
+  EXPECT_EQ(n, 0u);
+}

@@ -190,3 +190,25 @@ TEST(Weighting, AllocateSaysWhichConstraintCannotHold) {
 
 }  // namespace
 }  // namespace lepton::weights
+
+namespace lepton::weights {
+TEST(FitEnsembleWeights, LogLossStaysFiniteWithConfidentWrongMembers) {
+  // Members that give the true class probability 0 on some rows, as a confident classifier does.
+  const int n = 300, c = 10;
+  std::vector<Matrix> preds;
+  Matrix targets(n, 1);
+  for (int i = 0; i < n; ++i) targets(i, 0) = i % c;
+  for (int m = 0; m < 3; ++m) {
+    Matrix p = Matrix::Zero(n, c);
+    for (int i = 0; i < n; ++i) {
+      const bool wrong = (i + m) % (4 + m) == 0;
+      p(i, wrong ? (i + 1) % c : i % c) = 1.0;  // all mass on one class, sometimes the wrong one
+    }
+    preds.push_back(p);
+  }
+  const auto fit = FitEnsembleWeights(preds, targets, Loss::kLogLoss);
+  EXPECT_TRUE(fit.weights.allFinite());
+  EXPECT_NEAR(fit.weights.sum(), 1.0, 1e-9);
+  EXPECT_TRUE(std::isfinite(fit.loss));
+}
+}  // namespace lepton::weights

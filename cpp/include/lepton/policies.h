@@ -79,6 +79,7 @@ class GuardrailMonitor {
   Guardrails g_;
   mutable std::mutex mu_;
   OutcomeWindow base_, cand_;
+  uint64_t stamp_ = 0;
 };
 
 struct CanaryOptions {

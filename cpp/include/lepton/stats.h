@@ -29,17 +29,24 @@ class RunningMoments {
 class OutcomeWindow {
  public:
   explicit OutcomeWindow(size_t capacity = 2048);
-  void Add(double latency_s, bool error);
+  // `stamp` orders entries across windows (a shared counter), for comparisons over one span.
+  void Add(double latency_s, bool error, uint64_t stamp = 0);
   int64_t total() const { return total_; }
   int64_t total_errors() const { return total_errors_; }
   size_t size() const { return latencies_.size(); }
   double error_rate() const;        // over the window
-  double Quantile(double q) const;  // latency quantile over the window's successful requests
+  // Latency quantile over the successful requests among the window's newest `last_n`.
+  double Quantile(double q, size_t last_n = SIZE_MAX) const;
+  // Latency quantile over the successful requests stamped at or after `stamp`; `count` receives
+  // how many there were.
+  double QuantileSince(double q, uint64_t stamp, size_t* count) const;
+  uint64_t oldest_stamp() const;
 
  private:
   size_t capacity_, next_ = 0;
   std::vector<double> latencies_;
   std::vector<char> errors_;
+  std::vector<uint64_t> stamps_;
   int64_t total_ = 0, total_errors_ = 0;
   size_t window_errors_ = 0;
 };
