@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import torch
 
@@ -54,8 +55,9 @@ def parse_duration(text: str) -> float:
     return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
 
 
-def wrk(url: str, body_file: str, connections: int, seconds: int) -> dict:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", body_file, url],
+def wrk(url: str, body_file: Optional[str], connections: int, seconds: int) -> dict:
+    script = ["-s", body_file] if body_file else []
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *script, url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = {q: parse_duration(re.search(rf"\s{q}%\s+(\S+)", out).group(1)) for q in ("50", "99")}
@@ -117,10 +119,12 @@ def main() -> None:
             wrk(url + "/v2/models/mlp/infer", body_file, args.connections, 1)  # warm up
         results = {name: [] for name in servers}
         single = {name: [] for name in servers}
+        empty = {name: [] for name in servers}  # GET /v2/health/ready: the HTTP floor, no model
         for _ in range(args.runs):
             for name, (proc, url) in servers.items():
                 results[name].append(wrk(url + "/v2/models/mlp/infer", body_file, args.connections, args.seconds))
                 single[name].append(wrk(url + "/v2/models/mlp/infer", body_file, 1, max(2, args.seconds // 2)))
+                empty[name].append(wrk(url + "/v2/health/ready", None, 1, max(2, args.seconds // 2)))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -131,12 +135,13 @@ def main() -> None:
     med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
     print(f"model: MLP 64-128-10, one row; median compute in process {compute * 1e6:.1f} us")
     print(f"{'server':<10}{'req/s @' + str(args.connections):>14}{'p50 ms':>10}{'p99 ms':>10}"
-          f"{'1-conn p50 us':>16}{'overhead us':>14}{'errors':>8}")
+          f"{'1-conn p50 us':>16}{'overhead us':>14}{'empty GET us':>14}{'errors':>8}")
     for name in servers:
         rt = med(single[name], "p50")
         errs = sum(x["non2xx"] for x in results[name] + single[name])
         print(f"{name:<10}{med(results[name], 'rps'):>14.0f}{med(results[name], 'p50') * 1e3:>10.2f}"
-              f"{med(results[name], 'p99') * 1e3:>10.2f}{rt * 1e6:>16.1f}{(rt - compute) * 1e6:>14.1f}{errs:>8}")
+              f"{med(results[name], 'p99') * 1e3:>10.2f}{rt * 1e6:>16.1f}{(rt - compute) * 1e6:>14.1f}"
+              f"{med(empty[name], 'p50') * 1e6:>14.1f}{errs:>8}")
     ratio = med(results["lepton"], "rps") / med(results["fastapi"], "rps")
     print(f"throughput ratio lepton / fastapi: {ratio:.1f}x; p99 lepton {med(results['lepton'], 'p99') * 1e3:.2f} ms "
           f"vs fastapi {med(results['fastapi'], 'p99') * 1e3:.2f} ms")

@@ -3,12 +3,12 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <cmath>
+
 #include "bindings.h"
 #include "lepton/deployment.h"
 #include "lepton/errors.h"
 #include "lepton/metrics.h"
-
-#include <cmath>
 
 namespace py = pybind11;
 using py::arg;

@@ -48,22 +48,24 @@ void BindObserve(py::module_& m) {
       arg("after"), arg("wait_s") = 0.0, arg("max") = 1000);
   m.def(
       "recent_events",
-      [](size_t n, const std::string& model) { return EventList(EventLog::Global().Recent(n, model)); },
+      [](size_t n, const std::string& model) {
+        return EventList(EventLog::Global().Recent(n, model));
+      },
       arg("n"), arg("model") = "");
   m.def("last_event_seq", [] { return EventLog::Global().last_seq(); });
   m.def(
-      "set_event_file",
-      [](const std::string& path) { EventLog::Global().SetFile(path); }, arg("path"));
+      "set_event_file", [](const std::string& path) { EventLog::Global().SetFile(path); },
+      arg("path"));
   m.def(
       "emit_event",
       [](const std::string& level, const std::string& kind, const std::string& model,
-         const std::string& version, const std::string& message, const std::string& details) {
-        EmitEvent(level, kind, model, version, message, details);
-      },
+         const std::string& version, const std::string& message,
+         const std::string& details) { EmitEvent(level, kind, model, version, message, details); },
       arg("level"), arg("kind"), arg("model"), arg("version"), arg("message"),
       arg("details") = "{}");
   m.def(
-      "policy_from_json", [](const std::string& text) { return std::const_pointer_cast<Policy>(PolicyFromJson(text)); },
+      "policy_from_json",
+      [](const std::string& text) { return std::const_pointer_cast<Policy>(PolicyFromJson(text)); },
       arg("text"));
 
   py::class_<ServedModel>(m, "ServedModel")
@@ -111,8 +113,8 @@ void BindObserve(py::module_& m) {
       .def_property_readonly("models", &Server::models)
       .def(
           "handle",
-          [](Server& s, const std::string& method, const std::string& path,
-             const std::string& body, std::map<std::string, std::string> headers) {
+          [](Server& s, const std::string& method, const std::string& path, const std::string& body,
+             std::map<std::string, std::string> headers) {
             Server::Reply r;
             {
               py::gil_scoped_release release;

@@ -191,8 +191,9 @@ void BindPolicies(py::module_& m) {
         return out;
       });
 
-  m.def("seed", [](uint64_t seed) { SeedRandom(seed); }, arg("seed"),
-        "Seeds the random draws of every policy (0: from the system again).");
+  m.def(
+      "seed", [](uint64_t seed) { SeedRandom(seed); }, arg("seed"),
+      "Seeds the random draws of every policy (0: from the system again).");
 
   // --- weighting math ---
   py::module_ w = m.def_submodule("weights", "Weighting math on Eigen (pure functions).");

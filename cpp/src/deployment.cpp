@@ -11,13 +11,12 @@
 #include <deque>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
 #include <sstream>
 #include <thread>
 #include <unordered_map>
-
-#include <nlohmann/json.hpp>
 
 #include "lepton/errors.h"
 #include "lepton/events.h"
@@ -165,8 +164,7 @@ class Deployment::Impl {
     const auto t0 = Clock::now();
     try {
       auto s = Servable::Load(model_, a.label, a.bytes, a.sha256, a.signature, o);
-      EmitEvent("info", "load", model_, a.label,
-                "loaded and warmed up " + model_ + ":" + a.label,
+      EmitEvent("info", "load", model_, a.label, "loaded and warmed up " + model_ + ":" + a.label,
                 Json({{"seconds", Seconds(Clock::now() - t0)},
                       {"threads", o.threads},
                       {"warmup_runs", o.warmup_runs},
@@ -897,13 +895,13 @@ class Deployment::Impl {
     for (size_t i = 0; i < notes.size(); ++i) applied.note += (i ? "; " : "") + notes[i];
     {
       nlohmann::json details = {{"from", e.from}, {"to", e.to}, {"policy", policy.name()}};
-      details["evidence"] = nlohmann::json::parse(e.evidence.empty() ? "{}" : e.evidence, nullptr,
-                                                  false);
+      details["evidence"] =
+          nlohmann::json::parse(e.evidence.empty() ? "{}" : e.evidence, nullptr, false);
       if (details["evidence"].is_discarded()) details["evidence"] = e.evidence;
       if (applied.alias) details["alias"] = *applied.alias;
       if (!applied.note.empty()) details["note"] = applied.note;
-      EmitEvent(e.kind == PolicyEvent::Kind::kRollback ? "warning" : "info", e.action, model_,
-                e.to, e.reason, Json(details));
+      EmitEvent(e.kind == PolicyEvent::Kind::kRollback ? "warning" : "info", e.action, model_, e.to,
+                e.reason, Json(details));
     }
     std::lock_guard<std::mutex> lk(events_mu_);
     if (events_.size() >= 1000) events_.pop_front();
@@ -990,7 +988,8 @@ class Deployment::Impl {
       if (it == totals.end()) {
         totals.emplace(x.key.version, x.total);
       } else {
-        for (size_t i = 0; i < it->second.counts.size(); ++i) it->second.counts[i] += x.total.counts[i];
+        for (size_t i = 0; i < it->second.counts.size(); ++i)
+          it->second.counts[i] += x.total.counts[i];
         it->second.count += x.total.count;
         it->second.sum += x.total.sum;
       }
@@ -1064,10 +1063,10 @@ class Deployment::Impl {
         std::lock_guard<std::mutex> admin(admin_mu_);
         auto st = Snapshot();
         if (!st || closed_ || st->live.primary == target.version) return;
-        EmitEvent("info", "alias", model_, target.version,
-                  model_ + "@" + *alias_ + " moved from " + st->live.primary + " to " +
-                      target.version,
-                  Json({{"alias", *alias_}, {"from", st->live.primary}, {"to", target.version}}));
+        EmitEvent(
+            "info", "alias", model_, target.version,
+            model_ + "@" + *alias_ + " moved from " + st->live.primary + " to " + target.version,
+            Json({{"alias", *alias_}, {"from", st->live.primary}, {"to", target.version}}));
         if (st->live.Has(target.version)) {
           // Already live (a canary's candidate): it becomes the primary, nothing is loaded.
           auto next = Copy(*st);

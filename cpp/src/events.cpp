@@ -37,8 +37,8 @@ void EventLog::Emit(const std::string& level, const std::string& kind, const std
                     const std::string& version, const std::string& message,
                     const std::string& details) {
   Event e;
-  e.time = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-               .count();
+  e.time =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   e.level = level;
   e.kind = kind;
   e.model = model;
@@ -96,8 +96,8 @@ void EventLog::SetFile(const std::string& path, size_t max_bytes, size_t max_fil
   std::shared_ptr<spdlog::logger> logger;
   if (!path.empty()) {
     try {
-      auto sink = std::make_shared<spdlog::sinks::rotating_file_sink_mt>(path, max_bytes,
-                                                                         max_files);
+      auto sink =
+          std::make_shared<spdlog::sinks::rotating_file_sink_mt>(path, max_bytes, max_files);
       logger = std::make_shared<spdlog::logger>("lepton-events", std::move(sink));
       logger->set_pattern("%v");
       logger->set_level(spdlog::level::info);
@@ -110,8 +110,7 @@ void EventLog::SetFile(const std::string& path, size_t max_bytes, size_t max_fil
 }
 
 void EmitEvent(const std::string& level, const std::string& kind, const std::string& model,
-               const std::string& version, const std::string& message,
-               const std::string& details) {
+               const std::string& version, const std::string& message, const std::string& details) {
   EventLog::Global().Emit(level, kind, model, version, message, details);
 }
 

@@ -93,13 +93,11 @@ Histogram::Snapshot Histogram::Snapshot::Minus(const Snapshot& earlier) const {
 }
 
 std::vector<double> LatencyBuckets() {
-  return {25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3,
-          25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0,  2.5,    5.0,  10.0, 30.0, 60.0};
+  return {25e-6, 50e-6,  100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
+          50e-3, 100e-3, 250e-3, 500e-3, 1.0,    2.5,  5.0,    10.0, 30.0,  60.0};
 }
 
-std::vector<double> BatchBuckets() {
-  return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
-}
+std::vector<double> BatchBuckets() { return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}; }
 
 // --- series ---
 
@@ -233,7 +231,8 @@ std::string RenderPrometheus(const std::vector<MetricsSnapshot>& snapshots) {
   }
   std::ostringstream o;
   Header(o, "lepton_requests_total", "counter", "Requests routed to a version.");
-  for (auto* s : series) o << "lepton_requests_total" << Labels(s->key) << ' ' << s->requests << '\n';
+  for (auto* s : series)
+    o << "lepton_requests_total" << Labels(s->key) << ' ' << s->requests << '\n';
   Header(o, "lepton_request_successes_total", "counter", "Requests answered.");
   for (auto* s : series) {
     o << "lepton_request_successes_total" << Labels(s->key) << ' ' << s->succeeded << '\n';
@@ -255,7 +254,9 @@ std::string RenderPrometheus(const std::vector<MetricsSnapshot>& snapshots) {
     Header(o, kLatency[h].first, "histogram", kLatency[h].second);
     for (auto* s : series) {
       HistogramLines(o, kLatency[h].first, s->key,
-                     h == 0 ? s->queue : h == 1 ? s->compute : s->total);
+                     h == 0   ? s->queue
+                     : h == 1 ? s->compute
+                              : s->total);
     }
   }
   Header(o, "lepton_batch_size_rows", "histogram", "Rows in the batch a request ran in.");
@@ -265,16 +266,21 @@ std::string RenderPrometheus(const std::vector<MetricsSnapshot>& snapshots) {
     return "{model=\"" + Escape(g.model) + "\",version=\"" + Escape(g.version) + "\"}";
   };
   Header(o, "lepton_in_flight_requests", "gauge", "Requests a version is computing now.");
-  for (auto* g : gauges) o << "lepton_in_flight_requests" << version_labels(*g) << ' ' << g->in_flight << '\n';
+  for (auto* g : gauges)
+    o << "lepton_in_flight_requests" << version_labels(*g) << ' ' << g->in_flight << '\n';
   Header(o, "lepton_queue_length", "gauge", "Requests waiting in a version's queue.");
-  for (auto* g : gauges) o << "lepton_queue_length" << version_labels(*g) << ' ' << g->queued << '\n';
+  for (auto* g : gauges)
+    o << "lepton_queue_length" << version_labels(*g) << ' ' << g->queued << '\n';
   Header(o, "lepton_cpu_threads", "gauge", "CPU budget of a version (threads of its arena).");
-  for (auto* g : gauges) o << "lepton_cpu_threads" << version_labels(*g) << ' ' << g->threads << '\n';
+  for (auto* g : gauges)
+    o << "lepton_cpu_threads" << version_labels(*g) << ' ' << g->threads << '\n';
   Header(o, "lepton_weights_bytes", "gauge", "Memory held by a version's parameters and buffers.");
-  for (auto* g : gauges) o << "lepton_weights_bytes" << version_labels(*g) << ' ' << g->weight_bytes << '\n';
+  for (auto* g : gauges)
+    o << "lepton_weights_bytes" << version_labels(*g) << ' ' << g->weight_bytes << '\n';
   Header(o, "lepton_version_ready", "gauge", "1 when a version takes traffic.");
   for (auto* g : gauges) {
-    o << "lepton_version_ready" << version_labels(*g) << ' ' << (g->health == "ready" ? 1 : 0) << '\n';
+    o << "lepton_version_ready" << version_labels(*g) << ' ' << (g->health == "ready" ? 1 : 0)
+      << '\n';
   }
   Header(o, "lepton_version_anomalous", "gauge",
          "1 when a version's error rate or p99 latency left its recent band.");
@@ -318,8 +324,8 @@ std::vector<AnomalyChange> AnomalyDetector::Update(uint64_t requests, uint64_t f
   const bool judged = error_.seen >= options_.warmup_intervals;
   bool err_over = false;
   if (judged) {
-    const double limit = error_.mean + std::max(options_.k * std::sqrt(error_.var),
-                                                options_.min_error_increase);
+    const double limit =
+        error_.mean + std::max(options_.k * std::sqrt(error_.var), options_.min_error_increase);
     err_over = rate > limit;
   }
   if (auto c = Judge(error_, "error_rate", rate, err_over)) out.push_back(*c);

@@ -39,7 +39,8 @@ void AppendInteger(std::string& out, const json& x, const std::string& where) {
   } else if (x.is_number_integer()) {
     const int64_t i = x.get<int64_t>();
     if (i < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
-        (i > 0 && static_cast<uint64_t>(i) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
+        (i > 0 &&
+         static_cast<uint64_t>(i) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
       throw InvalidArgument(where + ": " + std::to_string(i) + " is out of range");
     }
     Append<T>(out, static_cast<T>(i));
@@ -51,7 +52,8 @@ void AppendInteger(std::string& out, const json& x, const std::string& where) {
 void AppendElement(std::string& out, DataType t, const json& x, const std::string& where) {
   switch (t) {
     case DataType::kBool:
-      if (!x.is_boolean()) throw InvalidArgument(where + ": expected true or false, got " + x.dump());
+      if (!x.is_boolean())
+        throw InvalidArgument(where + ": expected true or false, got " + x.dump());
       Append<uint8_t>(out, x.get<bool>() ? 1 : 0);
       return;
     case DataType::kUInt8:
@@ -82,8 +84,8 @@ void AppendElement(std::string& out, DataType t, const json& x, const std::strin
 }
 
 // Flattens `data` (flat, or nested row-major matching the shape) into `out`.
-void Flatten(const json& data, const WireTensor& t, size_t depth, std::string& out,
-             int64_t& count, int64_t limit, const std::string& where) {
+void Flatten(const json& data, const WireTensor& t, size_t depth, std::string& out, int64_t& count,
+             int64_t limit, const std::string& where) {
   if (depth > kMaxDepth) throw InvalidArgument(where + ": data is nested too deeply");
   if (!data.is_array()) {
     if (++count > limit) throw InvalidArgument(where + ": more data than the shape holds");
@@ -108,7 +110,8 @@ void Flatten(const json& data, const WireTensor& t, size_t depth, std::string& o
   }
 }
 
-void CheckFields(const json& j, std::initializer_list<const char*> known, const std::string& where) {
+void CheckFields(const json& j, std::initializer_list<const char*> known,
+                 const std::string& where) {
   for (const auto& [k, v] : j.items()) {
     bool ok = false;
     for (const char* n : known) ok = ok || k == n;

@@ -65,10 +65,11 @@ class Fields {
 
 // {"v1": 0.5, "v2": 0.5} or [["v1", 0.5], ["v2", 0.5]]: order kept.
 std::pair<std::vector<std::string>, std::vector<double>> WeightsOf(const json& w,
-                                                                  const std::string& where) {
+                                                                   const std::string& where) {
   std::pair<std::vector<std::string>, std::vector<double>> out;
   auto add = [&](const std::string& v, const json& x) {
-    if (!x.is_number()) throw InvalidArgument(where + ": the weight of '" + v + "' must be a number");
+    if (!x.is_number())
+      throw InvalidArgument(where + ": the weight of '" + v + "' must be a number");
     out.first.push_back(v);
     out.second.push_back(x.get<double>());
   };
@@ -104,8 +105,9 @@ Guardrails GuardrailsOf(const json& j) {
 std::shared_ptr<const Policy> Build(const json& j) {
   if (!j.is_object()) throw InvalidArgument("a policy must be a JSON object with a \"type\"");
   if (!j.contains("type") || !j.at("type").is_string()) {
-    throw InvalidArgument("a policy needs a \"type\" (fixed, ensemble, weighted, canary, shadow, "
-                          "bandit, least_loaded, balanced, ab_test or time_based)");
+    throw InvalidArgument(
+        "a policy needs a \"type\" (fixed, ensemble, weighted, canary, shadow, "
+        "bandit, least_loaded, balanced, ab_test or time_based)");
   }
   const std::string type = j.at("type").get<std::string>();
   Fields f(j, "policy '" + type + "'");
@@ -170,7 +172,8 @@ std::shared_ptr<const Policy> Build(const json& j) {
     }
     o.epsilon = f.get<double>("epsilon", "a number", o.epsilon);
     const json& seed = f.has("seed") ? f.raw("seed") : json(uint64_t{0});
-    if (!seed.is_number_unsigned()) throw InvalidArgument("bandit: 'seed' must be a non-negative integer");
+    if (!seed.is_number_unsigned())
+      throw InvalidArgument("bandit: 'seed' must be a non-negative integer");
     o.seed = seed.get<uint64_t>();
     o.name = f.get<std::string>("name", "a string", "");
     return std::make_shared<BanditPolicy>(
@@ -188,7 +191,8 @@ std::shared_ptr<const Policy> Build(const json& j) {
     return std::make_shared<BalancedPolicy>(
         by == "requests" ? BalancedPolicy::By::kRequests : BalancedPolicy::By::kResources,
         f.get<std::vector<std::string>>("versions", "a list of strings", {}),
-        f.get<double>("interval_s", "a number", 1.0), f.get<bool>("sticky", "true or false", false));
+        f.get<double>("interval_s", "a number", 1.0),
+        f.get<bool>("sticky", "true or false", false));
   }
   if (type == "ab_test") {
     ABTestOptions o;
@@ -211,10 +215,9 @@ std::shared_ptr<const Policy> Build(const json& j) {
     }
     for (const auto& e : schedule) {
       Fields g(e, "a time_based schedule entry");
-      entries.push_back({g.get<std::string>("version", "a string"),
-                         g.get<double>("start", "a number", 0.0),
-                         g.maybe<double>("validity", "a number"),
-                         g.maybe<double>("cycle", "a number")});
+      entries.push_back(
+          {g.get<std::string>("version", "a string"), g.get<double>("start", "a number", 0.0),
+           g.maybe<double>("validity", "a number"), g.maybe<double>("cycle", "a number")});
     }
     const std::string mode = f.get<std::string>("mode", "a string", "switch");
     if (mode != "switch" && mode != "split") {

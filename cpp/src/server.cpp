@@ -208,8 +208,8 @@ oip::WireTensor FromTensor(std::string name, at::Tensor t) {
 
 std::string OipType(const std::string& dtype) {
   static const std::map<std::string, std::string> kTypes = {
-      {"bool", "BOOL"},   {"uint8", "UINT8"},   {"int8", "INT8"},     {"int16", "INT16"},
-      {"int32", "INT32"}, {"int64", "INT64"},   {"float16", "FP16"},  {"bfloat16", "BF16"},
+      {"bool", "BOOL"},    {"uint8", "UINT8"},  {"int8", "INT8"},     {"int16", "INT16"},
+      {"int32", "INT32"},  {"int64", "INT64"},  {"float16", "FP16"},  {"bfloat16", "BF16"},
       {"float32", "FP32"}, {"float64", "FP64"}, {"complex64", "FP32"}};
   auto it = kTypes.find(dtype);
   return it == kTypes.end() ? dtype : it->second;
@@ -372,8 +372,7 @@ class Server::Impl {
       } catch (const std::exception& e) {
         // A model named on purpose must load; one found in the registry may be left out.
         if (asked) throw;
-        EmitEvent("error", "load_failed", m.name, "",
-                  "not serving " + m.name + ": " + e.what());
+        EmitEvent("error", "load_failed", m.name, "", "not serving " + m.name + ": " + e.what());
       }
     }
 
@@ -418,17 +417,17 @@ class Server::Impl {
     http_->Delete(".*", handler);
     // Errors httplib answers itself (a body over the limit, a request it cannot parse) get the
     // same JSON shape as lepton's.
-    http_->set_error_handler(httplib::Server::HandlerWithResponse(
-        [](const httplib::Request&, httplib::Response& res) {
-      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-      std::string message = "HTTP error " + std::to_string(res.status);
-      if (res.status == 400) message = "malformed HTTP request";
-      if (res.status == 404) message = "not found";
-      if (res.status == 413) message = "the request body is larger than the server's limit";
-      if (res.status == 414) message = "the request line is too long";
-      res.set_content(json{{"error", message}}.dump(), "application/json");
-      return httplib::Server::HandlerResponse::Handled;
-    }));
+    http_->set_error_handler(
+        httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
+          if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+          std::string message = "HTTP error " + std::to_string(res.status);
+          if (res.status == 400) message = "malformed HTTP request";
+          if (res.status == 404) message = "not found";
+          if (res.status == 413) message = "the request body is larger than the server's limit";
+          if (res.status == 414) message = "the request line is too long";
+          res.set_content(json{{"error", message}}.dump(), "application/json");
+          return httplib::Server::HandlerResponse::Handled;
+        }));
     if (options_.port == 0) {
       port_ = http_->bind_to_any_port(options_.host);
     } else {
@@ -498,7 +497,8 @@ class Server::Impl {
   }
 
   void RequireToken(const Headers& headers) const {
-    if (!Authorized(headers)) throw HttpError{401, "this endpoint needs 'Authorization: Bearer <token>'"};
+    if (!Authorized(headers))
+      throw HttpError{401, "this endpoint needs 'Authorization: Bearer <token>'"};
   }
 
   Reply Dispatch(const std::string& method, const std::string& path, const Query& query,
@@ -565,8 +565,9 @@ class Server::Impl {
     }
     for (const auto& e : entries) {
       const auto st = e.deployment->Status();
-      const bool any = std::any_of(st.versions.begin(), st.versions.end(),
-                                   [](const ServableStats& s) { return s.health == Health::kReady; });
+      const bool any =
+          std::any_of(st.versions.begin(), st.versions.end(),
+                      [](const ServableStats& s) { return s.health == Health::kReady; });
       if (!any) return false;
     }
     return true;
@@ -741,8 +742,9 @@ class Server::Impl {
         if (!params.is_object()) throw InvalidArgument("'parameters' must be an object");
         OnlyFields(params, {"alias", "versions", "policy"});
         m.alias = OptionalField<std::string>(params, "alias", "a string");
-        m.versions = OptionalField<std::vector<std::string>>(params, "versions", "a list of strings")
-                         .value_or(std::vector<std::string>{});
+        m.versions =
+            OptionalField<std::vector<std::string>>(params, "versions", "a list of strings")
+                .value_or(std::vector<std::string>{});
         if (params.contains("policy")) m.policy = params["policy"].dump();
       }
       Load(m);
@@ -867,7 +869,7 @@ class Server::Impl {
   json StatusJson(const std::string& model, bool full) const {
     const Entry e = Find(model);
     const DeploymentStatus st = e.deployment->Status();
-    json j = {{"model", st.model}, {"primary", st.primary}, {"policy", st.policy},
+    json j = {{"model", st.model},     {"primary", st.primary},   {"policy", st.policy},
               {"threads", st.threads}, {"adaptive", st.adaptive}, {"swaps", st.swaps}};
     if (st.alias) j["alias"] = *st.alias;
     if (!st.last_error.empty()) j["last_error"] = st.last_error;
@@ -899,15 +901,17 @@ class Server::Impl {
         const double v = h.Quantile(p);
         return std::isnan(v) ? json(nullptr) : json(v * 1e3);
       };
-      series.push_back({{"version", x.key.version},
-                        {"alias", x.key.alias},
-                        {"policy", x.key.policy},
-                        {"requests", x.requests},
-                        {"succeeded", x.succeeded},
-                        {"failures", f},
-                        {"latency_ms", {{"p50", q(x.total, 0.5)}, {"p90", q(x.total, 0.9)}, {"p99", q(x.total, 0.99)}}},
-                        {"queue_ms", {{"p50", q(x.queue, 0.5)}, {"p99", q(x.queue, 0.99)}}},
-                        {"compute_ms", {{"p50", q(x.compute, 0.5)}, {"p99", q(x.compute, 0.99)}}}});
+      series.push_back(
+          {{"version", x.key.version},
+           {"alias", x.key.alias},
+           {"policy", x.key.policy},
+           {"requests", x.requests},
+           {"succeeded", x.succeeded},
+           {"failures", f},
+           {"latency_ms",
+            {{"p50", q(x.total, 0.5)}, {"p90", q(x.total, 0.9)}, {"p99", q(x.total, 0.99)}}},
+           {"queue_ms", {{"p50", q(x.queue, 0.5)}, {"p99", q(x.queue, 0.99)}}},
+           {"compute_ms", {{"p50", q(x.compute, 0.5)}, {"p99", q(x.compute, 0.99)}}}});
     }
     j["series"] = series;
     json anomalous = json::array();

@@ -2,9 +2,11 @@
 back, serve from an alias, and print the audit history."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
+import urllib.request
 
 import torch
 from torch import nn
@@ -14,6 +16,7 @@ from .engine import Deployment, Ensemble, Fixed
 from .errors import ModelError
 from .policies import Canary, Guardrails
 from .registry import Registry, diff_metrics
+from .server import serve
 
 
 def _make_data(seed: int = 0):
@@ -91,6 +94,7 @@ def run(path: str) -> None:
 
     _serve(reg, data[2][:6])
     _canaries(reg, data)
+    _http(reg, data[2][:2])
 
 
 def _show(p, note: str = "") -> None:
@@ -183,3 +187,21 @@ def _canaries(reg: Registry, data) -> None:
 
     print("\nlatest audit entries:")
     print(format_history(reg.history("classifier")[-4:]))
+
+
+def _http(reg: Registry, x: torch.Tensor) -> None:
+    print("\nserving the registry over HTTP (Open Inference Protocol v2):")
+    with serve(reg, port=0, token="demo-token", models={"classifier": "@production"}) as server:
+        body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}
+        request = urllib.request.Request(server.url + "/v2/models/classifier/infer", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request) as r:
+            reply = json.load(r)
+        params = reply["parameters"]
+        print(f"  POST /v2/models/classifier/infer -> {reply['model_version']} ({params['lepton_route']}),"
+              f" request {params['lepton_request_id']}, outputs {reply['outputs'][0]['shape']}")
+        with urllib.request.urlopen(server.url + "/metrics") as r:
+            metrics = r.read().decode()
+        for line in metrics.splitlines():
+            if line.startswith('lepton_requests_total{model="classifier"'):
+                print("  /metrics:", line)

@@ -62,13 +62,16 @@ TEST(Prometheus, FollowsTheTextFormat) {
   snap.versions.push_back({"m", "v1", "ready", 2, 1, 3, 1000, true});
   const std::string text = RenderPrometheus({snap});
   EXPECT_NE(text.find("# TYPE lepton_requests_total counter"), std::string::npos);
-  EXPECT_NE(text.find("lepton_requests_total{model=\"m\",version=\"v1\",alias=\"prod\",policy=\"fixed\"} 2"),
-            std::string::npos);
+  EXPECT_NE(
+      text.find(
+          "lepton_requests_total{model=\"m\",version=\"v1\",alias=\"prod\",policy=\"fixed\"} 2"),
+      std::string::npos);
   EXPECT_NE(text.find("reason=\"timeout\"} 1"), std::string::npos);
   EXPECT_NE(text.find("version=\"v\\\"2\""), std::string::npos);  // escaped quote
-  EXPECT_NE(text.find("lepton_request_duration_seconds_bucket{model=\"m\",version=\"v1\",alias=\"prod\","
-                      "policy=\"fixed\",le=\"+Inf\"} 2"),
-            std::string::npos);
+  EXPECT_NE(
+      text.find("lepton_request_duration_seconds_bucket{model=\"m\",version=\"v1\",alias=\"prod\","
+                "policy=\"fixed\",le=\"+Inf\"} 2"),
+      std::string::npos);
   EXPECT_NE(text.find("lepton_batch_size_rows_count"), std::string::npos);
   EXPECT_NE(text.find("lepton_version_anomalous{model=\"m\",version=\"v1\"} 1"), std::string::npos);
   // Each metric family is declared once, and every sample line is "name{labels} value".
@@ -155,8 +158,10 @@ TEST(Oip, DecodesTypedFlatAndNestedTensors) {
   EXPECT_EQ(*r.priority, 2);
   EXPECT_EQ(r.outputs, std::vector<std::string>{"out"});
   // Empty tensors are allowed.
-  EXPECT_EQ(oip::DecodeInferRequest(R"({"inputs": [{"name": "x", "shape": [0, 4], "datatype": "FP32", "data": []}]})")
-                .inputs[0].data.size(),
+  EXPECT_EQ(oip::DecodeInferRequest(
+                R"({"inputs": [{"name": "x", "shape": [0, 4], "datatype": "FP32", "data": []}]})")
+                .inputs[0]
+                .data.size(),
             0u);
 }
 
@@ -167,12 +172,17 @@ TEST(Oip, RefusesMalformedRequestsNamingTheFault) {
       {"3", "JSON object"},
       {R"({"inputs": {}})", "non-empty list"},
       {R"({"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]})", "name"},
-      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]}]})", "not supported"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]}]})",
+       "not supported"},
       {R"({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1]}]})", "holds 2"},
-      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "UINT8", "data": [-1]}]})", "out of range"},
-      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "INT32", "data": [1.5]}]})", "integer"},
-      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1e300]}]})", "FP32 range"},
-      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "data": [1]}]})", "true or false"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "UINT8", "data": [-1]}]})",
+       "out of range"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "INT32", "data": [1.5]}]})",
+       "integer"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1e300]}]})",
+       "FP32 range"},
+      {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "data": [1]}]})",
+       "true or false"},
       {R"({"inputs": [{"name": "x", "shape": [99999999, 99999999], "datatype": "FP32", "data": []}]})",
        "larger than the request limit"},
       {R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], "nope": 1})",
@@ -185,7 +195,8 @@ TEST(Oip, RefusesMalformedRequestsNamingTheFault) {
       oip::DecodeInferRequest(body);
       ADD_FAILURE() << "accepted: " << body;
     } catch (const InvalidArgument& e) {
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << body << " -> " << e.what();
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
+          << body << " -> " << e.what();
     }
   }
   // Deep nesting is refused, not recursed into until the stack runs out.
@@ -247,7 +258,8 @@ TEST(PolicyConfig, BuildsEveryTypeAndRefusesBadSpecs) {
       PolicyFromJson(text);
       ADD_FAILURE() << "accepted: " << text;
     } catch (const InvalidArgument& e) {
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << text << " -> " << e.what();
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
+          << text << " -> " << e.what();
     }
   }
 }

@@ -16,7 +16,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         std::string_view(reinterpret_cast<const char*>(data), size), limits);
     int64_t total = 0;
     for (const auto& t : r.inputs) {
-      if (t.data.size() != static_cast<size_t>(t.elements()) * lepton::oip::ElementSize(t.datatype)) {
+      if (t.data.size() !=
+          static_cast<size_t>(t.elements()) * lepton::oip::ElementSize(t.datatype)) {
         std::abort();  // a decoded tensor whose bytes disagree with its shape
       }
       total += t.elements();

@@ -19,12 +19,12 @@ namespace lepton {
 
 struct Event {
   int64_t seq = 0;
-  double time = 0;            // seconds since the epoch
-  std::string level;          // "debug", "info", "warning" or "error"
-  std::string kind;           // "load", "warmup", "swap", "alias", "promote", "rollback", ...
+  double time = 0;    // seconds since the epoch
+  std::string level;  // "debug", "info", "warning" or "error"
+  std::string kind;   // "load", "warmup", "swap", "alias", "promote", "rollback", ...
   std::string model, version;
   std::string message;
-  std::string details;        // a JSON object
+  std::string details;         // a JSON object
   std::string ToJson() const;  // one line
 };
 

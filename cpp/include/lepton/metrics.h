@@ -115,10 +115,10 @@ std::string RenderPrometheus(const std::vector<MetricsSnapshot>& snapshots);
 // recent intervals (exponentially weighted mean +- k standard deviations, with absolute floors so
 // that quiet versions are not flagged for noise).
 struct AnomalyOptions {
-  double k = 4.0;                  // band width in standard deviations
-  double alpha = 0.2;              // weight of the newest interval in the band
-  int warmup_intervals = 5;        // intervals seen before judging
-  uint64_t min_requests = 20;      // per interval, to judge it at all
+  double k = 4.0;                    // band width in standard deviations
+  double alpha = 0.2;                // weight of the newest interval in the band
+  int warmup_intervals = 5;          // intervals seen before judging
+  uint64_t min_requests = 20;        // per interval, to judge it at all
   double min_error_increase = 0.05;  // absolute error-rate rise that can count
   double min_latency_ratio = 1.5;    // p99 rise (ratio to the band's mean) that can count
 };

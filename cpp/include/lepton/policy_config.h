@@ -1,7 +1,8 @@
 // Policies described as JSON, for the HTTP API and `lepton serve`'s config file:
 //   {"type": "weighted", "weights": {"v1": 0.9, "v2": 0.1}, "sticky": true}
 // Types: fixed, ensemble, weighted, canary, shadow, bandit, least_loaded, balanced, ab_test,
-// time_based. Unknown types, unknown fields and wrong value types raise InvalidArgument naming them.
+// time_based. Unknown types, unknown fields and wrong value types raise InvalidArgument naming
+// them.
 #pragma once
 
 #include <memory>

@@ -31,7 +31,7 @@ struct ServerOptions {
   double read_timeout_s = 5;
   double write_timeout_s = 5;
   double keep_alive_s = 5;
-  int http_threads = 64;            // connections served at once
+  int http_threads = 64;  // connections served at once
   // Default deadline of an inference request; 0: none unless the request sets one. A request
   // without a deadline runs on its caller's thread when its version is idle, saving a hand-off.
   double request_timeout_s = 0;

@@ -34,7 +34,7 @@ class OutcomeWindow {
   int64_t total() const { return total_; }
   int64_t total_errors() const { return total_errors_; }
   size_t size() const { return latencies_.size(); }
-  double error_rate() const;        // over the window
+  double error_rate() const;  // over the window
   // Latency quantile over the successful requests among the window's newest `last_n`.
   double Quantile(double q, size_t last_n = SIZE_MAX) const;
   // Latency quantile over the successful requests stamped at or after `stamp`; `count` receives
