@@ -106,7 +106,10 @@ def main() -> None:
 
     env = dict(os.environ, LEPTON_TOKEN="bench", MODEL_PATH=model_path, PYTHONPATH=HERE)
     servers = {}
-    lp, fp = free_port(), free_port()
+    lp = free_port()
+    fp = free_port()
+    while fp == lp:
+        fp = free_port()
     servers["lepton"] = (subprocess.Popen(
         [sys.executable, "-m", "lepton", "serve", "--registry", reg.path, "--port", str(lp), "--only",
          "--model", "mlp"], env=env, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{lp}")
@@ -114,8 +117,14 @@ def main() -> None:
         [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--port", str(fp), "--log-level", "warning",
          "--no-access-log"], env=env, cwd=HERE, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{fp}")
     try:
+        import requests
+
         for name, (proc, url) in servers.items():
             wait_ready(url, proc)
+        # Each URL reaches the server it names.
+        assert requests.get(servers["lepton"][1] + "/v2").json()["name"] == "lepton"
+        assert requests.get(servers["fastapi"][1] + "/v2").status_code == 404
+        for name, (proc, url) in servers.items():
             wrk(url + "/v2/models/mlp/infer", body_file, args.connections, 1)  # warm up
         results = {name: [] for name in servers}
         single = {name: [] for name in servers}
@@ -145,7 +154,8 @@ def main() -> None:
     ratio = med(results["lepton"], "rps") / med(results["fastapi"], "rps")
     print(f"throughput ratio lepton / fastapi: {ratio:.1f}x; p99 lepton {med(results['lepton'], 'p99') * 1e3:.2f} ms "
           f"vs fastapi {med(results['fastapi'], 'p99') * 1e3:.2f} ms")
-    print("runs:", json.dumps({k: [round(x["rps"]) for x in v] for k, v in results.items()}))
+    print("runs (req/s):", json.dumps({k: [round(x["rps"]) for x in v] for k, v in results.items()}))
+    print("runs (p99 ms):", json.dumps({k: [round(x["p99"] * 1e3, 2) for x in v] for k, v in results.items()}))
 
 
 if __name__ == "__main__":

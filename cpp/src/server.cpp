@@ -5,6 +5,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
@@ -392,9 +393,10 @@ class Server::Impl {
     http_->set_keep_alive_max_count(100000);
     http_->set_tcp_nodelay(true);
     // SO_REUSEADDR only: without SO_REUSEPORT a second server cannot silently share the port.
-    http_->set_socket_options([](int sock) {
+    http_->set_socket_options([this](int sock) {
       int yes = 1;
       setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof yes);
+      listen_fd_ = sock;
     });
     // One handler per method takes every path (httplib reads the body before handlers run);
     // lepton routes by splitting the path, which is quicker than a regex per endpoint.
@@ -433,6 +435,9 @@ class Server::Impl {
     } else {
       port_ = http_->bind_to_port(options_.host, options_.port) ? options_.port : -1;
     }
+    // httplib listens with a backlog of 5: clients that connect together beyond that lose their
+    // handshake and retry a second later. Listening again on the bound socket widens the queue.
+    if (port_ >= 0 && listen_fd_ >= 0) ::listen(listen_fd_, SOMAXCONN);
     if (port_ < 0) {
       CloseAll();
       throw Unavailable("cannot listen on " + options_.host + ":" + std::to_string(options_.port));
@@ -945,6 +950,7 @@ class Server::Impl {
   std::unique_ptr<httplib::Server> http_;
   std::thread listener_;
   int port_ = -1;
+  int listen_fd_ = -1;
   std::atomic<bool> running_{false};
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;

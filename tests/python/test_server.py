@@ -448,3 +448,21 @@ def wait_for(condition, timeout=10.0):
             return True
         time.sleep(0.02)
     raise AssertionError("condition not reached")
+
+
+def test_listen_backlog_takes_many_simultaneous_connections(server):
+    # Connections that arrive together all complete their handshake (a short backlog would drop
+    # some and make them retry a second later).
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, check=True).stdout
+    backlog = int(out.split()[2])  # State Recv-Q Send-Q ...: Send-Q is the backlog of a listener
+    assert backlog >= 128
+    socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(64)]
+    try:
+        for s in socks:
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        for s in socks:
+            s.settimeout(10)
+            assert s.recv(64).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in socks:
+            s.close()
