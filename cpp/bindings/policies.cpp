@@ -15,10 +15,11 @@ namespace lepton::bindings {
 namespace {
 
 Guardrails MakeGuardrails(double max_error_rate_increase, double max_latency_ratio,
-                          int64_t min_requests, size_t window) {
+                          int64_t min_requests, size_t window, double latency_slack_s) {
   Guardrails g;
   g.max_error_rate_increase = max_error_rate_increase;
   g.max_latency_ratio = max_latency_ratio;
+  g.latency_slack_s = latency_slack_s;
   g.min_requests = min_requests;
   g.window = window;
   return g;
@@ -70,8 +71,9 @@ void BindPolicies(py::module_& m) {
 
   py::class_<Guardrails>(m, "Guardrails")
       .def(py::init(&MakeGuardrails), arg("max_error_rate_increase"), arg("max_latency_ratio"),
-           arg("min_requests"), arg("window"))
+           arg("min_requests"), arg("window"), arg("latency_slack_s"))
       .def_readonly("max_error_rate_increase", &Guardrails::max_error_rate_increase)
+      .def_readonly("latency_slack_s", &Guardrails::latency_slack_s)
       .def_readonly("max_latency_ratio", &Guardrails::max_latency_ratio)
       .def_readonly("min_requests", &Guardrails::min_requests)
       .def_readonly("window", &Guardrails::window);

@@ -122,6 +122,9 @@ void ValidateGuardrails(const Guardrails& g) {
   if (!(g.max_error_rate_increase >= 0) || !std::isfinite(g.max_error_rate_increase)) {
     throw InvalidArgument("guardrail max_error_rate_increase must be a finite value >= 0");
   }
+  if (!(g.latency_slack_s >= 0) || !std::isfinite(g.latency_slack_s)) {
+    throw InvalidArgument("guardrail latency_slack must be a finite number >= 0 (seconds)");
+  }
   if (!(g.max_latency_ratio > 0)) {
     throw InvalidArgument("guardrail max_latency_ratio must be > 0");
   }
@@ -288,11 +291,12 @@ std::optional<std::string> GuardrailMonitor::Breach() const {
   const double cp = cand_.Quantile(0.99);
   double bp = base_.QuantileSince(0.99, cand_.oldest_stamp(), &overlap);
   if (overlap < need) bp = base_.Quantile(0.99, std::min(cand_.size(), base_.size()));
-  if (bp > 0 && cp > g_.max_latency_ratio * bp) {
+  if (bp > 0 && cp > g_.max_latency_ratio * bp && cp - bp > g_.latency_slack_s) {
     std::ostringstream s;
     s.precision(3);
     s << "p99 latency " << cp * 1e3 << " ms for " << candidate_ << " against " << bp * 1e3
-      << " ms for " << baseline_ << " (allowed: x" << g_.max_latency_ratio << ")";
+      << " ms for " << baseline_ << " (allowed: x" << g_.max_latency_ratio << " or +"
+      << g_.latency_slack_s * 1e3 << " ms)";
     return s.str();
   }
   return std::nullopt;
@@ -310,6 +314,7 @@ std::string GuardrailMonitor::EvidenceJson() const {
          {"guardrails",
           {{"max_error_rate_increase", g_.max_error_rate_increase},
            {"max_latency_ratio", g_.max_latency_ratio},
+           {"latency_slack_s", g_.latency_slack_s},
            {"min_requests", g_.min_requests}}}};
   return j.dump();
 }

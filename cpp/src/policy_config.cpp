@@ -95,6 +95,7 @@ Guardrails GuardrailsOf(const json& j) {
   g.max_error_rate_increase =
       f.get<double>("max_error_rate_increase", "a number", g.max_error_rate_increase);
   g.max_latency_ratio = f.get<double>("max_latency_ratio", "a number", g.max_latency_ratio);
+  g.latency_slack_s = f.get<double>("latency_slack_s", "a number", g.latency_slack_s);
   g.min_requests = f.get<int64_t>("min_requests", "an integer", g.min_requests);
   const int64_t window = f.get<int64_t>("window", "an integer", static_cast<int64_t>(g.window));
   if (window < 1) throw InvalidArgument("guardrails: 'window' must be >= 1");

@@ -190,18 +190,32 @@ def _canaries(reg: Registry, data) -> None:
 
 
 def _http(reg: Registry, x: torch.Tensor) -> None:
-    print("\nserving the registry over HTTP (Open Inference Protocol v2):")
-    with serve(reg, port=0, token="demo-token", models={"classifier": "@production"}) as server:
+    print("\nserving the registry over HTTP (Open Inference Protocol v2), split 70/30 between v2.0 and v1.2:")
+    policy = {"type": "weighted", "weights": {"v2.0": 0.7, "v1.2": 0.3}}
+    models = {"classifier": {"versions": ["v2.0", "v1.2"], "policy": policy}}
+    with serve(reg, port=0, token="demo-token", models=models, only=True) as server:
         body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}
         request = urllib.request.Request(server.url + "/v2/models/classifier/infer", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request) as r:
-            reply = json.load(r)
+        for _ in range(200):
+            with urllib.request.urlopen(request) as r:
+                reply = json.load(r)
         params = reply["parameters"]
         print(f"  POST /v2/models/classifier/infer -> {reply['model_version']} ({params['lepton_route']}),"
               f" request {params['lepton_request_id']}, outputs {reply['outputs'][0]['shape']}")
+        stats_request = urllib.request.Request(server.url + "/v2/lepton/models/classifier/stats",
+                                               headers={"Authorization": "Bearer demo-token"})
+        with urllib.request.urlopen(stats_request) as r:
+            stats = json.load(r)
         with urllib.request.urlopen(server.url + "/metrics") as r:
             metrics = r.read().decode()
-        for line in metrics.splitlines():
-            if line.startswith('lepton_requests_total{model="classifier"'):
-                print("  /metrics:", line)
+    print("  per-version metrics (GET /v2/lepton/models/classifier/stats):")
+    print(f"  {'version':8}{'requests':>9}{'ok':>6}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}{'compute p50 ms':>16}")
+    for s in sorted(stats["series"], key=lambda s: s["version"]):
+        failed = sum(s["failures"].values())
+        print(f"  {s['version']:8}{s['requests']:>9}{s['succeeded']:>6}{failed:>8}{s['latency_ms']['p50']:>9.3f}"
+              f"{s['latency_ms']['p99']:>9.3f}{s['compute_ms']['p50']:>16.3f}")
+    print("  the same in Prometheus (GET /metrics):")
+    for line in metrics.splitlines():
+        if line.startswith('lepton_requests_total{model="classifier"'):
+            print("   ", line)

@@ -60,17 +60,20 @@ class Weighted(_Policy):
 class Guardrails:
     """Limits a candidate must keep against its baseline: its error rate at most
     ``max_error_rate_increase`` above the baseline's, its p99 latency at most
-    ``max_latency_ratio`` times the baseline's; judged once both sides have ``min_requests``
-    requests among their last ``window``."""
+    ``max_latency_ratio`` times the baseline's unless within ``latency_slack`` seconds of it (on a
+    CPU the scheduler alone moves a p99 by milliseconds); judged once both sides have
+    ``min_requests`` requests among their last ``window``."""
 
     max_error_rate_increase: float = 0.02
     max_latency_ratio: float = 1.5
     min_requests: int = 50
     window: int = 1000
+    latency_slack: float = 0.002
 
     def _to_core(self) -> "_core.Guardrails":
         return _core.Guardrails(
-            float(self.max_error_rate_increase), float(self.max_latency_ratio), int(self.min_requests), int(self.window)
+            float(self.max_error_rate_increase), float(self.max_latency_ratio), int(self.min_requests), int(self.window),
+            float(self.latency_slack),
         )
 
 

@@ -58,6 +58,9 @@ struct Guardrails {
   double max_error_rate_increase = 0.02;
   // The candidate's p99 latency may be at most this multiple of the baseline's.
   double max_latency_ratio = 1.5;
+  // ... unless it is within this many seconds of the baseline's: on a CPU the scheduler alone
+  // moves a p99 by milliseconds, which a sub-millisecond baseline would make look like a ratio.
+  double latency_slack_s = 0.002;
   // Judged only once both sides have this many requests in their windows.
   int64_t min_requests = 50;
   // Requests kept per side for the comparison.
