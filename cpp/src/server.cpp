@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -508,15 +509,74 @@ class Server::Impl {
 
   Reply Dispatch(const std::string& method, const std::string& path, const Query& query,
                  const std::string& body, const Headers& headers) {
+    const auto start = std::chrono::steady_clock::now();
+    Reply r;
     try {
-      Reply r = Route(method, path, query, body, headers);
-      if (r.status == 401) r.headers["WWW-Authenticate"] = "Bearer";
-      return r;
+      r = Route(method, path, query, body, headers);
     } catch (...) {
-      Reply r = CurrentErrorReply();
-      if (r.status == 401) r.headers["WWW-Authenticate"] = "Bearer";
-      return r;
+      r = CurrentErrorReply();
     }
+    if (r.status == 401) r.headers["WWW-Authenticate"] = "Bearer";
+    CountHttp(path, r.status,
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return r;
+  }
+
+  // Every HTTP request by endpoint kind and status, including those refused before a version
+  // was chosen (bad JSON, unknown models, missing tokens), which the deployments never see.
+  static const char* EndpointKind(const std::string& path) {
+    const auto p = SplitPath(path);
+    if (p.size() == 1 && p[0] == "metrics") return "metrics";
+    if (p.size() < 2 || p[0] != "v2") return p.empty() ? "server" : "other";
+    if (p[1] == "health") return "health";
+    if (p[1] == "models") return !p.empty() && p.back() == "infer" ? "infer" : "model";
+    if (p[1] == "repository") return "repository";
+    if (p[1] == "lepton") return p.size() == 5 && p[4] == "feedback" ? "feedback" : "management";
+    return "other";
+  }
+
+  void CountHttp(const std::string& path, int status, double seconds) {
+    const char* kind = EndpointKind(path);
+    std::lock_guard<std::mutex> lk(http_mu_);
+    ++http_counts_[{kind, status}];
+    auto it = http_seconds_.find(kind);
+    if (it == http_seconds_.end()) {
+      it = http_seconds_.emplace(kind, std::make_unique<Histogram>(LatencyBuckets())).first;
+    }
+    it->second->Observe(seconds);
+  }
+
+  std::string HttpMetricsText() const {
+    std::ostringstream o;
+    o << "# HELP lepton_http_requests_total HTTP requests by endpoint kind and status code.\n"
+         "# TYPE lepton_http_requests_total counter\n";
+    std::lock_guard<std::mutex> lk(http_mu_);
+    for (const auto& [key, n] : http_counts_) {
+      o << "lepton_http_requests_total{endpoint=\"" << key.first << "\",code=\"" << key.second
+        << "\"} " << n << '\n';
+    }
+    o << "# HELP lepton_http_request_duration_seconds Time lepton spent on an HTTP request, from "
+         "its parsed body to its reply.\n"
+         "# TYPE lepton_http_request_duration_seconds histogram\n";
+    for (const auto& [kind, h] : http_seconds_) {
+      const auto s = h->snapshot();
+      uint64_t cumulative = 0;
+      for (size_t i = 0; i < s.counts.size(); ++i) {
+        cumulative += s.counts[i];
+        o << "lepton_http_request_duration_seconds_bucket{endpoint=\"" << kind << "\",le=\"";
+        if (i < s.bounds.size()) {
+          o << s.bounds[i];
+        } else {
+          o << "+Inf";
+        }
+        o << "\"} " << cumulative << '\n';
+      }
+      o << "lepton_http_request_duration_seconds_sum{endpoint=\"" << kind << "\"} " << s.sum
+        << '\n';
+      o << "lepton_http_request_duration_seconds_count{endpoint=\"" << kind << "\"} " << cumulative
+        << '\n';
+    }
+    return o.str();
   }
 
   static void Method(const std::string& got, const char* want) {
@@ -537,7 +597,7 @@ class Server::Impl {
       }
       for (const auto& e : entries) all.push_back(e.deployment->Metrics());
       Reply r;
-      r.body = RenderPrometheus(all);
+      r.body = RenderPrometheus(all) + HttpMetricsText();
       r.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8";
       return r;
     }
@@ -946,6 +1006,9 @@ class Server::Impl {
   std::map<std::string, Entry> models_;
   std::mutex load_mu_;
   std::mutex names_mu_;
+  mutable std::mutex http_mu_;
+  std::map<std::pair<std::string, int>, uint64_t> http_counts_;
+  std::map<std::string, std::unique_ptr<Histogram>> http_seconds_;
   std::map<std::string, std::vector<std::string>> output_names_;
   std::unique_ptr<httplib::Server> http_;
   std::thread listener_;

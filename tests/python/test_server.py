@@ -348,6 +348,14 @@ def test_stats_events_and_prometheus_metrics(server):
                      r'reason="invalid_input"\} 1', text)
     assert 'lepton_request_duration_seconds_bucket{model="m",version="v1",alias="prod",policy="fixed",le="+Inf"} 6' in text
     assert re.search(r'lepton_cpu_threads\{model="m",version="v1"\} \d', text)
+    # Requests refused before any version was chosen are counted at the HTTP level.
+    requests.post(server.url + "/v2/models/m/infer", data="{bad")
+    requests.get(server.url + "/v2/lepton/models/m/stats")  # no token
+    text = requests.get(server.url + "/metrics").text
+    assert 'lepton_http_requests_total{endpoint="infer",code="200"} 5' in text
+    assert 'lepton_http_requests_total{endpoint="infer",code="400"} 2' in text
+    assert 'lepton_http_requests_total{endpoint="management",code="401"} 1' in text
+    assert 'lepton_http_request_duration_seconds_count{endpoint="infer"} 7' in text
     assert requests.get(server.url + "/v2/lepton/events?since=x", headers=auth()).status_code == 400
 
 
