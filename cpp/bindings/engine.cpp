@@ -9,6 +9,7 @@
 #include "lepton/deployment.h"
 #include "lepton/errors.h"
 #include "lepton/metrics.h"
+#include "lepton/policy_config.h"
 
 namespace py = pybind11;
 using py::arg;
@@ -17,20 +18,6 @@ namespace lepton::bindings {
 namespace {
 
 using Release = py::call_guard<py::gil_scoped_release>;
-
-Combine ParseCombine(const std::string& s) {
-  if (s == "auto") return Combine::kAuto;
-  if (s == "mean") return Combine::kMean;
-  if (s == "vote") return Combine::kVote;
-  if (s == "custom") return Combine::kCustom;
-  throw InvalidArgument("combine must be 'auto', 'mean', 'vote' or a callable, not '" + s + "'");
-}
-
-OnError ParseOnError(const std::string& s) {
-  if (s == "fail") return OnError::kFail;
-  if (s == "skip") return OnError::kSkip;
-  throw InvalidArgument("on_error must be 'fail' or 'skip', not '" + s + "'");
-}
 
 DeploymentOptions MakeOptions(int threads, int intra_op_threads, int max_batch_size,
                               double max_queue_delay_s, int max_queue,

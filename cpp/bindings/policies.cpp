@@ -6,6 +6,7 @@
 
 #include "bindings.h"
 #include "lepton/errors.h"
+#include "lepton/policy_config.h"
 #include "lepton/weighting.h"
 
 namespace py = pybind11;
@@ -23,14 +24,6 @@ Guardrails MakeGuardrails(double max_error_rate_increase, double max_latency_rat
   g.min_requests = min_requests;
   g.window = window;
   return g;
-}
-
-BanditAlgorithm ParseAlgorithm(const std::string& s) {
-  if (s == "thompson") return BanditAlgorithm::kThompson;
-  if (s == "ucb1") return BanditAlgorithm::kUcb1;
-  if (s == "epsilon_greedy") return BanditAlgorithm::kEpsilonGreedy;
-  throw InvalidArgument("algorithm must be 'thompson', 'ucb1' or 'epsilon_greedy', not '" + s +
-                        "'");
 }
 
 weights::Loss ParseLoss(const std::string& s) {
@@ -116,7 +109,7 @@ void BindPolicies(py::module_& m) {
       .def(py::init([](std::vector<std::string> versions, const std::string& algorithm,
                        double epsilon, uint64_t seed, std::string name) {
              BanditOptions o;
-             o.algorithm = ParseAlgorithm(algorithm);
+             o.algorithm = ParseBanditAlgorithm(algorithm);
              o.epsilon = epsilon;
              o.seed = seed;
              o.name = std::move(name);
@@ -133,15 +126,8 @@ void BindPolicies(py::module_& m) {
   py::class_<BalancedPolicy, Policy, std::shared_ptr<BalancedPolicy>>(m, "BalancedPolicy")
       .def(py::init([](const std::string& by, std::vector<std::string> versions, double interval_s,
                        bool sticky) {
-             BalancedPolicy::By b;
-             if (by == "requests") {
-               b = BalancedPolicy::By::kRequests;
-             } else if (by == "resources") {
-               b = BalancedPolicy::By::kResources;
-             } else {
-               throw InvalidArgument("by must be 'requests' or 'resources', not '" + by + "'");
-             }
-             return std::make_shared<BalancedPolicy>(b, std::move(versions), interval_s, sticky);
+             return std::make_shared<BalancedPolicy>(ParseBalanceBy(by), std::move(versions),
+                                                     interval_s, sticky);
            }),
            arg("by"), arg("versions"), arg("interval_s"), arg("sticky"));
 
@@ -176,15 +162,8 @@ void BindPolicies(py::module_& m) {
                  for (auto& [v, start, validity, cycle] : schedule) {
                    entries.push_back({v, start, validity, cycle});
                  }
-                 TimeBasedPolicy::Mode md;
-                 if (mode == "switch") {
-                   md = TimeBasedPolicy::Mode::kSwitch;
-                 } else if (mode == "split") {
-                   md = TimeBasedPolicy::Mode::kSplit;
-                 } else {
-                   throw InvalidArgument("mode must be 'switch' or 'split', not '" + mode + "'");
-                 }
-                 return std::make_shared<TimeBasedPolicy>(std::move(entries), md, std::move(alias));
+                 return std::make_shared<TimeBasedPolicy>(
+                     std::move(entries), ParseTimeBasedMode(mode), std::move(alias));
                }),
            arg("schedule"), arg("mode"), arg("alias"))
       .def("eligible", [](const TimeBasedPolicy& p, double now) {

@@ -210,14 +210,8 @@ void Header(std::ostringstream& o, const char* name, const char* type, const cha
 
 void HistogramLines(std::ostringstream& o, const std::string& name, const SeriesKey& k,
                     const Histogram::Snapshot& h) {
-  uint64_t cumulative = 0;
-  for (size_t i = 0; i < h.counts.size(); ++i) {
-    cumulative += h.counts[i];
-    const std::string le = i < h.bounds.size() ? Number(h.bounds[i]) : "+Inf";
-    o << name << "_bucket" << Labels(k, "le=\"" + le + "\"") << ' ' << cumulative << '\n';
-  }
-  o << name << "_sum" << Labels(k) << ' ' << Number(h.sum) << '\n';
-  o << name << "_count" << Labels(k) << ' ' << cumulative << '\n';
+  const std::string labels = Labels(k);
+  o << PrometheusHistogram(name, labels.substr(1, labels.size() - 2), h);
 }
 
 }  // namespace
@@ -287,6 +281,21 @@ std::string RenderPrometheus(const std::vector<MetricsSnapshot>& snapshots) {
   for (auto* g : gauges) {
     o << "lepton_version_anomalous" << version_labels(*g) << ' ' << (g->anomalous ? 1 : 0) << '\n';
   }
+  return o.str();
+}
+
+std::string PrometheusHistogram(const std::string& name, const std::string& labels,
+                                const Histogram::Snapshot& h) {
+  std::ostringstream o;
+  const std::string sep = labels.empty() ? "" : ",";
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < h.counts.size(); ++i) {
+    cumulative += h.counts[i];
+    const std::string le = i < h.bounds.size() ? Number(h.bounds[i]) : "+Inf";
+    o << name << "_bucket{" << labels << sep << "le=\"" << le << "\"} " << cumulative << '\n';
+  }
+  o << name << "_sum{" << labels << "} " << Number(h.sum) << '\n';
+  o << name << "_count{" << labels << "} " << cumulative << '\n';
   return o.str();
 }
 

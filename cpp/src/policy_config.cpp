@@ -118,23 +118,12 @@ std::shared_ptr<const Policy> Build(const json& j) {
   }
   if (type == "ensemble") {
     auto [versions, weights] = WeightsOf(f.raw("weights"), f.where());
-    const std::string combine = f.get<std::string>("combine", "a string", "auto");
-    const std::string on_error = f.get<std::string>("on_error", "a string", "fail");
-    Combine c;
-    if (combine == "auto") {
-      c = Combine::kAuto;
-    } else if (combine == "mean") {
-      c = Combine::kMean;
-    } else if (combine == "vote") {
-      c = Combine::kVote;
-    } else {
-      throw InvalidArgument("combine must be 'auto', 'mean' or 'vote', not '" + combine + "'");
+    const Combine c = ParseCombine(f.get<std::string>("combine", "a string", "auto"));
+    if (c == Combine::kCustom) {
+      throw InvalidArgument("combine 'custom' needs a combiner function; set it from Python");
     }
-    if (on_error != "fail" && on_error != "skip") {
-      throw InvalidArgument("on_error must be 'fail' or 'skip', not '" + on_error + "'");
-    }
-    return std::make_shared<EnsemblePolicy>(versions, weights, c,
-                                            on_error == "skip" ? OnError::kSkip : OnError::kFail,
+    const OnError on_error = ParseOnError(f.get<std::string>("on_error", "a string", "fail"));
+    return std::make_shared<EnsemblePolicy>(versions, weights, c, on_error,
                                             f.get<bool>("balance", "true or false", true));
   }
   if (type == "weighted") {
@@ -160,17 +149,7 @@ std::shared_ptr<const Policy> Build(const json& j) {
   }
   if (type == "bandit") {
     BanditOptions o;
-    const std::string algorithm = f.get<std::string>("algorithm", "a string", "thompson");
-    if (algorithm == "thompson") {
-      o.algorithm = BanditAlgorithm::kThompson;
-    } else if (algorithm == "ucb1") {
-      o.algorithm = BanditAlgorithm::kUcb1;
-    } else if (algorithm == "epsilon_greedy") {
-      o.algorithm = BanditAlgorithm::kEpsilonGreedy;
-    } else {
-      throw InvalidArgument("algorithm must be 'thompson', 'ucb1' or 'epsilon_greedy', not '" +
-                            algorithm + "'");
-    }
+    o.algorithm = ParseBanditAlgorithm(f.get<std::string>("algorithm", "a string", "thompson"));
     o.epsilon = f.get<double>("epsilon", "a number", o.epsilon);
     const json& seed = f.has("seed") ? f.raw("seed") : json(uint64_t{0});
     if (!seed.is_number_unsigned())
@@ -185,12 +164,8 @@ std::shared_ptr<const Policy> Build(const json& j) {
         f.get<std::vector<std::string>>("versions", "a list of strings", {}));
   }
   if (type == "balanced") {
-    const std::string by = f.get<std::string>("by", "a string", "requests");
-    if (by != "requests" && by != "resources") {
-      throw InvalidArgument("by must be 'requests' or 'resources', not '" + by + "'");
-    }
     return std::make_shared<BalancedPolicy>(
-        by == "requests" ? BalancedPolicy::By::kRequests : BalancedPolicy::By::kResources,
+        ParseBalanceBy(f.get<std::string>("by", "a string", "requests")),
         f.get<std::vector<std::string>>("versions", "a list of strings", {}),
         f.get<double>("interval_s", "a number", 1.0),
         f.get<bool>("sticky", "true or false", false));
@@ -220,12 +195,8 @@ std::shared_ptr<const Policy> Build(const json& j) {
           {g.get<std::string>("version", "a string"), g.get<double>("start", "a number", 0.0),
            g.maybe<double>("validity", "a number"), g.maybe<double>("cycle", "a number")});
     }
-    const std::string mode = f.get<std::string>("mode", "a string", "switch");
-    if (mode != "switch" && mode != "split") {
-      throw InvalidArgument("mode must be 'switch' or 'split', not '" + mode + "'");
-    }
     return std::make_shared<TimeBasedPolicy>(
-        entries, mode == "split" ? TimeBasedPolicy::Mode::kSplit : TimeBasedPolicy::Mode::kSwitch,
+        entries, ParseTimeBasedMode(f.get<std::string>("mode", "a string", "switch")),
         f.maybe<std::string>("alias", "a string"));
   }
   throw InvalidArgument("unknown policy type '" + type +
@@ -234,6 +205,40 @@ std::shared_ptr<const Policy> Build(const json& j) {
 }
 
 }  // namespace
+
+Combine ParseCombine(const std::string& name) {
+  if (name == "auto") return Combine::kAuto;
+  if (name == "mean") return Combine::kMean;
+  if (name == "vote") return Combine::kVote;
+  if (name == "custom") return Combine::kCustom;
+  throw InvalidArgument("combine must be 'auto', 'mean', 'vote' or a combiner, not '" + name + "'");
+}
+
+OnError ParseOnError(const std::string& name) {
+  if (name == "fail") return OnError::kFail;
+  if (name == "skip") return OnError::kSkip;
+  throw InvalidArgument("on_error must be 'fail' or 'skip', not '" + name + "'");
+}
+
+BanditAlgorithm ParseBanditAlgorithm(const std::string& name) {
+  if (name == "thompson") return BanditAlgorithm::kThompson;
+  if (name == "ucb1") return BanditAlgorithm::kUcb1;
+  if (name == "epsilon_greedy") return BanditAlgorithm::kEpsilonGreedy;
+  throw InvalidArgument("algorithm must be 'thompson', 'ucb1' or 'epsilon_greedy', not '" + name +
+                        "'");
+}
+
+BalancedPolicy::By ParseBalanceBy(const std::string& name) {
+  if (name == "requests") return BalancedPolicy::By::kRequests;
+  if (name == "resources") return BalancedPolicy::By::kResources;
+  throw InvalidArgument("by must be 'requests' or 'resources', not '" + name + "'");
+}
+
+TimeBasedPolicy::Mode ParseTimeBasedMode(const std::string& name) {
+  if (name == "switch") return TimeBasedPolicy::Mode::kSwitch;
+  if (name == "split") return TimeBasedPolicy::Mode::kSplit;
+  throw InvalidArgument("mode must be 'switch' or 'split', not '" + name + "'");
+}
 
 std::shared_ptr<const Policy> PolicyFromJson(const std::string& json_text) {
   json j = json::parse(json_text, nullptr, false);

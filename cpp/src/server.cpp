@@ -510,33 +510,33 @@ class Server::Impl {
   Reply Dispatch(const std::string& method, const std::string& path, const Query& query,
                  const std::string& body, const Headers& headers) {
     const auto start = std::chrono::steady_clock::now();
+    const auto parts = SplitPath(path);
     Reply r;
     try {
-      r = Route(method, path, query, body, headers);
+      r = Route(method, path, parts, query, body, headers);
     } catch (...) {
       r = CurrentErrorReply();
     }
     if (r.status == 401) r.headers["WWW-Authenticate"] = "Bearer";
-    CountHttp(path, r.status,
+    CountHttp(parts, r.status,
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     return r;
   }
 
   // Every HTTP request by endpoint kind and status, including those refused before a version
   // was chosen (bad JSON, unknown models, missing tokens), which the deployments never see.
-  static const char* EndpointKind(const std::string& path) {
-    const auto p = SplitPath(path);
+  static const char* EndpointKind(const std::vector<std::string>& p) {
     if (p.size() == 1 && p[0] == "metrics") return "metrics";
     if (p.size() < 2 || p[0] != "v2") return p.empty() ? "server" : "other";
     if (p[1] == "health") return "health";
-    if (p[1] == "models") return !p.empty() && p.back() == "infer" ? "infer" : "model";
+    if (p[1] == "models") return p.back() == "infer" ? "infer" : "model";
     if (p[1] == "repository") return "repository";
     if (p[1] == "lepton") return p.size() == 5 && p[4] == "feedback" ? "feedback" : "management";
     return "other";
   }
 
-  void CountHttp(const std::string& path, int status, double seconds) {
-    const char* kind = EndpointKind(path);
+  void CountHttp(const std::vector<std::string>& parts, int status, double seconds) {
+    const char* kind = EndpointKind(parts);
     std::lock_guard<std::mutex> lk(http_mu_);
     ++http_counts_[{kind, status}];
     auto it = http_seconds_.find(kind);
@@ -559,22 +559,8 @@ class Server::Impl {
          "its parsed body to its reply.\n"
          "# TYPE lepton_http_request_duration_seconds histogram\n";
     for (const auto& [kind, h] : http_seconds_) {
-      const auto s = h->snapshot();
-      uint64_t cumulative = 0;
-      for (size_t i = 0; i < s.counts.size(); ++i) {
-        cumulative += s.counts[i];
-        o << "lepton_http_request_duration_seconds_bucket{endpoint=\"" << kind << "\",le=\"";
-        if (i < s.bounds.size()) {
-          o << s.bounds[i];
-        } else {
-          o << "+Inf";
-        }
-        o << "\"} " << cumulative << '\n';
-      }
-      o << "lepton_http_request_duration_seconds_sum{endpoint=\"" << kind << "\"} " << s.sum
-        << '\n';
-      o << "lepton_http_request_duration_seconds_count{endpoint=\"" << kind << "\"} " << cumulative
-        << '\n';
+      o << PrometheusHistogram("lepton_http_request_duration_seconds", "endpoint=\"" + kind + "\"",
+                               h->snapshot());
     }
     return o.str();
   }
@@ -583,9 +569,8 @@ class Server::Impl {
     if (got != want) throw HttpError{405, "use " + std::string(want) + " here"};
   }
 
-  Reply Route(const std::string& method, const std::string& path, const Query& query,
-              const std::string& body, const Headers& headers) {
-    const auto p = SplitPath(path);
+  Reply Route(const std::string& method, const std::string& path, const std::vector<std::string>& p,
+              const Query& query, const std::string& body, const Headers& headers) {
     const size_t n = p.size();
     if (n == 1 && p[0] == "metrics") {
       Method(method, "GET");

@@ -28,6 +28,20 @@ RunningMoments RunningMoments::FromParts(int64_t n, double mean, double m2) {
 
 double RunningMoments::variance() const { return n_ > 1 ? m2_ / double(n_ - 1) : 0.0; }
 
+namespace {
+
+// The q-quantile of `values` (nearest rank); 0 when empty. Reorders `values`.
+double NearestRank(std::vector<double>& values, double q) {
+  if (values.empty()) return 0;
+  const size_t k =
+      std::min(values.size() - 1,
+               static_cast<size_t>(std::ceil(q * double(values.size()))) - (q > 0 ? 1 : 0));
+  std::nth_element(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(k), values.end());
+  return values[k];
+}
+
+}  // namespace
+
 OutcomeWindow::OutcomeWindow(size_t capacity) : capacity_(std::max<size_t>(1, capacity)) {}
 
 void OutcomeWindow::Add(double latency_s, bool error, uint64_t stamp) {
@@ -58,11 +72,7 @@ double OutcomeWindow::QuantileSince(double q, uint64_t stamp, size_t* count) con
     if (!errors_[i] && stamps_[i] >= stamp) ok.push_back(latencies_[i]);
   }
   if (count) *count = ok.size();
-  if (ok.empty()) return 0;
-  const size_t k = std::min(
-      ok.size() - 1, static_cast<size_t>(std::ceil(q * double(ok.size()))) - (q > 0 ? 1 : 0));
-  std::nth_element(ok.begin(), ok.begin() + static_cast<std::ptrdiff_t>(k), ok.end());
-  return ok[k];
+  return NearestRank(ok, q);
 }
 
 double OutcomeWindow::error_rate() const {
@@ -81,11 +91,7 @@ double OutcomeWindow::Quantile(double q, size_t last_n) const {
     const size_t i = (newest + n - j) % n;
     if (!errors_[i]) ok.push_back(latencies_[i]);
   }
-  if (ok.empty()) return 0;
-  const size_t k = std::min(
-      ok.size() - 1, static_cast<size_t>(std::ceil(q * double(ok.size()))) - (q > 0 ? 1 : 0));
-  std::nth_element(ok.begin(), ok.begin() + static_cast<std::ptrdiff_t>(k), ok.end());
-  return ok[k];
+  return NearestRank(ok, q);
 }
 
 SequentialTest::SequentialTest(double alpha, double effect, int64_t min_samples)

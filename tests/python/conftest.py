@@ -20,6 +20,24 @@ class AddN(torch.nn.Module):
         return x + self.n
 
 
+class Spin(torch.nn.Module):
+    """Busy for about x[0, 0] * 2.5 ms (on the machine this was written on): a forward that
+    takes as long as asked."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for _ in range(int(x[0, 0].item()) * 1000):
+            y = y + 0
+        return y
+
+
+class FailsOnNegative(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < 0).any()):
+            raise RuntimeError("negative input")
+        return x * 2
+
+
 class Untraceable(torch.nn.Module):
     """Not scriptable (it calls a plain Python function), but traceable."""
 

@@ -9,18 +9,7 @@ import pytest
 import torch
 
 import lepton
-from conftest import AddN, assert_releases_gil
-
-
-class Spin(torch.nn.Module):
-    """Busy for about x[0, 0] * 2.5 ms (on the machine this was written on): a forward that
-    takes as long as asked."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x
-        for _ in range(int(x[0, 0].item()) * 1000):
-            y = y + 0
-        return y
+from conftest import AddN, FailsOnNegative, Spin, assert_releases_gil
 
 
 class Pair(torch.nn.Module):
@@ -28,13 +17,6 @@ class Pair(torch.nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor):
         return a + b, a * b
-
-
-class FailsOnNegative(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x < 0).any()):
-            raise RuntimeError("negative input")
-        return x * 2
 
 
 @pytest.fixture

@@ -6,14 +6,7 @@ import pytest
 import torch
 
 import lepton
-from conftest import AddN
-
-
-class FailsOnNegative(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x < 0).any()):
-            raise RuntimeError("negative input")
-        return x * 2
+from conftest import AddN, FailsOnNegative
 
 
 @pytest.fixture

@@ -15,31 +15,14 @@ import requests
 import torch
 
 import lepton
-from conftest import AddN
+from conftest import AddN, FailsOnNegative, Spin
 
 TOKEN = "s3cret-token"
-
-
-class Spin(torch.nn.Module):
-    """Busy for a while proportional to x[0, 0]."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x
-        for _ in range(int(x[0, 0].item()) * 1000):
-            y = y + 0
-        return y
 
 
 class Pair(torch.nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor):
         return a + b, (a * b).to(torch.int64)
-
-
-class FailsOnNegative(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x < 0).any()):
-            raise RuntimeError("negative input")
-        return x * 2
 
 
 @pytest.fixture

@@ -111,6 +111,10 @@ class RequestMetrics {
 // Prometheus text exposition format 0.0.4 of any number of deployments' metrics.
 std::string RenderPrometheus(const std::vector<MetricsSnapshot>& snapshots);
 
+// The _bucket, _sum and _count lines of one histogram; `labels` is `a="x",b="y"` (escaped) or "".
+std::string PrometheusHistogram(const std::string& name, const std::string& labels,
+                                const Histogram::Snapshot& h);
+
 // Flags a version whose error rate or p99 latency over the last interval leaves the band of its
 // recent intervals (exponentially weighted mean +- k standard deviations, with absolute floors so
 // that quiet versions are not flagged for noise).

@@ -8,10 +8,18 @@
 #include <memory>
 #include <string>
 
+#include "lepton/policies.h"
 #include "lepton/routing.h"
 
 namespace lepton {
 
 std::shared_ptr<const Policy> PolicyFromJson(const std::string& json_text);
+
+// The names policies' options take in JSON and in Python; InvalidArgument lists the valid ones.
+Combine ParseCombine(const std::string& name);                  // auto, mean, vote, custom
+OnError ParseOnError(const std::string& name);                  // fail, skip
+BanditAlgorithm ParseBanditAlgorithm(const std::string& name);  // thompson, ucb1, epsilon_greedy
+BalancedPolicy::By ParseBalanceBy(const std::string& name);     // requests, resources
+TimeBasedPolicy::Mode ParseTimeBasedMode(const std::string& name);  // switch, split
 
 }  // namespace lepton
