@@ -3,7 +3,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <fmt/format.h>
+
+#include <iterator>
 #include <nlohmann/json.hpp>
+#include <simdjson.h>
 
 #include "lepton/errors.h"
 
@@ -28,16 +32,38 @@ T Read(const std::string& data, size_t i) {
   return v;
 }
 
+using Element = simdjson::dom::element;
+using ElementType = simdjson::dom::element_type;
+
+std::string Text(Element x) { return simdjson::minify(x); }
+
+bool IsInteger(Element x) {
+  return x.type() == ElementType::INT64 || x.type() == ElementType::UINT64;
+}
+
+bool IsString(Element x) { return x.type() == ElementType::STRING; }
+
+std::string String(Element x) { return std::string(std::string_view(x)); }
+
+// Where an element sits, spelt out only for an error message.
+struct At {
+  const std::string& tensor;
+  int64_t index;
+  std::string str() const { return tensor + " element " + std::to_string(index); }
+};
+std::string operator+(const At& at, const char* s) { return at.str() + s; }
+std::string operator+(const At& at, const std::string& s) { return at.str() + s; }
+
 template <typename T>
-void AppendInteger(std::string& out, const json& x, const std::string& where) {
-  if (x.is_number_unsigned()) {
-    const uint64_t u = x.get<uint64_t>();
+void AppendInteger(std::string& out, Element x, const At& where) {
+  if (x.type() == ElementType::UINT64) {
+    const uint64_t u = uint64_t(x);
     if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
       throw InvalidArgument(where + ": " + std::to_string(u) + " is out of range");
     }
     Append<T>(out, static_cast<T>(u));
-  } else if (x.is_number_integer()) {
-    const int64_t i = x.get<int64_t>();
+  } else if (x.type() == ElementType::INT64) {
+    const int64_t i = int64_t(x);
     if (i < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
         (i > 0 &&
          static_cast<uint64_t>(i) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
@@ -45,16 +71,16 @@ void AppendInteger(std::string& out, const json& x, const std::string& where) {
     }
     Append<T>(out, static_cast<T>(i));
   } else {
-    throw InvalidArgument(where + ": expected an integer, got " + x.dump());
+    throw InvalidArgument(where + ": expected an integer, got " + Text(x));
   }
 }
 
-void AppendElement(std::string& out, DataType t, const json& x, const std::string& where) {
+void AppendElement(std::string& out, DataType t, Element x, const At& where) {
   switch (t) {
     case DataType::kBool:
-      if (!x.is_boolean())
-        throw InvalidArgument(where + ": expected true or false, got " + x.dump());
-      Append<uint8_t>(out, x.get<bool>() ? 1 : 0);
+      if (x.type() != ElementType::BOOL)
+        throw InvalidArgument(where + ": expected true or false, got " + Text(x));
+      Append<uint8_t>(out, bool(x) ? 1 : 0);
       return;
     case DataType::kUInt8:
       return AppendInteger<uint8_t>(out, x, where);
@@ -68,13 +94,13 @@ void AppendElement(std::string& out, DataType t, const json& x, const std::strin
       return AppendInteger<int64_t>(out, x, where);
     case DataType::kFp32:
     case DataType::kFp64: {
-      if (!x.is_number()) throw InvalidArgument(where + ": expected a number, got " + x.dump());
-      const double d = x.get<double>();
+      if (!x.is_number()) throw InvalidArgument(where + ": expected a number, got " + Text(x));
+      const double d = double(x);
       if (t == DataType::kFp64) {
         Append<double>(out, d);
       } else {
-        if (std::isfinite(d) && std::fabs(d) > std::numeric_limits<float>::max()) {
-          throw InvalidArgument(where + ": " + x.dump() + " is out of FP32 range");
+        if (std::fabs(d) > std::numeric_limits<float>::max()) {
+          throw InvalidArgument(where + ": " + Text(x) + " is out of FP32 range");
         }
         Append<float>(out, static_cast<float>(d));
       }
@@ -83,40 +109,50 @@ void AppendElement(std::string& out, DataType t, const json& x, const std::strin
   }
 }
 
+void AppendCounted(std::string& out, const WireTensor& t, Element x, int64_t& count, int64_t limit,
+                   const std::string& where) {
+  if (++count > limit) throw InvalidArgument(where + ": more data than the shape holds");
+  AppendElement(out, t.datatype, x, At{where, count - 1});
+}
+
 // Flattens `data` (flat, or nested row-major matching the shape) into `out`.
-void Flatten(const json& data, const WireTensor& t, size_t depth, std::string& out, int64_t& count,
-             int64_t limit, const std::string& where) {
+void Flatten(simdjson::dom::array data, const WireTensor& t, size_t depth, std::string& out,
+             int64_t& count, int64_t limit, const std::string& where) {
   if (depth > kMaxDepth) throw InvalidArgument(where + ": data is nested too deeply");
-  if (!data.is_array()) {
-    if (++count > limit) throw InvalidArgument(where + ": more data than the shape holds");
-    AppendElement(out, t.datatype, data, where + " element " + std::to_string(count - 1));
-    return;
-  }
-  // Nested lists must follow the shape's dimensions.
   // A flat list holds every element; nested lists hold shape[depth] entries at each depth.
-  const bool nested = depth > 0 || (!data.empty() && data.front().is_array());
-  if (nested && (depth >= t.shape.size() || data.size() != static_cast<size_t>(t.shape[depth]))) {
-    throw InvalidArgument(where + ": nested data has " + std::to_string(data.size()) +
-                          " entries at depth " + std::to_string(depth) + " where the shape says " +
-                          (depth < t.shape.size() ? std::to_string(t.shape[depth]) : "none"));
+  const bool nested = depth > 0 || (data.begin() != data.end() && (*data.begin()).is_array());
+  if (nested) {
+    const size_t n = data.size();
+    if (depth >= t.shape.size() || n != static_cast<size_t>(t.shape[depth])) {
+      throw InvalidArgument(where + ": nested data has " + std::to_string(n) +
+                            " entries at depth " + std::to_string(depth) +
+                            " where the shape says " +
+                            (depth < t.shape.size() ? std::to_string(t.shape[depth]) : "none"));
+    }
   }
-  for (const auto& x : data) {
-    if (depth == 0 || x.is_array()) {
-      Flatten(x, t, depth + 1, out, count, limit, where);
+  for (Element x : data) {
+    if (x.is_array()) {
+      Flatten(simdjson::dom::array(x), t, depth + 1, out, count, limit, where);
     } else {
-      if (++count > limit) throw InvalidArgument(where + ": more data than the shape holds");
-      AppendElement(out, t.datatype, x, where + " element " + std::to_string(count - 1));
+      AppendCounted(out, t, x, count, limit, where);
     }
   }
 }
 
-void CheckFields(const json& j, std::initializer_list<const char*> known,
+void CheckFields(simdjson::dom::object j, std::initializer_list<const char*> known,
                  const std::string& where) {
-  for (const auto& [k, v] : j.items()) {
+  for (auto field : j) {
     bool ok = false;
-    for (const char* n : known) ok = ok || k == n;
-    if (!ok) throw InvalidArgument(where + " has an unknown field '" + k + "'");
+    for (const char* n : known) ok = ok || field.key == n;
+    if (!ok) throw InvalidArgument(where + " has an unknown field '" + std::string(field.key) + "'");
   }
+}
+
+// The field `key` of `j`, if present.
+std::optional<Element> Field(simdjson::dom::object j, std::string_view key) {
+  Element e;
+  if (j.at_key(key).get(e) != simdjson::SUCCESS) return std::nullopt;
+  return e;
 }
 
 }  // namespace
@@ -180,58 +216,70 @@ int64_t WireTensor::elements() const {
 }
 
 InferRequest DecodeInferRequest(std::string_view body, const Limits& limits) {
-  json j = json::parse(body.begin(), body.end(), nullptr, false);
-  if (j.is_discarded()) throw InvalidArgument("the request body is not valid JSON");
-  if (!j.is_object()) throw InvalidArgument("the request body must be a JSON object");
+  // One parser per thread keeps its buffers between requests; a large body gets a parser of its
+  // own, so that no thread holds on to a large buffer afterwards.
+  thread_local simdjson::dom::parser shared;
+  std::optional<simdjson::dom::parser> own;
+  simdjson::dom::parser& parser = body.size() <= (1 << 20) ? shared : own.emplace();
+  Element root;
+  const auto error = parser.parse(body.data(), body.size()).get(root);
+  if (error == simdjson::DEPTH_ERROR) throw InvalidArgument("the request is nested too deeply");
+  if (error) throw InvalidArgument("the request body is not valid JSON");
+  if (!root.is_object()) throw InvalidArgument("the request body must be a JSON object");
+  const simdjson::dom::object j(root);
   CheckFields(j, {"id", "inputs", "outputs", "parameters"}, "the request");
   InferRequest r;
-  if (j.contains("id")) {
-    if (!j["id"].is_string()) throw InvalidArgument("'id' must be a string");
-    r.id = j["id"].get<std::string>();
+  if (auto id = Field(j, "id")) {
+    if (!IsString(*id)) throw InvalidArgument("'id' must be a string");
+    r.id = String(*id);
   }
-  if (j.contains("parameters")) {
-    const json& p = j["parameters"];
-    if (!p.is_object()) throw InvalidArgument("'parameters' must be an object");
-    for (const auto& [k, v] : p.items()) {
-      if (k == "key") {
-        if (!v.is_string()) throw InvalidArgument("parameter 'key' must be a string");
-        r.key = v.get<std::string>();
-      } else if (k == "timeout") {
-        if (!v.is_number() || !(v.get<double>() > 0) || !std::isfinite(v.get<double>())) {
+  if (auto p = Field(j, "parameters")) {
+    if (!p->is_object()) throw InvalidArgument("'parameters' must be an object");
+    for (auto field : simdjson::dom::object(*p)) {
+      const Element v = field.value;
+      if (field.key == "key") {
+        if (!IsString(v)) throw InvalidArgument("parameter 'key' must be a string");
+        r.key = String(v);
+      } else if (field.key == "timeout") {
+        if (!v.is_number() || !(double(v) > 0) || !std::isfinite(double(v))) {
           throw InvalidArgument("parameter 'timeout' must be a positive number of seconds");
         }
-        r.timeout_s = v.get<double>();
-      } else if (k == "priority") {
-        if (!v.is_number_integer() || std::abs(v.get<int64_t>()) > 1000000) {
+        r.timeout_s = double(v);
+      } else if (field.key == "priority") {
+        if (v.type() != ElementType::INT64 || std::abs(int64_t(v)) > 1000000) {
           throw InvalidArgument("parameter 'priority' must be an integer");
         }
-        r.priority = static_cast<int>(v.get<int64_t>());
+        r.priority = static_cast<int>(int64_t(v));
       }
       // Other parameters are the protocol's extension point and are ignored, as it asks.
     }
   }
-  if (!j.contains("inputs") || !j["inputs"].is_array() || j["inputs"].empty()) {
+  auto inputs_field = Field(j, "inputs");
+  if (!inputs_field || !inputs_field->is_array() ||
+      simdjson::dom::array(*inputs_field).begin() == simdjson::dom::array(*inputs_field).end()) {
     throw InvalidArgument("'inputs' must be a non-empty list of tensors");
   }
-  if (j["inputs"].size() > limits.max_inputs) {
+  const simdjson::dom::array inputs(*inputs_field);
+  if (inputs.size() > limits.max_inputs) {
     throw InvalidArgument("too many inputs (at most " + std::to_string(limits.max_inputs) + ")");
   }
   int64_t budget = limits.max_elements;
-  for (size_t i = 0; i < j["inputs"].size(); ++i) {
-    const json& in = j["inputs"][i];
-    std::string where = "input " + std::to_string(i);
-    if (!in.is_object()) throw InvalidArgument(where + " must be an object");
+  size_t i = 0;
+  for (Element element : inputs) {
+    std::string where = "input " + std::to_string(i++);
+    if (!element.is_object()) throw InvalidArgument(where + " must be an object");
+    const simdjson::dom::object in(element);
     CheckFields(in, {"name", "shape", "datatype", "data", "parameters"}, where);
     WireTensor t;
-    if (!in.contains("name") || !in["name"].is_string()) {
-      throw InvalidArgument(where + " needs a string 'name'");
-    }
-    t.name = in["name"].get<std::string>();
+    auto name = Field(in, "name");
+    if (!name || !IsString(*name)) throw InvalidArgument(where + " needs a string 'name'");
+    t.name = String(*name);
     where = "input '" + t.name + "'";
-    if (!in.contains("datatype") || !in["datatype"].is_string()) {
+    auto datatype = Field(in, "datatype");
+    if (!datatype || !IsString(*datatype)) {
       throw InvalidArgument(where + " needs a string 'datatype'");
     }
-    const std::string dt = in["datatype"].get<std::string>();
+    const std::string dt = String(*datatype);
     auto parsed = ParseDataType(dt);
     if (!parsed) {
       throw InvalidArgument(where + ": datatype '" + dt +
@@ -239,112 +287,164 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits) {
                             "FP64)");
     }
     t.datatype = *parsed;
-    if (!in.contains("shape") || !in["shape"].is_array()) {
+    auto shape_field = Field(in, "shape");
+    if (!shape_field || !shape_field->is_array()) {
       throw InvalidArgument(where + " needs a 'shape' list");
     }
-    if (in["shape"].size() > limits.max_dims) {
+    const simdjson::dom::array shape(*shape_field);
+    if (shape.size() > limits.max_dims) {
       throw InvalidArgument(where + ": shape has more than " + std::to_string(limits.max_dims) +
                             " dimensions");
     }
     int64_t expected = 1;
-    for (const auto& d : in["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) {
+    for (Element d : shape) {
+      if (d.type() != ElementType::INT64 || int64_t(d) < 0) {
+        if (d.type() == ElementType::UINT64) {
+          throw InvalidArgument(where + ": shape " + Text(*shape_field) +
+                                " is larger than the request limit of " +
+                                std::to_string(limits.max_elements) + " elements");
+        }
         throw InvalidArgument(where + ": shape must hold non-negative integers, got " +
-                              in["shape"].dump());
+                              Text(*shape_field));
       }
-      const int64_t v = d.get<int64_t>();
+      const int64_t v = int64_t(d);
       if (v > 0 && expected > budget / v) {
-        throw InvalidArgument(where + ": shape " + in["shape"].dump() +
+        throw InvalidArgument(where + ": shape " + Text(*shape_field) +
                               " is larger than the request limit of " +
                               std::to_string(limits.max_elements) + " elements");
       }
       expected *= v;
       t.shape.push_back(v);
     }
-    if (!in.contains("data")) throw InvalidArgument(where + " needs 'data'");
+    auto data = Field(in, "data");
+    if (!data) throw InvalidArgument(where + " needs 'data'");
     t.data.reserve(static_cast<size_t>(expected) * ElementSize(t.datatype));
     int64_t count = 0;
-    const json& data = in["data"];
-    if (data.is_array()) {
-      Flatten(data, t, 0, t.data, count, expected, where);
+    if (data->is_array()) {
+      Flatten(simdjson::dom::array(*data), t, 0, t.data, count, expected, where);
     } else {
-      Flatten(json::array({data}), t, 0, t.data, count, expected, where);
+      AppendCounted(t.data, t, *data, count, expected, where);
     }
     if (count != expected) {
-      throw InvalidArgument(where + ": shape " + in["shape"].dump() + " holds " +
+      throw InvalidArgument(where + ": shape " + Text(*shape_field) + " holds " +
                             std::to_string(expected) + " elements but data has " +
                             std::to_string(count));
     }
     budget -= expected;
     r.inputs.push_back(std::move(t));
   }
-  if (j.contains("outputs")) {
-    if (!j["outputs"].is_array()) throw InvalidArgument("'outputs' must be a list");
-    for (const auto& o : j["outputs"]) {
-      if (!o.is_object() || !o.contains("name") || !o["name"].is_string()) {
+  if (auto outputs = Field(j, "outputs")) {
+    if (!outputs->is_array()) throw InvalidArgument("'outputs' must be a list");
+    for (Element o : simdjson::dom::array(*outputs)) {
+      std::optional<Element> name;
+      if (o.is_object()) name = Field(simdjson::dom::object(o), "name");
+      if (!name || !IsString(*name)) {
         throw InvalidArgument("each requested output needs a string 'name'");
       }
-      CheckFields(o, {"name", "parameters"}, "requested output");
-      r.outputs.push_back(o["name"].get<std::string>());
+      CheckFields(simdjson::dom::object(o), {"name", "parameters"}, "requested output");
+      r.outputs.push_back(String(*name));
     }
   }
   return r;
 }
 
-std::string EncodeInferResponse(const InferResponse& response) {
-  json j;
-  j["model_name"] = response.model;
-  j["model_version"] = response.version;
-  if (!response.id.empty()) j["id"] = response.id;
-  json params = json::parse(response.parameters, nullptr, false);
-  if (!params.is_discarded() && !params.empty()) j["parameters"] = std::move(params);
-  json outputs = json::array();
-  for (const auto& t : response.outputs) {
-    json o;
-    o["name"] = t.name;
-    o["datatype"] = DataTypeName(t.datatype);
-    o["shape"] = t.shape;
-    json data = json::array();
-    const size_t n = t.data.size() / ElementSize(t.datatype);
-    auto& arr = data.get_ref<json::array_t&>();
-    arr.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      switch (t.datatype) {
-        case DataType::kBool:
-          arr.emplace_back(Read<uint8_t>(t.data, i) != 0);
-          break;
-        case DataType::kUInt8:
-          arr.emplace_back(Read<uint8_t>(t.data, i));
-          break;
-        case DataType::kInt8:
-          arr.emplace_back(Read<int8_t>(t.data, i));
-          break;
-        case DataType::kInt16:
-          arr.emplace_back(Read<int16_t>(t.data, i));
-          break;
-        case DataType::kInt32:
-          arr.emplace_back(Read<int32_t>(t.data, i));
-          break;
-        case DataType::kInt64:
-          arr.emplace_back(Read<int64_t>(t.data, i));
-          break;
-        case DataType::kFp32: {
-          const float f = Read<float>(t.data, i);
-          arr.emplace_back(std::isfinite(f) ? json(f) : json(nullptr));
-          break;
-        }
-        case DataType::kFp64: {
-          const double d = Read<double>(t.data, i);
-          arr.emplace_back(std::isfinite(d) ? json(d) : json(nullptr));
-          break;
-        }
-      }
-    }
-    o["data"] = std::move(data);
-    outputs.push_back(std::move(o));
+namespace {
+
+void AppendString(std::string& out, std::string_view s) {
+  out += json(s).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+template <typename T>
+void AppendNumber(std::string& out, T v) {
+  fmt::format_to(std::back_inserter(out), "{}", v);
+}
+
+// Finite floats in their shortest form that reads back exactly, and always as a float ("1.0",
+// not "1", which clients would read as an integer); JSON has no NaN or infinity.
+template <typename T>
+void AppendFloat(std::string& out, T v) {
+  if (!std::isfinite(v)) {
+    out += "null";
+    return;
   }
-  j["outputs"] = std::move(outputs);
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+  const size_t start = out.size();
+  AppendNumber(out, v);
+  if (out.find_first_of(".e", start) == std::string::npos) out += ".0";
+}
+
+void AppendData(std::string& out, const WireTensor& t) {
+  const size_t n = t.data.size() / ElementSize(t.datatype);
+  for (size_t i = 0; i < n; ++i) {
+    if (i) out += ',';
+    switch (t.datatype) {
+      case DataType::kBool:
+        out += Read<uint8_t>(t.data, i) != 0 ? "true" : "false";
+        break;
+      case DataType::kUInt8:
+        AppendNumber(out, static_cast<unsigned>(Read<uint8_t>(t.data, i)));
+        break;
+      case DataType::kInt8:
+        AppendNumber(out, static_cast<int>(Read<int8_t>(t.data, i)));
+        break;
+      case DataType::kInt16:
+        AppendNumber(out, Read<int16_t>(t.data, i));
+        break;
+      case DataType::kInt32:
+        AppendNumber(out, Read<int32_t>(t.data, i));
+        break;
+      case DataType::kInt64:
+        AppendNumber(out, Read<int64_t>(t.data, i));
+        break;
+      case DataType::kFp32:
+        AppendFloat(out, Read<float>(t.data, i));
+        break;
+      case DataType::kFp64:
+        AppendFloat(out, Read<double>(t.data, i));
+        break;
+    }
+  }
+}
+
+}  // namespace
+
+// Written straight into one string: strings are escaped by nlohmann-json, numbers formatted by
+// {fmt}; no document tree is built for what can be megabytes of numbers.
+std::string EncodeInferResponse(const InferResponse& response) {
+  size_t size = 256 + response.parameters.size();
+  for (const auto& t : response.outputs) size += 64 + t.name.size() + t.data.size() * 4;
+  std::string out;
+  out.reserve(size);
+  out += "{\"model_name\":";
+  AppendString(out, response.model);
+  out += ",\"model_version\":";
+  AppendString(out, response.version);
+  if (!response.id.empty()) {
+    out += ",\"id\":";
+    AppendString(out, response.id);
+  }
+  if (!response.parameters.empty() && response.parameters != "{}") {
+    out += ",\"parameters\":";
+    out += response.parameters;
+  }
+  out += ",\"outputs\":[";
+  for (size_t k = 0; k < response.outputs.size(); ++k) {
+    const WireTensor& t = response.outputs[k];
+    if (k) out += ',';
+    out += "{\"name\":";
+    AppendString(out, t.name);
+    out += ",\"datatype\":\"";
+    out += DataTypeName(t.datatype);
+    out += "\",\"shape\":[";
+    for (size_t d = 0; d < t.shape.size(); ++d) {
+      if (d) out += ',';
+      AppendNumber(out, t.shape[d]);
+    }
+    out += "],\"data\":[";
+    AppendData(out, t);
+    out += "]}";
+  }
+  out += "]}";
+  return out;
 }
 
 }  // namespace lepton::oip

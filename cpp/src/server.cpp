@@ -1,11 +1,9 @@
 #include "lepton/server.h"
 
 #include <ATen/ATen.h>
-#include <httplib.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
-#include <sys/socket.h>
 
 #include <algorithm>
 #include <chrono>
@@ -22,6 +20,7 @@
 #include "lepton/names.h"
 #include "lepton/oip.h"
 #include "lepton/policy_config.h"
+#include "http_transport.h"
 
 namespace lepton {
 namespace {
@@ -378,76 +377,30 @@ class Server::Impl {
       }
     }
 
-    http_ = std::make_unique<httplib::Server>();
-    const int threads = options_.http_threads;
-    http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-    http_->set_payload_max_length(options_.max_body_bytes);
-    auto split = [](double s) {
-      const time_t sec = static_cast<time_t>(s);
-      return std::make_pair(sec, static_cast<time_t>((s - sec) * 1e6));
-    };
-    auto [rs, ru] = split(options_.read_timeout_s);
-    auto [ws, wu] = split(options_.write_timeout_s);
-    http_->set_read_timeout(rs, ru);
-    http_->set_write_timeout(ws, wu);
-    http_->set_keep_alive_timeout(std::max<time_t>(1, static_cast<time_t>(options_.keep_alive_s)));
-    http_->set_keep_alive_max_count(100000);
-    http_->set_tcp_nodelay(true);
-    // SO_REUSEADDR only: without SO_REUSEPORT a second server cannot silently share the port.
-    http_->set_socket_options([this](int sock) {
-      int yes = 1;
-      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof yes);
-      listen_fd_ = sock;
+    http::TransportOptions t;
+    t.max_body_bytes = options_.max_body_bytes;
+    t.read_timeout_s = options_.read_timeout_s;
+    t.write_timeout_s = options_.write_timeout_s;
+    t.keep_alive_s = options_.keep_alive_s;
+    t.io_threads = options_.io_threads;
+    t.busy_poll_s = options_.busy_poll_s;
+    t.max_threads = options_.http_threads;
+    http_ = std::make_unique<http::Transport>(t, [this](http::Request& req) {
+      Reply r = Dispatch(req.method, req.path, req.query, req.body, req.headers);
+      http::Response out;
+      out.status = r.status;
+      out.body = std::move(r.body);
+      out.headers = std::move(r.headers);
+      return out;
     });
-    // One handler per method takes every path (httplib reads the body before handlers run);
-    // lepton routes by splitting the path, which is quicker than a regex per endpoint.
-    auto handler = [this](const httplib::Request& req, httplib::Response& res) {
-      Headers headers;
-      for (const auto& [k, v] : req.headers) headers[Lower(k)] = v;
-      Query query;
-      for (const auto& [k, v] : req.params) query[k] = v;
-      Reply r = Dispatch(req.method, req.path, query, req.body, headers);
-      res.status = r.status;
-      for (const auto& [k, v] : r.headers) {
-        if (k != "Content-Type") res.set_header(k, v);
-      }
-      auto ct = r.headers.find("Content-Type");
-      res.set_content(std::move(r.body), ct == r.headers.end() ? "application/json" : ct->second);
-    };
-    http_->Get(".*", handler);
-    http_->Post(".*", handler);
-    http_->Put(".*", handler);
-    http_->Delete(".*", handler);
-    // Errors httplib answers itself (a body over the limit, a request it cannot parse) get the
-    // same JSON shape as lepton's.
-    http_->set_error_handler(
-        httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
-          if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-          std::string message = "HTTP error " + std::to_string(res.status);
-          if (res.status == 400) message = "malformed HTTP request";
-          if (res.status == 404) message = "not found";
-          if (res.status == 413) message = "the request body is larger than the server's limit";
-          if (res.status == 414) message = "the request line is too long";
-          res.set_content(json{{"error", message}}.dump(), "application/json");
-          return httplib::Server::HandlerResponse::Handled;
-        }));
-    if (options_.port == 0) {
-      port_ = http_->bind_to_any_port(options_.host);
-    } else {
-      port_ = http_->bind_to_port(options_.host, options_.port) ? options_.port : -1;
-    }
-    // httplib listens with a backlog of 5: clients that connect together beyond that lose their
-    // handshake and retry a second later. Listening again on the bound socket widens the queue.
-    if (port_ >= 0 && listen_fd_ >= 0) ::listen(listen_fd_, SOMAXCONN);
-    if (port_ < 0) {
+    try {
+      port_ = http_->Listen(options_.host, options_.port);
+    } catch (const std::system_error& e) {
+      http_.reset();
       CloseAll();
-      throw Unavailable("cannot listen on " + options_.host + ":" + std::to_string(options_.port));
+      throw Unavailable(e.what());
     }
-    listener_ = std::thread([this] { http_->listen_after_bind(); });
-    // httplib's stop() is a no-op until the listener runs, so Start returns only once it does.
-    for (int i = 0; i < 5000 && !http_->is_running(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    http_->Start();
     running_ = true;
     EmitEvent("info", "serve", "", "",
               "serving " + std::to_string(Names().size()) + " models on http://" + options_.host +
@@ -459,11 +412,8 @@ class Server::Impl {
     std::lock_guard<std::mutex> lk(stop_mu_);
     if (stopped_) return;
     stopped_ = true;
-    if (http_) {
-      // Stops accepting; the pool finishes the requests it is serving before it joins.
-      http_->stop();
-      if (listener_.joinable()) listener_.join();
-    }
+    // Stops accepting; requests being handled finish and answer first.
+    if (http_) http_->Stop();
     CloseAll();
     running_ = false;
     stop_cv_.notify_all();
@@ -995,10 +945,8 @@ class Server::Impl {
   std::map<std::pair<std::string, int>, uint64_t> http_counts_;
   std::map<std::string, std::unique_ptr<Histogram>> http_seconds_;
   std::map<std::string, std::vector<std::string>> output_names_;
-  std::unique_ptr<httplib::Server> http_;
-  std::thread listener_;
+  std::unique_ptr<http::Transport> http_;
   int port_ = -1;
-  int listen_fd_ = -1;
   std::atomic<bool> running_{false};
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;
@@ -1026,17 +974,10 @@ Server::Reply Server::Handle(const std::string& method, const std::string& path,
                              const std::map<std::string, std::string>& headers) {
   Headers lower;
   for (const auto& [k, v] : headers) lower[Impl::Lower(k)] = v;
-  std::string p = path;
+  std::string p;
   Query query;
-  const size_t q = path.find('?');
-  if (q != std::string::npos) {
-    p = path.substr(0, q);
-    std::istringstream in(path.substr(q + 1));
-    std::string kv;
-    while (std::getline(in, kv, '&')) {
-      const size_t eq = kv.find('=');
-      if (eq != std::string::npos) query[kv.substr(0, eq)] = kv.substr(eq + 1);
-    }
+  if (!http::SplitTarget(path, &p, &query)) {
+    return ErrorReply(400, "the request target has a malformed percent escape");
   }
   return impl_->Dispatch(method, p, query, body, lower);
 }

@@ -303,7 +303,7 @@ def gc(ctx, keep_latest, name, dry_run) -> None:
 @click.option("--threads", type=int, default=None, help="CPU budget per model (default: every core).")
 @click.option("--max-batch-size", type=int, default=1, show_default=True)
 @click.option("--max-queue-delay-ms", type=float, default=0.0, show_default=True)
-@click.option("--http-threads", type=int, default=64, show_default=True, help="Connections served at once.")
+@click.option("--http-threads", type=int, default=64, show_default=True, help="Server threads at most (event loops plus helpers for loops blocked by a slow model).")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append events as JSON lines.")
 @click.pass_context
 def serve(ctx, serve_registry, host, port, token, token_for_inference, model_specs, policies, config_path,

@@ -225,6 +225,75 @@ TEST(Oip, EncodesResponses) {
   EXPECT_EQ(j["parameters"]["lepton_route"], "why");
 }
 
+TEST(Oip, EncodedFloatsReadBackExactlyAndStayFloats) {
+  std::mt19937 rng(7);
+  std::vector<float> values = {1.0f, -0.0f, 0.1f, 3e38f, 1e-45f, -2.5e-20f, 100.0f};
+  std::uniform_real_distribution<float> u(-1e6f, 1e6f);
+  for (int i = 0; i < 2000; ++i) values.push_back(u(rng) * std::pow(10.0f, i % 13 - 6));
+  oip::InferResponse r;
+  r.model = "quote\" back\\ newline\n tab\t";
+  r.version = "v\x01";
+  oip::WireTensor t;
+  t.name = "out";
+  t.shape = {static_cast<int64_t>(values.size())};
+  t.data.assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+  r.outputs.push_back(t);
+  const std::string text = oip::EncodeInferResponse(r);
+  const auto j = nlohmann::json::parse(text);
+  EXPECT_EQ(j["model_name"], r.model);
+  EXPECT_EQ(j["model_version"], r.version);
+  EXPECT_FALSE(j.contains("parameters"));  // "{}" is left out
+  const auto& data = j["outputs"][0]["data"];
+  ASSERT_EQ(data.size(), values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    EXPECT_TRUE(data[i].is_number_float()) << i << ": " << data[i].dump();
+    EXPECT_EQ(static_cast<float>(data[i].get<double>()), values[i]) << i;
+  }
+  EXPECT_NE(text.find("[1.0,-0.0,0.1,"), std::string::npos) << text.substr(0, 200);
+}
+
+TEST(Oip, EncodesEveryDatatype) {
+  oip::InferResponse r;
+  r.model = "m";
+  r.version = "v";
+  auto add = [&](oip::DataType type, const void* p, size_t bytes, int64_t n) {
+    oip::WireTensor t;
+    t.name = oip::DataTypeName(type);
+    t.datatype = type;
+    t.shape = {1, n};
+    t.data.assign(static_cast<const char*>(p), bytes);
+    r.outputs.push_back(t);
+  };
+  const uint8_t b[2] = {1, 0};
+  const uint8_t u8[2] = {0, 255};
+  const int8_t i8[2] = {-128, 127};
+  const int16_t i16[2] = {-32768, 32767};
+  const int32_t i32[2] = {INT32_MIN, INT32_MAX};
+  const int64_t i64[2] = {INT64_MIN, INT64_MAX};
+  const double f64[2] = {0.1, INFINITY};
+  add(oip::DataType::kBool, b, sizeof b, 2);
+  add(oip::DataType::kUInt8, u8, sizeof u8, 2);
+  add(oip::DataType::kInt8, i8, sizeof i8, 2);
+  add(oip::DataType::kInt16, i16, sizeof i16, 2);
+  add(oip::DataType::kInt32, i32, sizeof i32, 2);
+  add(oip::DataType::kInt64, i64, sizeof i64, 2);
+  add(oip::DataType::kFp64, f64, sizeof f64, 2);
+  const auto j = nlohmann::json::parse(oip::EncodeInferResponse(r));
+  const auto& o = j["outputs"];
+  ASSERT_EQ(o.size(), 7u);
+  EXPECT_EQ(o[0]["data"], nlohmann::json({true, false}));
+  EXPECT_EQ(o[1]["data"], nlohmann::json({0, 255}));
+  EXPECT_EQ(o[2]["data"], nlohmann::json({-128, 127}));
+  EXPECT_EQ(o[3]["data"], nlohmann::json({-32768, 32767}));
+  EXPECT_EQ(o[4]["data"], nlohmann::json({INT32_MIN, INT32_MAX}));
+  EXPECT_EQ(o[5]["data"][0].get<int64_t>(), INT64_MIN);
+  EXPECT_EQ(o[5]["data"][1].get<int64_t>(), INT64_MAX);
+  EXPECT_EQ(o[6]["data"][0].get<double>(), 0.1);
+  EXPECT_TRUE(o[6]["data"][1].is_null());
+  EXPECT_EQ(o[6]["shape"], nlohmann::json({1, 2}));
+  EXPECT_EQ(o[6]["datatype"], "FP64");
+}
+
 TEST(PolicyConfig, BuildsEveryTypeAndRefusesBadSpecs) {
   const char* good[] = {
       R"({"type": "fixed"})",

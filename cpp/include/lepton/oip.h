@@ -49,7 +49,7 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits = {}
 struct InferResponse {
   std::string model, version, id;
   std::vector<WireTensor> outputs;
-  std::string parameters = "{}";  // a JSON object
+  std::string parameters = "{}";  // a serialised JSON object, written into the response as it is
 };
 std::string EncodeInferResponse(const InferResponse& response);
 

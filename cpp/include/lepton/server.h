@@ -1,6 +1,7 @@
 // lepton's HTTP server: the Open Inference Protocol v2 REST API (KServe / Triton clients work
 // unchanged) over every model of a registry, plus lepton's management endpoints (aliases,
-// rollback, policies, feedback, statistics, events) and Prometheus metrics. Built on cpp-httplib.
+// rollback, policies, feedback, statistics, events) and Prometheus metrics. Built on
+// Boost.Beast (HTTP/1.1 parsing) over Boost.Asio (event-driven sockets).
 #pragma once
 
 #include <map>
@@ -31,7 +32,14 @@ struct ServerOptions {
   double read_timeout_s = 5;
   double write_timeout_s = 5;
   double keep_alive_s = 5;
-  int http_threads = 64;  // connections served at once
+  // Event loops, each with one thread that reads, handles and answers its connections' requests.
+  int io_threads = 2;
+  // A loop polls this long after its last request before it sleeps: on loopback a request that
+  // arrives meanwhile is answered without waking a thread. 0 turns polling off.
+  double busy_poll_s = 100e-6;
+  // Threads in all, at most: a loop whose handler has blocked it for 5 ms gets a helper thread
+  // to serve its other connections meanwhile.
+  int http_threads = 64;
   // Default deadline of an inference request; 0: none unless the request sets one. A request
   // without a deadline runs on its caller's thread when its version is idle, saving a hand-off.
   double request_timeout_s = 0;

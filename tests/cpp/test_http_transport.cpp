@@ -1,0 +1,301 @@
+// The HTTP transport under the server, over real sockets: keep-alive and pipelining,
+// 100-continue, limits, malformed and silent clients, blocked handlers, graceful stop.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "http_transport.h"
+
+namespace lepton::http {
+namespace {
+
+using namespace std::chrono_literals;
+
+class Client {
+ public:
+  explicit Client(int port) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) ADD_FAILURE() << "connect";
+    timeval tv{5, 0};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~Client() { close(fd_); }
+
+  void Send(const std::string& s) {
+    ASSERT_EQ(send(fd_, s.data(), s.size(), MSG_NOSIGNAL), static_cast<ssize_t>(s.size()));
+  }
+
+  // One response: its head and its body (by Content-Length). "" when the server closed first.
+  std::string Receive() {
+    for (;;) {
+      const size_t end = buffer_.find("\r\n\r\n");
+      if (end != std::string::npos) {
+        size_t length = 0;
+        const size_t cl = Lower(buffer_.substr(0, end)).find("content-length: ");
+        if (cl != std::string::npos) length = std::stoul(buffer_.substr(cl + 16));
+        if (buffer_.size() >= end + 4 + length) {
+          std::string out = buffer_.substr(0, end + 4 + length);
+          buffer_.erase(0, end + 4 + length);
+          return out;
+        }
+      }
+      char b[4096];
+      const ssize_t n = recv(fd_, b, sizeof b, 0);
+      if (n <= 0) return "";
+      buffer_.append(b, static_cast<size_t>(n));
+    }
+  }
+
+  // True when the server closes the connection within `seconds`.
+  bool ClosedWithin(double seconds) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < until) {
+      char b[256];
+      const ssize_t n = recv(fd_, b, sizeof b, 0);
+      if (n == 0 || (n < 0 && errno == ECONNRESET)) return true;
+    }
+    return false;
+  }
+
+  static std::string Lower(std::string s) {
+    for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+  }
+
+ private:
+  int fd_;
+  std::string buffer_;
+};
+
+std::string Body(const std::string& response) {
+  return response.substr(response.find("\r\n\r\n") + 4);
+}
+
+std::string Get(const std::string& path, const std::string& extra = "") {
+  return "GET " + path + " HTTP/1.1\r\nHost: x\r\n" + extra + "\r\n";
+}
+
+std::string Post(const std::string& path, const std::string& body) {
+  return "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+         std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+// Echoes what it was asked, as "METHOD path?k=v,... body".
+Response Echo(Request& r) {
+  Response out;
+  out.body = r.method + " " + r.path;
+  for (const auto& [k, v] : r.query) out.body += " " + k + "=" + v;
+  auto h = r.headers.find("x-test");
+  if (h != r.headers.end()) out.body += " x-test:" + h->second;
+  out.body += " " + r.body;
+  out.headers["Content-Type"] = "text/plain";
+  return out;
+}
+
+struct Served {
+  explicit Served(TransportOptions o = {}, Transport::Handler h = Echo)
+      : transport(o, std::move(h)), port(transport.Listen("127.0.0.1", 0)) {
+    transport.Start();
+  }
+  Transport transport;
+  int port;
+};
+
+TEST(HttpTransport, SplitsAndDecodesTargets) {
+  std::string path;
+  std::map<std::string, std::string> query;
+  EXPECT_TRUE(SplitTarget("/v2/models/a%20b/infer?x=1&y=a+b%21&flag&=z", &path, &query));
+  EXPECT_EQ(path, "/v2/models/a b/infer");
+  EXPECT_EQ(query["x"], "1");
+  EXPECT_EQ(query["y"], "a b!");
+  EXPECT_EQ(query["flag"], "");
+  EXPECT_EQ(query[""], "z");
+  EXPECT_FALSE(SplitTarget("/bad%2", &path, &query));
+  EXPECT_FALSE(SplitTarget("/bad%zz", &path, &query));
+  EXPECT_FALSE(SplitTarget("/ok?x=%", &path, &query));
+}
+
+TEST(HttpTransport, KeepsConnectionsAliveAndAnswersPipelinedRequestsInOrder) {
+  Served s;
+  Client c(s.port);
+  c.Send(Get("/a?q=1", "X-Test: Yes\r\n") + Post("/b", "hello") + Get("/c"));
+  const std::string r1 = c.Receive(), r2 = c.Receive(), r3 = c.Receive();
+  EXPECT_EQ(r1.rfind("HTTP/1.1 200", 0), 0u) << r1;
+  EXPECT_EQ(Body(r1), "GET /a q=1 x-test:Yes ");
+  EXPECT_EQ(Body(r2), "POST /b hello");
+  EXPECT_EQ(Body(r3), "GET /c ");
+  EXPECT_NE(Client::Lower(r1).find("content-type: text/plain"), std::string::npos);
+  // Still open: another request on the same connection.
+  c.Send(Get("/d"));
+  EXPECT_EQ(Body(c.Receive()), "GET /d ");
+  // Connection: close is honoured.
+  c.Send(Get("/e", "Connection: close\r\n"));
+  EXPECT_NE(Client::Lower(c.Receive()).find("connection: close"), std::string::npos);
+  EXPECT_TRUE(c.ClosedWithin(2));
+}
+
+TEST(HttpTransport, AnswersExpectContinueBeforeTheBody) {
+  Served s;
+  Client c(s.port);
+  c.Send("POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+  EXPECT_EQ(c.Receive().rfind("HTTP/1.1 100 Continue", 0), 0u);
+  c.Send("abcde");
+  EXPECT_EQ(Body(c.Receive()), "POST /x abcde");
+}
+
+TEST(HttpTransport, RefusesOversizedAndMalformedRequestsAndKeepsServing) {
+  TransportOptions o;
+  o.max_body_bytes = 1000;
+  o.max_header_bytes = 2000;
+  Served s(o);
+  {
+    // The body is refused from its Content-Length; the answer arrives whole although the client
+    // keeps sending.
+    Client c(s.port);
+    c.Send("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n" +
+           std::string(100000, 'x'));
+    const std::string r = c.Receive();
+    EXPECT_EQ(r.rfind("HTTP/1.1 413", 0), 0u) << r;
+    EXPECT_NE(Body(r).find("limit"), std::string::npos);
+  }
+  {
+    Client c(s.port);
+    c.Send("GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(5000, 'y') + "\r\n\r\n");
+    EXPECT_EQ(c.Receive().rfind("HTTP/1.1 431", 0), 0u);
+  }
+  {
+    Client c(s.port);
+    c.Send("\x01\x02 garbage\r\n\r\n");
+    const std::string r = c.Receive();
+    EXPECT_EQ(r.rfind("HTTP/1.1 400", 0), 0u) << r;
+    EXPECT_NE(Body(r).find("\"error\""), std::string::npos);
+  }
+  {
+    Client c(s.port);
+    c.Send(Get("/bad%zz"));
+    EXPECT_EQ(c.Receive().rfind("HTTP/1.1 400", 0), 0u);
+  }
+  Client c(s.port);
+  c.Send(Get("/fine"));
+  EXPECT_EQ(Body(c.Receive()), "GET /fine ");
+}
+
+TEST(HttpTransport, CutsOffSilentClientsWithoutHoldingUpOthers) {
+  TransportOptions o;
+  o.read_timeout_s = 1.0;
+  o.keep_alive_s = 1.5;
+  o.io_threads = 1;
+  Served s(o);
+  Client half(s.port), idle(s.port);
+  half.Send("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{\"partial");
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 20; ++i) {
+    Client c(s.port);
+    c.Send(Get("/ok"));
+    EXPECT_EQ(Body(c.Receive()), "GET /ok ");
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 800ms);  // nobody waited for the timeout
+  EXPECT_TRUE(half.ClosedWithin(3));  // after its read timeout
+  EXPECT_TRUE(idle.ClosedWithin(3));  // after the keep-alive time
+}
+
+TEST(HttpTransport, AHandlerThatBlocksGetsItsLoopAHelper) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  TransportOptions o;
+  o.io_threads = 1;  // one loop: without a helper, the blocked handler would stall everyone
+  Served s(o, [&](Request& r) {
+    if (r.path == "/block") {
+      std::unique_lock<std::mutex> lk(mu);
+      cv.wait(lk, [&] { return release; });
+    }
+    return Echo(r);
+  });
+  Client blocked(s.port);
+  blocked.Send(Get("/block"));
+  std::this_thread::sleep_for(50ms);
+  for (int i = 0; i < 5; ++i) {
+    Client c(s.port);
+    c.Send(Get("/quick"));
+    EXPECT_EQ(Body(c.Receive()), "GET /quick ");
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    release = true;
+  }
+  cv.notify_all();
+  EXPECT_EQ(Body(blocked.Receive()), "GET /block ");
+}
+
+TEST(HttpTransport, ManyClientsAtOnceEachGetTheirOwnAnswers) {
+  Served s;
+  std::vector<std::thread> threads;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      Client c(s.port);
+      for (int i = 0; i < 200; ++i) {
+        const std::string body = std::to_string(t) + ":" + std::to_string(i);
+        c.Send(Post("/p", body));
+        if (Body(c.Receive()) != "POST /p " + body) ++wrong;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wrong.load(), 0);
+}
+
+TEST(HttpTransport, StopLetsRunningRequestsAnswerAndRefusesNewOnes) {
+  std::promise<void> entered;
+  auto served = std::make_unique<Served>(TransportOptions{}, [&](Request& r) {
+    if (r.path == "/slow") {
+      entered.set_value();
+      std::this_thread::sleep_for(200ms);
+    }
+    return Echo(r);
+  });
+  const int port = served->port;
+  Client slow(port), idle(port);
+  slow.Send(Get("/slow"));
+  entered.get_future().wait();
+  std::thread stopper([&] { served->transport.Stop(); });
+  const std::string r = slow.Receive();
+  EXPECT_EQ(Body(r), "GET /slow ");
+  EXPECT_NE(Client::Lower(r).find("connection: close"), std::string::npos);
+  EXPECT_TRUE(idle.ClosedWithin(2));
+  stopper.join();
+  // Nothing listens any more.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_NE(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  close(fd);
+}
+
+TEST(HttpTransport, ABusyPortIsASystemError) {
+  Served s;
+  Transport other(TransportOptions{}, Echo);
+  EXPECT_THROW(other.Listen("127.0.0.1", s.port), std::system_error);
+}
+
+}  // namespace
+}  // namespace lepton::http
