@@ -82,7 +82,8 @@ void BindObserve(py::module_& m) {
                        std::string token, bool token_for_inference, size_t max_body_bytes,
                        double read_timeout_s, int http_threads, double request_timeout_s,
                        bool serve_all, std::vector<ServedModel> models, int threads,
-                       int max_batch_size, double max_queue_delay_s, int max_queue) {
+                       int max_batch_size, double max_queue_delay_s, int max_queue,
+                       int io_threads, double busy_poll_s) {
              ServerOptions o;
              o.host = std::move(host);
              o.port = port;
@@ -92,6 +93,8 @@ void BindObserve(py::module_& m) {
              o.read_timeout_s = read_timeout_s;
              o.write_timeout_s = read_timeout_s;
              o.http_threads = http_threads;
+             o.io_threads = io_threads;
+             o.busy_poll_s = busy_poll_s;
              o.request_timeout_s = request_timeout_s;
              o.serve_all = serve_all;
              o.models = std::move(models);
@@ -104,7 +107,9 @@ void BindObserve(py::module_& m) {
            arg("registry"), arg("host"), arg("port"), arg("token"), arg("token_for_inference"),
            arg("max_body_bytes"), arg("read_timeout_s"), arg("http_threads"),
            arg("request_timeout_s"), arg("serve_all"), arg("models"), arg("threads"),
-           arg("max_batch_size"), arg("max_queue_delay_s"), arg("max_queue"))
+           arg("max_batch_size"), arg("max_queue_delay_s"), arg("max_queue"),
+           arg("io_threads") = ServerOptions{}.io_threads,
+           arg("busy_poll_s") = ServerOptions{}.busy_poll_s)
       .def("start", &Server::Start, py::call_guard<py::gil_scoped_release>())
       .def("stop", &Server::Stop, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("port", &Server::port)

@@ -304,10 +304,14 @@ def gc(ctx, keep_latest, name, dry_run) -> None:
 @click.option("--max-batch-size", type=int, default=1, show_default=True)
 @click.option("--max-queue-delay-ms", type=float, default=0.0, show_default=True)
 @click.option("--http-threads", type=int, default=64, show_default=True, help="Server threads at most (event loops plus helpers for loops blocked by a slow model).")
+@click.option("--io-threads", type=int, default=2, show_default=True, help="Event loops serving the connections.")
+@click.option("--busy-poll-us", type=float, default=100.0, show_default=True,
+              help="How long a loop polls after its last request before it sleeps (0: never).")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append events as JSON lines.")
 @click.pass_context
 def serve(ctx, serve_registry, host, port, token, token_for_inference, model_specs, policies, config_path,
-          only, threads, max_batch_size, max_queue_delay_ms, http_threads, log_file) -> None:
+          only, threads, max_batch_size, max_queue_delay_ms, http_threads, io_threads, busy_poll_us,
+          log_file) -> None:
     """Serve the registry over HTTP (Open Inference Protocol v2) until SIGTERM or Ctrl-C."""
     import logging
 
@@ -324,7 +328,7 @@ def serve(ctx, serve_registry, host, port, token, token_for_inference, model_spe
         if not isinstance(settings, dict):
             raise click.BadParameter("must hold a JSON object", param_hint="--config")
         unknown = set(settings) - {"models", "host", "port", "threads", "max_batch_size", "max_queue_delay_ms",
-                                   "token_for_inference", "only", "http_threads"}
+                                   "token_for_inference", "only", "http_threads", "io_threads", "busy_poll_us"}
         if unknown:
             raise click.BadParameter(f"unknown keys {sorted(unknown)}", param_hint="--config")
     models = dict(settings.get("models") or {})
@@ -360,6 +364,8 @@ def serve(ctx, serve_registry, host, port, token, token_for_inference, model_spe
         max_batch_size=pick("max_batch_size", max_batch_size),
         max_queue_delay_ms=pick("max_queue_delay_ms", max_queue_delay_ms),
         http_threads=pick("http_threads", http_threads),
+        io_threads=pick("io_threads", io_threads),
+        busy_poll_us=pick("busy_poll_us", busy_poll_us),
     )
     click.echo(f"lepton: serving {', '.join(server.models) or 'no models'} on {server.url}", err=True)
     if not token:

@@ -131,6 +131,8 @@ def serve(
     read_timeout: float = 5.0,
     request_timeout: Optional[float] = None,
     http_threads: int = 64,
+    io_threads: int = 2,
+    busy_poll_us: float = 100.0,
 ) -> Server:
     """Starts serving ``registry`` over HTTP and returns the running ``Server``.
 
@@ -140,7 +142,14 @@ def serve(
     ``PUT /v2/lepton/models/{m}/policy`` takes it). With ``only=True`` only ``models`` are served.
     The token defaults to ``$LEPTON_TOKEN``, else one is generated (``Server.token``).
     ``request_timeout`` (seconds) is the deadline of requests that do not set their own
-    (``parameters.timeout``); by default they have none."""
+    (``parameters.timeout``); by default they have none. ``io_threads`` event loops serve the
+    connections, each polling ``busy_poll_us`` microseconds after its last request before it
+    sleeps (0: never polls); ``http_threads`` bounds the threads in all, helpers of loops that a
+    slow model blocks included."""
+    if int(io_threads) < 1:
+        raise InvalidArgument(f"io_threads must be at least 1, got {io_threads}")
+    if not float(busy_poll_us) >= 0:
+        raise InvalidArgument(f"busy_poll_us must be a non-negative number, got {busy_poll_us}")
     if registry is None or isinstance(registry, (str, os.PathLike)):
         registry = Registry(registry)
     if not isinstance(registry, Registry):
@@ -152,6 +161,7 @@ def serve(
         registry._core, host, int(port), token, bool(token_for_inference), int(max_body_bytes),
         float(read_timeout), int(http_threads), float(request_timeout or 0.0), not only, _served(models),
         int(threads or 0), int(max_batch_size), float(max_queue_delay_ms) / 1000.0, int(max_queue),
+        int(io_threads), float(busy_poll_us) * 1e-6,
     )
     core.start()
     return Server(core)

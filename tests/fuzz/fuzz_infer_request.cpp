@@ -1,8 +1,10 @@
-// libFuzzer target for the Open Inference Protocol request decoder: any byte string must either
-// decode into tensors whose sizes agree with their shapes, or raise InvalidArgument.
+// libFuzzer target for the Open Inference Protocol codec: any byte string must either decode into
+// tensors whose sizes agree with their shapes, or raise InvalidArgument; whatever decodes must
+// encode back (as a response) into valid JSON holding as many elements.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <string_view>
 
 #include "lepton/errors.h"
@@ -23,6 +25,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       total += t.elements();
     }
     if (total > limits.max_elements) std::abort();
+    lepton::oip::InferResponse response;
+    response.model = r.id;
+    response.version = r.key.value_or("");
+    response.id = r.id;
+    response.outputs = r.inputs;
+    const auto j = nlohmann::json::parse(lepton::oip::EncodeInferResponse(response), nullptr, false);
+    if (j.is_discarded() || j["outputs"].size() != r.inputs.size()) std::abort();
+    for (size_t k = 0; k < r.inputs.size(); ++k) {
+      if (j["outputs"][k]["data"].size() != static_cast<size_t>(r.inputs[k].elements())) {
+        std::abort();
+      }
+    }
   } catch (const lepton::InvalidArgument&) {
   }
   return 0;
