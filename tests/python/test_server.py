@@ -426,6 +426,28 @@ def test_serve_refuses_bad_configuration(reg):
     with lepton.serve(reg, port=0, models={"m": None}, only=True) as s:
         with pytest.raises(lepton.Unavailable):
             lepton.serve(reg, port=s.port, models={"m": None}, only=True)
+    with pytest.raises(lepton.InvalidArgument, match="io_threads"):
+        lepton.serve(reg, port=0, models={"m": None}, only=True, io_threads=0)
+    with pytest.raises(lepton.InvalidArgument, match="busy_poll_us"):
+        lepton.serve(reg, port=0, models={"m": None}, only=True, busy_poll_us=-1)
+
+
+def test_a_slow_model_does_not_hold_up_its_event_loop(reg):
+    # One event loop and no polling: while a slow forward blocks the loop's thread, a helper
+    # serves the loop's other connections.
+    with lepton.serve(reg, port=0, token=TOKEN, models={"spin": None, "m": None}, only=True,
+                      io_threads=1, busy_poll_us=0) as s:
+        slow = threading.Thread(target=lambda: requests.post(
+            s.url + "/v2/models/spin/infer", json=infer_body(torch.full((1, 2), 400.0))))
+        slow.start()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        for _ in range(10):
+            assert requests.post(s.url + "/v2/models/m/infer", json=infer_body(torch.zeros(1, 4))).status_code == 200
+        quick = time.monotonic() - t0
+        slow.join()
+        total = time.monotonic() - t0
+        assert quick < total / 2, (quick, total)
 
 
 def infer_version(server):
