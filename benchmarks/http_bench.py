@@ -5,7 +5,12 @@ side by side in one run, each load run repeated and the medians reported.
 
 Load comes from wrk (a separate process): requests per second and p99 latency at 32 concurrent
 connections. Server overhead is wrk's median round trip over one connection minus the model's
-median compute time for the same input, measured in process."""
+median compute time for the same input, measured in process.
+
+The single-connection round trips are measured twice. Unpinned, client and server usually sit on
+different cores, and each round trip then pays for waking the client's sleeping core, which on a
+virtual machine can cost more than the server's whole work. Pinned ("same core"), wrk and every
+server thread share one core for that run, which leaves the server's own cost."""
 from __future__ import annotations
 
 import argparse
@@ -55,9 +60,15 @@ def parse_duration(text: str) -> float:
     return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
 
 
-def wrk(url: str, body_file: Optional[str], connections: int, seconds: int) -> dict:
+def pin(pid: int, cpus: str) -> None:
+    """Sets the CPU affinity of every thread of process `pid`."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, capture_output=True)
+
+
+def wrk(url: str, body_file: Optional[str], connections: int, seconds: int, cpu: Optional[int] = None) -> dict:
     script = ["-s", body_file] if body_file else []
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *script, url],
+    prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    out = subprocess.run([*prefix, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *script, url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = {q: parse_duration(re.search(rf"\s{q}%\s+(\S+)", out).group(1)) for q in ("50", "99")}
@@ -129,11 +140,22 @@ def main() -> None:
         results = {name: [] for name in servers}
         single = {name: [] for name in servers}
         empty = {name: [] for name in servers}  # GET /v2/health/ready: the HTTP floor, no model
+        pinned = {name: [] for name in servers}
+        pinned_empty = {name: [] for name in servers}
+        short = max(2, args.seconds // 2)
+        all_cpus = f"0-{os.cpu_count() - 1}"
+        core = os.cpu_count() - 1
         for _ in range(args.runs):
             for name, (proc, url) in servers.items():
                 results[name].append(wrk(url + "/v2/models/mlp/infer", body_file, args.connections, args.seconds))
-                single[name].append(wrk(url + "/v2/models/mlp/infer", body_file, 1, max(2, args.seconds // 2)))
-                empty[name].append(wrk(url + "/v2/health/ready", None, 1, max(2, args.seconds // 2)))
+                single[name].append(wrk(url + "/v2/models/mlp/infer", body_file, 1, short))
+                empty[name].append(wrk(url + "/v2/health/ready", None, 1, short))
+                pin(proc.pid, str(core))
+                try:
+                    pinned[name].append(wrk(url + "/v2/models/mlp/infer", body_file, 1, short, cpu=core))
+                    pinned_empty[name].append(wrk(url + "/v2/health/ready", None, 1, short, cpu=core))
+                finally:
+                    pin(proc.pid, all_cpus)
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -143,14 +165,18 @@ def main() -> None:
 
     med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
     print(f"model: MLP 64-128-10, one row; median compute in process {compute * 1e6:.1f} us")
-    print(f"{'server':<10}{'req/s @' + str(args.connections):>14}{'p50 ms':>10}{'p99 ms':>10}"
-          f"{'1-conn p50 us':>16}{'overhead us':>14}{'empty GET us':>14}{'errors':>8}")
+    print(f"{'server':<10}{'req/s @' + str(args.connections):>14}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for name in servers:
-        rt = med(single[name], "p50")
-        errs = sum(x["non2xx"] for x in results[name] + single[name])
+        errs = sum(x["non2xx"] for x in results[name] + single[name] + pinned[name])
         print(f"{name:<10}{med(results[name], 'rps'):>14.0f}{med(results[name], 'p50') * 1e3:>10.2f}"
-              f"{med(results[name], 'p99') * 1e3:>10.2f}{rt * 1e6:>16.1f}{(rt - compute) * 1e6:>14.1f}"
-              f"{med(empty[name], 'p50') * 1e6:>14.1f}{errs:>8}")
+              f"{med(results[name], 'p99') * 1e3:>10.2f}{errs:>8}")
+    print("one connection, median round trip and overhead (round trip - compute), us:")
+    print(f"{'server':<10}{'unpinned RTT':>14}{'overhead':>10}{'empty GET':>11}"
+          f"{'same-core RTT':>15}{'overhead':>10}{'empty GET':>11}")
+    for name in servers:
+        rt, prt = med(single[name], "p50"), med(pinned[name], "p50")
+        print(f"{name:<10}{rt * 1e6:>14.1f}{(rt - compute) * 1e6:>10.1f}{med(empty[name], 'p50') * 1e6:>11.1f}"
+              f"{prt * 1e6:>15.1f}{(prt - compute) * 1e6:>10.1f}{med(pinned_empty[name], 'p50') * 1e6:>11.1f}")
     ratio = med(results["lepton"], "rps") / med(results["fastapi"], "rps")
     print(f"throughput ratio lepton / fastapi: {ratio:.1f}x; p99 lepton {med(results['lepton'], 'p99') * 1e3:.2f} ms "
           f"vs fastapi {med(results['fastapi'], 'p99') * 1e3:.2f} ms")

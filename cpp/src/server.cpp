@@ -5,6 +5,8 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -165,16 +167,19 @@ at::ScalarType ScalarOf(oip::DataType t) {
   return at::kFloat;
 }
 
-at::Tensor ToTensor(const oip::WireTensor& w) {
-  at::Tensor t = at::empty(w.shape, at::TensorOptions().dtype(ScalarOf(w.datatype)));
-  if (!w.data.empty()) std::memcpy(t.data_ptr(), w.data.data(), w.data.size());
-  return t;
+// The decoded bytes become the tensor's storage, without a copy.
+at::Tensor ToTensor(oip::WireTensor&& w) {
+  const auto options = at::TensorOptions().dtype(ScalarOf(w.datatype));
+  if (w.data.empty()) return at::empty(w.shape, options);
+  auto* owner = new std::string(std::move(w.data));
+  return at::from_blob(
+      owner->data(), w.shape, [owner](void*) { delete owner; }, options);
 }
 
 oip::WireTensor FromTensor(std::string name, at::Tensor t) {
   oip::WireTensor w;
   w.name = std::move(name);
-  t = t.detach().to(at::kCPU);
+  if (!t.device().is_cpu()) t = t.to(at::kCPU);
   switch (t.scalar_type()) {
     case at::kBool:
       w.datatype = oip::DataType::kBool;
@@ -224,15 +229,22 @@ json SpecsJson(const std::vector<TensorSpec>& specs) {
   return a;
 }
 
-json PredictionParameters(const Prediction& p) {
-  return {{"lepton_request_id", p.request_id},
-          {"lepton_versions", p.versions},
-          {"lepton_skipped", p.skipped},
-          {"lepton_policy", p.policy},
-          {"lepton_route", p.route},
-          {"lepton_latency_ms", p.latency_s * 1e3},
-          {"lepton_queue_ms", p.queue_s * 1e3},
-          {"lepton_compute_ms", p.compute_s * 1e3}};
+// The response's parameters, written as JSON text straight away: this runs on every request.
+std::string PredictionParameters(const Prediction& p) {
+  auto str = [](const std::string& s) {
+    return json(s).dump(-1, ' ', false, json::error_handler_t::replace);
+  };
+  auto list = [&](const std::vector<std::string>& v) {
+    std::string out = "[";
+    for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + str(v[i]);
+    return out + "]";
+  };
+  return fmt::format(
+      "{{\"lepton_request_id\":{},\"lepton_versions\":{},\"lepton_skipped\":{},"
+      "\"lepton_policy\":{},\"lepton_route\":{},\"lepton_latency_ms\":{},"
+      "\"lepton_queue_ms\":{},\"lepton_compute_ms\":{}}}",
+      str(p.request_id), list(p.versions), list(p.skipped), str(p.policy), str(p.route),
+      p.latency_s * 1e3, p.queue_s * 1e3, p.compute_s * 1e3);
 }
 
 std::string HeaderSafe(std::string s) {
@@ -634,7 +646,7 @@ class Server::Impl {
     oip::InferRequest req = oip::DecodeInferRequest(body);
     Tensors inputs;
     inputs.reserve(req.inputs.size());
-    for (const auto& w : req.inputs) inputs.push_back(ToTensor(w));
+    for (auto& w : req.inputs) inputs.push_back(ToTensor(std::move(w)));
     PredictOptions o;
     if (version) o.context.version = ResolveVersion(model, *version);
     o.context.key = req.key;
@@ -652,7 +664,7 @@ class Server::Impl {
     resp.model = model;
     resp.version = pred.versions.size() == 1 ? pred.versions[0] : JoinVersions(pred.versions);
     resp.id = req.id;
-    resp.parameters = PredictionParameters(pred).dump();
+    resp.parameters = PredictionParameters(pred);
     for (size_t i = 0; i < pred.outputs.size(); ++i) {
       std::string name = i < names.size() ? names[i] : "output_" + std::to_string(i);
       if (!req.outputs.empty() &&
