@@ -37,10 +37,6 @@ using ElementType = simdjson::dom::element_type;
 
 std::string Text(Element x) { return simdjson::minify(x); }
 
-bool IsInteger(Element x) {
-  return x.type() == ElementType::INT64 || x.type() == ElementType::UINT64;
-}
-
 bool IsString(Element x) { return x.type() == ElementType::STRING; }
 
 std::string String(Element x) { return std::string(std::string_view(x)); }
@@ -52,7 +48,6 @@ struct At {
   std::string str() const { return tensor + " element " + std::to_string(index); }
 };
 std::string operator+(const At& at, const char* s) { return at.str() + s; }
-std::string operator+(const At& at, const std::string& s) { return at.str() + s; }
 
 template <typename T>
 void AppendInteger(std::string& out, Element x, const At& where) {
