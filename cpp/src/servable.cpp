@@ -158,6 +158,8 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
           Who() + " is not a loadable TorchScript module: " + std::string(e.what()).substr(0, 400));
     }
     module_.eval();
+    // Looked up once here, not by name on every request.
+    if (auto m = module_.find_method("forward")) forward_.emplace(std::move(*m));
     for (const auto& p : module_.parameters()) weight_bytes_ += p.numel() * p.element_size();
     for (const auto& b : module_.buffers()) weight_bytes_ += b.numel() * b.element_size();
   }
@@ -244,7 +246,8 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     c10::InferenceMode guard;
     std::vector<c10::IValue> args(inputs.begin(), inputs.end());
     try {
-      return ToTensors(module_.forward(std::move(args)), Who());
+      return ToTensors(forward_ ? (*forward_)(std::move(args)) : module_.forward(std::move(args)),
+                       Who());
     } catch (const Error&) {
       throw;
     } catch (const c10::Error& e) {
@@ -591,6 +594,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   const ServableOptions options_;
   std::vector<at::ScalarType> input_types_;  // the signature's input dtypes, resolved once
   torch::jit::Module module_;
+  std::optional<torch::jit::Method> forward_;
   int64_t weight_bytes_ = 0;
 
   mutable std::mutex mu_;

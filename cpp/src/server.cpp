@@ -331,6 +331,16 @@ class Server::Impl {
     d->Close();
   }
 
+  // The deployment alone, without copying the model's configuration: for every request.
+  std::shared_ptr<Deployment> FindDeployment(const std::string& name) const {
+    {
+      std::shared_lock<std::shared_mutex> r(models_mu_);
+      auto it = models_.find(name);
+      if (it != models_.end()) return it->second.deployment;
+    }
+    return Find(name).deployment;
+  }
+
   Entry Find(const std::string& name) const {
     std::shared_lock<std::shared_mutex> r(models_mu_);
     auto it = models_.find(name);
@@ -642,7 +652,7 @@ class Server::Impl {
 
   Reply Infer(const std::string& model, const std::optional<std::string>& version,
               const std::string& body, const Headers& headers) {
-    const Entry e = Find(model);
+    const std::shared_ptr<Deployment> deployment = FindDeployment(model);
     oip::InferRequest req = oip::DecodeInferRequest(body);
     Tensors inputs;
     inputs.reserve(req.inputs.size());
@@ -657,7 +667,7 @@ class Server::Impl {
     o.timeout_s = req.timeout_s;
     if (!o.timeout_s && options_.request_timeout_s > 0) o.timeout_s = options_.request_timeout_s;
     o.priority = req.priority;
-    Prediction pred = e.deployment->Predict(inputs, o);
+    Prediction pred = deployment->Predict(inputs, o);
     // Output names: the signature's when it has them, else output_0, output_1, ...
     const std::vector<std::string> names = OutputNames(model, pred.versions.front());
     oip::InferResponse resp;
