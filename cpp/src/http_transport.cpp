@@ -279,8 +279,9 @@ class Transport::Impl {
       if (since == 0 || now - since < Ns(options_.stall_s)) continue;
       if (loop->busy.load() <= loop->helpers.load()) continue;  // a helper is free to run it
       {
+        // The accept thread is not one of the `max_threads` serving threads.
         std::lock_guard<std::mutex> lk(threads_mu_);
-        if (threads_ >= options_.max_threads + 2) continue;
+        if (threads_ - 1 >= options_.max_threads) continue;
       }
       loop->helpers.fetch_add(1);
       Loop* l = loop.get();
@@ -554,13 +555,13 @@ void Transport::Impl::CloseIdleSessions() {
 
 void Transport::Impl::Sweep() {
   std::unique_lock<std::mutex> lk(sweep_mu_);
-  int tick = 0;
+  int64_t deadlines_checked = 0;
   while (!sweep_stop_) {
     sweep_cv_.wait_for(lk, std::chrono::duration<double>(options_.stall_s / 2));
     const int64_t now = NowNs();
     Unstall(now);
-    if (++tick * options_.stall_s < 0.05) continue;  // deadlines are checked every 50 ms or so
-    tick = 0;
+    if (now - deadlines_checked < Ns(0.05)) continue;  // deadlines: every 50 ms
+    deadlines_checked = now;
     std::lock_guard<std::mutex> s(sessions_mu_);
     for (Session* session : sessions_) session->ShutDownIfExpired(now);
   }

@@ -145,24 +145,17 @@ void OnlyFields(const json& j, std::initializer_list<const char*> known) {
 
 // --- tensors on the wire ---
 
+// The protocol's datatypes and the tensor types that carry them, one table for both directions.
+constexpr std::pair<oip::DataType, at::ScalarType> kWireTypes[] = {
+    {oip::DataType::kBool, at::kBool},   {oip::DataType::kUInt8, at::kByte},
+    {oip::DataType::kInt8, at::kChar},   {oip::DataType::kInt16, at::kShort},
+    {oip::DataType::kInt32, at::kInt},   {oip::DataType::kInt64, at::kLong},
+    {oip::DataType::kFp32, at::kFloat},  {oip::DataType::kFp64, at::kDouble},
+};
+
 at::ScalarType ScalarOf(oip::DataType t) {
-  switch (t) {
-    case oip::DataType::kBool:
-      return at::kBool;
-    case oip::DataType::kUInt8:
-      return at::kByte;
-    case oip::DataType::kInt8:
-      return at::kChar;
-    case oip::DataType::kInt16:
-      return at::kShort;
-    case oip::DataType::kInt32:
-      return at::kInt;
-    case oip::DataType::kInt64:
-      return at::kLong;
-    case oip::DataType::kFp32:
-      return at::kFloat;
-    case oip::DataType::kFp64:
-      return at::kDouble;
+  for (const auto& [wire, scalar] : kWireTypes) {
+    if (wire == t) return scalar;
   }
   return at::kFloat;
 }
@@ -180,31 +173,14 @@ oip::WireTensor FromTensor(std::string name, at::Tensor t) {
   oip::WireTensor w;
   w.name = std::move(name);
   if (!t.device().is_cpu()) t = t.to(at::kCPU);
-  switch (t.scalar_type()) {
-    case at::kBool:
-      w.datatype = oip::DataType::kBool;
-      break;
-    case at::kByte:
-      w.datatype = oip::DataType::kUInt8;
-      break;
-    case at::kChar:
-      w.datatype = oip::DataType::kInt8;
-      break;
-    case at::kShort:
-      w.datatype = oip::DataType::kInt16;
-      break;
-    case at::kInt:
-      w.datatype = oip::DataType::kInt32;
-      break;
-    case at::kLong:
-      w.datatype = oip::DataType::kInt64;
-      break;
-    case at::kDouble:
-      w.datatype = oip::DataType::kFp64;
-      break;
-    default:
-      w.datatype = oip::DataType::kFp32;
-      t = t.to(at::kFloat);
+  // Types the protocol lacks (half, bfloat16, ...) are sent as FP32.
+  const auto it = std::find_if(std::begin(kWireTypes), std::end(kWireTypes),
+                               [&](const auto& p) { return p.second == t.scalar_type(); });
+  if (it == std::end(kWireTypes)) {
+    w.datatype = oip::DataType::kFp32;
+    t = t.to(at::kFloat);
+  } else {
+    w.datatype = it->first;
   }
   t = t.contiguous();
   w.shape = t.sizes().vec();
@@ -261,6 +237,13 @@ class Server::Impl {
   Impl(std::shared_ptr<Registry> registry, ServerOptions options)
       : registry_(std::move(registry)), options_(std::move(options)) {
     if (!registry_) throw InvalidArgument("a server needs a registry");
+    if (options_.io_threads < 1) {
+      throw InvalidArgument("io_threads must be at least 1, got " +
+                            std::to_string(options_.io_threads));
+    }
+    if (!(options_.busy_poll_s >= 0)) {
+      throw InvalidArgument("the busy-poll time (busy_poll_us) must not be negative");
+    }
     if (options_.port < 0 || options_.port > 65535) {
       throw InvalidArgument("port must be in [0, 65535]");
     }

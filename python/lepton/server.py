@@ -146,10 +146,6 @@ def serve(
     connections, each polling ``busy_poll_us`` microseconds after its last request before it
     sleeps (0: never polls); ``http_threads`` bounds the threads in all, helpers of loops that a
     slow model blocks included."""
-    if int(io_threads) < 1:
-        raise InvalidArgument(f"io_threads must be at least 1, got {io_threads}")
-    if not float(busy_poll_us) >= 0:
-        raise InvalidArgument(f"busy_poll_us must be a non-negative number, got {busy_poll_us}")
     if registry is None or isinstance(registry, (str, os.PathLike)):
         registry = Registry(registry)
     if not isinstance(registry, Registry):

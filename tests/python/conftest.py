@@ -11,6 +11,18 @@ import lepton
 torch.manual_seed(0)
 
 
+def wait_for(condition, timeout=10.0):
+    """Polls `condition` until it holds (returns True) or `timeout` seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    if condition():
+        return True
+    raise AssertionError("condition not reached")
+
+
 class AddN(torch.nn.Module):
     def __init__(self, n: float):
         super().__init__()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lepton
-from conftest import AddN
+from conftest import AddN, wait_for
 
 
 class FailsOnLargeInput(torch.nn.Module):
@@ -30,15 +30,6 @@ def reg(registry):
 
 def answered_by(pred):
     return {1.0: "v1", 2.0: "v2", 3.0: "v3"}[float(pred.output[0, 0])]
-
-
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 # --- weighting math ---

@@ -15,7 +15,7 @@ import requests
 import torch
 
 import lepton
-from conftest import AddN, FailsOnNegative, Spin
+from conftest import AddN, FailsOnNegative, Spin, wait_for
 
 TOKEN = "s3cret-token"
 
@@ -452,15 +452,6 @@ def test_a_slow_model_does_not_hold_up_its_event_loop(reg):
 
 def infer_version(server):
     return requests.post(server.url + "/v2/models/m/infer", json=infer_body(torch.zeros(1, 4))).json()["model_version"]
-
-
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 def test_listen_backlog_takes_many_simultaneous_connections(server):
