@@ -392,71 +392,103 @@ class Deployment::Impl {
     Wake();
   }
 
-  // Runs the members in waves on the deployment's TBB arena so that every core works: whole
-  // waves of `cores` members, then the remaining members with their batches split by rows over
-  // the spare cores. Every forward keeps one intra-op thread: OpenMP teams for the last wave would
-  // spin into the next request's cores.
-  void RunInWaves(const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
-                  std::vector<RunResult>& results, std::vector<std::exception_ptr>& errors) {
-    const size_t cores = static_cast<size_t>(options_.threads);
-    const size_t whole = members.size() - members.size() % cores;
-    const size_t rest = members.size() - whole;
-    const int64_t rows = inputs[0].size(0);
-    const int64_t chunks = rest ? std::min<int64_t>(rows, static_cast<int64_t>(cores / rest)) : 1;
-    // Tasks: one per member of the whole waves, then `chunks` per remaining member.
-    const size_t tasks = whole + rest * static_cast<size_t>(chunks);
-    std::vector<Tensors> parts(rest * chunks);
-    std::vector<std::exception_ptr> part_errors(rest * chunks);
-    std::vector<double> part_compute(rest * chunks, 0);
-    auto run_task = [&](size_t task) {
-      if (task < whole) {
-        try {
-          results[task] = members[task]->RunHere(inputs, 1);
-        } catch (...) {
-          errors[task] = std::current_exception();
-        }
-        return;
+  // The rows every input shares along dim 0, or -1 when they share none (no inputs, a scalar,
+  // or first dimensions that disagree): such a request cannot be split by rows.
+  static int64_t SharedRows(const Tensors& inputs) {
+    if (inputs.empty()) return -1;
+    for (const auto& t : inputs) {
+      if (t.dim() == 0 || t.size(0) != inputs[0].size(0)) return -1;
+    }
+    return inputs[0].size(0);
+  }
+
+  // Whether a balanced ensemble spreads its members over the deployment's cores (RunSpread)
+  // rather than running each whole on its own version's threads.
+  bool SpreadsMembers(const Route& route, const RunOptions& run, size_t members,
+                      int64_t rows) const {
+    const int64_t cores = options_.threads;
+    return route.balance && !run.deadline && cores > 1 && rows > 0 &&
+           members % static_cast<size_t>(cores) != 0;
+  }
+
+  // Runs the members on the deployment's TBB arena so that every core works: one member per core
+  // while whole rounds last, then the remaining members with their batches split by rows over
+  // the cores. The pieces form one ordered list that each core takes from as it comes free.
+  // Every forward keeps one intra-op thread: OpenMP teams would spin into the next piece's
+  // cores. A member whose outputs do not follow the batch dimension is run again whole.
+  void RunSpread(const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
+                 std::vector<RunResult>& results, std::vector<std::exception_ptr>& errors) {
+    const int64_t cores = options_.threads;
+    const int64_t rows = SharedRows(inputs);
+    const size_t whole = members.size() - members.size() % static_cast<size_t>(cores);
+    const int64_t rest = static_cast<int64_t>(members.size() - whole);
+    const int64_t chunks = std::max<int64_t>(1, std::min(rows, cores / rest));
+    struct Piece {
+      Piece(size_t m, int64_t b, int64_t e) : member(m), begin(b), end(e) {}
+      size_t member;
+      int64_t begin, end;  // rows; whole members have end < 0
+      Tensors outputs;
+      std::exception_ptr error;
+      double compute_s = 0;
+    };
+    std::vector<Piece> pieces;
+    for (size_t m = 0; m < whole; ++m) pieces.emplace_back(m, 0, -1);
+    for (size_t m = whole; m < members.size(); ++m) {
+      for (int64_t c = 0; c < chunks; ++c) {
+        pieces.emplace_back(m, rows * c / chunks, rows * (c + 1) / chunks);
       }
-      const size_t k = task - whole;
-      const size_t member = whole + k / chunks;
-      const int64_t chunk = static_cast<int64_t>(k % chunks);
-      const int64_t begin = rows * chunk / chunks, end = rows * (chunk + 1) / chunks;
-      Tensors slice;
-      for (const auto& t : inputs) slice.push_back(t.narrow(0, begin, end - begin));
-      try {
-        RunResult r = members[member]->RunHere(slice, 1);
-        parts[k] = std::move(r.outputs);
-        part_compute[k] = r.compute_s;
-      } catch (...) {
-        part_errors[k] = std::current_exception();
+    }
+    std::atomic<size_t> next{0};
+    auto work = [&](int64_t) {
+      for (size_t i; (i = next.fetch_add(1)) < pieces.size();) {
+        Piece& piece = pieces[i];
+        if (piece.end < 0) {
+          try {
+            results[piece.member] = members[piece.member]->RunHere(inputs, 1);
+          } catch (...) {
+            errors[piece.member] = std::current_exception();
+          }
+          continue;
+        }
+        try {
+          Tensors slice;
+          for (const auto& t : inputs)
+            slice.push_back(t.narrow(0, piece.begin, piece.end - piece.begin));
+          RunResult r = members[piece.member]->RunHere(slice, 1);
+          piece.outputs = std::move(r.outputs);
+          piece.compute_s = r.compute_s;
+        } catch (...) {
+          piece.error = std::current_exception();
+        }
       }
     };
-    ensemble_arena_->execute([&] {
-      for (size_t begin = 0; begin < whole; begin += cores) {
-        tbb::parallel_for(begin, begin + cores, size_t{1}, run_task);
+    ensemble_arena_->execute([&] { tbb::parallel_for(int64_t{0}, cores, int64_t{1}, work); });
+    for (size_t m = whole; m < members.size(); ++m) {
+      const auto first = pieces.begin() + static_cast<std::ptrdiff_t>(whole + (m - whole) * chunks);
+      const auto last = first + chunks;
+      for (auto it = first; it != last && !errors[m]; ++it) errors[m] = it->error;
+      if (errors[m]) continue;
+      bool follows = true;
+      for (auto it = first; it != last; ++it) {
+        follows &= it->outputs.size() == first->outputs.size();
+        for (const auto& o : it->outputs)
+          follows &= o.dim() > 0 && o.size(0) == it->end - it->begin;
       }
-      tbb::parallel_for(whole, tasks, size_t{1}, run_task);
-    });
-    for (size_t r = 0; r < rest; ++r) {
-      const size_t member = whole + r;
-      for (int64_t c = 0; c < chunks && !errors[member]; ++c)
-        errors[member] = part_errors[r * chunks + c];
-      if (errors[member]) continue;
-      try {
-        for (size_t o = 0; o < parts[r * chunks].size(); ++o) {
-          std::vector<at::Tensor> pieces;
-          for (int64_t c = 0; c < chunks; ++c) pieces.push_back(parts[r * chunks + c][o]);
-          results[member].outputs.push_back(chunks == 1 ? pieces[0] : at::cat(pieces, 0));
+      if (!follows) {
+        // The outputs are not per row (a pooled or scalar output): this member runs whole.
+        try {
+          results[m] = members[m]->RunHere(inputs, 1);
+        } catch (...) {
+          errors[m] = std::current_exception();
         }
-        for (int64_t c = 0; c < chunks; ++c)
-          results[member].compute_s += part_compute[r * chunks + c];
-      } catch (const std::exception& e) {
-        errors[member] =
-            std::make_exception_ptr(ModelError("version '" + members[member]->version() +
-                                               "' gave outputs that do not follow the "
-                                               "batch dimension, so its rows cannot be split: " +
-                                               e.what() + " (use Ensemble(..., balance=False))"));
+        continue;
       }
+      for (size_t o = 0; o < first->outputs.size(); ++o) {
+        std::vector<at::Tensor> parts;
+        for (auto it = first; it != last; ++it) parts.push_back(it->outputs[o]);
+        results[m].outputs.push_back(chunks == 1 ? parts[0] : at::cat(parts, 0));
+      }
+      for (auto it = first; it != last; ++it) results[m].compute_s += it->compute_s;
     }
   }
 
@@ -465,11 +497,10 @@ class Deployment::Impl {
     std::vector<std::shared_ptr<Servable>> members;
     for (const auto& t : route.targets) members.push_back(Lookup(st, t.version));
     for (const auto& m : members) m->CheckInputs(inputs);
-    const size_t cores = static_cast<size_t>(options_.threads);
-    if (route.balance && !run.deadline && cores > 1 && members.size() % cores != 0) {
+    if (SpreadsMembers(route, run, members.size(), SharedRows(inputs))) {
       std::vector<RunResult> results(members.size());
       std::vector<std::exception_ptr> errors(members.size());
-      RunInWaves(members, inputs, results, errors);
+      RunSpread(members, inputs, results, errors);
       CombineMembers(route, st, members, results, errors, p);
       return;
     }

@@ -40,7 +40,8 @@ class Ensemble(_Policy):
     ``balance``: when the members do not divide evenly over the cores (three on two), they run
     in waves so that no core idles: one member per core while whole waves last, then the
     remaining members with their batches split by rows over the spare cores (rows must be
-    independent, as dynamic batching also assumes). Requests with a timeout run each member whole
+    independent, as dynamic batching also assumes; a member whose outputs do not follow the
+    batch dimension runs whole). Requests with a timeout run each member whole
     on its own version's threads instead, so that the deadline can cut them off.
     """
 

@@ -113,6 +113,37 @@ TEST_F(DeploymentTest, EnsembleVotesOnClassLabels) {
   EXPECT_TRUE(p.outputs[0].equal(torch::full({4}, 1, torch::kLong)));
 }
 
+TEST_F(DeploymentTest, BalancedEnsembleRunsWholeWhatRowsCannotSplit) {
+  std::vector<std::pair<std::string, std::string>> files;
+  TempDir files_dir;
+  // Three members on two cores: the third is split by rows unless its outputs are not per row,
+  // as these column sums are.
+  const char* sources[] = {
+      "def forward(self, x):\n  return x.sum(0) * 2.0\n",
+      "def forward(self, x):\n  return x.sum(0) + 1.0\n",
+      "def forward(self, x):\n  return x.sum(0)\n",
+  };
+  for (int i = 0; i < 3; ++i) {
+    torch::jit::Module m("P");
+    m.define(sources[i]);
+    const std::string path = files_dir / ("p" + std::to_string(i) + ".pt");
+    m.save(path);
+    files.emplace_back("p" + std::to_string(i), path);
+  }
+  Deployment d("pooled", files, Opts());
+  for (bool balance : {true, false}) {
+    d.SetPolicy(std::make_shared<EnsemblePolicy>(std::vector<std::string>{"p0", "p1", "p2"},
+                                                 std::vector<double>{1, 1, 1}, Combine::kAuto,
+                                                 OnError::kFail, balance));
+    const torch::Tensor x = torch::arange(12, torch::kFloat).reshape({6, 2});
+    const torch::Tensor sum = x.sum(0);
+    Prediction p = d.Predict({x});
+    EXPECT_TRUE(torch::allclose(p.outputs[0], (sum * 2 + (sum + 1) + sum) / 3))
+        << "balance=" << balance << ": " << p.outputs[0];
+    EXPECT_THROW(d.Predict({torch::tensor(3.0f)}), InvalidArgument);
+  }
+}
+
 TEST_F(DeploymentTest, EnsembleSkipsOrFailsOnAMemberError) {
   RegisterOptions r;
   r.version = "bad";
@@ -130,6 +161,16 @@ TEST_F(DeploymentTest, EnsembleSkipsOrFailsOnAMemberError) {
                                                std::vector<double>{1, 1, 2}));
   EXPECT_THROW(d.Predict({x}), ModelError);
   EXPECT_NO_THROW(d.Predict({torch::ones({1})}));
+  // The failing member first, where it runs whole on a core of its own, and last, split by
+  // rows with one failing half: skipped alike.
+  for (auto order : {std::vector<std::string>{"bad", "v1", "v2"},
+                     std::vector<std::string>{"v1", "v2", "bad"}}) {
+    d.SetPolicy(std::make_shared<EnsemblePolicy>(order, std::vector<double>{1, 1, 1},
+                                                 Combine::kAuto, OnError::kSkip));
+    Prediction q = d.Predict({torch::tensor({1.0f, -1.0f})});
+    EXPECT_EQ(q.skipped, std::vector<std::string>{"bad"});
+    EXPECT_EQ(q.versions, (std::vector<std::string>{"v1", "v2"}));
+  }
 }
 
 TEST_F(DeploymentTest, CustomCombiner) {
