@@ -7,10 +7,12 @@ Load comes from wrk (a separate process): requests per second and p99 latency at
 connections. Server overhead is wrk's median round trip over one connection minus the model's
 median compute time for the same input, measured in process.
 
-The single-connection round trips are measured twice. Unpinned, client and server usually sit on
-different cores, and each round trip then pays for waking the client's sleeping core, which on a
-virtual machine can cost more than the server's whole work. Pinned ("same core"), wrk and every
-server thread share one core for that run, which leaves the server's own cost."""
+The single-connection round trips are measured three ways. Unpinned, client and server usually
+sit on different cores, and each of wrk's round trips then pays for waking wrk's sleeping core,
+which on a virtual machine can cost more than the server's whole work. Pinned ("same core"), wrk
+and every server thread share one core for that run. Spinning, http_pingpong (built with the
+benchmarks, build/cmake/benchmarks/) sends one request at a time and polls its socket instead of
+sleeping, so its round trip leaves out the client's own wake-up: that is the server overhead."""
 from __future__ import annotations
 
 import argparse
@@ -78,6 +80,22 @@ def wrk(url: str, body_file: Optional[str], connections: int, seconds: int, cpu:
             "socket_errors": errors.group(1) if errors else ""}
 
 
+def pingpong_binary() -> Optional[str]:
+    root = os.path.dirname(HERE)
+    for build in ("build/cmake", "build/dev"):
+        path = os.path.join(root, build, "benchmarks", "http_pingpong")
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def pingpong(binary: str, port: int, target: str, body_path: Optional[str], seconds: int) -> dict:
+    """One connection, one request at a time, the client spinning on its socket."""
+    out = subprocess.run([binary, "127.0.0.1", str(port), target, str(seconds), *([body_path] if body_path else [])],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -97,6 +115,9 @@ def main() -> None:
     reg.register("mlp", model_path, version="v1", example_inputs=example)
 
     body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": example.flatten().tolist()}]}
+    body_path = os.path.join(work, "body.json")
+    with open(body_path, "w") as f:
+        json.dump(body, f)
     body_file = os.path.join(work, "post.lua")
     with open(body_file, "w") as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
@@ -142,6 +163,10 @@ def main() -> None:
         empty = {name: [] for name in servers}  # GET /v2/health/ready: the HTTP floor, no model
         pinned = {name: [] for name in servers}
         pinned_empty = {name: [] for name in servers}
+        spin = {name: [] for name in servers}
+        spin_empty = {name: [] for name in servers}
+        ping = pingpong_binary()
+        ports = {"lepton": lp, "fastapi": fp}
         short = max(2, args.seconds // 2)
         all_cpus = f"0-{os.cpu_count() - 1}"
         core = os.cpu_count() - 1
@@ -156,6 +181,9 @@ def main() -> None:
                     pinned_empty[name].append(wrk(url + "/v2/health/ready", None, 1, short, cpu=core))
                 finally:
                     pin(proc.pid, all_cpus)
+                if ping:
+                    spin[name].append(pingpong(ping, ports[name], "/v2/models/mlp/infer", body_path, short))
+                    spin_empty[name].append(pingpong(ping, ports[name], "/v2/health/ready", None, short))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -167,7 +195,7 @@ def main() -> None:
     print(f"model: MLP 64-128-10, one row; median compute in process {compute * 1e6:.1f} us")
     print(f"{'server':<10}{'req/s @' + str(args.connections):>14}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for name in servers:
-        errs = sum(x["non2xx"] for x in results[name] + single[name] + pinned[name])
+        errs = sum(x["non2xx"] for x in results[name] + single[name] + pinned[name] + spin[name])
         print(f"{name:<10}{med(results[name], 'rps'):>14.0f}{med(results[name], 'p50') * 1e3:>10.2f}"
               f"{med(results[name], 'p99') * 1e3:>10.2f}{errs:>8}")
     print("one connection, median round trip and overhead (round trip - compute), us:")
@@ -177,6 +205,15 @@ def main() -> None:
         rt, prt = med(single[name], "p50"), med(pinned[name], "p50")
         print(f"{name:<10}{rt * 1e6:>14.1f}{(rt - compute) * 1e6:>10.1f}{med(empty[name], 'p50') * 1e6:>11.1f}"
               f"{prt * 1e6:>15.1f}{(prt - compute) * 1e6:>10.1f}{med(pinned_empty[name], 'p50') * 1e6:>11.1f}")
+    if ping:
+        print("one connection, client spinning on its socket (http_pingpong), us:")
+        print(f"{'server':<10}{'RTT p50':>14}{'overhead':>10}{'RTT p99':>10}{'empty GET':>11}")
+        for name in servers:
+            rt = med(spin[name], "p50")
+            print(f"{name:<10}{rt * 1e6:>14.1f}{(rt - compute) * 1e6:>10.1f}{med(spin[name], 'p99') * 1e6:>10.1f}"
+                  f"{med(spin_empty[name], 'p50') * 1e6:>11.1f}")
+    else:
+        print("http_pingpong is not built (scripts/bootstrap builds it): no spinning-client figures")
     ratio = med(results["lepton"], "rps") / med(results["fastapi"], "rps")
     print(f"throughput ratio lepton / fastapi: {ratio:.1f}x; p99 lepton {med(results['lepton'], 'p99') * 1e3:.2f} ms "
           f"vs fastapi {med(results['fastapi'], 'p99') * 1e3:.2f} ms")
