@@ -101,12 +101,21 @@ def bench_ensemble(reg, runs):
     for m in models:
         single_thread(m)
     d.predict(x)
+    def in_turn():  # one thread, the versions one after another: a whole ensemble's working set
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                return timed(lambda: [m(x) for m in models], calls)
+        finally:
+            torch.set_num_threads(saved)
+
     rounds = [([single_thread(m) for m in models], timed(lambda: d.predict(x), calls),
-               concurrency_ceiling(models[:CORES], x)) for _ in range(runs)]
+               concurrency_ceiling(models[:CORES], x), in_turn()) for _ in range(runs)]
     single = [statistics.median(r[0][i] for r in rounds) for i in range(3)]
     ensemble = statistics.median(r[1] for r in rounds)
     efficiency = statistics.median(sum(r[0]) / (CORES * r[1]) for r in rounds)
     ceiling = statistics.median(r[2] for r in rounds)
+    cache_cost = statistics.median(r[3] / sum(r[0]) for r in rounds)
 
     def plain():
         with torch.inference_mode():
@@ -123,8 +132,10 @@ def bench_ensemble(reg, runs):
     print(f"ensemble  single-thread latency per version: {', '.join(f'{s * 1e3:.2f}' for s in single)} ms")
     print(f"ensemble  lepton 3-version ensemble: {ensemble * 1e3:.2f} ms; "
           f"parallel efficiency {efficiency:.2f} on {CORES} cores (goal >= 0.9)")
-    print(f"ensemble  ceiling: {CORES} threads each looping over its own version's forward reach "
-          f"{ceiling:.2f} of {CORES}x one thread's rate (no arrangement can do better here)")
+    print(f"ensemble  limits of this machine: {CORES} threads each looping over its own version reach "
+          f"{ceiling:.2f} of {CORES}x one thread's rate; one thread running the versions in turn takes "
+          f"{cache_cost:.2f}x the sum of their single-thread latencies (each measured repeatedly, with "
+          f"its weights in cache); together an efficiency of at most {ceiling / cache_cost:.2f}")
     print(f"ensemble  plain Python loop: {plain_by_threads[saved] * 1e3:.2f} ms at torch's default "
           f"{saved} thread(s) ({plain_by_threads[saved] / ensemble:.2f}x lepton's time), "
           f"{plain_by_threads[best_threads] * 1e3:.2f} ms at its best, {best_threads} thread(s) "
