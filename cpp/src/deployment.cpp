@@ -415,7 +415,8 @@ class Deployment::Impl {
   // while whole rounds last, then the remaining members with their batches split by rows over
   // the cores. The pieces form one ordered list that each core takes from as it comes free.
   // Every forward keeps one intra-op thread: OpenMP teams would spin into the next piece's
-  // cores. A member whose outputs do not follow the batch dimension is run again whole.
+  // cores. A member whose outputs turn out not to follow the batch dimension is run again whole,
+  // and runs whole from then on.
   void RunSpread(const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
                  std::vector<RunResult>& results, std::vector<std::exception_ptr>& errors) {
     const int64_t cores = options_.threads;
@@ -426,56 +427,54 @@ class Deployment::Impl {
     struct Piece {
       Piece(size_t m, int64_t b, int64_t e) : member(m), begin(b), end(e) {}
       size_t member;
-      int64_t begin, end;  // rows; whole members have end < 0
-      Tensors outputs;
+      int64_t begin, end;  // rows
+      RunResult result;
       std::exception_ptr error;
-      double compute_s = 0;
     };
     std::vector<Piece> pieces;
-    for (size_t m = 0; m < whole; ++m) pieces.emplace_back(m, 0, -1);
-    for (size_t m = whole; m < members.size(); ++m) {
-      for (int64_t c = 0; c < chunks; ++c) {
-        pieces.emplace_back(m, rows * c / chunks, rows * (c + 1) / chunks);
-      }
+    std::vector<size_t> first(members.size() + 1);  // member m's pieces: [first[m], first[m + 1])
+    for (size_t m = 0; m < members.size(); ++m) {
+      first[m] = pieces.size();
+      const int64_t n = m < whole || !members[m]->rows_independent() ? 1 : chunks;
+      for (int64_t c = 0; c < n; ++c) pieces.emplace_back(m, rows * c / n, rows * (c + 1) / n);
     }
+    first[members.size()] = pieces.size();
     std::atomic<size_t> next{0};
     auto work = [&](int64_t) {
       for (size_t i; (i = next.fetch_add(1)) < pieces.size();) {
         Piece& piece = pieces[i];
-        if (piece.end < 0) {
-          try {
-            results[piece.member] = members[piece.member]->RunHere(inputs, 1);
-          } catch (...) {
-            errors[piece.member] = std::current_exception();
-          }
-          continue;
-        }
         try {
           Tensors slice;
-          for (const auto& t : inputs)
-            slice.push_back(t.narrow(0, piece.begin, piece.end - piece.begin));
-          RunResult r = members[piece.member]->RunHere(slice, 1);
-          piece.outputs = std::move(r.outputs);
-          piece.compute_s = r.compute_s;
+          for (const auto& t : inputs) {
+            slice.push_back(piece.end - piece.begin == rows
+                                ? t
+                                : t.narrow(0, piece.begin, piece.end - piece.begin));
+          }
+          piece.result = members[piece.member]->RunHere(slice, 1);
         } catch (...) {
           piece.error = std::current_exception();
         }
       }
     };
     ensemble_arena_->execute([&] { tbb::parallel_for(int64_t{0}, cores, int64_t{1}, work); });
-    for (size_t m = whole; m < members.size(); ++m) {
-      const auto first = pieces.begin() + static_cast<std::ptrdiff_t>(whole + (m - whole) * chunks);
-      const auto last = first + chunks;
-      for (auto it = first; it != last && !errors[m]; ++it) errors[m] = it->error;
+    for (size_t m = 0; m < members.size(); ++m) {
+      const auto begin = pieces.begin() + static_cast<std::ptrdiff_t>(first[m]);
+      const auto end = pieces.begin() + static_cast<std::ptrdiff_t>(first[m + 1]);
+      for (auto it = begin; it != end && !errors[m]; ++it) errors[m] = it->error;
       if (errors[m]) continue;
+      if (end - begin == 1) {
+        results[m] = std::move(begin->result);
+        continue;
+      }
       bool follows = true;
-      for (auto it = first; it != last; ++it) {
-        follows &= it->outputs.size() == first->outputs.size();
-        for (const auto& o : it->outputs)
+      for (auto it = begin; it != end; ++it) {
+        follows &= it->result.outputs.size() == begin->result.outputs.size();
+        for (const auto& o : it->result.outputs)
           follows &= o.dim() > 0 && o.size(0) == it->end - it->begin;
       }
       if (!follows) {
         // The outputs are not per row (a pooled or scalar output): this member runs whole.
+        members[m]->MarkRowsDependent();
         try {
           results[m] = members[m]->RunHere(inputs, 1);
         } catch (...) {
@@ -483,12 +482,12 @@ class Deployment::Impl {
         }
         continue;
       }
-      for (size_t o = 0; o < first->outputs.size(); ++o) {
+      for (size_t o = 0; o < begin->result.outputs.size(); ++o) {
         std::vector<at::Tensor> parts;
-        for (auto it = first; it != last; ++it) parts.push_back(it->outputs[o]);
-        results[m].outputs.push_back(chunks == 1 ? parts[0] : at::cat(parts, 0));
+        for (auto it = begin; it != end; ++it) parts.push_back(it->result.outputs[o]);
+        results[m].outputs.push_back(at::cat(parts, 0));
       }
-      for (auto it = first; it != last; ++it) results[m].compute_s += it->compute_s;
+      for (auto it = begin; it != end; ++it) results[m].compute_s += it->result.compute_s;
     }
   }
 

@@ -6,6 +6,7 @@
 #include <torch/script.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -285,7 +286,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
           }
         } else {
           // The outputs do not follow the batch dimension: this model cannot be batched.
-          batchable_ = false;
+          rows_independent_ = false;
           for (const auto& t : batch) t->result.outputs = Forward(t->inputs);
         }
       }
@@ -394,7 +395,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     // need Python's GIL) are released only after the mutex is.
     std::vector<std::shared_ptr<Ticket>> batch;
     std::unique_lock<std::mutex> lk(mu_);
-    const bool batching = options_.max_batch_size > 1 && batchable_;
+    const bool batching = options_.max_batch_size > 1 && rows_independent_;
     if (batching && options_.max_queue_delay_s > 0) {
       const auto delay = std::chrono::duration_cast<Clock::duration>(
           std::chrono::duration<double>(options_.max_queue_delay_s));
@@ -609,7 +610,8 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   uint64_t next_seq_ = 0;
   bool collecting_ = false;
   int in_flight_ = 0;
-  bool batchable_ = true;
+  // Cleared by whichever thread ran the batch or the split that showed otherwise.
+  std::atomic<bool> rows_independent_{true};
   int64_t requests_ = 0, succeeded_ = 0, failed_ = 0, timed_out_ = 0, rejected_ = 0;
   int64_t batches_ = 0, batched_rows_ = 0;
   double busy_s_ = 0;
@@ -664,6 +666,8 @@ RunResult Servable::Run(const Tensors& inputs, const RunOptions& options) {
 RunResult Servable::RunHere(const Tensors& inputs, int intra_op_threads) {
   return impl_->RunHere(inputs, intra_op_threads);
 }
+bool Servable::rows_independent() const { return impl_->rows_independent_; }
+void Servable::MarkRowsDependent() { impl_->rows_independent_ = false; }
 std::shared_ptr<Servable::Ticket> Servable::Submit(const Tensors& inputs,
                                                    const RunOptions& options) {
   return impl_->Submit(inputs, options);

@@ -99,6 +99,12 @@ class Servable {
   // arena). Counted in the statistics like any other.
   RunResult RunHere(const Tensors& inputs, int intra_op_threads = 0);
 
+  // Whether the model's outputs follow the batch dimension (one output row per input row), so
+  // that requests can be batched together and one request split by rows. True until a batch
+  // or a split shows otherwise, or until MarkRowsDependent.
+  bool rows_independent() const;
+  void MarkRowsDependent();
+
   // Starts one request on the servable's arena and returns at once.
   std::shared_ptr<Ticket> Submit(const Tensors& inputs, const RunOptions& options = {});
   // Waits for a ticket (until its deadline) and returns or throws as Run does.
