@@ -273,7 +273,8 @@ void BindEngine(py::module_& m) {
              out["versions"] = versions;
              return out;
            })
-      .def("feedback", &Deployment::Feedback, arg("request_id"), arg("reward"), Release())
+      .def("feedback", &Deployment::Feedback, arg("request_id"), arg("reward"), arg("source") = "",
+           Release())
       .def("tick_policy", &Deployment::TickPolicy, Release())
       .def("shadows",
            [](const Deployment& d) {

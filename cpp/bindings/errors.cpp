@@ -1,5 +1,7 @@
 #include "lepton/errors.h"
 
+#include <cstring>
+
 #include "bindings.h"
 
 namespace py = pybind11;
@@ -18,6 +20,18 @@ py::object NewError(py::module_& m, const char* name, py::handle base, PyObject*
   py::object cls = py::reinterpret_steal<py::object>(type);
   m.attr(name) = cls;
   return cls;
+}
+
+// A message as str, with any byte that is not UTF-8 replaced rather than the message lost.
+py::object Text(const char* what) {
+  PyObject* text =
+      PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "replace");
+  return py::reinterpret_steal<py::object>(text);
+}
+
+void SetError(const py::object& type, const char* what) {
+  py::object message = Text(what);
+  if (message) PyErr_SetObject(type.ptr(), message.ptr());
 }
 
 }  // namespace
@@ -52,25 +66,30 @@ void BindErrors(py::module_& m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const InvalidArgument& e) {
-      PyErr_SetString(invalid.ptr(), e.what());
+      SetError(invalid, e.what());
     } catch (const NotFound& e) {
-      PyErr_SetString(not_found.ptr(), e.what());
+      SetError(not_found, e.what());
     } catch (const Conflict& e) {
-      PyErr_SetString(conflict.ptr(), e.what());
+      SetError(conflict, e.what());
     } catch (const IntegrityError& e) {
-      PyErr_SetString(integrity.ptr(), e.what());
+      SetError(integrity, e.what());
     } catch (const StorageError& e) {
-      PyErr_SetString(storage.ptr(), e.what());
+      // OSError(errno, message): e.errno is the operating system's code (None when there is none).
+      py::object message = Text(e.what());
+      if (!message) return;
+      py::object args =
+          e.os_errno() ? py::make_tuple(e.os_errno(), message) : py::make_tuple(message);
+      PyErr_SetObject(storage.ptr(), args.ptr());
     } catch (const Overloaded& e) {
-      PyErr_SetString(overloaded.ptr(), e.what());
+      SetError(overloaded, e.what());
     } catch (const Timeout& e) {
-      PyErr_SetString(timeout.ptr(), e.what());
+      SetError(timeout, e.what());
     } catch (const ModelError& e) {
-      PyErr_SetString(model_error.ptr(), e.what());
+      SetError(model_error, e.what());
     } catch (const Unavailable& e) {
-      PyErr_SetString(unavailable.ptr(), e.what());
+      SetError(unavailable, e.what());
     } catch (const Error& e) {
-      PyErr_SetString(base.ptr(), e.what());
+      SetError(base, e.what());
     }
   });
 }

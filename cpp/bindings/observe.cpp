@@ -82,8 +82,8 @@ void BindObserve(py::module_& m) {
                        std::string token, bool token_for_inference, size_t max_body_bytes,
                        double read_timeout_s, int http_threads, double request_timeout_s,
                        bool serve_all, std::vector<ServedModel> models, int threads,
-                       int max_batch_size, double max_queue_delay_s, int max_queue,
-                       int io_threads, double busy_poll_s) {
+                       int max_batch_size, double max_queue_delay_s, int max_queue, int io_threads,
+                       double busy_poll_s) {
              ServerOptions o;
              o.host = std::move(host);
              o.port = port;

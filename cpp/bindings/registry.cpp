@@ -5,6 +5,7 @@
 
 #include "bindings.h"
 #include "lepton/artifact_format.h"
+#include "lepton/process.h"
 
 namespace py = pybind11;
 using py::arg;
@@ -202,7 +203,37 @@ void BindRegistry(py::module_& m) {
           arg("ref"), arg("tags"), arg("metrics"), arg("description"), arg("reason"))
       .def("delete", &Registry::Delete, arg("ref"), arg("force"), arg("reason"), Release())
       .def("gc", &Registry::Gc, arg("keep_latest"), arg("model"), arg("dry_run"), Release())
-      .def("verify", &Registry::Verify, Release());
+      .def("verify", &Registry::Verify, Release())
+      .def_static(
+          "recover",
+          [](const std::string& root, const std::string& model, const std::string& actor) {
+            Registry::Options options;
+            options.actor = actor;
+            options.format = TorchScriptFormat();
+            return Registry::Recover(root, model, std::move(options));
+          },
+          arg("root"), arg("model"), arg("actor") = "", Release());
+
+  py::class_<RecoverReport>(m, "RecoverReport")
+      .def_readonly("moved_aside", &RecoverReport::moved_aside)
+      .def_readonly("recovered", &RecoverReport::recovered)
+      .def_readonly("skipped", &RecoverReport::skipped);
+
+  // Held by Python code while it scripts, traces, saves or loads TorchScript, so that it never
+  // compiles at the same time as another Python thread or a C++ load. Waiting releases the GIL.
+  struct TorchScriptLock {
+    std::unique_lock<std::mutex> lock{TorchScriptMutex(), std::defer_lock};
+  };
+  py::class_<TorchScriptLock>(m, "TorchScriptLock")
+      .def(py::init<>())
+      .def("__enter__",
+           [](TorchScriptLock& l) {
+             py::gil_scoped_release release;
+             l.lock.lock();
+           })
+      .def("__exit__", [](TorchScriptLock& l, py::args) {
+        if (l.lock.owns_lock()) l.lock.unlock();
+      });
 }
 
 }  // namespace lepton::bindings

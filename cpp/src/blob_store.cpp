@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "lepton/errors.h"
+#include "lepton/process.h"
 
 namespace fs = std::filesystem;
 
@@ -25,7 +26,8 @@ constexpr const char* kPartialSuffix = ".partial";
 constexpr const char* kPendingSuffix = ".pending";
 
 [[noreturn]] void ThrowErrno(const std::string& what) {
-  throw StorageError(what + ": " + std::strerror(errno));
+  const int e = errno;
+  throw StorageError(what + ": " + std::strerror(e), e);
 }
 
 struct DigestDeleter {
@@ -88,16 +90,7 @@ void FsyncDir(const std::string& dir) {
   if (rc != 0) ThrowErrno("cannot fsync directory " + dir);
 }
 
-std::string RandomToken() {
-  static thread_local std::mt19937_64 rng(std::random_device{}() ^
-                                          (static_cast<uint64_t>(::getpid()) << 32));
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  uint64_t a = rng(), b = rng();
-  for (int i = 0; i < 16; ++i) out += kHex[(a >> (i * 4)) & 0xf];
-  for (int i = 0; i < 8; ++i) out += kHex[(b >> (i * 4)) & 0xf];
-  return out;
-}
+std::string RandomToken() { return RandomHex(12); }
 
 // Hashes an open file from its start.
 std::string HashFd(int fd, int64_t* size) {
@@ -154,9 +147,11 @@ void BlobLease::Release() {
 BlobStore::BlobStore(std::string root) : root_(std::move(root)), tmp_dir_(root_ + "/tmp") {
   std::error_code ec;
   fs::create_directories(tmp_dir_, ec);
-  if (ec) throw StorageError("cannot create blob store at " + root_ + ": " + ec.message());
+  if (ec)
+    throw StorageError("cannot create blob store at " + root_ + ": " + ec.message(), ec.value());
   fs::create_directories(root_ + "/sha256", ec);
-  if (ec) throw StorageError("cannot create blob store at " + root_ + ": " + ec.message());
+  if (ec)
+    throw StorageError("cannot create blob store at " + root_ + ": " + ec.message(), ec.value());
 }
 
 std::string BlobStore::PathOf(const std::string& sha256) const {
@@ -249,7 +244,7 @@ BlobLease BlobStore::Put(const std::function<void(int, void*, int64_t*)>& write,
   const std::string dir = target.substr(0, target.rfind('/'));
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) throw StorageError("cannot create " + dir + ": " + ec.message());
+  if (ec) throw StorageError("cannot create " + dir + ": " + ec.message(), ec.value());
 
   for (int attempt = 0; attempt < 100; ++attempt) {
     if (::link(pending.c_str(), target.c_str()) == 0) {
@@ -336,6 +331,14 @@ BlobStore::Health BlobStore::Check(const std::string& sha256) const {
   return actual == sha256 ? Health::kOk : Health::kCorrupted;
 }
 
+bool BlobStore::Held(const std::string& sha256) const {
+  int fd = ::open(PathOf(sha256).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0;
+  ::close(fd);
+  return held;
+}
+
 std::vector<std::string> BlobStore::List() const {
   std::vector<std::string> out;
   std::error_code ec;
@@ -346,7 +349,7 @@ std::vector<std::string> BlobStore::List() const {
       if (IsHexDigest(name)) out.push_back(name);
     }
   }
-  if (ec) throw StorageError("cannot list blob store " + root_ + ": " + ec.message());
+  if (ec) throw StorageError("cannot list blob store " + root_ + ": " + ec.message(), ec.value());
   return out;
 }
 
@@ -375,7 +378,7 @@ std::vector<std::string> BlobStore::RecoverAbandoned() {
   std::vector<fs::path> entries;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(tmp_dir_, ec)) entries.push_back(entry.path());
-  if (ec) throw StorageError("cannot list " + tmp_dir_ + ": " + ec.message());
+  if (ec) throw StorageError("cannot list " + tmp_dir_ + ": " + ec.message(), ec.value());
   for (const auto& path : entries) {
     const std::string name = path.filename().string();
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

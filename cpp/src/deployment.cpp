@@ -23,6 +23,7 @@
 #include "lepton/metrics.h"
 #include "lepton/names.h"
 #include "lepton/policies.h"
+#include "lepton/process.h"
 
 namespace lepton {
 namespace {
@@ -52,9 +53,8 @@ FailureReason CurrentFailure() {
 
 std::string Json(const nlohmann::json& j) { return j.dump(); }
 
-Clock::duration Duration(double seconds) {
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-}
+// Clamped, so that a timeout of 1e10 s or infinity is a distant deadline, not an overflow.
+Clock::duration Duration(double seconds) { return ClampedDuration<Clock::duration>(seconds); }
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -118,10 +118,6 @@ class Deployment::Impl {
     // All slots reserved for callers: each request's caller joins and works; no TBB workers needed
     // beyond what the process already has.
     ensemble_arena_ = std::make_unique<tbb::task_arena>(options_.threads, 1);
-    std::random_device rd;
-    std::ostringstream prefix;
-    prefix << std::hex << (static_cast<uint64_t>(rd()) << 16 ^ rd());
-    id_prefix_ = prefix.str().substr(0, 8);
   }
 
   ~Impl() { Close(); }
@@ -212,15 +208,27 @@ class Deployment::Impl {
     return it->second;
   }
 
-  std::string NextRequestId() {
-    static const char* kHex = "0123456789abcdef";
-    char digits[16];
-    int n = 0;
-    for (uint64_t v = ++request_counter_; v; v >>= 4) digits[n++] = kHex[v & 0xf];
-    std::string id = id_prefix_;
-    id += '-';
-    while (n) id += digits[--n];
-    return id;
+  // 128 random bits: a request id is what feedback is sent against, so no client may guess
+  // another request's id.
+  static std::string NextRequestId() { return RandomHex(16); }
+
+  // A client's malformed request is refused before any version runs it: it counts under no
+  // version (so never against a canary's guardrails, an A/B test or an anomaly flag), and no
+  // policy observes it.
+  void CheckRequest(const State& st, const Route& route, const Tensors& inputs,
+                    const PredictOptions& o, Clock::time_point start) {
+    try {
+      if (o.timeout_s && !(*o.timeout_s > 0)) throw InvalidArgument("timeout must be > 0 seconds");
+      const std::vector<std::string>* names = o.input_names.empty() ? nullptr : &o.input_names;
+      for (const auto& t : route.targets) {
+        auto it = st.servables.find(t.version);
+        if (it != st.servables.end()) it->second->CheckInputs(inputs, names);
+      }
+    } catch (const InvalidArgument&) {
+      metrics_.Series({model_, "", alias_.value_or(""), route.policy})
+          .Failed(FailureReason::kInvalidInput, Seconds(Clock::now() - start));
+      throw;
+    }
   }
 
   Prediction Predict(const Tensors& inputs, const PredictOptions& o) {
@@ -254,6 +262,7 @@ class Deployment::Impl {
       route = policy.Select(o.context, st->live);
     }
     if (route.targets.empty()) throw Unavailable("policy " + route.policy + " chose no version");
+    CheckRequest(*st, route, inputs, o, start);
     // One series per answering version (an ensemble's members joined by '+'); a pinned version
     // that is not live counts under "" so that requests cannot mint label values.
     std::string label;
@@ -372,7 +381,7 @@ class Deployment::Impl {
     feedback_order_.push_back(p.request_id);
   }
 
-  void Feedback(const std::string& request_id, double reward) {
+  void Feedback(const std::string& request_id, double reward, const std::string& source) {
     if (!std::isfinite(reward)) throw InvalidArgument("a reward must be a finite number");
     Remembered r;
     {
@@ -388,6 +397,13 @@ class Deployment::Impl {
       // Validate before forgetting, so a rejected reward can be sent again.
       for (const auto& v : r.versions) r.policy->Feedback(v, reward);
       feedback_.erase(it);
+      // Who sent the evidence is recorded with the automatic switch it leads to.
+      const std::string who = source.empty() ? "in-process" : source;
+      if (feedback_sources_.size() < kMaxFeedbackSources || feedback_sources_.count(who)) {
+        ++feedback_sources_[who];
+      } else {
+        ++feedback_sources_["(other sources)"];
+      }
     }
     Wake();
   }
@@ -904,11 +920,23 @@ class Deployment::Impl {
         notes.push_back(std::string("alias not moved: ") + ex.what());
       }
     }
+    nlohmann::json evidence =
+        nlohmann::json::parse(e.evidence.empty() ? "{}" : e.evidence, nullptr, false);
+    if (evidence.is_discarded() || !evidence.is_object()) {
+      evidence = nlohmann::json{{"evidence", e.evidence}};
+    }
+    {
+      std::lock_guard<std::mutex> lk(feedback_mu_);
+      if (!feedback_sources_.empty()) {
+        evidence["feedback_sources"] = feedback_sources_;
+        feedback_sources_.clear();
+      }
+    }
     if (registry_) {
       try {
         registry_->Record(model_, e.action, e.to,
                           e.from.empty() ? std::nullopt : std::optional(e.from), e.to, e.reason,
-                          e.evidence);
+                          evidence.dump());
       } catch (const std::exception& ex) {
         notes.push_back(std::string("audit entry not written: ") + ex.what());
       }
@@ -925,9 +953,7 @@ class Deployment::Impl {
     for (size_t i = 0; i < notes.size(); ++i) applied.note += (i ? "; " : "") + notes[i];
     {
       nlohmann::json details = {{"from", e.from}, {"to", e.to}, {"policy", policy.name()}};
-      details["evidence"] =
-          nlohmann::json::parse(e.evidence.empty() ? "{}" : e.evidence, nullptr, false);
-      if (details["evidence"].is_discarded()) details["evidence"] = e.evidence;
+      details["evidence"] = evidence;
       if (applied.alias) details["alias"] = *applied.alias;
       if (!applied.note.empty()) details["note"] = applied.note;
       EmitEvent(e.kind == PolicyEvent::Kind::kRollback ? "warning" : "info", e.action, model_, e.to,
@@ -1196,8 +1222,6 @@ class Deployment::Impl {
   DeploymentOptions options_;
   std::map<std::string, std::string> files_;
   std::optional<std::string> alias_;
-  std::string id_prefix_;
-  std::atomic<uint64_t> request_counter_{0};
   std::atomic<int64_t> swaps_{0};
 
   std::shared_ptr<const State> state_;
@@ -1221,6 +1245,9 @@ class Deployment::Impl {
   std::mutex feedback_mu_;
   std::unordered_map<std::string, Remembered> feedback_;
   std::deque<std::string> feedback_order_;
+  // Rewards received per sender since the last automatic switch, bounded in senders.
+  static constexpr size_t kMaxFeedbackSources = 32;
+  std::map<std::string, int64_t> feedback_sources_;
 
   mutable std::mutex shadow_mu_;
   std::condition_variable shadow_cv_;
@@ -1246,10 +1273,12 @@ class Deployment::Impl {
   std::map<std::string, Watch> watches_;
 };
 
-Deployment::Deployment(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Deployment::Deployment(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)), generation_(ForkGeneration()) {}
 
 Deployment::Deployment(std::shared_ptr<Registry> registry, std::string model,
-                       std::vector<std::string> versions, DeploymentOptions options) {
+                       std::vector<std::string> versions, DeploymentOptions options)
+    : generation_(ForkGeneration()) {
   if (!registry) throw InvalidArgument("registry must not be null");
   impl_ = std::make_unique<Impl>(std::move(registry), std::move(model), std::move(options));
   impl_->Start(versions, nullptr);
@@ -1267,7 +1296,8 @@ std::unique_ptr<Deployment> Deployment::FollowAlias(std::shared_ptr<Registry> re
 }
 
 Deployment::Deployment(std::string model, std::vector<std::pair<std::string, std::string>> files,
-                       DeploymentOptions options) {
+                       DeploymentOptions options)
+    : generation_(ForkGeneration()) {
   impl_ = std::make_unique<Impl>(nullptr, std::move(model), std::move(options));
   std::vector<std::string> labels;
   for (const auto& [label, path] : files) {
@@ -1280,39 +1310,53 @@ Deployment::Deployment(std::string model, std::vector<std::pair<std::string, std
   impl_->Start(labels, nullptr);
 }
 
-Deployment::~Deployment() = default;
+Deployment::~Deployment() {
+  // The parent's threads do not exist in a forked child: joining them would hang, so a copy
+  // inherited through fork is left as it is.
+  if (generation_ != ForkGeneration()) (void)impl_.release();
+}
+
+Deployment::Impl* Deployment::Live() const {
+  if (generation_ != ForkGeneration()) {
+    throw Unavailable("the deployment of " + impl_->model_ +
+                      " was made in the parent of this forked process, and its threads and "
+                      "loaded versions do not exist here; create a new Deployment in this "
+                      "process");
+  }
+  return impl_.get();
+}
 
 Prediction Deployment::Predict(const Tensors& inputs, const PredictOptions& options) {
-  return impl_->Predict(inputs, options);
+  return Live()->Predict(inputs, options);
 }
 void Deployment::Add(const std::string& version, std::shared_ptr<const Policy> policy) {
-  impl_->Add(version, std::move(policy));
+  Live()->Add(version, std::move(policy));
 }
 void Deployment::Remove(const std::string& version, std::shared_ptr<const Policy> policy) {
-  impl_->Remove(version, std::move(policy));
+  Live()->Remove(version, std::move(policy));
 }
-void Deployment::Swap(const std::string& from, const std::string& to) { impl_->Swap(from, to); }
+void Deployment::Swap(const std::string& from, const std::string& to) { Live()->Swap(from, to); }
 void Deployment::SetPolicy(std::shared_ptr<const Policy> policy) {
-  impl_->SetPolicy(std::move(policy));
+  Live()->SetPolicy(std::move(policy));
 }
-void Deployment::SetCombiner(Combiner combiner) { impl_->SetCombiner(std::move(combiner)); }
-void Deployment::Feedback(const std::string& request_id, double reward) {
-  impl_->Feedback(request_id, reward);
+void Deployment::SetCombiner(Combiner combiner) { Live()->SetCombiner(std::move(combiner)); }
+void Deployment::Feedback(const std::string& request_id, double reward, const std::string& source) {
+  Live()->Feedback(request_id, reward, source);
 }
-std::vector<ShadowStats> Deployment::Shadows() const { return impl_->Shadows(); }
-std::vector<AppliedEvent> Deployment::Events() const { return impl_->Events(); }
-void Deployment::TickPolicy() { impl_->TickPolicy(); }
+std::vector<ShadowStats> Deployment::Shadows() const { return Live()->Shadows(); }
+std::vector<AppliedEvent> Deployment::Events() const { return Live()->Events(); }
+void Deployment::TickPolicy() { Live()->TickPolicy(); }
 std::shared_ptr<const Policy> Deployment::policy() const {
-  auto st = impl_->Snapshot();
+  auto st = Live()->Snapshot();
   return st ? st->policy : nullptr;
 }
 std::vector<std::string> Deployment::versions() const {
-  auto st = impl_->Snapshot();
+  auto st = Live()->Snapshot();
   return st ? st->live.versions : std::vector<std::string>{};
 }
-DeploymentStatus Deployment::Status() const { return impl_->Status(); }
-MetricsSnapshot Deployment::Metrics() const { return impl_->Metrics(); }
-const std::string& Deployment::model() const { return impl_->model_; }
-void Deployment::Close() { impl_->Close(); }
+DeploymentStatus Deployment::Status() const { return Live()->Status(); }
+MetricsSnapshot Deployment::Metrics() const { return Live()->Metrics(); }
+const std::string& Deployment::model() const { return Live()->model_; }
+void Deployment::Close() { Live()->Close(); }
 
 }  // namespace lepton

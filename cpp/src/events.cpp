@@ -1,12 +1,15 @@
 #include "lepton/events.h"
 
+#include <pthread.h>
 #include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <new>
 #include <nlohmann/json.hpp>
 
 #include "lepton/errors.h"
+#include "lepton/process.h"
 
 namespace lepton {
 
@@ -25,8 +28,29 @@ std::string Event::ToJson() const {
 }
 
 EventLog& EventLog::Global() {
-  static EventLog* log = new EventLog();  // never destroyed: threads may log during exit
+  static EventLog* log = [] {
+    auto* created = new EventLog();  // never destroyed: threads may log during exit
+    // Forking while another thread waits on or writes to the log would leave the child a lock
+    // that is never released and a condition variable counting waiters it does not have: the
+    // fork waits until no thread is inside the log, and the child starts with fresh ones.
+    ::pthread_atfork([] { Global().LockForFork(); }, [] { Global().UnlockAfterFork(false); },
+                     [] { Global().UnlockAfterFork(true); });
+    return created;
+  }();
   return *log;
+}
+
+void EventLog::LockForFork() {
+  file_mu_.lock();
+  mu_.lock();
+}
+
+void EventLog::UnlockAfterFork(bool child) {
+  // The parent's waiters do not exist in the child; the old object is abandoned, not destroyed,
+  // since destroying a condition variable with waiters blocks.
+  if (child) new (&cv_) std::condition_variable();
+  mu_.unlock();
+  file_mu_.unlock();
 }
 
 EventLog::EventLog(size_t capacity) : capacity_(std::max<size_t>(1, capacity)) {}
@@ -57,6 +81,7 @@ void EventLog::Emit(const std::string& level, const std::string& kind, const std
   }
   cv_.notify_all();
   if (file) {
+    std::lock_guard<std::mutex> lk(file_mu_);
     file->info(line);
     file->flush();
   }
@@ -65,7 +90,7 @@ void EventLog::Emit(const std::string& level, const std::string& kind, const std
 std::vector<Event> EventLog::Since(int64_t after, double wait_s, size_t max) const {
   std::unique_lock<std::mutex> lk(mu_);
   if (wait_s > 0 && seq_ <= after) {
-    cv_.wait_for(lk, std::chrono::duration<double>(wait_s), [&] { return seq_ > after; });
+    cv_.wait_for(lk, ClampedDuration(wait_s), [&] { return seq_ > after; });
   }
   std::vector<Event> out;
   for (const auto& e : ring_) {

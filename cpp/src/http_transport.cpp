@@ -97,8 +97,8 @@ bool SplitTarget(std::string_view target, std::string* path,
 // a helper thread runs the loop, so a slow model cannot hold up the loop's other connections.
 struct Loop {
   net::io_context ioc;
-  std::atomic<int> busy{0};          // threads of this loop inside a handler or a write
-  std::atomic<int> helpers{0};       // helper threads running now
+  std::atomic<int> busy{0};            // threads of this loop inside a handler or a write
+  std::atomic<int> helpers{0};         // helper threads running now
   std::atomic<int64_t> busy_since{0};  // when the oldest handler still running began (ns)
 };
 
@@ -212,12 +212,21 @@ class Transport::Impl {
   Response Call(Request& request) {
     try {
       return handler_(request);
-    } catch (const std::exception& e) {
-      return ErrorResponse(500, std::string("internal error: ") + e.what());
     } catch (...) {
-      return ErrorResponse(500, "internal error");
+      return ErrorResponse(500, "internal error");  // the handler's own errors say more
     }
   }
+
+  // The bytes of requests and responses held across all connections stay within the budget.
+  bool Charge(size_t n) {
+    size_t held = buffered_.load();
+    do {
+      if (held + n > options_.max_buffered_bytes) return false;
+    } while (!buffered_.compare_exchange_weak(held, held + n));
+    return true;
+  }
+  void Release(size_t n) { buffered_.fetch_sub(n); }
+  size_t buffered() const { return buffered_.load(); }
 
  private:
   void Accept();
@@ -293,6 +302,7 @@ class Transport::Impl {
   TransportOptions options_;
   Handler handler_;
   std::atomic<bool> stopping_{false};
+  std::atomic<size_t> buffered_{0};
 
   std::mutex threads_mu_;
   std::condition_variable threads_cv_;
@@ -323,12 +333,18 @@ class Transport::Impl {
 
 // One connection. At most one socket operation is pending at a time, so its handlers never run
 // concurrently; other threads touch it only through its deadline and the socket's descriptor.
+// Reads and writes are asynchronous: a client that sends or reads slowly holds no thread, only
+// the bytes it has been charged for against the transport's budget.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  enum Phase { kIdle, kReading, kHandling };
+  enum Phase { kIdle, kReading, kHandling, kWriting };
 
   Session(Transport::Impl* owner, Loop* loop, tcp::socket socket)
-      : owner_(owner), loop_(loop), socket_(std::move(socket)), fd_(socket_.native_handle()) {}
+      : owner_(owner), loop_(loop), socket_(std::move(socket)), fd_(socket_.native_handle()) {
+    beast::error_code ec;
+    const auto remote = socket_.remote_endpoint(ec);
+    if (!ec) peer_ = remote.address().to_string() + ":" + std::to_string(remote.port());
+  }
 
   ~Session() { Close(); }
 
@@ -348,7 +364,8 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
   void ShutDownUnlessHandling() {
-    if (phase_.load() != kHandling) ::shutdown(fd_, SHUT_RDWR);
+    const int phase = phase_.load();
+    if (phase != kHandling && phase != kWriting) ::shutdown(fd_, SHUT_RDWR);
   }
 
  private:
@@ -359,9 +376,12 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_->body_limit(owner_->options().max_body_bytes);
     parser_->eager(true);
     continued_ = false;
+    framing_checked_ = false;
+    reserved_ = false;
+    request_start_ = 0;
   }
 
-  // Parses what is buffered; handles every complete request; reads when more is needed.
+  // Parses what is buffered; handles a complete request; reads when more is needed.
   void Process() {
     for (;;) {
       if (buffer_.size() == 0) return ReadMore();
@@ -370,22 +390,76 @@ class Session : public std::enable_shared_from_this<Session> {
       buffer_.consume(used);
       if (ec == bhttp::error::need_more) return ReadMore();
       if (ec) return Refuse(ec);
-      if (parser_->is_done()) {
-        if (!Handle()) return;
-        NewRequest();
-        continue;
+      if (parser_->is_header_done() && !framing_checked_) {
+        framing_checked_ = true;
+        if (std::optional<Response> refusal = CheckFraming()) return RefuseWith(*refusal);
+        if (!ReserveBody()) return RefuseWith(BusyResponse());
       }
+      if (parser_->is_done()) return Handle();
       if (parser_->is_header_done() && !continued_) {
         continued_ = true;
         auto& header = parser_->get();
         auto expect = header.find(bhttp::field::expect);
         if (expect != header.end() && beast::iequals(expect->value(), "100-continue")) {
-          bhttp::response<bhttp::empty_body> interim{bhttp::status::continue_, header.version()};
-          if (!Write(interim)) return Close();
+          return WriteInterim(header.version());
         }
       }
       if (used == 0) return ReadMore();
     }
+  }
+
+  // RFC 9112 section 6: a Transfer-Encoding other than "chunked" alone, or one beside a
+  // Content-Length, frames the body in a way that a proxy in front may read differently (request
+  // smuggling), so it is answered with 400 and the connection closed.
+  std::optional<Response> CheckFraming() const {
+    const auto& header = parser_->get();
+    const auto codings = header.equal_range(bhttp::field::transfer_encoding);
+    if (codings.first == codings.second) return std::nullopt;
+    std::string value;
+    int count = 0;
+    for (auto it = codings.first; it != codings.second; ++it, ++count) {
+      value = std::string(it->value());
+    }
+    const auto first = value.find_first_not_of(" \t");
+    const auto last = value.find_last_not_of(" \t");
+    value = first == std::string::npos ? "" : value.substr(first, last - first + 1);
+    if (count > 1 || !beast::iequals(value, "chunked")) {
+      return ErrorResponse(400,
+                           "Transfer-Encoding '" + value +
+                               "' is not supported: only 'chunked' alone frames a request body");
+    }
+    if (header.find(bhttp::field::content_length) != header.end()) {
+      return ErrorResponse(400,
+                           "a request must not have both Transfer-Encoding and Content-Length");
+    }
+    if (header.version() < 11) {
+      return ErrorResponse(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request");
+    }
+    return std::nullopt;
+  }
+
+  // A body of known length is charged in full once its header is read, so that a client cannot
+  // get the server to hold more than the budget by sending slowly; a chunked one as it arrives.
+  bool ReserveBody() {
+    const auto length = parser_->content_length();
+    if (!length) return true;
+    if (!owner_->Charge(*length)) return false;
+    charged_ += *length;
+    reserved_ = true;
+    return true;
+  }
+
+  static Response BusyResponse() {
+    Response r = ErrorResponse(503,
+                               "the server is holding as many request and response bytes as it "
+                               "may; retry shortly");
+    r.headers["Retry-After"] = "1";
+    return r;
+  }
+
+  void ReleaseCharge() {
+    if (charged_ > 0) owner_->Release(charged_);
+    charged_ = 0;
   }
 
   void ReadMore() {
@@ -393,95 +467,129 @@ class Session : public std::enable_shared_from_this<Session> {
     phase_.store(idle ? kIdle : kReading);
     if (idle && owner_->stopping()) return Close();
     const auto& o = owner_->options();
-    deadline_.store(NowNs() + Ns(idle ? o.keep_alive_s : o.read_timeout_s));
-    socket_.async_read_some(buffer_.prepare(kReadChunk),
-                            [self = shared_from_this()](beast::error_code ec, size_t n) {
-                              self->OnRead(ec, n);
-                            });
+    const int64_t now = NowNs();
+    if (idle) {
+      deadline_.store(now + Ns(o.keep_alive_s));
+    } else {
+      // The read deadline runs from a request's first byte to its last, however it trickles.
+      if (request_start_ == 0) request_start_ = now;
+      deadline_.store(request_start_ + Ns(o.read_timeout_s));
+    }
+    socket_.async_read_some(
+        buffer_.prepare(kReadChunk),
+        [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnRead(ec, n); });
   }
 
   void OnRead(beast::error_code ec, size_t n) {
     if (ec) return Close();  // the peer left, or its deadline passed
     buffer_.commit(n);
+    if (!reserved_) {
+      if (!owner_->Charge(n)) return RefuseWith(BusyResponse());
+      charged_ += n;
+    }
     Process();
   }
 
-  // Runs the handler for the parsed request and answers it; false once the connection is done.
-  bool Handle() {
+  // Runs the handler for the parsed request, then answers it.
+  void Handle() {
     phase_.store(kHandling);
     deadline_.store(0);
-    auto message = parser_->release();
-    const unsigned version = message.version();
-    const bool keep_alive = message.keep_alive();
-    Request request;
-    request.method = std::string(message.method_string());
+    const unsigned version = parser_->get().version();
+    const bool keep_alive = parser_->get().keep_alive();
     Response response;
-    const auto target = message.target();
-    if (!SplitTarget(std::string_view(target.data(), target.size()), &request.path,
-                     &request.query)) {
-      response = ErrorResponse(400, "the request target has a malformed percent escape");
-    } else {
-      for (const auto& field : message) {
-        std::string name(field.name_string());
-        std::transform(name.begin(), name.end(), name.begin(),
-                       [](unsigned char c) { return std::tolower(c); });
-        request.headers[std::move(name)] = std::string(field.value());
+    {
+      auto message = parser_->release();
+      Request request;
+      request.method = std::string(message.method_string());
+      request.peer = peer_;
+      const auto target = message.target();
+      if (!SplitTarget(std::string_view(target.data(), target.size()), &request.path,
+                       &request.query)) {
+        response = ErrorResponse(400, "the request target has a malformed percent escape");
+      } else {
+        for (const auto& field : message) {
+          std::string name(field.name_string());
+          std::transform(name.begin(), name.end(), name.begin(),
+                         [](unsigned char c) { return std::tolower(c); });
+          request.headers[std::move(name)] = std::string(field.value());
+        }
+        request.body = std::move(message.body());
+        Transport::Impl::Enter(*loop_);
+        response = owner_->Call(request);
+        Transport::Impl::Leave(*loop_);
       }
-      request.body = std::move(message.body());
-      Transport::Impl::Enter(*loop_);
-      response = owner_->Call(request);
-      Transport::Impl::Leave(*loop_);
+    }
+    // The request's bytes are gone; the response's are held until it is written.
+    ReleaseCharge();
+    if (owner_->Charge(response.body.size())) {
+      charged_ = response.body.size();
+    } else {
+      response = BusyResponse();
     }
     const bool close = !keep_alive || owner_->stopping();
-    if (!Answer(std::move(response), version, close) || close) {
-      Close();
-      return false;
-    }
-    return true;
+    Answer(std::move(response), version, close ? kClose : kKeepAlive);
   }
 
   // Requests that cannot be parsed are answered and their connection closed.
   void Refuse(beast::error_code ec) {
-    Response r;
     if (ec == bhttp::error::body_limit) {
-      r = ErrorResponse(413, "the request body is larger than the server's limit");
-    } else if (ec == bhttp::error::header_limit) {
-      r = ErrorResponse(431, "the request header is larger than the server's limit");
-    } else {
-      r = ErrorResponse(400, "malformed HTTP request: " + ec.message());
+      return RefuseWith(ErrorResponse(413, "the request body is larger than the server's limit"));
     }
-    phase_.store(kHandling);
-    const unsigned version = parser_->is_header_done() ? parser_->get().version() : 11;
-    if (!Answer(std::move(r), version, true)) return Close();
-    LingeringClose();
+    if (ec == bhttp::error::header_limit) {
+      return RefuseWith(ErrorResponse(431, "the request header is larger than the server's limit"));
+    }
+    RefuseWith(ErrorResponse(400, "malformed HTTP request: " + ec.message()));
   }
 
-  bool Answer(Response response, unsigned version, bool close) {
-    bhttp::response<bhttp::string_body> m;
-    m.version(version);
-    m.result(static_cast<unsigned>(response.status));
+  void RefuseWith(Response r) {
+    const unsigned version = parser_->is_header_done() ? parser_->get().version() : 11;
+    parser_.reset();  // what was read of the request is dropped
+    ReleaseCharge();
+    Answer(std::move(r), version, kLinger);
+  }
+
+  enum After { kKeepAlive, kClose, kLinger };
+
+  // Writes the response without blocking the loop; a client that does not read is cut off at
+  // the write deadline.
+  void Answer(Response response, unsigned version, After after) {
+    auto m = std::make_shared<bhttp::response<bhttp::string_body>>();
+    m->version(version);
+    m->result(static_cast<unsigned>(response.status));
     bool typed = false;
     for (auto& [k, v] : response.headers) {
       typed = typed || beast::iequals(k, "content-type");
-      m.set(k, v);
+      m->set(k, v);
     }
-    if (!typed) m.set(bhttp::field::content_type, "application/json");
-    m.body() = std::move(response.body);
-    m.keep_alive(!close);
-    m.prepare_payload();
-    return Write(m);
+    if (!typed) m->set(bhttp::field::content_type, "application/json");
+    m->body() = std::move(response.body);
+    m->keep_alive(after == kKeepAlive);
+    m->prepare_payload();
+    phase_.store(kWriting);
+    deadline_.store(NowNs() + Ns(owner_->options().write_timeout_s));
+    bhttp::async_write(socket_, *m,
+                       [self = shared_from_this(), m, after](beast::error_code ec, size_t) {
+                         self->deadline_.store(0);
+                         self->ReleaseCharge();
+                         if (ec) return self->Close();
+                         if (after == kLinger) return self->LingeringClose();
+                         if (after == kClose) return self->Close();
+                         self->NewRequest();
+                         self->Process();
+                       });
   }
 
-  // Writes on this thread; a client that does not read is cut off at the write deadline.
-  template <class Message>
-  bool Write(Message& m) {
-    Transport::Impl::Enter(*loop_);
+  void WriteInterim(unsigned version) {
+    auto interim =
+        std::make_shared<bhttp::response<bhttp::empty_body>>(bhttp::status::continue_, version);
+    phase_.store(kWriting);
     deadline_.store(NowNs() + Ns(owner_->options().write_timeout_s));
-    beast::error_code ec;
-    bhttp::write(socket_, m, ec);
-    deadline_.store(0);
-    Transport::Impl::Leave(*loop_);
-    return !ec;
+    bhttp::async_write(socket_, *interim,
+                       [self = shared_from_this(), interim](beast::error_code ec, size_t) {
+                         self->deadline_.store(0);
+                         if (ec) return self->Close();
+                         self->Process();
+                       });
   }
 
   // After refusing a request whose body is still arriving, reads and drops the rest for a while
@@ -504,6 +612,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void Close() {
+    ReleaseCharge();
     if (registered_) {
       // Unregistered first: the sweeper must never see a descriptor that was closed and reused.
       owner_->Unregister(this);
@@ -519,9 +628,14 @@ class Session : public std::enable_shared_from_this<Session> {
   Loop* loop_;
   tcp::socket socket_;
   const int fd_;
+  std::string peer_;  // "address:port" of the client
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   bool continued_ = false;
+  bool framing_checked_ = false;
+  bool reserved_ = false;      // the body's declared length is charged already
+  size_t charged_ = 0;         // bytes charged against the transport's budget
+  int64_t request_start_ = 0;  // when the current request's first byte was read (ns)
   bool registered_ = false;
   std::atomic<int64_t> deadline_{0};
   std::atomic<int> phase_{kIdle};
@@ -573,5 +687,6 @@ Transport::~Transport() { impl_->Stop(); }
 int Transport::Listen(const std::string& host, int port) { return impl_->Listen(host, port); }
 void Transport::Start() { impl_->Start(); }
 void Transport::Stop() { impl_->Stop(); }
+size_t Transport::buffered_bytes() const { return impl_->buffered(); }
 
 }  // namespace lepton::http

@@ -1,13 +1,15 @@
 // The HTTP/1.1 transport under lepton's server: Boost.Beast's parser over Boost.Asio sockets,
 // event-driven, with keep-alive, pipelining, `Expect: 100-continue`, body and header limits, and
-// read, write and idle deadlines enforced by one sweeper.
+// read (per request), write and idle deadlines enforced by one sweeper, and one budget for the
+// bytes held across all connections.
 //
 // Threads: `io_threads` event loops (one io_context and one thread each) take the connections in
 // turn, and each runs its requests' handlers where it parsed them, so a request costs no thread
 // hand-off. A handler may block (a model computing, a queue wait): when one has blocked its loop
 // for longer than `stall_s`, a helper thread runs that loop's other connections meanwhile, and
 // leaves when the handler returns. Slow or silent clients hold no thread at all: they wait in
-// the reactor until their deadline. A separate thread accepts connections.
+// the reactor until their deadline, and writes never block a loop. A separate thread accepts
+// connections.
 #pragma once
 
 #include <functional>
@@ -24,6 +26,7 @@ struct Request {
   std::map<std::string, std::string> query;
   std::map<std::string, std::string> headers;  // names in lower case
   std::string body;
+  std::string peer;  // the client's "address:port"
 };
 
 struct Response {
@@ -35,6 +38,10 @@ struct Response {
 struct TransportOptions {
   size_t max_body_bytes = 64 << 20;
   size_t max_header_bytes = 64 << 10;
+  // Request and response bytes held across all connections, at most. A request whose declared
+  // body would go over is answered 503 before its body is read; a response that would is
+  // replaced by a 503.
+  size_t max_buffered_bytes = 256 << 20;
   double read_timeout_s = 5;   // from a request's first byte to its last
   double write_timeout_s = 5;  // to send one response
   double keep_alive_s = 5;     // idle time between requests on one connection
@@ -73,6 +80,8 @@ class Transport {
   // Stops accepting, closes idle connections, lets requests being handled finish and send their
   // responses (with `Connection: close`), then stops the threads.
   void Stop();
+  // Request and response bytes held now, across all connections.
+  size_t buffered_bytes() const;
 
  private:
   class Impl;

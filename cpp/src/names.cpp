@@ -10,6 +10,25 @@ bool IsNameChar(char c) {
          c == '_' || c == '-';
 }
 
+// The length of the UTF-8 sequence that starts with `lead` (1 for a stray byte).
+size_t Utf8Length(unsigned char lead) {
+  if (lead >= 0xf0 && lead < 0xf8) return 4;
+  if (lead >= 0xe0) return lead < 0xf0 ? 3 : 1;
+  if (lead >= 0xc0) return 2;
+  return 1;
+}
+
+// The longest prefix of at most `max_bytes` bytes that does not cut a UTF-8 character in two.
+std::string_view Utf8Prefix(std::string_view s, size_t max_bytes) {
+  size_t end = 0;
+  while (end < s.size()) {
+    const size_t n = Utf8Length(static_cast<unsigned char>(s[end]));
+    if (end + n > max_bytes || end + n > s.size()) break;
+    end += n;
+  }
+  return s.substr(0, end);
+}
+
 std::string Quote(std::string_view s) {
   std::string out = "'";
   for (char c : s) {
@@ -31,14 +50,20 @@ void ValidateName(std::string_view value, std::string_view what) {
   const std::string field(what);
   if (value.empty()) throw InvalidArgument(field + " must not be empty");
   if (value.size() > 128) {
-    throw InvalidArgument(field + " " + Quote(value.substr(0, 32)) + "... is " +
+    throw InvalidArgument(field + " " + Quote(Utf8Prefix(value, 32)) + "... is " +
                           std::to_string(value.size()) + " characters long; the limit is 128");
   }
   bool only_dots = true;
-  for (char c : value) {
+  for (size_t i = 0; i < value.size(); ++i) {
+    const char c = value[i];
     if (!IsNameChar(c)) {
-      throw InvalidArgument(field + " " + Quote(value) + " contains " + Quote(std::string(1, c)) +
-                            "; allowed are letters, digits, '.', '_' and '-'");
+      // The whole character, not its first byte: half a UTF-8 sequence makes the message
+      // undecodable.
+      const std::string_view bad =
+          Utf8Prefix(value.substr(i), Utf8Length(static_cast<unsigned char>(c)));
+      throw InvalidArgument(field + " " + Quote(value) + " contains " +
+                            Quote(bad.empty() ? value.substr(i, 1) : bad) +
+                            "; allowed are ASCII letters, digits, '.', '_' and '-'");
     }
     if (c != '.') only_dots = false;
   }

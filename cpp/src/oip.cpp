@@ -1,13 +1,13 @@
 #include "lepton/oip.h"
 
+#include <fmt/format.h>
+#include <simdjson.h>
+
 #include <cmath>
 #include <cstring>
-#include <limits>
-#include <fmt/format.h>
-
 #include <iterator>
+#include <limits>
 #include <nlohmann/json.hpp>
-#include <simdjson.h>
 
 #include "lepton/errors.h"
 
@@ -139,7 +139,8 @@ void CheckFields(simdjson::dom::object j, std::initializer_list<const char*> kno
   for (auto field : j) {
     bool ok = false;
     for (const char* n : known) ok = ok || field.key == n;
-    if (!ok) throw InvalidArgument(where + " has an unknown field '" + std::string(field.key) + "'");
+    if (!ok)
+      throw InvalidArgument(where + " has an unknown field '" + std::string(field.key) + "'");
   }
 }
 

@@ -1,11 +1,17 @@
 #include "lepton/registry.h"
 
+#include <fcntl.h>
 #include <pwd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -15,6 +21,7 @@
 #include "lepton/blob_store.h"
 #include "lepton/errors.h"
 #include "lepton/names.h"
+#include "lepton/process.h"
 #include "sqlite_db.h"
 
 namespace fs = std::filesystem;
@@ -24,6 +31,37 @@ namespace lepton {
 namespace {
 
 constexpr int kSchemaVersion = 1;
+// Space set aside in the registry's directory, given up when a delete or gc meets a full disk so
+// that lepton itself can always free space.
+constexpr int64_t kReserveBytes = 8 << 20;
+constexpr const char* kReserveName = "reserve";
+
+// An exclusive flock on the registry's lock file, held while a process creates or checks the
+// database, so that processes opening a brand-new registry together do not race on its set-up.
+class OpenLock {
+ public:
+  explicit OpenLock(const std::string& path) {
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+      const int e = errno;
+      throw StorageError("cannot open " + path + ": " + std::strerror(e), e);
+    }
+    while (::flock(fd_, LOCK_EX) != 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      ::close(fd_);
+      throw StorageError("cannot lock " + path + ": " + std::strerror(e), e);
+    }
+  }
+  ~OpenLock() { ::close(fd_); }
+  OpenLock(const OpenLock&) = delete;
+  OpenLock& operator=(const OpenLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+bool IsDiskFull(const StorageError& e) { return e.os_errno() == ENOSPC || e.os_errno() == EDQUOT; }
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -189,10 +227,14 @@ class Registry::Impl {
   Impl(const std::string& root, Options options)
       : root_(PrepareRoot(root)),
         options_(std::move(options)),
+        open_lock_(std::make_unique<OpenLock>(root_ + "/registry.lock")),
         blobs_(root_ + "/blobs"),
         db_(root_ + "/registry.db", options_.busy_timeout_ms) {
     if (options_.actor.empty()) options_.actor = DefaultActor();
+    RefuseLostDatabase();
     CollectAbandoned();
+    KeepReserve();
+    open_lock_.reset();
   }
 
   // --- helpers used under mu_ ---
@@ -204,8 +246,58 @@ class Registry::Impl {
       throw InvalidArgument("registry path '" + root + "' exists and is not a directory");
     }
     fs::create_directories(root, ec);
-    if (ec) throw StorageError("cannot create registry directory '" + root + "': " + ec.message());
+    if (ec)
+      throw StorageError("cannot create registry directory '" + root + "': " + ec.message(),
+                         ec.value());
     return root;
+  }
+
+  // A database without lepton's schema beside a blob store that holds artifacts has been deleted,
+  // truncated or replaced: treating it as a new registry would let gc delete every artifact.
+  void RefuseLostDatabase() {
+    bool has_schema = false;
+    {
+      auto q =
+          db_.Prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta' LIMIT 1");
+      has_schema = q->Step();
+    }
+    if (has_schema) return;
+    const size_t artifacts = blobs_.List().size();
+    if (artifacts == 0) return;
+    throw IntegrityError(
+        "the registry at '" + root_ + "' has " + std::to_string(artifacts) +
+        " artifacts in its blob store but its database (registry.db) is missing or empty, so "
+        "every version's metadata is gone; refusing to open it, since it would look empty and gc "
+        "would delete the artifacts. Restore registry.db from a backup, or run 'lepton recover " +
+        root_ +
+        "' to register every stored artifact again as a version of a model named "
+        "'recovered'");
+  }
+
+  std::string ReservePath() const { return root_ + "/" + kReserveName; }
+
+  // Creates the reserve file when it is missing and there is room for it; never fails.
+  void KeepReserve() {
+    const std::string path = ReservePath();
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && st.st_size >= kReserveBytes) return;
+    const std::string tmp = path + ".tmp";
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return;
+    const bool ok = ::posix_fallocate(fd, 0, kReserveBytes) == 0;
+    ::close(fd);
+    if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) ::unlink(tmp.c_str());
+  }
+
+  // Runs a write that frees space; on a full disk it gives up the reserve and tries once more.
+  template <class F>
+  auto FreeingSpace(F&& write) -> decltype(write()) {
+    try {
+      return write();
+    } catch (const StorageError& e) {
+      if (!IsDiskFull(e) || ::unlink(ReservePath().c_str()) != 0) throw;
+    }
+    return write();
   }
 
   void InitSchema() {
@@ -499,9 +591,12 @@ class Registry::Impl {
     json details = {{"seq", seq}, {"sha256", lease.sha256()}, {"size", lease.size()}};
     if (parent_id) details["parent"] = parent_ref->ToString();
     Audit(model, "register", label, std::nullopt, std::nullopt, std::nullopt, opts.reason, details);
+    // Read inside the transaction: once committed, a concurrent delete or gc may remove the row,
+    // and a register that then reported NotFound would be retried into a duplicate.
+    ModelVersion registered = LoadVersion(id);
     tx.Commit();
     lease.Release();
-    return LoadVersion(id);
+    return registered;
   }
 
   void CreateModel(const std::string& name, const std::string& description, bool exist_ok) {
@@ -664,8 +759,9 @@ class Registry::Impl {
     const std::string target_label = LabelOf(target);
     Audit(model, "set_alias", target_label, alias, current_label, target_label, reason,
           json::object());
+    ModelVersion result = LoadVersion(target);
     tx.Commit();
-    return LoadVersion(target);
+    return result;
   }
 
   void MoveAlias(int64_t model_id, const std::string& alias, int64_t target) {
@@ -724,8 +820,9 @@ class Registry::Impl {
     MoveAlias(model_id, alias, previous);
     const std::string from = LabelOf(current), to = LabelOf(previous);
     Audit(model, "rollback", to, alias, from, to, reason, json::object());
+    ModelVersion result = LoadVersion(previous);
     tx.Commit();
-    return LoadVersion(previous);
+    return result;
   }
 
   void Record(const std::string& model, const std::string& action,
@@ -868,8 +965,9 @@ class Registry::Impl {
         .Run();
     Audit(ref.model, "update", LabelOf(id), std::nullopt, std::nullopt, std::nullopt, reason,
           details);
+    ModelVersion result = LoadVersion(id);
     tx.Commit();
-    return LoadVersion(id);
+    return result;
   }
 
   // Deletes one version row inside the caller's transaction; returns its digest.
@@ -892,14 +990,15 @@ class Registry::Impl {
 
   void Delete(std::string_view text, bool force, const std::string& reason) {
     const Reference ref = ParseReference(text);
-    std::string sha;
-    {
+    const std::string sha = FreeingSpace([&] {
       std::lock_guard<std::mutex> lock(mu_);
       sqlite::Transaction tx(db_);
-      sha = DeleteRow(Resolve(ref), ref.model, "delete", reason, force);
+      std::string digest = DeleteRow(Resolve(ref), ref.model, "delete", reason, force);
       tx.Commit();
-    }
+      return digest;
+    });
     RemoveBlobIfUnused(sha, nullptr);
+    KeepReserve();
   }
 
   bool RemoveBlobIfUnused(const std::string& sha, int64_t* freed) {
@@ -913,7 +1012,8 @@ class Registry::Impl {
     if (model) ValidateName(*model, "model name");
     GcReport report;
     report.dry_run = dry_run;
-    {
+    FreeingSpace([&] {
+      report.deleted_versions.clear();
       std::lock_guard<std::mutex> lock(mu_);
       sqlite::Transaction tx(db_);
       if (model) ModelId(*model);
@@ -937,7 +1037,7 @@ class Registry::Impl {
         }
       }
       tx.Commit();
-    }
+    });
     if (dry_run) {
       // Blobs that would be left unreferenced: those whose every referencing version is doomed.
       std::lock_guard<std::mutex> lock(mu_);
@@ -962,13 +1062,16 @@ class Registry::Impl {
     for (const auto& sha : candidates) {
       if (RemoveBlobIfUnused(sha, &report.bytes_freed)) ++report.blobs_removed;
     }
+    KeepReserve();
     return report;
   }
 
   VerifyReport Verify() {
     VerifyReport report;
     std::map<std::string, std::vector<std::string>> refs_by_sha;
-    std::vector<std::string> stored;
+    // Listed before the versions are read, so that a blob registered meanwhile is not taken for
+    // an orphan; one that a writer still holds is on its way to being committed.
+    std::vector<std::string> stored = blobs_.List();
     {
       std::lock_guard<std::mutex> lock(mu_);
       sqlite::Transaction tx(db_, /*write=*/false);
@@ -979,7 +1082,6 @@ class Registry::Impl {
         refs_by_sha[q->Text(2)].push_back(q->Text(0) + ":" + q->Text(1));
         ++report.versions_checked;
       }
-      stored = blobs_.List();
     }
     // Hashing runs without the lock: it reads immutable files only.
     for (const auto& [sha, refs] : refs_by_sha) {
@@ -990,7 +1092,7 @@ class Registry::Impl {
       for (const auto& ref : refs) report.problems.push_back({ref, sha, problem});
     }
     for (const auto& sha : stored) {
-      if (!refs_by_sha.count(sha)) report.orphan_blobs.push_back(sha);
+      if (!refs_by_sha.count(sha) && !blobs_.Held(sha)) report.orphan_blobs.push_back(sha);
     }
     return report;
   }
@@ -1019,6 +1121,7 @@ class Registry::Impl {
 
   std::string root_;
   Options options_;
+  std::unique_ptr<OpenLock> open_lock_;  // held while the constructor sets the database up
   BlobStore blobs_;
   sqlite::Database db_;
   mutable std::mutex mu_;
@@ -1026,81 +1129,160 @@ class Registry::Impl {
 
 Registry::Registry(const std::string& root) : Registry(root, Options()) {}
 Registry::Registry(const std::string& root, Options options)
-    : impl_(std::make_unique<Impl>(root, std::move(options))) {}
-Registry::~Registry() = default;
+    : impl_(new Impl(root, std::move(options))), generation_(ForkGeneration()) {}
 
-const std::string& Registry::root() const { return impl_->root_; }
-const std::string& Registry::actor() const { return impl_->options_.actor; }
+Registry::~Registry() {
+  // An object inherited through fork leaves its parent's connection alone: closing it here could
+  // release or corrupt the parent's locks.
+  Impl* impl = impl_.load();
+  if (generation_.load() == ForkGeneration()) delete impl;
+}
+
+Registry::Impl* Registry::Self() const {
+  const uint64_t now = ForkGeneration();
+  if (generation_.load(std::memory_order_acquire) == now) return impl_.load();
+  static std::mutex reopen_mu;  // taken only in a forked child, once per object
+  std::lock_guard<std::mutex> lock(reopen_mu);
+  if (generation_.load() != now) {
+    Impl* inherited = impl_.load();
+    impl_.store(new Impl(inherited->root_, inherited->options_));
+    generation_.store(now, std::memory_order_release);
+  }
+  return impl_.load();
+}
+
+RecoverReport Registry::Recover(const std::string& root, const std::string& model,
+                                Options options) {
+  ValidateName(model, "model name");
+  RecoverReport report;
+  const std::string root_dir = Impl::PrepareRoot(root);
+  {
+    OpenLock lock(root_dir + "/registry.lock");
+    const std::string db_path = root_dir + "/registry.db";
+    bool lost = false;
+    if (fs::exists(db_path)) {
+      sqlite::Database db(db_path, options.busy_timeout_ms);
+      auto q =
+          db.Prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta' LIMIT 1");
+      lost = !q->Step();
+    }
+    if (lost) {
+      report.moved_aside = db_path + ".lost-" + std::to_string(static_cast<int64_t>(Now()));
+      for (const char* suffix : {"", "-wal", "-shm"}) {
+        const std::string from = db_path + suffix;
+        if (fs::exists(from) &&
+            ::rename(from.c_str(), (report.moved_aside + suffix).c_str()) != 0) {
+          const int e = errno;
+          throw StorageError("cannot move " + from + " aside: " + std::strerror(e), e);
+        }
+      }
+      // A database with the schema and no versions, so that opening it is no longer refused.
+      sqlite::Database db(db_path, options.busy_timeout_ms);
+      db.Exec("PRAGMA journal_mode = WAL");
+      sqlite::Transaction tx(db);
+      db.Exec(kSchema);
+      db.Prepare("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)")
+          ->Bind(1, std::to_string(kSchemaVersion))
+          .Run();
+      tx.Commit();
+    }
+  }
+  Registry registry(root_dir, std::move(options));
+  Impl* impl = registry.Self();
+  std::vector<std::pair<int64_t, std::string>> orphans;  // (mtime, digest)
+  for (const std::string& sha : registry.Verify().orphan_blobs) {
+    struct stat st {};
+    ::stat(impl->blobs_.PathOf(sha).c_str(), &st);
+    orphans.emplace_back(static_cast<int64_t>(st.st_mtime), sha);
+  }
+  std::sort(orphans.begin(), orphans.end());
+  for (const auto& [mtime, sha] : orphans) {
+    RegisterOptions o;
+    o.version = "sha256-" + sha.substr(0, 12);
+    o.description = "recovered from the blob store";
+    o.tags = {{"recovered", "blob store"}};
+    o.reason = "lepton recover: the artifact was stored but no version referred to it";
+    try {
+      report.recovered.push_back(registry.RegisterFile(model, impl->blobs_.PathOf(sha), o).ref());
+    } catch (const Error& e) {
+      report.skipped.push_back(sha + ": " + e.what());
+    }
+  }
+  return report;
+}
+
+const std::string& Registry::root() const { return Self()->root_; }
+const std::string& Registry::actor() const { return Self()->options_.actor; }
 
 void Registry::CreateModel(const std::string& name, const std::string& description, bool exist_ok) {
-  impl_->CreateModel(name, description, exist_ok);
+  Self()->CreateModel(name, description, exist_ok);
 }
 void Registry::SetModelDescription(const std::string& name, const std::string& description) {
-  impl_->SetModelDescription(name, description);
+  Self()->SetModelDescription(name, description);
 }
 ModelVersion Registry::RegisterFile(const std::string& model, const std::string& path,
                                     const RegisterOptions& options) {
-  return impl_->Register(model, options, [&](const BlobStore::Validator& validate) {
-    return impl_->blobs_.PutFile(path, validate);
+  return Self()->Register(model, options, [&](const BlobStore::Validator& validate) {
+    return Self()->blobs_.PutFile(path, validate);
   });
 }
 ModelVersion Registry::RegisterBytes(const std::string& model, std::string_view bytes,
                                      const RegisterOptions& options) {
-  return impl_->Register(model, options, [&](const BlobStore::Validator& validate) {
-    return impl_->blobs_.PutBytes(bytes, validate);
+  return Self()->Register(model, options, [&](const BlobStore::Validator& validate) {
+    return Self()->blobs_.PutBytes(bytes, validate);
   });
 }
-ModelVersion Registry::Get(std::string_view ref) const { return impl_->Get(ref); }
+ModelVersion Registry::Get(std::string_view ref) const { return Self()->Get(ref); }
 std::vector<ModelVersion> Registry::Versions(const std::string& model) const {
-  return impl_->Versions(model);
+  return Self()->Versions(model);
 }
-std::vector<ModelSummary> Registry::Models() const { return impl_->Models(); }
+std::vector<ModelSummary> Registry::Models() const { return Self()->Models(); }
 std::map<std::string, std::string> Registry::Aliases(const std::string& model) const {
-  return impl_->Aliases(model);
+  return Self()->Aliases(model);
 }
-std::string Registry::ReadArtifact(std::string_view ref) const { return impl_->ReadArtifact(ref); }
-std::string Registry::ArtifactPath(std::string_view ref) const { return impl_->ArtifactPath(ref); }
+std::string Registry::ReadArtifact(std::string_view ref) const { return Self()->ReadArtifact(ref); }
+std::string Registry::ArtifactPath(std::string_view ref) const { return Self()->ArtifactPath(ref); }
 ModelVersion Registry::SetAlias(const std::string& model, const std::string& alias,
                                 const std::string& version,
                                 const std::optional<std::string>& expected,
                                 const std::string& reason) {
-  return impl_->SetAlias(model, alias, version, expected, reason);
+  return Self()->SetAlias(model, alias, version, expected, reason);
 }
 void Registry::RemoveAlias(const std::string& model, const std::string& alias,
                            const std::string& reason) {
-  impl_->RemoveAlias(model, alias, reason);
+  Self()->RemoveAlias(model, alias, reason);
 }
 ModelVersion Registry::Rollback(const std::string& model, const std::string& alias,
                                 const std::string& reason) {
-  return impl_->Rollback(model, alias, reason);
+  return Self()->Rollback(model, alias, reason);
 }
 std::vector<AuditEntry> Registry::History(const std::string& model, int64_t limit) const {
-  return impl_->History(model, limit);
+  return Self()->History(model, limit);
 }
 ModelVersion Registry::Update(std::string_view ref, const MetadataUpdate& update,
                               const std::string& reason) {
-  return impl_->Update(ref, update, reason);
+  return Self()->Update(ref, update, reason);
 }
 void Registry::Delete(std::string_view ref, bool force, const std::string& reason) {
-  impl_->Delete(ref, force, reason);
+  Self()->Delete(ref, force, reason);
 }
 GcReport Registry::Gc(int64_t keep_latest, const std::optional<std::string>& model, bool dry_run) {
-  return impl_->Gc(keep_latest, model, dry_run);
+  return Self()->Gc(keep_latest, model, dry_run);
 }
-VerifyReport Registry::Verify() const { return impl_->Verify(); }
+VerifyReport Registry::Verify() const { return Self()->Verify(); }
 void Registry::Record(const std::string& model, const std::string& action,
                       const std::optional<std::string>& version,
                       const std::optional<std::string>& from, const std::optional<std::string>& to,
                       const std::string& reason, const std::string& details) {
-  impl_->Record(model, action, version, from, to, reason, details);
+  Self()->Record(model, action, version, from, to, reason, details);
 }
 void Registry::PutState(const std::string& model, const std::string& key,
                         const std::string& value) {
-  impl_->PutState(model, key, value);
+  Self()->PutState(model, key, value);
 }
 std::optional<std::string> Registry::GetState(const std::string& model,
                                               const std::string& key) const {
-  return impl_->GetState(model, key);
+  return Self()->GetState(model, key);
 }
 
 }  // namespace lepton

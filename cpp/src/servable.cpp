@@ -15,6 +15,7 @@
 
 #include "lepton/blob_store.h"
 #include "lepton/errors.h"
+#include "lepton/process.h"
 
 namespace lepton {
 namespace {
@@ -153,6 +154,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   void LoadModule(std::string_view bytes) {
     std::istringstream in{std::string(bytes)};
     try {
+      std::lock_guard<std::mutex> compiling(TorchScriptMutex());
       module_ = torch::jit::load(in, c10::kCPU);
     } catch (const std::exception& e) {
       throw InvalidArgument(
@@ -161,6 +163,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     module_.eval();
     // Looked up once here, not by name on every request.
     if (auto m = module_.find_method("forward")) forward_.emplace(std::move(*m));
+    ResolveInputNames();
     for (const auto& p : module_.parameters()) weight_bytes_ += p.numel() * p.element_size();
     for (const auto& b : module_.buffers()) weight_bytes_ += b.numel() * b.element_size();
   }
@@ -180,7 +183,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   void Warmup() {
     const Tensors inputs = WarmupInputs();
     if (inputs.empty()) return;
-    CheckInputs(inputs);
+    CheckInputs(inputs, nullptr);
     for (int i = 0; i < options_.warmup_runs; ++i) {
       try {
         Forward(inputs);
@@ -190,6 +193,27 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     }
   }
 
+  // The names requests may give their inputs: the signature's, else the forward's parameters.
+  void ResolveInputNames() {
+    if (signature_ && !signature_->inputs.empty()) {
+      for (const auto& spec : signature_->inputs) input_names_.push_back(spec.name);
+      min_inputs_ = input_names_.size();
+      return;
+    }
+    if (!forward_) return;
+    const auto& args = forward_->function().getSchema().arguments();
+    for (size_t i = 1; i < args.size(); ++i) {  // 0 is self
+      input_names_.push_back(args[i].name());
+      if (!args[i].default_value()) min_inputs_ = input_names_.size();
+    }
+  }
+
+  std::string InputList() const {
+    std::string out;
+    for (const auto& n : input_names_) out += (out.empty() ? "'" : ", '") + n + "'";
+    return out.empty() ? "none" : out;
+  }
+
   std::string InputName(size_t i) const {
     return signature_ && i < signature_->inputs.size()
                ? "input '" + signature_->inputs[i].name + "'"
@@ -197,14 +221,31 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   // Messages are built only on failure: this runs on every request.
-  void CheckInputs(const Tensors& inputs) const {
+  void CheckInputs(const Tensors& inputs, const std::vector<std::string>* names) const {
     auto fail = [&](size_t i, const std::string& what) {
       throw InvalidArgument(Who() + ": " + InputName(i) + " " + what);
     };
     if (inputs.empty()) throw InvalidArgument(Who() + ": no inputs given");
-    if (signature_ && !signature_->inputs.empty() && inputs.size() != signature_->inputs.size()) {
-      throw InvalidArgument(Who() + " takes " + std::to_string(signature_->inputs.size()) +
-                            " inputs, got " + std::to_string(inputs.size()));
+    if (!input_names_.empty() &&
+        (inputs.size() < min_inputs_ || inputs.size() > input_names_.size())) {
+      throw InvalidArgument(
+          Who() + " takes " +
+          (min_inputs_ == input_names_.size()
+               ? std::to_string(input_names_.size())
+               : std::to_string(min_inputs_) + " to " + std::to_string(input_names_.size())) +
+          " inputs (" + InputList() + "), got " + std::to_string(inputs.size()));
+    }
+    if (names) {
+      if (names->size() != inputs.size()) {
+        throw InvalidArgument(Who() + ": " + std::to_string(names->size()) + " input names for " +
+                              std::to_string(inputs.size()) + " inputs");
+      }
+      for (size_t i = 0; i < names->size() && i < input_names_.size(); ++i) {
+        if ((*names)[i] != input_names_[i]) {
+          throw InvalidArgument(Who() + " has no input named '" + (*names)[i] + "' in position " +
+                                std::to_string(i) + " (its inputs: " + InputList() + ")");
+        }
+      }
     }
     for (size_t i = 0; i < inputs.size(); ++i) {
       const at::Tensor& t = inputs[i];
@@ -463,7 +504,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   RunResult Run(const Tensors& inputs, const RunOptions& o) {
-    CheckInputs(inputs);
+    CheckInputs(inputs, nullptr);
     std::unique_lock<std::mutex> lk(mu_);
     RequireServing();
     const bool inline_ok = options_.max_batch_size == 1 && !o.deadline && !o.force_async &&
@@ -482,7 +523,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   RunResult RunHere(const Tensors& inputs, int intra_op_threads) {
-    CheckInputs(inputs);
+    CheckInputs(inputs, nullptr);
     std::unique_lock<std::mutex> lk(mu_);
     RequireServing();
     return RunOnCaller(lk, MakeTicket(inputs, RunOptions{}),
@@ -507,7 +548,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   std::shared_ptr<Ticket> Submit(const Tensors& inputs, const RunOptions& o) {
-    CheckInputs(inputs);
+    CheckInputs(inputs, nullptr);
     std::unique_lock<std::mutex> lk(mu_);
     RequireServing();
     auto t = MakeTicket(inputs, o);
@@ -543,8 +584,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     std::unique_lock<std::mutex> lk(mu_);
     if (health_ == Health::kUnloaded) return true;
     health_ = Health::kDraining;
-    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                             std::chrono::duration<double>(timeout_s));
+    const auto deadline = Clock::now() + ClampedDuration<Clock::duration>(timeout_s);
     const bool finished = changed_.wait_until(
         lk, deadline, [&] { return queue_.empty() && in_flight_ == 0 && !collecting_; });
     for (auto& [k, t] : queue_) {
@@ -594,6 +634,8 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   const std::optional<Signature> signature_;
   const ServableOptions options_;
   std::vector<at::ScalarType> input_types_;  // the signature's input dtypes, resolved once
+  std::vector<std::string> input_names_;     // the signature's or the forward's, in order
+  size_t min_inputs_ = 0;                    // inputs without a default value
   torch::jit::Module module_;
   std::optional<torch::jit::Method> forward_;
   int64_t weight_bytes_ = 0;
@@ -659,7 +701,10 @@ const std::string& Servable::version() const { return impl_->version_; }
 const std::string& Servable::sha256() const { return impl_->sha256_; }
 const std::optional<Signature>& Servable::signature() const { return impl_->signature_; }
 const ServableOptions& Servable::options() const { return impl_->options_; }
-void Servable::CheckInputs(const Tensors& inputs) const { impl_->CheckInputs(inputs); }
+void Servable::CheckInputs(const Tensors& inputs, const std::vector<std::string>* names) const {
+  impl_->CheckInputs(inputs, names);
+}
+const std::vector<std::string>& Servable::input_names() const { return impl_->input_names_; }
 RunResult Servable::Run(const Tensors& inputs, const RunOptions& options) {
   return impl_->Run(inputs, options);
 }

@@ -1,11 +1,10 @@
 #include "lepton/server.h"
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
-
-#include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
@@ -16,13 +15,14 @@
 #include <sstream>
 #include <thread>
 
+#include "http_transport.h"
 #include "lepton/errors.h"
 #include "lepton/events.h"
 #include "lepton/metrics.h"
 #include "lepton/names.h"
 #include "lepton/oip.h"
 #include "lepton/policy_config.h"
-#include "http_transport.h"
+#include "lepton/process.h"
 
 namespace lepton {
 namespace {
@@ -50,6 +50,21 @@ Reply ErrorReply(int status, const std::string& message) {
   return JsonReply(status, json{{"error", message}});
 }
 
+// A failure on the server's side (a model that raised, storage, a bug): the client gets a short
+// message and an id to quote, while the details, which can hold a model's source lines, file paths
+// and stack traces, go to the event log under that id.
+Reply ServerFailure(const char* kind, const std::string& summary, const std::string& details) {
+  const std::string id = RandomHex(16);
+  EmitEvent("error", kind, "", "", summary + " (request " + id + "): " + details);
+  Reply r = JsonReply(500, json{{"error", summary +
+                                              "; the details are in the server's event log "
+                                              "under request id " +
+                                              id},
+                                {"request_id", id}});
+  r.headers["X-Lepton-Request-Id"] = id;
+  return r;
+}
+
 // The status of the exception being handled.
 Reply CurrentErrorReply() {
   try {
@@ -69,15 +84,16 @@ Reply CurrentErrorReply() {
   } catch (const Timeout& e) {
     return ErrorReply(504, e.what());
   } catch (const ModelError& e) {
-    return ErrorReply(500, e.what());
+    return ServerFailure("model_error", "the model failed on this request", e.what());
   } catch (const IntegrityError& e) {
-    return ErrorReply(500, e.what());
+    return ServerFailure("integrity_error", "a stored artifact failed its integrity check",
+                         e.what());
   } catch (const StorageError& e) {
-    return ErrorReply(500, e.what());
+    return ServerFailure("storage_error", "the registry's storage failed", e.what());
   } catch (const std::exception& e) {
-    return ErrorReply(500, std::string("internal error: ") + e.what());
+    return ServerFailure("internal_error", "internal error", e.what());
   } catch (...) {
-    return ErrorReply(500, "internal error");
+    return ServerFailure("internal_error", "internal error", "unknown exception");
   }
 }
 
@@ -147,10 +163,10 @@ void OnlyFields(const json& j, std::initializer_list<const char*> known) {
 
 // The protocol's datatypes and the tensor types that carry them, one table for both directions.
 constexpr std::pair<oip::DataType, at::ScalarType> kWireTypes[] = {
-    {oip::DataType::kBool, at::kBool},   {oip::DataType::kUInt8, at::kByte},
-    {oip::DataType::kInt8, at::kChar},   {oip::DataType::kInt16, at::kShort},
-    {oip::DataType::kInt32, at::kInt},   {oip::DataType::kInt64, at::kLong},
-    {oip::DataType::kFp32, at::kFloat},  {oip::DataType::kFp64, at::kDouble},
+    {oip::DataType::kBool, at::kBool},  {oip::DataType::kUInt8, at::kByte},
+    {oip::DataType::kInt8, at::kChar},  {oip::DataType::kInt16, at::kShort},
+    {oip::DataType::kInt32, at::kInt},  {oip::DataType::kInt64, at::kLong},
+    {oip::DataType::kFp32, at::kFloat}, {oip::DataType::kFp64, at::kDouble},
 };
 
 at::ScalarType ScalarOf(oip::DataType t) {
@@ -248,6 +264,12 @@ class Server::Impl {
       throw InvalidArgument("port must be in [0, 65535]");
     }
     if (options_.http_threads < 1) throw InvalidArgument("http_threads must be >= 1");
+    if (options_.max_buffered_bytes < options_.max_body_bytes) {
+      throw InvalidArgument("max_buffered_bytes (" + std::to_string(options_.max_buffered_bytes) +
+                            ") must be at least max_body_bytes (" +
+                            std::to_string(options_.max_body_bytes) +
+                            "), or no request of the largest size could ever be read");
+    }
     if (!(options_.request_timeout_s >= 0)) throw InvalidArgument("request_timeout must be >= 0");
     if (options_.token.empty()) {
       options_.token = RandomToken();
@@ -390,8 +412,9 @@ class Server::Impl {
     t.io_threads = options_.io_threads;
     t.busy_poll_s = options_.busy_poll_s;
     t.max_threads = options_.http_threads;
+    t.max_buffered_bytes = options_.max_buffered_bytes;
     http_ = std::make_unique<http::Transport>(t, [this](http::Request& req) {
-      Reply r = Dispatch(req.method, req.path, req.query, req.body, req.headers);
+      Reply r = Dispatch(req.method, req.path, req.query, req.body, req.headers, req.peer);
       http::Response out;
       out.status = r.status;
       out.body = std::move(r.body);
@@ -463,12 +486,12 @@ class Server::Impl {
   }
 
   Reply Dispatch(const std::string& method, const std::string& path, const Query& query,
-                 const std::string& body, const Headers& headers) {
+                 const std::string& body, const Headers& headers, const std::string& peer = "") {
     const auto start = std::chrono::steady_clock::now();
     const auto parts = SplitPath(path);
     Reply r;
     try {
-      r = Route(method, path, parts, query, body, headers);
+      r = Route(method, path, parts, query, body, headers, peer);
     } catch (...) {
       r = CurrentErrorReply();
     }
@@ -525,7 +548,8 @@ class Server::Impl {
   }
 
   Reply Route(const std::string& method, const std::string& path, const std::vector<std::string>& p,
-              const Query& query, const std::string& body, const Headers& headers) {
+              const Query& query, const std::string& body, const Headers& headers,
+              const std::string& peer) {
     const size_t n = p.size();
     if (n == 1 && p[0] == "metrics") {
       Method(method, "GET");
@@ -558,7 +582,7 @@ class Server::Impl {
     }
     if (p[1] == "models" && n >= 3) return ModelRoute(method, p, body, headers);
     if (p[1] == "repository") return RepositoryRoute(method, p, body, headers);
-    if (p[1] == "lepton") return LeptonRoute(method, p, query, body, headers);
+    if (p[1] == "lepton") return LeptonRoute(method, p, query, body, headers, peer);
     throw HttpError{404, "no such endpoint: " + path};
   }
 
@@ -639,8 +663,12 @@ class Server::Impl {
     oip::InferRequest req = oip::DecodeInferRequest(body);
     Tensors inputs;
     inputs.reserve(req.inputs.size());
-    for (auto& w : req.inputs) inputs.push_back(ToTensor(std::move(w)));
     PredictOptions o;
+    o.input_names.reserve(req.inputs.size());
+    for (auto& w : req.inputs) {
+      o.input_names.push_back(w.name);
+      inputs.push_back(ToTensor(std::move(w)));
+    }
     if (version) o.context.version = ResolveVersion(model, *version);
     o.context.key = req.key;
     if (!o.context.key) {
@@ -762,19 +790,39 @@ class Server::Impl {
 
   // /v2/lepton/...
   Reply LeptonRoute(const std::string& method, const std::vector<std::string>& p,
-                    const Query& query, const std::string& body, const Headers& headers) {
+                    const Query& query, const std::string& body, const Headers& headers,
+                    const std::string& peer) {
     const size_t n = p.size();
     // Feedback belongs with inference; everything else is management.
     if (n == 5 && p[2] == "models" && p[4] == "feedback") {
       Method(method, "POST");
-      if (options_.token_for_inference) RequireToken(headers);
+      // Rewards steer traffic, and through an A/B test or a bandit that moves an alias they move
+      // production: they need the token unless open_feedback is set, and even then a deployment
+      // that follows an alias takes them only with the token.
+      const bool authorized = Authorized(headers);
+      const Entry entry = Find(p[3]);
+      if (!authorized) {
+        if (!options_.open_feedback) {
+          throw HttpError{401,
+                          "feedback needs 'Authorization: Bearer <token>' (a server started with "
+                          "open_feedback takes it without the token for deployments that follow "
+                          "no alias)"};
+        }
+        if (entry.deployment->Status().alias) {
+          throw HttpError{401, "feedback to " + p[3] +
+                                   " can move the alias it follows, so it needs 'Authorization: "
+                                   "Bearer <token>'"};
+        }
+      }
       const json req = ParseBody(body);
       OnlyFields(req, {"request_id", "reward"});
       const auto id = Field<std::string>(req, "request_id", "a string");
       if (!req.contains("reward") || !req["reward"].is_number()) {
         throw InvalidArgument("'reward' must be a number");
       }
-      Find(p[3]).deployment->Feedback(id, req["reward"].get<double>());
+      const std::string source = std::string("http ") + (peer.empty() ? "(in-process)" : peer) +
+                                 (authorized ? " with the token" : " without the token");
+      entry.deployment->Feedback(id, req["reward"].get<double>(), source);
       return JsonReply(200, {{"accepted", true}, {"request_id", id}});
     }
     RequireToken(headers);
@@ -961,17 +1009,30 @@ class Server::Impl {
 };
 
 Server::Server(std::shared_ptr<Registry> registry, ServerOptions options)
-    : impl_(std::make_unique<Impl>(std::move(registry), std::move(options))) {}
-Server::~Server() = default;
-int Server::Start() { return impl_->Start(); }
-void Server::Stop() { impl_->Stop(); }
-void Server::Wait() { impl_->Wait(); }
-int Server::port() const { return impl_->port_; }
-const std::string& Server::host() const { return impl_->options_.host; }
-const std::string& Server::token() const { return impl_->options_.token; }
-std::vector<std::string> Server::models() const { return impl_->Names(); }
+    : impl_(std::make_unique<Impl>(std::move(registry), std::move(options))),
+      generation_(ForkGeneration()) {}
+Server::~Server() {
+  // In a forked child the parent's server threads do not exist; stopping would wait for them.
+  if (generation_ != ForkGeneration()) (void)impl_.release();
+}
+
+Server::Impl* Server::Live() const {
+  if (generation_ != ForkGeneration()) {
+    throw Unavailable(
+        "this server was started in the parent of this forked process, and its threads do not "
+        "exist here; create a new Server in this process");
+  }
+  return impl_.get();
+}
+int Server::Start() { return Live()->Start(); }
+void Server::Stop() { Live()->Stop(); }
+void Server::Wait() { Live()->Wait(); }
+int Server::port() const { return Live()->port_; }
+const std::string& Server::host() const { return Live()->options_.host; }
+const std::string& Server::token() const { return Live()->options_.token; }
+std::vector<std::string> Server::models() const { return Live()->Names(); }
 std::shared_ptr<Deployment> Server::deployment(const std::string& model) const {
-  return impl_->Find(model).deployment;
+  return Live()->Find(model).deployment;
 }
 
 Server::Reply Server::Handle(const std::string& method, const std::string& path,
@@ -984,7 +1045,7 @@ Server::Reply Server::Handle(const std::string& method, const std::string& path,
   if (!http::SplitTarget(path, &p, &query)) {
     return ErrorReply(400, "the request target has a malformed percent escape");
   }
-  return impl_->Dispatch(method, p, query, body, lower);
+  return Live()->Dispatch(method, p, query, body, lower);
 }
 
 }  // namespace lepton

@@ -1,5 +1,7 @@
 #include "sqlite_db.h"
 
+#include <cerrno>
+
 #include "lepton/errors.h"
 
 namespace lepton::sqlite {
@@ -14,8 +16,10 @@ namespace {
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
       throw IntegrityError(msg);
+    case SQLITE_FULL:
+      throw StorageError(msg, db && sqlite3_system_errno(db) ? sqlite3_system_errno(db) : ENOSPC);
     default:
-      throw StorageError(msg);
+      throw StorageError(msg, db ? sqlite3_system_errno(db) : 0);
   }
 }
 
@@ -105,7 +109,8 @@ void Database::Exec(std::string_view sql) {
   if (rc != SQLITE_OK) {
     const std::string msg = err ? err : sqlite3_errstr(rc);
     sqlite3_free(err);
-    Throw(nullptr, rc, "cannot run '" + text + "': " + msg);
+    (void)msg;
+    Throw(db_, rc, "cannot run '" + text + "'");
   }
 }
 

@@ -30,6 +30,7 @@ from .registry import (
     GcReport,
     ModelInfo,
     ModelVersion,
+    RecoverReport,
     Registry,
     Signature,
     TensorSpec,
@@ -38,6 +39,7 @@ from .registry import (
     default_registry_path,
     diff_metrics,
     infer_signature,
+    recover,
 )
 
 __version__: str = _core.__version__
@@ -70,6 +72,8 @@ __all__ = [
     "VerifyReport",
     "VerifyProblem",
     "GcReport",
+    "RecoverReport",
+    "recover",
     "Signature",
     "TensorSpec",
     "default_registry_path",

@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .errors import LeptonError
 from .registry import Registry, default_registry_path
+from .registry import recover as recover_registry
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -261,16 +262,41 @@ def delete(ctx, ref, force, reason) -> None:
 @cli.command()
 @click.pass_context
 def verify(ctx) -> None:
-    """Rehash every artifact; exit status 1 if any is missing or corrupted."""
+    """Rehash every artifact; exit status 1 if any is missing or corrupted, or if blobs are stored
+    that no version refers to (their metadata was lost: see ``lepton recover``)."""
     report = _registry(ctx).verify()
     for p in report.problems:
         click.echo(f"{p.problem}: {p.ref} ({p.sha256[:12]})", err=True)
+    for sha in report.orphan_blobs:
+        click.echo(f"unreferenced: {sha[:12]} (stored, but no version refers to it)", err=True)
     click.echo(
         f"checked {report.versions_checked} versions, {report.blobs_checked} artifacts: "
         f"{len(report.problems)} problems, {len(report.orphan_blobs)} unreferenced blobs"
     )
     if not report.ok:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("path", required=False)
+@click.option("--model", default="recovered", show_default=True,
+              help="Model that the recovered versions are registered under.")
+@click.pass_context
+def recover(ctx, path, model) -> None:
+    """Make a registry whose database was lost usable again, losing no artifact.
+
+    A database without lepton's tables is moved aside (registry.db.lost-TIME), and every stored
+    artifact that no version refers to is registered as a version of MODEL, labelled by its digest.
+    """
+    root = path or ctx.obj["path"]
+    report = recover_registry(root, model=model, actor=ctx.obj["actor"])
+    if report.moved_aside:
+        click.echo(f"moved the lost database aside to {report.moved_aside}")
+    for ref in report.recovered:
+        click.echo(f"recovered {ref}")
+    for line in report.skipped:
+        click.echo(f"skipped {line}", err=True)
+    click.echo(f"{len(report.recovered)} versions recovered, {len(report.skipped)} skipped")
 
 
 @cli.command()

@@ -194,7 +194,9 @@ def _http(reg: Registry, x: torch.Tensor) -> None:
     policy = {"type": "weighted", "weights": {"v2.0": 0.7, "v1.2": 0.3}}
     models = {"classifier": {"versions": ["v2.0", "v1.2"], "policy": policy}}
     with serve(reg, port=0, token="demo-token", models=models, only=True) as server:
-        body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}
+        with urllib.request.urlopen(server.url + "/v2/models/classifier") as r:
+            name = json.load(r)["inputs"][0]["name"]  # as any Open Inference Protocol client would
+        body = {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}
         request = urllib.request.Request(server.url + "/v2/models/classifier/infer", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
         for _ in range(200):

@@ -280,16 +280,17 @@ class Deployment:
         """Versions with their health, CPU budget and counters; the policy; the swaps so far."""
         return self._core.status()
 
-    def feedback(self, request_id: Union[str, "Prediction"], reward: float) -> None:
+    def feedback(self, request_id: Union[str, "Prediction"], reward: float, *, source: str = "") -> None:
         """A reward (binary or continuous) for an earlier request, for policies that learn
         (``Bandit``, ``ABTest``). Raises ``NotFound`` for an unknown or already rewarded request,
-        ``InvalidArgument`` for a reward the policy cannot take."""
+        ``InvalidArgument`` for a reward the policy cannot take. ``source`` names the sender; the
+        senders are recorded in the audit entry of the automatic switch their rewards lead to."""
         rid = request_id.request_id if isinstance(request_id, Prediction) else request_id
         try:
             value = float(reward)
         except (TypeError, ValueError):
             raise InvalidArgument(f"reward must be a number, got {reward!r}") from None
-        self._core.feedback(rid, value)
+        self._core.feedback(rid, value, str(source))
 
     def metrics(self) -> Dict[str, Any]:
         """Request metrics as plain dicts: ``series`` (one per version, alias and policy: requests,

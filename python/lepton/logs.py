@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import threading
 from typing import Any, Dict, List, Optional
 
@@ -72,6 +73,15 @@ def _start_log_bridge() -> None:
                 target=_forward, args=(_core.last_event_seq(),), name="lepton-log-bridge", daemon=True
             )
             _bridge.start()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's bridge thread does not exist here; the next deployment starts one.
+    global _bridge, _bridge_lock
+    _bridge, _bridge_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

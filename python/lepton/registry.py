@@ -1,9 +1,11 @@
 """The model registry: durable storage of every version, with aliases, lineage and an audit log."""
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -152,7 +154,9 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        """No artifact missing or corrupted, and none stored that no version refers to (which
+        means metadata was lost: see ``lepton.recover``)."""
+        return not self.problems and not self.orphan_blobs
 
 
 @dataclass(frozen=True)
@@ -201,22 +205,56 @@ def _float_map(values: Optional[Mapping[str, Any]], what: str) -> Dict[str, floa
     return {str(k): _float(v, f"{what} {k!r}") for k, v in _checked(values, what).items()}
 
 
-def _serialize(model: Any, example_inputs: Any) -> "tuple[bytes, Any]":
-    """TorchScript bytes for a module, and the scripted module (to infer a signature from)."""
+def _private_copy(model: Any) -> Any:
+    """A copy of ``model`` that scripting and tracing may run and change; the caller's is untouched."""
+    try:
+        return copy.deepcopy(model)
+    except Exception as error:  # modules holding locks, files or C handles cannot be copied
+        raise InvalidArgument(
+            f"{type(model).__name__} cannot be copied ({error}); lepton scripts or traces a copy so "
+            "that your model is left exactly as it was. Pass a torch.jit.ScriptModule, a "
+            "TorchScript file or its bytes instead"
+        ) from error
+
+
+def _trace(model: Any, example_inputs: Any, accept_trace_warnings: bool) -> Any:
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, _as_tuple(example_inputs))
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    for w in caught:
+        if w not in tracer:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if tracer and not accept_trace_warnings:
+        said = "; ".join(sorted({str(w.message).splitlines()[0] for w in tracer}))
+        raise InvalidArgument(
+            f"tracing {type(model).__name__} recorded a trace that may not match the model for other "
+            f"inputs: {said}. Make the model scriptable, or pass accept_trace_warnings=True if the "
+            "trace is right for every input it will get"
+        )
+    return traced
+
+
+def _serialize(model: Any, example_inputs: Any, accept_trace_warnings: bool = False) -> bytes:
+    """TorchScript bytes for a module. Called with the TorchScript lock held."""
     import torch
 
     if isinstance(model, torch.jit.ScriptModule):
         scripted = model
     elif isinstance(model, torch.nn.Module):
+        private = _private_copy(model)
+        private.eval()  # served in eval mode, so traced (and scripted) as it will run
         try:
-            scripted = torch.jit.script(model)
+            scripted = torch.jit.script(private)
         except Exception as script_error:  # scripting failures come in many exception types
             if example_inputs is None:
                 raise InvalidArgument(
                     f"{type(model).__name__} cannot be scripted ({script_error}); pass "
                     "example_inputs so it can be traced instead"
                 ) from script_error
-            scripted = torch.jit.trace(model, _as_tuple(example_inputs))
+            scripted = _trace(private, example_inputs, accept_trace_warnings)
     else:
         raise InvalidArgument(
             "model must be a torch.nn.Module, a torch.jit.ScriptModule, a path to a TorchScript "
@@ -224,7 +262,18 @@ def _serialize(model: Any, example_inputs: Any) -> "tuple[bytes, Any]":
         )
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
-    return buffer.getvalue(), scripted
+    return buffer.getvalue()
+
+
+def _load(source: Any, map_location: Any = "cpu") -> Any:
+    """A fresh module from TorchScript bytes or a path, in eval mode. Takes the TorchScript lock."""
+    import torch
+
+    with _core.TorchScriptLock():
+        module = torch.jit.load(io.BytesIO(source) if isinstance(source, bytes) else source,
+                                map_location=map_location)
+    module.eval()
+    return module
 
 
 def _as_tuple(example_inputs: Any) -> tuple:
@@ -302,13 +351,18 @@ class Registry:
         parent: Optional[Ref] = None,
         signature: Optional[Signature] = None,
         reason: str = "",
+        accept_trace_warnings: bool = False,
     ) -> ModelVersion:
         """Stores ``model`` as a new version of ``name`` and returns it.
 
         ``model`` is an ``nn.Module`` (scripted, or traced with ``example_inputs`` when scripting
-        fails), a ``torch.jit.ScriptModule``, a path to a TorchScript file, or the bytes of one. With
-        ``example_inputs`` and no ``signature``, the signature is inferred by running the model.
-        ``parent`` is a label of this model or a reference to any version.
+        fails), a ``torch.jit.ScriptModule``, a path to a TorchScript file, or the bytes of one.
+        Modules are scripted or traced from a copy in eval mode, so the caller's object is left
+        exactly as it was. A trace that torch warns may not fit other inputs (a model that goes
+        through numpy or Python numbers) is refused unless ``accept_trace_warnings``. With
+        ``example_inputs`` and no ``signature``, the signature is inferred by running a copy
+        loaded from the stored bytes. ``parent`` is a label of this model or a reference to any
+        version. Safe to call from many threads at once.
         """
         tags_ = _str_map(tags, "tags")
         metrics_ = _float_map(metrics, "metrics")
@@ -325,22 +379,19 @@ class Registry:
         )
         if isinstance(model, (str, os.PathLike)):
             if signature is None and example_inputs is not None:
-                import torch
-
-                signature = infer_signature(torch.jit.load(os.fspath(model)), example_inputs)
+                signature = infer_signature(_load(os.fspath(model)), example_inputs)
             return ModelVersion(
                 self._core.register_file(name, os.fspath(model), signature=signature, **common)
             )
         if isinstance(model, (bytes, bytearray, memoryview)):
             data = bytes(model)
-            if signature is None and example_inputs is not None:
-                import torch
-
-                signature = infer_signature(torch.jit.load(io.BytesIO(data)), example_inputs)
         else:
-            data, scripted = _serialize(model, example_inputs)
-            if signature is None and example_inputs is not None:
-                signature = infer_signature(scripted, example_inputs)
+            # TorchScript's compiler is not thread-safe: one compilation at a time per process.
+            with _core.TorchScriptLock():
+                data = _serialize(model, example_inputs, accept_trace_warnings)
+        if signature is None and example_inputs is not None:
+            # Inferred on a copy loaded from the bytes, so the caller's module never runs.
+            signature = infer_signature(_load(data), example_inputs)
         return ModelVersion(self._core.register_bytes(name, data, signature=signature, **common))
 
     def get(self, ref: Ref) -> ModelVersion:
@@ -362,11 +413,9 @@ class Registry:
         return dict(self._core.aliases(name))
 
     def load(self, ref: Ref, *, map_location: Any = "cpu") -> "torch.jit.ScriptModule":  # noqa: F821
-        """Loads a version as a ScriptModule, after checking its bytes against their sha256."""
-        import torch
-
-        data = self._core.read_artifact(_ref(ref))
-        return torch.jit.load(io.BytesIO(data), map_location=map_location)
+        """Loads a version as a ScriptModule in eval mode (as the engine serves it), after checking
+        its bytes against their sha256."""
+        return _load(self._core.read_artifact(_ref(ref)), map_location)
 
     def read_artifact(self, ref: Ref) -> bytes:
         """The artifact's bytes, verified against the recorded sha256 (IntegrityError if not)."""
@@ -455,6 +504,29 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.path!r})"
+
+
+@dataclass(frozen=True)
+class RecoverReport:
+    """What ``recover`` did."""
+
+    moved_aside: Optional[str]  # where the lost database went, if it was moved
+    recovered: List[str]  # refs of the versions registered from unreferenced artifacts
+    skipped: List[str]  # "<sha256>: <why>" for artifacts that could not be registered
+
+
+def recover(path: Optional[PathLike] = None, *, model: str = "recovered", actor: Optional[str] = None) -> RecoverReport:
+    """Makes a registry whose database was lost (deleted, emptied, or rows lost with its WAL) usable
+    again without losing an artifact.
+
+    A database without lepton's tables is moved aside (``registry.db.lost-<time>``), then every
+    stored artifact that no version refers to is registered as a version of ``model``, labelled
+    ``sha256-<first 12 hex digits>``, oldest first. Aliases, tags and metrics are not in the blobs
+    and cannot be recovered; restore ``registry.db`` from a backup to get them back.
+    """
+    root = os.fspath(path) if path is not None else default_registry_path()
+    r = _core.Registry.recover(root, model, actor or "")
+    return RecoverReport(r.moved_aside or None, list(r.recovered), list(r.skipped))
 
 
 def diff_metrics(a: ModelVersion, b: ModelVersion) -> Dict[str, Sequence[Optional[float]]]:

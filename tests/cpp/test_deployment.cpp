@@ -163,8 +163,8 @@ TEST_F(DeploymentTest, EnsembleSkipsOrFailsOnAMemberError) {
   EXPECT_NO_THROW(d.Predict({torch::ones({1})}));
   // The failing member first, where it runs whole on a core of its own, and last, split by
   // rows with one failing half: skipped alike.
-  for (auto order : {std::vector<std::string>{"bad", "v1", "v2"},
-                     std::vector<std::string>{"v1", "v2", "bad"}}) {
+  for (auto order :
+       {std::vector<std::string>{"bad", "v1", "v2"}, std::vector<std::string>{"v1", "v2", "bad"}}) {
     d.SetPolicy(std::make_shared<EnsemblePolicy>(order, std::vector<double>{1, 1, 1},
                                                  Combine::kAuto, OnError::kSkip));
     Prediction q = d.Predict({torch::tensor({1.0f, -1.0f})});

@@ -92,8 +92,8 @@ std::string Get(const std::string& path, const std::string& extra = "") {
 }
 
 std::string Post(const std::string& path, const std::string& body) {
-  return "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Length: " +
-         std::to_string(body.size()) + "\r\n\r\n" + body;
+  return "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\n\r\n" + body;
 }
 
 // Echoes what it was asked, as "METHOD path?k=v,... body".
@@ -211,8 +211,8 @@ TEST(HttpTransport, CutsOffSilentClientsWithoutHoldingUpOthers) {
     EXPECT_EQ(Body(c.Receive()), "GET /ok ");
   }
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 800ms);  // nobody waited for the timeout
-  EXPECT_TRUE(half.ClosedWithin(3));  // after its read timeout
-  EXPECT_TRUE(idle.ClosedWithin(3));  // after the keep-alive time
+  EXPECT_TRUE(half.ClosedWithin(3));                        // after its read timeout
+  EXPECT_TRUE(idle.ClosedWithin(3));                        // after the keep-alive time
 }
 
 TEST(HttpTransport, AHandlerThatBlocksGetsItsLoopAHelper) {

@@ -411,5 +411,126 @@ TEST(RegistryCrash, SigkillNeverLeavesPartialState) {
   EXPECT_GT(last_count, 0);
 }
 
+// Several processes opening a registry that does not exist yet race to create its database and
+// switch it to WAL; every one of them must open it.
+TEST(RegistryProcesses, ABrandNewRegistryOpensFromEightProcessesAtOnce) {
+  TempDir dir;
+  for (int round = 0; round < 40; ++round) {
+    const std::string path = dir / ("reg" + std::to_string(round));
+    int start[2];
+    ASSERT_EQ(::pipe(start), 0);
+    std::vector<pid_t> children;
+    for (int i = 0; i < 8; ++i) {
+      const pid_t pid = ::fork();
+      ASSERT_GE(pid, 0);
+      if (pid == 0) {
+        // Every child waits until the parent closes the pipe, then all open at once.
+        ::close(start[1]);
+        char c;
+        while (::read(start[0], &c, 1) > 0) {
+        }
+        int code = 0;
+        try {
+          Registry reg(path, Opts());
+          reg.CreateModel("m", "", true);
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "child: %s\n", e.what());
+          code = 1;
+        }
+        ::_exit(code);
+      }
+      children.push_back(pid);
+    }
+    ::close(start[0]);
+    ::close(start[1]);
+    for (pid_t pid : children) {
+      int status = 0;
+      ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+      ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "round " << round;
+    }
+  }
+}
+
+// The metadata of a registry whose database was deleted or emptied is gone: opening it must not
+// make it look like a new, empty registry whose artifacts gc would then delete.
+TEST(RegistryIntegrity, ALostDatabaseBesideBlobsIsRefusedUntilRecovered) {
+  TempDir dir;
+  const std::string path = dir / "reg";
+  {
+    Registry reg(path, Opts());
+    reg.RegisterBytes("m", "one", Label("a"));
+    reg.RegisterBytes("m", "two", Label("b"));
+  }
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    std::filesystem::remove(path + "/registry.db" + suffix);
+  }
+  EXPECT_THROW(Registry(path, Opts()), IntegrityError);
+  EXPECT_THROW(Registry(path, Opts()), IntegrityError);
+  const RecoverReport report = Registry::Recover(path, "recovered", Opts());
+  EXPECT_EQ(report.recovered.size(), 2u);
+  EXPECT_TRUE(report.skipped.empty());
+  Registry reg(path, Opts());
+  std::set<std::string> bytes;
+  for (const auto& v : reg.Versions("recovered")) bytes.insert(reg.ReadArtifact(v.ref()));
+  EXPECT_EQ(bytes, (std::set<std::string>{"one", "two"}));
+  EXPECT_TRUE(reg.Verify().ok());
+}
+
+TEST_F(RegistryTest, VerifyFailsOnBlobsNoVersionRefersTo) {
+  reg_.RegisterBytes("m", "kept", {});
+  EXPECT_TRUE(reg_.Verify().ok());
+  {
+    // A second registry's blob copied in: stored bytes whose metadata this registry lost.
+    TempDir other;
+    Registry elsewhere(other / "reg", Opts());
+    const ModelVersion v = elsewhere.RegisterBytes("x", "lost", {});
+    const std::string from = elsewhere.ArtifactPath(v.ref());
+    const std::string to = dir_ / ("reg/blobs/sha256/" + v.sha256.substr(0, 2) + "/" + v.sha256);
+    std::filesystem::create_directories(std::filesystem::path(to).parent_path());
+    std::filesystem::copy_file(from, to);
+  }
+  const VerifyReport report = reg_.Verify();
+  EXPECT_EQ(report.orphan_blobs.size(), 1u);
+  EXPECT_FALSE(report.ok());
+}
+
+TEST(RegistryNames, NonAsciiNamesGiveWholeCharactersInTheMessage) {
+  TempDir dir;
+  Registry reg(dir / "reg", Opts());
+  const std::vector<std::string> names = {
+      "\xe3\x83\xa2\xe3\x83\x87\xe3\x83\xab",
+      std::string(31, 'a') + "\xc3\xa9\xc3\xa9" + std::string(100, 'b')};
+  for (const std::string& name : names) {
+    try {
+      reg.RegisterBytes(name, "x", {});
+      FAIL() << "accepted " << name;
+    } catch (const InvalidArgument& e) {
+      const std::string what = e.what();
+      ASSERT_FALSE(what.empty());
+      // Every multi-byte sequence in the message is whole.
+      for (size_t i = 0; i < what.size();) {
+        const unsigned char c = static_cast<unsigned char>(what[i]);
+        const size_t n = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+        ASSERT_LE(i + n, what.size()) << what;
+        for (size_t k = 1; k < n; ++k) {
+          ASSERT_EQ(static_cast<unsigned char>(what[i + k]) & 0xc0, 0x80) << what;
+        }
+        i += n;
+      }
+    }
+  }
+}
+
+TEST(RegistryErrors, StorageErrorsCarryTheOsErrno) {
+  TempDir dir;
+  testing::WriteFile(dir / "file", "x");
+  try {
+    Registry reg(dir / "file/reg", Opts());
+    FAIL() << "opened a registry under a file";
+  } catch (const StorageError& e) {
+    EXPECT_EQ(e.os_errno(), ENOTDIR);
+  }
+}
+
 }  // namespace
 }  // namespace lepton

@@ -209,9 +209,16 @@ def test_overloaded_timeout_and_model_error_statuses(reg):
         for t in threads:
             t.join()
         assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
-        # The model raises: 500 with the model's message; the next request is fine.
+        # The model raises: 500 with a short message and an id; the model's source lines, its
+        # traceback and file paths go to the event log only. The next request is fine.
         r = requests.post(s.url + "/v2/models/fragile/infer", json=infer_body(-torch.ones(1, 2)))
-        assert r.status_code == 500 and "negative input" in r.json()["error"]
+        assert r.status_code == 500 and r.json()["error"].startswith("the model failed on this request")
+        for leak in ("negative input", "Traceback", "RaiseException", "raise ", ".py", "/"):
+            assert leak not in r.json()["error"], leak
+        rid = r.json()["request_id"]
+        assert len(rid) == 32 and r.headers["X-Lepton-Request-Id"] == rid
+        logged = requests.get(s.url + "/v2/lepton/events", headers=auth()).json()
+        assert any(rid in e["message"] and "negative input" in e["message"] for e in logged)
         assert requests.post(s.url + "/v2/models/fragile/infer", json=infer_body(torch.ones(1, 2))).status_code == 200
 
 
@@ -305,11 +312,14 @@ def test_policy_get_set_and_feedback(reg):
             reply = requests.post(s.url + "/v2/models/m/infer", json=infer_body(torch.zeros(1, 4))).json()
             rid = reply["parameters"]["lepton_request_id"]
             reward = 1.0 if reply["model_version"] == "v3" else 0.0
-            f = requests.post(s.url + "/v2/lepton/models/m/feedback", json={"request_id": rid, "reward": reward})
+            f = requests.post(s.url + "/v2/lepton/models/m/feedback", json={"request_id": rid, "reward": reward},
+                              headers=auth())
             assert f.status_code == 200
-        again = requests.post(s.url + "/v2/lepton/models/m/feedback", json={"request_id": rid, "reward": 1})
+        again = requests.post(s.url + "/v2/lepton/models/m/feedback", json={"request_id": rid, "reward": 1},
+                              headers=auth())
         assert again.status_code == 404
-        assert requests.post(s.url + "/v2/lepton/models/m/feedback", json={"request_id": rid}).status_code == 400
+        assert requests.post(s.url + "/v2/lepton/models/m/feedback", json={"request_id": rid},
+                             headers=auth()).status_code == 400
         report = requests.get(url, headers=auth()).json()["report"]
         assert sum(a["pulls"] for a in report["arms"].values()) == 30 if "arms" in report else True
 
@@ -320,16 +330,20 @@ def test_stats_events_and_prometheus_metrics(server):
     requests.post(server.url + "/v2/models/m/infer", json=infer_body(torch.zeros(1, 5)))
     stats = requests.get(server.url + "/v2/lepton/models/m/stats", headers=auth()).json()
     series = [x for x in stats["series"] if x["version"] == "v1"][0]
-    assert series["succeeded"] == 5 and series["failures"] == {"invalid_input": 1}
+    assert series["succeeded"] == 5 and series["failures"] == {}
+    # The bad request is counted, under no version.
+    refused = [x for x in stats["series"] if x["version"] == ""][0]
+    assert refused["failures"] == {"invalid_input": 1}
     assert series["alias"] == "prod" and series["latency_ms"]["p99"] > 0
     events = requests.get(server.url + "/v2/lepton/events?model=m", headers=auth()).json()
     assert any(e["kind"] == "load" and e["version"] == "v1" for e in events)
     text = requests.get(server.url + "/metrics").text
     assert '# TYPE lepton_requests_total counter' in text
-    assert re.search(r'lepton_requests_total\{model="m",version="v1",alias="prod",policy="fixed"\} 6', text)
-    assert re.search(r'lepton_request_failures_total\{model="m",version="v1",alias="prod",policy="fixed",'
+    assert re.search(r'lepton_requests_total\{model="m",version="v1",alias="prod",policy="fixed"\} 5', text)
+    assert re.search(r'lepton_request_failures_total\{model="m",version="",alias="prod",policy="fixed",'
                      r'reason="invalid_input"\} 1', text)
-    assert 'lepton_request_duration_seconds_bucket{model="m",version="v1",alias="prod",policy="fixed",le="+Inf"} 6' in text
+    assert not re.search(r'lepton_request_failures_total\{model="m",version="v1",[^}]*\} [1-9]', text)
+    assert 'lepton_request_duration_seconds_bucket{model="m",version="v1",alias="prod",policy="fixed",le="+Inf"} 5' in text
     assert re.search(r'lepton_cpu_threads\{model="m",version="v1"\} \d', text)
     # Requests refused before any version was chosen are counted at the HTTP level.
     requests.post(server.url + "/v2/models/m/infer", data="{bad")

@@ -59,6 +59,9 @@ class BlobStore {
   enum class Health { kOk, kMissing, kCorrupted };
   Health Check(const std::string& sha256) const;
 
+  // True while a writer holds the blob (it is being registered and not yet committed).
+  bool Held(const std::string& sha256) const;
+
   // Every digest present in the store.
   std::vector<std::string> List() const;
 

@@ -70,6 +70,9 @@ struct PredictOptions {
   RequestContext context;           // key, pinned version, headers
   std::optional<double> timeout_s;  // per-request deadline
   std::optional<int> priority;      // overrides the version's default
+  // The request's names for its inputs, in order (the HTTP API's); checked against the answering
+  // version's input names. Empty: inputs are positional.
+  std::vector<std::string> input_names;
 };
 
 struct Prediction {
@@ -125,8 +128,9 @@ class Deployment {
   void SetCombiner(Combiner combiner);
 
   // A reward for an earlier request, for policies that learn (bandits, A/B tests). NotFound when
-  // the request id is unknown, too old, or already has its reward.
-  void Feedback(const std::string& request_id, double reward);
+  // the request id is unknown, too old, or already has its reward. `source` says who sent it
+  // ("" in-process); the sources are recorded with the automatic switch they lead to.
+  void Feedback(const std::string& request_id, double reward, const std::string& source = "");
   std::vector<ShadowStats> Shadows() const;
   // The automatic switches applied so far, oldest first (at most the last 1000).
   std::vector<AppliedEvent> Events() const;
@@ -147,7 +151,10 @@ class Deployment {
   struct State;
   class Impl;
   explicit Deployment(std::unique_ptr<Impl> impl);
+  // The implementation, or Unavailable in a child forked after the deployment was made.
+  Impl* Live() const;
   std::unique_ptr<Impl> impl_;
+  uint64_t generation_;  // the process's fork generation when the deployment was made
 };
 
 }  // namespace lepton

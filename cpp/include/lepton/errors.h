@@ -38,9 +38,15 @@ class IntegrityError : public Error {
 };
 
 // The storage layer failed (I/O error, database locked past its timeout, disk full).
+// It carries the operating system's errno when one caused it (ENOSPC for a full disk), else 0.
 class StorageError : public Error {
  public:
-  using Error::Error;
+  explicit StorageError(const std::string& what, int os_errno = 0)
+      : Error(what), os_errno_(os_errno) {}
+  int os_errno() const { return os_errno_; }
+
+ private:
+  int os_errno_;
 };
 
 // A queue is full; the request was refused at once.

@@ -48,7 +48,11 @@ class EventLog {
   void SetFile(const std::string& path, size_t max_bytes = 64 << 20, size_t max_files = 3);
 
  private:
+  void LockForFork();
+  void UnlockAfterFork(bool child);
+
   size_t capacity_;
+  std::mutex file_mu_;  // taken by writers of the file, so that a fork never splits a write
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   std::deque<Event> ring_;

@@ -3,6 +3,7 @@
 // by compare-and-swap and every change is appended to an audit log.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -104,8 +105,10 @@ struct VerifyReport {
   int64_t versions_checked = 0;
   int64_t blobs_checked = 0;
   std::vector<VerifyProblem> problems;
-  std::vector<std::string> orphan_blobs;  // stored but referenced by no version
-  bool ok() const { return problems.empty(); }
+  // Stored but referenced by no version: metadata was lost (a deleted or rolled-back database),
+  // so verify fails on them too.
+  std::vector<std::string> orphan_blobs;
+  bool ok() const { return problems.empty() && orphan_blobs.empty(); }
 };
 
 struct GcReport {
@@ -113,6 +116,13 @@ struct GcReport {
   int64_t blobs_removed = 0;
   int64_t bytes_freed = 0;
   bool dry_run = false;
+};
+
+// What Registry::Recover did.
+struct RecoverReport {
+  std::string moved_aside;             // where the lost database was moved, if it was
+  std::vector<std::string> recovered;  // refs of the versions registered from orphan blobs
+  std::vector<std::string> skipped;    // digests that could not be registered, with the reason
 };
 
 class Registry {
@@ -127,8 +137,16 @@ class Registry {
 
   // Opens (creating if needed) the registry in directory `root`, and cleans up what writers that
   // died part-way left behind.
+  // Refuses (IntegrityError) a registry whose database is missing or empty while its blob store
+  // holds artifacts. An object used in a child after fork opens its own database connection.
   explicit Registry(const std::string& root);
   Registry(const std::string& root, Options options);
+
+  // Makes a registry whose metadata was lost usable again without losing an artifact: a database
+  // without lepton's schema is moved aside (registry.db.lost-<time>), and every blob that no
+  // version refers to is registered as a version of `model`, labelled by its digest, oldest
+  // first.
+  static RecoverReport Recover(const std::string& root, const std::string& model, Options options);
   ~Registry();
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
@@ -189,7 +207,12 @@ class Registry {
 
  private:
   class Impl;
-  std::unique_ptr<Impl> impl_;
+  // The implementation for this process: after a fork the child gets a fresh one (the parent's
+  // SQLite connection and lock state must not be used in the child) and the parent's is left as
+  // it is.
+  Impl* Self() const;
+  mutable std::atomic<Impl*> impl_{nullptr};
+  mutable std::atomic<uint64_t> generation_{0};
 };
 
 }  // namespace lepton

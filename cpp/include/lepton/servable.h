@@ -87,8 +87,12 @@ class Servable {
   const std::optional<Signature>& signature() const;
   const ServableOptions& options() const;
 
-  // Throws InvalidArgument naming what was expected when inputs do not fit the signature.
-  void CheckInputs(const Tensors& inputs) const;
+  // The names of the inputs in order: the signature's, else the forward's parameter names.
+  const std::vector<std::string>& input_names() const;
+
+  // Throws InvalidArgument naming what was expected when inputs do not fit the signature (or
+  // the forward's parameter count), or when `names` are not the input names in order.
+  void CheckInputs(const Tensors& inputs, const std::vector<std::string>* names = nullptr) const;
 
   // Runs one request and blocks until its outputs are ready. Throws Overloaded when the queue is
   // full, Timeout at the deadline, ModelError when the forward fails, Unavailable when unloaded.

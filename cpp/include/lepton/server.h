@@ -27,10 +27,16 @@ struct ServerOptions {
   int port = 8000;  // 0: any free port
   // Bearer token for management endpoints; "" generates one (read it from token()).
   std::string token;
-  bool token_for_inference = false;  // inference and feedback need the token too
+  bool token_for_inference = false;  // inference needs the token too
+  // Feedback needs the token unless this is set; even then, feedback to a deployment that
+  // follows an alias (whose policy can move it) needs the token.
+  bool open_feedback = false;
   size_t max_body_bytes = 64 << 20;
-  double read_timeout_s = 5;
-  double write_timeout_s = 5;
+  // Request and response bytes held in memory across all connections, at most; a request that
+  // would go over is refused with 503 (and Retry-After) before its body is read.
+  size_t max_buffered_bytes = 256 << 20;
+  double read_timeout_s = 5;   // from a request's first byte to its last
+  double write_timeout_s = 5;  // to send one response
   double keep_alive_s = 5;
   // Event loops, each with one thread that reads, handles and answers its connections' requests.
   int io_threads = 2;
@@ -80,7 +86,10 @@ class Server {
 
  private:
   class Impl;
+  // The implementation, or Unavailable in a child forked after the server was made.
+  Impl* Live() const;
   std::unique_ptr<Impl> impl_;
+  uint64_t generation_;  // the process's fork generation when the server was made
 };
 
 }  // namespace lepton

@@ -1,0 +1,38 @@
+// Facts about the calling process that long-lived objects need: how many times it has forked (an
+// object made before a fork must not use its parent's threads or database connections), fresh
+// random identifiers that never repeat across forks, and deadlines that cannot overflow.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+namespace lepton {
+
+// Increases in a child each time the process forks; equal to the value an object saw when it was
+// made as long as it still lives in the process that made it.
+uint64_t ForkGeneration();
+
+// TorchScript's compiler (scripting, tracing, and the compilation that loading a saved module
+// performs) is not safe to run from several threads at once: every lepton path that compiles,
+// in C++ and in Python, holds this one mutex while it does.
+std::mutex& TorchScriptMutex();
+
+// `bytes` random bytes from the kernel (getrandom), as lower-case hex. Nothing is cached in the
+// process, so a forked child never repeats its parent's values.
+std::string RandomHex(size_t bytes);
+
+// The longest span turned into a deadline: a caller's "timeout=1e10" or "inf" is a deadline about
+// a century away, not an overflow into the past.
+constexpr double kMaxDeadlineSeconds = 100.0 * 365 * 24 * 3600;
+
+// `seconds` as a clock duration, clamped to [0, kMaxDeadlineSeconds]; NaN counts as 0.
+template <class Duration = std::chrono::steady_clock::duration>
+Duration ClampedDuration(double seconds) {
+  if (!(seconds > 0)) return Duration::zero();
+  if (seconds > kMaxDeadlineSeconds) seconds = kMaxDeadlineSeconds;
+  return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
+}
+
+}  // namespace lepton
