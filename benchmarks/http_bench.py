@@ -145,9 +145,16 @@ def main() -> None:
     servers["lepton"] = (subprocess.Popen(
         [sys.executable, "-m", "lepton", "serve", "--registry", reg.path, "--port", str(lp), "--only",
          "--model", "mlp"], env=env, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{lp}")
+    # FastAPI, Starlette and uvicorn come unpacked from Debian's packages into build/bench-site
+    # (scripts/bootstrap), not installed: Debian's fastapi declares an older starlette than Debian
+    # ships, which would break `pip check` in every environment that sees the system's packages.
+    bench_site = os.path.join(HERE, "..", "build", "bench-site")
+    if not os.path.isdir(os.path.join(bench_site, "fastapi")):
+        sys.exit(f"the FastAPI baseline is missing from {bench_site}: run scripts/bootstrap")
+    fenv = dict(env, PYTHONPATH=os.pathsep.join([bench_site, env.get("PYTHONPATH", "")]))
     servers["fastapi"] = (subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--port", str(fp), "--log-level", "warning",
-         "--no-access-log"], env=env, cwd=HERE, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{fp}")
+         "--no-access-log"], env=fenv, cwd=HERE, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{fp}")
     try:
         import requests
 

@@ -268,6 +268,8 @@ void BindEngine(py::module_& m) {
              out["adaptive"] = s.adaptive;
              out["swaps"] = s.swaps;
              out["last_error"] = s.last_error;
+             out["alias_target_failed"] = s.alias_target_failed;
+             out["alias_follow_failures"] = s.alias_follow_failures;
              py::list versions;
              for (const auto& v : s.versions) versions.append(StatsDict(v));
              out["versions"] = versions;

@@ -83,12 +83,14 @@ void BindObserve(py::module_& m) {
                        double read_timeout_s, int http_threads, double request_timeout_s,
                        bool serve_all, std::vector<ServedModel> models, int threads,
                        int max_batch_size, double max_queue_delay_s, int max_queue, int io_threads,
-                       double busy_poll_s) {
+                       double busy_poll_s, bool open_feedback, size_t max_buffered_bytes) {
              ServerOptions o;
              o.host = std::move(host);
              o.port = port;
              o.token = std::move(token);
              o.token_for_inference = token_for_inference;
+             o.open_feedback = open_feedback;
+             o.max_buffered_bytes = max_buffered_bytes;
              o.max_body_bytes = max_body_bytes;
              o.read_timeout_s = read_timeout_s;
              o.write_timeout_s = read_timeout_s;
@@ -109,7 +111,9 @@ void BindObserve(py::module_& m) {
            arg("request_timeout_s"), arg("serve_all"), arg("models"), arg("threads"),
            arg("max_batch_size"), arg("max_queue_delay_s"), arg("max_queue"),
            arg("io_threads") = ServerOptions{}.io_threads,
-           arg("busy_poll_s") = ServerOptions{}.busy_poll_s)
+           arg("busy_poll_s") = ServerOptions{}.busy_poll_s,
+           arg("open_feedback") = ServerOptions{}.open_feedback,
+           arg("max_buffered_bytes") = ServerOptions{}.max_buffered_bytes)
       .def("start", &Server::Start, py::call_guard<py::gil_scoped_release>())
       .def("stop", &Server::Stop, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("port", &Server::port)

@@ -1112,32 +1112,69 @@ class Deployment::Impl {
   }
 
   void FollowAliasOnce() {
+    std::optional<ModelVersion> target;
+    std::string from;
     try {
-      const ModelVersion target = registry_->Get(model_ + "@" + *alias_);
+      target = registry_->Get(model_ + "@" + *alias_);
+      if (FollowBackingOff(*target)) return;
       std::shared_ptr<Servable> old;
       {
         std::lock_guard<std::mutex> admin(admin_mu_);
         auto st = Snapshot();
-        if (!st || closed_ || st->live.primary == target.version) return;
-        EmitEvent(
-            "info", "alias", model_, target.version,
-            model_ + "@" + *alias_ + " moved from " + st->live.primary + " to " + target.version,
-            Json({{"alias", *alias_}, {"from", st->live.primary}, {"to", target.version}}));
-        if (st->live.Has(target.version)) {
+        if (!st || closed_ || st->live.primary == target->version) return;
+        from = st->live.primary;
+        if (st->live.Has(target->version)) {
           // Already live (a canary's candidate): it becomes the primary, nothing is loaded.
           auto next = Copy(*st);
-          next->live.primary = target.version;
+          next->live.primary = target->version;
           Publish(next);
         } else {
-          SwapLocked(st->live.primary, target.version, &old);
+          SwapLocked(st->live.primary, target->version, &old);
         }
       }
+      // Said once the move has happened, not each time it is attempted.
+      EmitEvent("info", "alias", model_, target->version,
+                model_ + "@" + *alias_ + " moved from " + from + " to " + target->version,
+                Json({{"alias", *alias_}, {"from", from}, {"to", target->version}}));
       if (old) DrainSwapped(old);
       std::lock_guard<std::mutex> lk(error_mu_);
       last_error_.clear();
+      unfollowable_.reset();
     } catch (const std::exception& e) {
-      std::lock_guard<std::mutex> lk(error_mu_);
-      last_error_ = e.what();
+      NoteUnfollowable(target, from, e.what());
+    }
+  }
+
+  // A target that failed to load is tried again after a growing pause (1 s to 1 min), and its
+  // failure is said once, as an error, rather than on every poll.
+  bool FollowBackingOff(const ModelVersion& target) {
+    std::lock_guard<std::mutex> lk(error_mu_);
+    if (!unfollowable_ || unfollowable_->version != target.version ||
+        unfollowable_->sha256 != target.sha256) {
+      return false;
+    }
+    return Clock::now() < unfollowable_->retry_at;
+  }
+
+  void NoteUnfollowable(const std::optional<ModelVersion>& target, const std::string& from,
+                        const std::string& what) {
+    std::lock_guard<std::mutex> lk(error_mu_);
+    if (!target) {  // the registry could not be read: say what, try again at the next poll
+      last_error_ = what;
+      return;
+    }
+    const bool same = unfollowable_ && unfollowable_->version == target->version &&
+                      unfollowable_->sha256 == target->sha256;
+    if (!same) unfollowable_ = Unfollowable{target->version, target->sha256, 0.5, {}};
+    unfollowable_->backoff_s = std::min(unfollowable_->backoff_s * 2, 60.0);
+    unfollowable_->retry_at = Clock::now() + Duration(unfollowable_->backoff_s);
+    ++alias_follow_failures_;
+    last_error_ = model_ + "@" + *alias_ + " points to " + target->version +
+                  ", which cannot be served (" + what + "); still serving " +
+                  (from.empty() ? std::string("the previous version") : from);
+    if (!same) {
+      EmitEvent("error", "alias_follow_failed", model_, target->version, last_error_,
+                Json({{"alias", *alias_}, {"to", target->version}, {"error", what}}));
     }
   }
 
@@ -1209,6 +1246,8 @@ class Deployment::Impl {
     {
       std::lock_guard<std::mutex> lk(error_mu_);
       out.last_error = last_error_;
+      out.alias_follow_failures = alias_follow_failures_;
+      if (unfollowable_) out.alias_target_failed = unfollowable_->version;
     }
     if (!st) return out;
     out.primary = st->live.primary;
@@ -1237,6 +1276,14 @@ class Deployment::Impl {
   std::map<std::string, double> last_busy_;
   mutable std::mutex error_mu_;
   std::string last_error_;
+  // The target of the followed alias that failed to load, while the alias still points to it.
+  struct Unfollowable {
+    std::string version, sha256;
+    double backoff_s;
+    Clock::time_point retry_at;
+  };
+  std::optional<Unfollowable> unfollowable_;
+  int64_t alias_follow_failures_ = 0;
 
   struct Remembered {
     std::shared_ptr<const Policy> policy;

@@ -1,5 +1,7 @@
 #include "lepton/metrics.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -169,9 +171,7 @@ std::vector<RequestSeries::Snapshot> RequestMetrics::Snapshot() const {
 
 // --- Prometheus text ---
 
-namespace {
-
-std::string Escape(const std::string& v) {
+std::string PrometheusEscape(const std::string& v) {
   std::string out;
   out.reserve(v.size());
   for (char c : v) {
@@ -188,13 +188,16 @@ std::string Escape(const std::string& v) {
   return out;
 }
 
+namespace {
+
+std::string Escape(const std::string& v) { return PrometheusEscape(v); }
+
+// The shortest text that reads back as the same double ("0.1", not "0.10000000000000001"), so
+// that a selector such as {le="0.1"} written by hand matches the bucket.
 std::string Number(double v) {
   if (std::isnan(v)) return "NaN";
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
-  std::ostringstream o;
-  o.precision(17);
-  o << v;
-  return o.str();
+  return fmt::format("{}", v);
 }
 
 std::string Labels(const SeriesKey& k, const std::string& extra = "") {

@@ -336,6 +336,11 @@ CanaryPolicy::CanaryPolicy(std::string stable, std::string candidate, CanaryOpti
     if (s < last) throw InvalidArgument("canary steps must not decrease");
     last = s;
   }
+  if (options_.steps.size() == 1 && options_.steps[0] >= 1.0) {
+    throw InvalidArgument(
+        "a canary whose only step sends the candidate all traffic gives the stable version none "
+        "to judge the guardrails against; start with a smaller share, e.g. steps [0.1, 1.0]");
+  }
   if (options_.step_requests < 0) throw InvalidArgument("step_requests must be >= 0");
   if (!(options_.step_seconds >= 0)) throw InvalidArgument("step_seconds must be >= 0");
   if (options_.step_requests == 0 && options_.step_seconds == 0) {
@@ -420,6 +425,13 @@ void CanaryPolicy::Advance(double now, std::vector<PolicyEvent>& events) const {
   if (!by_count && !by_time) return;
   const size_t step = step_.load();
   if (step + 1 < choosers_.size()) {
+    // A step that gives the stable version no traffic would leave its side of the guardrails
+    // without evidence for good: it is entered only once both sides can be judged.
+    if (options_.steps[step + 1] >= 1.0 && !monitor_.ready()) {
+      waiting_for_evidence_ = true;
+      return;
+    }
+    waiting_for_evidence_ = false;
     step_ = step + 1;
     step_count_ = 0;
     step_started_ = now;
@@ -473,6 +485,11 @@ std::string CanaryPolicy::Report() const {
          {"evidence", json::parse(monitor_.EvidenceJson())}};
   std::lock_guard<std::mutex> lk(mu_);
   if (breach_) j["breach"] = *breach_;
+  if (waiting_for_evidence_ && p == Phase::kRamping) {
+    j["waiting"] = "for " + std::to_string(options_.guardrails.min_requests) +
+                   " requests on each side before the step that sends " + candidate_ +
+                   " all traffic";
+  }
   return j.dump();
 }
 

@@ -524,6 +524,30 @@ class Server::Impl {
     it->second->Observe(seconds);
   }
 
+  // Deployments that follow an alias: whether its target cannot be loaded, and how often it
+  // failed to.
+  static std::string AliasMetricsText(const std::vector<Entry>& entries) {
+    std::ostringstream unloadable, failures;
+    for (const auto& e : entries) {
+      const DeploymentStatus st = e.deployment->Status();
+      if (!st.alias) continue;
+      const std::string labels = "{model=\"" + PrometheusEscape(st.model) + "\",alias=\"" +
+                                 PrometheusEscape(*st.alias) + "\"}";
+      unloadable << "lepton_alias_target_unloadable" << labels << ' '
+                 << (st.alias_target_failed ? 1 : 0) << '\n';
+      failures << "lepton_alias_follow_failures_total" << labels << ' ' << st.alias_follow_failures
+               << '\n';
+    }
+    return "# HELP lepton_alias_target_unloadable 1 while a followed alias points to a version "
+           "that cannot be loaded (the previous version keeps serving).\n"
+           "# TYPE lepton_alias_target_unloadable gauge\n" +
+           unloadable.str() +
+           "# HELP lepton_alias_follow_failures_total Failed attempts to load a followed alias's "
+           "target.\n"
+           "# TYPE lepton_alias_follow_failures_total counter\n" +
+           failures.str();
+  }
+
   std::string HttpMetricsText() const {
     std::ostringstream o;
     o << "# HELP lepton_http_requests_total HTTP requests by endpoint kind and status code.\n"
@@ -561,7 +585,7 @@ class Server::Impl {
       }
       for (const auto& e : entries) all.push_back(e.deployment->Metrics());
       Reply r;
-      r.body = RenderPrometheus(all) + HttpMetricsText();
+      r.body = RenderPrometheus(all) + AliasMetricsText(entries) + HttpMetricsText();
       r.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8";
       return r;
     }
@@ -808,10 +832,12 @@ class Server::Impl {
                           "open_feedback takes it without the token for deployments that follow "
                           "no alias)"};
         }
-        if (entry.deployment->Status().alias) {
+        // A policy's automatic switch moves its own alias, else the one the deployment follows.
+        const auto policy = entry.deployment->policy();
+        if (policy && (policy->alias() || entry.deployment->Status().alias)) {
           throw HttpError{401, "feedback to " + p[3] +
-                                   " can move the alias it follows, so it needs 'Authorization: "
-                                   "Bearer <token>'"};
+                                   " can move an alias through its policy, so it needs "
+                                   "'Authorization: Bearer <token>'"};
         }
       }
       const json req = ParseBody(body);
@@ -820,7 +846,10 @@ class Server::Impl {
       if (!req.contains("reward") || !req["reward"].is_number()) {
         throw InvalidArgument("'reward' must be a number");
       }
-      const std::string source = std::string("http ") + (peer.empty() ? "(in-process)" : peer) +
+      // The client's address (not its port, which changes with each connection).
+      const std::string address = peer.substr(0, peer.rfind(':'));
+      const std::string source = std::string("http ") +
+                                 (address.empty() ? "(in-process)" : address) +
                                  (authorized ? " with the token" : " without the token");
       entry.deployment->Feedback(id, req["reward"].get<double>(), source);
       return JsonReply(200, {{"accepted", true}, {"request_id", id}});
@@ -926,6 +955,8 @@ class Server::Impl {
               {"threads", st.threads}, {"adaptive", st.adaptive}, {"swaps", st.swaps}};
     if (st.alias) j["alias"] = *st.alias;
     if (!st.last_error.empty()) j["last_error"] = st.last_error;
+    if (st.alias_target_failed) j["alias_target_failed"] = *st.alias_target_failed;
+    j["alias_follow_failures"] = st.alias_follow_failures;
     json versions = json::array();
     for (const auto& s : st.versions) {
       versions.push_back({{"version", s.version},

@@ -319,7 +319,11 @@ def gc(ctx, keep_latest, name, dry_run) -> None:
 @click.option("--port", default=8000, show_default=True, type=int, help="Port (0: any free one).")
 @click.option("--token", envvar="LEPTON_TOKEN", default=None, show_default="$LEPTON_TOKEN or generated",
               help="Bearer token of the management endpoints.")
-@click.option("--token-for-inference", is_flag=True, help="Inference and feedback need the token too.")
+@click.option("--token-for-inference", is_flag=True, help="Inference needs the token too.")
+@click.option("--open-feedback", is_flag=True,
+              help="Take feedback without the token where it cannot move an alias.")
+@click.option("--max-buffered-bytes", type=click.IntRange(min=1), default=256 << 20, show_default=True,
+              help="Request and response bytes held across all connections; more is refused with 503.")
 @click.option("--model", "model_specs", multiple=True, metavar="NAME[=@ALIAS|=VERSION]",
               help="Serve NAME at an alias or version (repeatable).")
 @click.option("--policy", "policies", multiple=True, metavar="NAME=JSON", help="A served model's policy.")
@@ -335,9 +339,9 @@ def gc(ctx, keep_latest, name, dry_run) -> None:
               help="How long a loop polls after its last request before it sleeps (0: never).")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append events as JSON lines.")
 @click.pass_context
-def serve(ctx, serve_registry, host, port, token, token_for_inference, model_specs, policies, config_path,
-          only, threads, max_batch_size, max_queue_delay_ms, http_threads, io_threads, busy_poll_us,
-          log_file) -> None:
+def serve(ctx, serve_registry, host, port, token, token_for_inference, open_feedback, max_buffered_bytes,
+          model_specs, policies, config_path, only, threads, max_batch_size, max_queue_delay_ms, http_threads,
+          io_threads, busy_poll_us, log_file) -> None:
     """Serve the registry over HTTP (Open Inference Protocol v2) until SIGTERM or Ctrl-C."""
     import logging
 
@@ -354,7 +358,8 @@ def serve(ctx, serve_registry, host, port, token, token_for_inference, model_spe
         if not isinstance(settings, dict):
             raise click.BadParameter("must hold a JSON object", param_hint="--config")
         unknown = set(settings) - {"models", "host", "port", "threads", "max_batch_size", "max_queue_delay_ms",
-                                   "token_for_inference", "only", "http_threads", "io_threads", "busy_poll_us"}
+                                   "token_for_inference", "open_feedback", "max_buffered_bytes", "only",
+                                   "http_threads", "io_threads", "busy_poll_us"}
         if unknown:
             raise click.BadParameter(f"unknown keys {sorted(unknown)}", param_hint="--config")
     models = dict(settings.get("models") or {})
@@ -384,6 +389,8 @@ def serve(ctx, serve_registry, host, port, token, token_for_inference, model_spe
         port=pick("port", port),
         token=token,
         token_for_inference=pick("token_for_inference", token_for_inference),
+        open_feedback=pick("open_feedback", open_feedback),
+        max_buffered_bytes=pick("max_buffered_bytes", max_buffered_bytes),
         models=models,
         only=pick("only", only),
         threads=pick("threads", threads),

@@ -121,6 +121,7 @@ def serve(
     port: int = 8000,
     token: Optional[str] = None,
     token_for_inference: bool = False,
+    open_feedback: bool = False,
     models: Optional[Mapping[str, Any]] = None,
     only: bool = False,
     threads: Optional[int] = None,
@@ -128,6 +129,7 @@ def serve(
     max_queue_delay_ms: float = 0.0,
     max_queue: int = 1024,
     max_body_bytes: int = 64 << 20,
+    max_buffered_bytes: int = 256 << 20,
     read_timeout: float = 5.0,
     request_timeout: Optional[float] = None,
     http_threads: int = 64,
@@ -145,7 +147,14 @@ def serve(
     (``parameters.timeout``); by default they have none. ``io_threads`` event loops serve the
     connections, each polling ``busy_poll_us`` microseconds after its last request before it
     sleeps (0: never polls); ``http_threads`` bounds the threads in all, helpers of loops that a
-    slow model blocks included."""
+    slow model blocks included.
+
+    Feedback (``POST /v2/lepton/models/{m}/feedback``) needs the token: rewards steer traffic and,
+    through an A/B test or a bandit whose switches move an alias, move production.
+    ``open_feedback=True`` takes feedback without the token where it cannot move an alias. ``read_timeout`` bounds
+    each request from its first byte to its last; ``max_buffered_bytes`` bounds the request and
+    response bytes held across all connections (a request beyond it gets 503 before its body is
+    read)."""
     if registry is None or isinstance(registry, (str, os.PathLike)):
         registry = Registry(registry)
     if not isinstance(registry, Registry):
@@ -157,7 +166,7 @@ def serve(
         registry._core, host, int(port), token, bool(token_for_inference), int(max_body_bytes),
         float(read_timeout), int(http_threads), float(request_timeout or 0.0), not only, _served(models),
         int(threads or 0), int(max_batch_size), float(max_queue_delay_ms) / 1000.0, int(max_queue),
-        int(io_threads), float(busy_poll_us) * 1e-6,
+        int(io_threads), float(busy_poll_us) * 1e-6, bool(open_feedback), int(max_buffered_bytes),
     )
     core.start()
     return Server(core)

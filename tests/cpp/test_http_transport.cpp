@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <fstream>
 #include <future>
 #include <mutex>
 #include <string>
@@ -36,6 +37,12 @@ class Client {
     setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   }
   ~Client() { close(fd_); }
+  int fd() const { return fd_; }
+  void SetReceiveTimeout(double seconds) {
+    timeval tv{static_cast<time_t>(seconds),
+               static_cast<suseconds_t>((seconds - static_cast<time_t>(seconds)) * 1e6)};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
 
   void Send(const std::string& s) {
     ASSERT_EQ(send(fd_, s.data(), s.size(), MSG_NOSIGNAL), static_cast<ssize_t>(s.size()));
@@ -295,6 +302,142 @@ TEST(HttpTransport, ABusyPortIsASystemError) {
   Served s;
   Transport other(TransportOptions{}, Echo);
   EXPECT_THROW(other.Listen("127.0.0.1", s.port), std::system_error);
+}
+
+// RFC 9112 section 6.3: a Transfer-Encoding whose final coding is not chunked (or one beside a
+// Content-Length) is answered 400 and the connection closed, so that the bytes after it cannot
+// be read as a second, smuggled request.
+TEST(HttpTransport, RefusesAmbiguousFramingAndClosesTheConnection) {
+  Served s;
+  const std::string smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (const std::string& framing :
+       {std::string("Transfer-Encoding: chunked, identity\r\n"),
+        std::string("Transfer-Encoding: identity\r\n"),
+        std::string("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n"),
+        std::string("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n")}) {
+    Client c(s.port);
+    c.Send("POST /x HTTP/1.1\r\nHost: x\r\n" + framing + "\r\n0\r\n\r\n" + smuggled);
+    const std::string first = c.Receive();
+    EXPECT_EQ(first.rfind("HTTP/1.1 400", 0), 0u) << framing << first;
+    EXPECT_EQ(c.Receive(), "") << framing;  // no second answer: the connection is closed
+  }
+  Client ok(s.port);
+  ok.Send("POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+  EXPECT_EQ(Body(ok.Receive()), "POST /x abc");
+}
+
+// A client that trickles a request a byte at a time keeps nothing open past the read timeout,
+// counted from the request's first byte.
+TEST(HttpTransport, TheReadDeadlineRunsFromARequestsFirstByteToItsLast) {
+  TransportOptions o;
+  o.read_timeout_s = 1.0;
+  Served s(o);
+  Client c(s.port);
+  const std::string request = Get("/slow") + std::string(200, ' ');
+  const auto t0 = std::chrono::steady_clock::now();
+  bool closed = false;
+  for (size_t i = 0; i < request.size() && !closed; ++i) {
+    if (send(c.fd(), request.data() + i, 1, MSG_NOSIGNAL) != 1) break;
+    std::this_thread::sleep_for(100ms);
+    char b[256];
+    const ssize_t n = recv(c.fd(), b, sizeof b, MSG_DONTWAIT);
+    closed = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+  }
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_TRUE(closed || c.ClosedWithin(2));
+  EXPECT_LT(took, 2.5) << "a trickling request was kept open past its deadline";
+}
+
+// The bytes of requests held across all connections stay within the budget: a request whose
+// declared body would go over is answered 503 before its body is read.
+TEST(HttpTransport, HoldsNoMoreRequestBytesThanItsBudget) {
+  TransportOptions o;
+  o.max_body_bytes = 512 << 10;
+  o.max_buffered_bytes = 1 << 20;
+  o.read_timeout_s = 2;
+  Served s(o);
+  const size_t declared = 400 << 10;
+  std::vector<std::unique_ptr<Client>> clients;
+  int refused = 0;
+  for (int i = 0; i < 6; ++i) {
+    clients.push_back(std::make_unique<Client>(s.port));
+    clients.back()->Send("POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                         std::to_string(declared) + "\r\n\r\n" + std::string(100 << 10, 'a'));
+    EXPECT_LE(s.transport.buffered_bytes(), o.max_buffered_bytes);
+  }
+  // Which two fit depends on the order the loops read them in; the other four are refused.
+  std::vector<Client*> admitted;
+  for (auto& c : clients) {
+    c->SetReceiveTimeout(0.5);
+    const std::string r = c->Receive();
+    if (r.empty()) {
+      admitted.push_back(c.get());  // no answer yet: its body is awaited
+    } else {
+      refused += r.rfind("HTTP/1.1 503", 0) == 0;
+      EXPECT_NE(r.find("Retry-After"), std::string::npos) << r;
+    }
+  }
+  EXPECT_EQ(refused, 4);
+  ASSERT_EQ(admitted.size(), 2u);
+  EXPECT_LE(s.transport.buffered_bytes(), o.max_buffered_bytes);
+  // The two that fit finish and are answered; then nothing is held.
+  for (Client* c : admitted) {
+    c->SetReceiveTimeout(5);
+    c->Send(std::string(declared - (100 << 10), 'b'));
+    EXPECT_EQ(Body(c->Receive()).size(), std::string("POST /big ").size() + declared);
+  }
+  clients.clear();
+  const auto until = std::chrono::steady_clock::now() + 5s;
+  while (s.transport.buffered_bytes() != 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(s.transport.buffered_bytes(), 0u);
+}
+
+int ThreadCount() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
+  }
+  return -1;
+}
+
+// Clients that ask for a large response and never read it cost no thread and hold up no one:
+// responses are written without blocking the loop, and cut off at the write deadline.
+TEST(HttpTransport, SlowReadersOfLargeResponsesHoldNoThreadAndBlockNoOne) {
+  TransportOptions o;
+  o.io_threads = 1;
+  o.write_timeout_s = 1.0;
+  Served s(o, [](Request& r) {
+    Response out;
+    out.body = r.path == "/big" ? std::string(4 << 20, 'x') : "small";
+    return out;
+  });
+  const int threads_before = ThreadCount();
+  std::vector<std::unique_ptr<Client>> readers;
+  for (int i = 0; i < 20; ++i) {
+    readers.push_back(std::make_unique<Client>(s.port));
+    int small = 4096;
+    setsockopt(readers.back()->fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    readers.back()->Send(Get("/big"));
+  }
+  std::this_thread::sleep_for(200ms);  // the responses are being written, and stuck
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 5; ++i) {
+    Client c(s.port);
+    c.Send(Get("/ok"));
+    EXPECT_EQ(Body(c.Receive()), "small");
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 500ms);
+  EXPECT_LE(ThreadCount(), threads_before + 1);
+  EXPECT_LE(s.transport.buffered_bytes(), 20u * (4 << 20));
+  // Past the write deadline the stuck responses are dropped and their bytes released.
+  const auto until = std::chrono::steady_clock::now() + 5s;
+  while (s.transport.buffered_bytes() != 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(s.transport.buffered_bytes(), 0u);
 }
 
 }  // namespace

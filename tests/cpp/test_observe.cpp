@@ -72,6 +72,10 @@ TEST(Prometheus, FollowsTheTextFormat) {
       text.find("lepton_request_duration_seconds_bucket{model=\"m\",version=\"v1\",alias=\"prod\","
                 "policy=\"fixed\",le=\"+Inf\"} 2"),
       std::string::npos);
+  // Bucket bounds in their shortest form, as SLO selectors such as {le="0.1"} write them.
+  EXPECT_NE(text.find("policy=\"fixed\",le=\"0.1\"} "), std::string::npos);
+  EXPECT_NE(text.find("le=\"0.0025\"} "), std::string::npos);
+  EXPECT_EQ(text.find("00000000"), std::string::npos);
   EXPECT_NE(text.find("lepton_batch_size_rows_count"), std::string::npos);
   EXPECT_NE(text.find("lepton_version_anomalous{model=\"m\",version=\"v1\"} 1"), std::string::npos);
   // Each metric family is declared once, and every sample line is "name{labels} value".

@@ -197,6 +197,39 @@ TEST(Canary, LatencyGuardrailBreachRollsBack) {
   EXPECT_NE(events[0].reason.find("p99 latency"), std::string::npos) << events[0].reason;
 }
 
+// A step that ends by time before the stable version has min_requests must not lead into a 100%
+// step, where the stable would never get another request and the canary would ramp forever.
+TEST(Canary, NeverEntersAHundredPercentStepBeforeTheGuardrailsCanJudge) {
+  CanaryOptions o;
+  o.steps = {0.5, 1.0};
+  o.step_seconds = 1;
+  o.guardrails.min_requests = 50;
+  CanaryPolicy p("v1", "v2", o);
+  const auto live = Live({"v1", "v2"});
+  double now = 100;
+  p.Tick(live, nullptr, now);
+  // A quiet first step: 20 requests, then its time is up.
+  for (int i = 0; i < 20; ++i) {
+    const std::string v = p.Select({}, live).targets[0].version;
+    p.Observe({v, 0.002, false});
+  }
+  now += 2;
+  EXPECT_TRUE(p.Tick(live, nullptr, now).empty());
+  EXPECT_EQ(p.step(), 0u) << "moved to 100% with the stable side unjudgeable";
+  EXPECT_NE(p.Report().find("waiting"), std::string::npos) << p.Report();
+  // Traffic goes on at 50%; once both sides have enough, the ramp moves on and promotes.
+  std::vector<PolicyEvent> events;
+  for (int i = 0; i < 2000 && p.phase() == CanaryPolicy::Phase::kRamping; ++i) {
+    const std::string v = p.Select({}, live).targets[0].version;
+    p.Observe({v, 0.002, false});
+    now += 0.01;
+    for (auto& e : p.Tick(live, nullptr, now)) events.push_back(e);
+  }
+  EXPECT_EQ(p.phase(), CanaryPolicy::Phase::kPromoted);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].kind, PolicyEvent::Kind::kPromote);
+}
+
 TEST(Canary, BadOptionsRefused) {
   CanaryOptions o;
   o.step_requests = 10;
@@ -205,6 +238,8 @@ TEST(Canary, BadOptionsRefused) {
   o.steps = {0.5, 0.2};
   EXPECT_THROW(CanaryPolicy("a", "b", o), InvalidArgument);
   o.steps = {1.5};
+  EXPECT_THROW(CanaryPolicy("a", "b", o), InvalidArgument);
+  o.steps = {1.0};  // the stable would never get a request to compare with
   EXPECT_THROW(CanaryPolicy("a", "b", o), InvalidArgument);
   o.steps = {0.5};
   o.step_requests = 0;

@@ -98,6 +98,10 @@ struct DeploymentStatus {
   int64_t swaps = 0;
   std::vector<ServableStats> versions;
   std::string last_error;  // the latest failure of the alias watcher, if any
+  // The followed alias's target when it cannot be loaded (the previous version keeps serving),
+  // and how many attempts to load a target have failed.
+  std::optional<std::string> alias_target_failed;
+  int64_t alias_follow_failures = 0;
 };
 
 class Deployment {

@@ -111,6 +111,9 @@ class RequestMetrics {
 // Prometheus text exposition format 0.0.4 of any number of deployments' metrics.
 std::string RenderPrometheus(const std::vector<MetricsSnapshot>& snapshots);
 
+// A label value escaped for the Prometheus text format.
+std::string PrometheusEscape(const std::string& v);
+
 // The _bucket, _sum and _count lines of one histogram; `labels` is `a="x",b="y"` (escaped) or "".
 std::string PrometheusHistogram(const std::string& name, const std::string& labels,
                                 const Histogram::Snapshot& h);

@@ -131,6 +131,7 @@ class CanaryPolicy final : public Policy {
   mutable std::mutex mu_;
   mutable double step_started_ = 0;  // 0: not started
   mutable std::optional<std::string> breach_;
+  mutable bool waiting_for_evidence_ = false;  // held before a 100% step until guardrails can judge
   mutable std::vector<PolicyEvent> pending_;
 };
 

@@ -28,8 +28,8 @@ struct ServerOptions {
   // Bearer token for management endpoints; "" generates one (read it from token()).
   std::string token;
   bool token_for_inference = false;  // inference needs the token too
-  // Feedback needs the token unless this is set; even then, feedback to a deployment that
-  // follows an alias (whose policy can move it) needs the token.
+  // Feedback needs the token unless this is set; even then, feedback that can move an alias (the
+  // policy's own, or the one the deployment follows) needs the token.
   bool open_feedback = false;
   size_t max_body_bytes = 64 << 20;
   // Request and response bytes held in memory across all connections, at most; a request that
