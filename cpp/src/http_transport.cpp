@@ -514,6 +514,11 @@ class Session : public std::enable_shared_from_this<Session> {
           request.headers[std::move(name)] = std::string(field.value());
         }
         request.body = std::move(message.body());
+        request.reserve = [this](size_t n) {
+          if (!owner_->Charge(n)) return false;
+          charged_ += n;
+          return true;
+        };
         Transport::Impl::Enter(*loop_);
         response = owner_->Call(request);
         Transport::Impl::Leave(*loop_);

@@ -27,6 +27,9 @@ struct Request {
   std::map<std::string, std::string> headers;  // names in lower case
   std::string body;
   std::string peer;  // the client's "address:port"
+  // Charges bytes the handler is about to hold (decoding a large body) against the transport's
+  // budget until the handler returns; false, charging nothing, when that would go over.
+  std::function<bool(size_t)> reserve;
 };
 
 struct Response {
@@ -41,7 +44,7 @@ struct TransportOptions {
   // Request and response bytes held across all connections, at most. A request whose declared
   // body would go over is answered 503 before its body is read; a response that would is
   // replaced by a 503.
-  size_t max_buffered_bytes = 256 << 20;
+  size_t max_buffered_bytes = 512 << 20;
   double read_timeout_s = 5;   // from a request's first byte to its last
   double write_timeout_s = 5;  // to send one response
   double keep_alive_s = 5;     // idle time between requests on one connection

@@ -32,6 +32,13 @@ using Reply = Server::Reply;
 using Query = std::map<std::string, std::string>;
 using Headers = std::map<std::string, std::string>;
 
+// Who sent a request and what it may hold: the client's address, and a way to reserve bytes of
+// the transport's memory budget for the request's handling (empty in-process).
+struct Client {
+  std::string peer;
+  std::function<bool(size_t)> reserve;
+};
+
 // An HTTP error with its status; the body is {"error": message}.
 struct HttpError {
   int status;
@@ -414,7 +421,8 @@ class Server::Impl {
     t.max_threads = options_.http_threads;
     t.max_buffered_bytes = options_.max_buffered_bytes;
     http_ = std::make_unique<http::Transport>(t, [this](http::Request& req) {
-      Reply r = Dispatch(req.method, req.path, req.query, req.body, req.headers, req.peer);
+      Reply r = Dispatch(req.method, req.path, req.query, req.body, req.headers,
+                         Client{req.peer, req.reserve});
       http::Response out;
       out.status = r.status;
       out.body = std::move(r.body);
@@ -486,16 +494,17 @@ class Server::Impl {
   }
 
   Reply Dispatch(const std::string& method, const std::string& path, const Query& query,
-                 const std::string& body, const Headers& headers, const std::string& peer = "") {
+                 const std::string& body, const Headers& headers, const Client& client = {}) {
     const auto start = std::chrono::steady_clock::now();
     const auto parts = SplitPath(path);
     Reply r;
     try {
-      r = Route(method, path, parts, query, body, headers, peer);
+      r = Route(method, path, parts, query, body, headers, client);
     } catch (...) {
       r = CurrentErrorReply();
     }
     if (r.status == 401) r.headers["WWW-Authenticate"] = "Bearer";
+    if (r.status == 503) r.headers["Retry-After"] = "1";
     CountHttp(parts, r.status,
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     return r;
@@ -573,7 +582,7 @@ class Server::Impl {
 
   Reply Route(const std::string& method, const std::string& path, const std::vector<std::string>& p,
               const Query& query, const std::string& body, const Headers& headers,
-              const std::string& peer) {
+              const Client& client) {
     const size_t n = p.size();
     if (n == 1 && p[0] == "metrics") {
       Method(method, "GET");
@@ -604,9 +613,9 @@ class Server::Impl {
         return JsonReply(ready ? 200 : 503, {{"ready", ready}});
       }
     }
-    if (p[1] == "models" && n >= 3) return ModelRoute(method, p, body, headers);
+    if (p[1] == "models" && n >= 3) return ModelRoute(method, p, body, headers, client);
     if (p[1] == "repository") return RepositoryRoute(method, p, body, headers);
-    if (p[1] == "lepton") return LeptonRoute(method, p, query, body, headers, peer);
+    if (p[1] == "lepton") return LeptonRoute(method, p, query, body, headers, client);
     throw HttpError{404, "no such endpoint: " + path};
   }
 
@@ -628,7 +637,7 @@ class Server::Impl {
 
   // /v2/models/{m}[/versions/{v}][/ready|/infer]
   Reply ModelRoute(const std::string& method, const std::vector<std::string>& p,
-                   const std::string& body, const Headers& headers) {
+                   const std::string& body, const Headers& headers, const Client& client) {
     const std::string& model = p[2];
     std::optional<std::string> version;
     size_t i = 3;
@@ -641,7 +650,7 @@ class Server::Impl {
     if (action == "infer") {
       Method(method, "POST");
       if (options_.token_for_inference) RequireToken(headers);
-      return Infer(model, version, body, headers);
+      return Infer(model, version, body, headers, client);
     }
     Method(method, "GET");
     if (action == "ready") {
@@ -682,8 +691,9 @@ class Server::Impl {
   }
 
   Reply Infer(const std::string& model, const std::optional<std::string>& version,
-              const std::string& body, const Headers& headers) {
+              const std::string& body, const Headers& headers, const Client& client) {
     const std::shared_ptr<Deployment> deployment = FindDeployment(model);
+    ReserveForDecoding(body, client);
     oip::InferRequest req = oip::DecodeInferRequest(body);
     Tensors inputs;
     inputs.reserve(req.inputs.size());
@@ -731,6 +741,20 @@ class Server::Impl {
     r.headers["X-Lepton-Version"] = HeaderSafe(resp.version);
     r.headers["X-Lepton-Route"] = HeaderSafe(pred.route);
     return r;
+  }
+
+  // Decoding a large JSON body holds several times its size for a while: a padded copy, the
+  // parser's tape (16 bytes a number) and the tensors (up to 8 bytes a number). That is reserved
+  // against the transport's budget first, so that the budget bounds what requests cost, not only
+  // what they buffer. Small bodies use a parser kept per thread and are not counted.
+  static void ReserveForDecoding(const std::string& body, const Client& client) {
+    if (!client.reserve || body.size() <= (1 << 20)) return;
+    const size_t values = static_cast<size_t>(std::count(body.begin(), body.end(), ',')) + 1;
+    if (!client.reserve(body.size() + values * (16 + 8))) {
+      throw HttpError{503,
+                      "the server is holding as much memory for other requests as it may; retry "
+                      "shortly"};
+    }
   }
 
   std::vector<std::string> OutputNames(const std::string& model, const std::string& version) {
@@ -815,7 +839,7 @@ class Server::Impl {
   // /v2/lepton/...
   Reply LeptonRoute(const std::string& method, const std::vector<std::string>& p,
                     const Query& query, const std::string& body, const Headers& headers,
-                    const std::string& peer) {
+                    const Client& client) {
     const size_t n = p.size();
     // Feedback belongs with inference; everything else is management.
     if (n == 5 && p[2] == "models" && p[4] == "feedback") {
@@ -847,7 +871,7 @@ class Server::Impl {
         throw InvalidArgument("'reward' must be a number");
       }
       // The client's address (not its port, which changes with each connection).
-      const std::string address = peer.substr(0, peer.rfind(':'));
+      const std::string address = client.peer.substr(0, client.peer.rfind(':'));
       const std::string source = std::string("http ") +
                                  (address.empty() ? "(in-process)" : address) +
                                  (authorized ? " with the token" : " without the token");

@@ -322,7 +322,7 @@ def gc(ctx, keep_latest, name, dry_run) -> None:
 @click.option("--token-for-inference", is_flag=True, help="Inference needs the token too.")
 @click.option("--open-feedback", is_flag=True,
               help="Take feedback without the token where it cannot move an alias.")
-@click.option("--max-buffered-bytes", type=click.IntRange(min=1), default=256 << 20, show_default=True,
+@click.option("--max-buffered-bytes", type=click.IntRange(min=1), default=512 << 20, show_default=True,
               help="Request and response bytes held across all connections; more is refused with 503.")
 @click.option("--model", "model_specs", multiple=True, metavar="NAME[=@ALIAS|=VERSION]",
               help="Serve NAME at an alias or version (repeatable).")

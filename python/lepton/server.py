@@ -129,7 +129,7 @@ def serve(
     max_queue_delay_ms: float = 0.0,
     max_queue: int = 1024,
     max_body_bytes: int = 64 << 20,
-    max_buffered_bytes: int = 256 << 20,
+    max_buffered_bytes: int = 512 << 20,
     read_timeout: float = 5.0,
     request_timeout: Optional[float] = None,
     http_threads: int = 64,

@@ -429,9 +429,9 @@ TEST(HttpTransport, SlowReadersOfLargeResponsesHoldNoThreadAndBlockNoOne) {
     c.Send(Get("/ok"));
     EXPECT_EQ(Body(c.Receive()), "small");
   }
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 500ms);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 900ms);  // under the 1 s write deadline
   EXPECT_LE(ThreadCount(), threads_before + 1);
-  EXPECT_LE(s.transport.buffered_bytes(), 20u * (4 << 20));
+  EXPECT_LE(s.transport.buffered_bytes(), o.max_buffered_bytes);
   // Past the write deadline the stuck responses are dropped and their bytes released.
   const auto until = std::chrono::steady_clock::now() + 5s;
   while (s.transport.buffered_bytes() != 0 && std::chrono::steady_clock::now() < until) {

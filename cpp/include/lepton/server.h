@@ -32,9 +32,11 @@ struct ServerOptions {
   // policy's own, or the one the deployment follows) needs the token.
   bool open_feedback = false;
   size_t max_body_bytes = 64 << 20;
-  // Request and response bytes held in memory across all connections, at most; a request that
-  // would go over is refused with 503 (and Retry-After) before its body is read.
-  size_t max_buffered_bytes = 256 << 20;
+  // Memory held for requests across all connections, at most: their bodies, what decoding a
+  // large JSON body takes (a padded copy, the parser's tape, the tensors), and responses until
+  // they are written. A request that would go over is refused with 503 and Retry-After, before
+  // its body is read when its length is declared.
+  size_t max_buffered_bytes = 512 << 20;
   double read_timeout_s = 5;   // from a request's first byte to its last
   double write_timeout_s = 5;  // to send one response
   double keep_alive_s = 5;
