@@ -114,7 +114,8 @@ def main() -> None:
     reg = lepton.Registry(os.path.join(work, "registry"))
     reg.register("mlp", model_path, version="v1", example_inputs=example)
 
-    body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": example.flatten().tolist()}]}
+    name = reg.get("mlp:v1").signature.inputs[0].name  # input names are checked
+    body = {"inputs": [{"name": name, "shape": [1, 64], "datatype": "FP32", "data": example.flatten().tolist()}]}
     body_path = os.path.join(work, "body.json")
     with open(body_path, "w") as f:
         json.dump(body, f)
