@@ -138,19 +138,29 @@ def trickle(port, sampler_report):
     return {"answers": count(answers), **sampler_report()}
 
 
-def no_read(port, body):
-    head = (b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+def infer_request(body):
+    return (b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def non_readers(port, n):
+    """`n` connections with a 4 KiB receive buffer whose owner never reads."""
     socks = []
-    for _ in range(20):
+    for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.settimeout(15)
         socks.append(s)
+    return socks
+
+
+def no_read(port, body):
+    request = infer_request(body)
+    socks = non_readers(port, 20)
 
     def send(s):
         try:
-            s.sendall(head + body)
+            s.sendall(request)
         except OSError:
             pass
 
@@ -198,14 +208,10 @@ def slowloris(port, read_timeout):
 
 
 def slow_read(url, port, body_12mb):
-    head = (b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body_12mb)).encode() + b"\r\n\r\n")
-    socks = []
-    for _ in range(80):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.sendall(head + body_12mb)
-        socks.append(s)
+    request = infer_request(body_12mb)
+    socks = non_readers(port, 80)
+    for s in socks:
+        s.sendall(request)
     small = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
     latencies, codes = [], []
     end = time.monotonic() + 4
