@@ -225,19 +225,25 @@ TEST(HttpTransport, CutsOffSilentClientsWithoutHoldingUpOthers) {
 TEST(HttpTransport, AHandlerThatBlocksGetsItsLoopAHelper) {
   std::mutex mu;
   std::condition_variable cv;
-  bool release = false;
+  bool entered = false, release = false;
   TransportOptions o;
   o.io_threads = 1;  // one loop: without a helper, the blocked handler would stall everyone
   Served s(o, [&](Request& r) {
     if (r.path == "/block") {
       std::unique_lock<std::mutex> lk(mu);
+      entered = true;
+      cv.notify_all();
       cv.wait(lk, [&] { return release; });
     }
     return Echo(r);
   });
   Client blocked(s.port);
   blocked.Send(Get("/block"));
-  std::this_thread::sleep_for(50ms);
+  {
+    // The loop's only thread is inside the blocked handler before anyone else asks.
+    std::unique_lock<std::mutex> lk(mu);
+    EXPECT_TRUE(cv.wait_for(lk, 5s, [&] { return entered; }));
+  }
   for (int i = 0; i < 5; ++i) {
     Client c(s.port);
     c.Send(Get("/quick"));

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lepton
-from conftest import AddN, FailsOnNegative, Spin, assert_releases_gil
+from conftest import AddN, FailsOnNegative, Spin, assert_releases_gil, wait_for
 
 
 class Pair(torch.nn.Module):
@@ -195,13 +195,17 @@ def test_full_queue_raises_overloaded_at_once(reg):
             results.append("overloaded")
 
     threads = [threading.Thread(target=call, args=(80,)) for _ in range(4)]  # about 0.2 s each
-    for t in threads:
+    stats = lambda: d.status()["versions"][0]  # noqa: E731
+    threads[0].start()
+    wait_for(lambda: stats()["in_flight"] == 1)  # running
+    threads[1].start()
+    wait_for(lambda: stats()["queued"] == 1)  # waiting in the one queue slot
+    for t in threads[2:]:
         t.start()
-        time.sleep(0.01)
     for t in threads:
         t.join()
-    assert results.count("overloaded") >= 1
-    assert results.count(True) >= 2
+    assert results.count("overloaded") == 2
+    assert results.count(True) == 2
     assert d.status()["versions"][0]["rejected"] == results.count("overloaded")
 
 
@@ -301,12 +305,13 @@ def test_priorities(reg):
         except lepton.Overloaded:
             order.append(tag + "-refused")
 
+    stats = lambda: d.status()["versions"][0]  # noqa: E731
     blocker = threading.Thread(target=call, args=(0, "first", 60.0))
     blocker.start()
-    time.sleep(0.02)
+    wait_for(lambda: stats()["in_flight"] == 1)  # running
     low = threading.Thread(target=call, args=(0, "low"))
     low.start()
-    time.sleep(0.02)
+    wait_for(lambda: stats()["queued"] == 1)  # holding the one queue slot
     high = threading.Thread(target=call, args=(5, "high"))
     high.start()
     for t in (blocker, low, high):

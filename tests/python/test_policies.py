@@ -262,7 +262,9 @@ def test_time_based_switches_on_schedule(reg):
     policy = lepton.TimeBased([(now - 60, "v1"), (now + 0.6, "v2")], alias="prod")
     with lepton.Deployment(reg, "m", ["v1", "v2"], policy=policy) as dep:
         assert dep.predict(torch.zeros(1, 4)).version == "v1"
-        time.sleep(0.8)
+        # The schedule switches at now + 0.6 s: requests go on reaching v1 until then.
+        assert wait_for(lambda: dep.predict(torch.zeros(1, 4)).version == "v2")
+        assert time.time() >= now + 0.6
         p = dep.predict(torch.zeros(1, 4))
         assert p.version == "v2" and "time-based" in p.route
         assert wait_for(lambda: any(e["action"] == "time_switch" and e["to"] == "v2" for e in dep.events()))
@@ -280,8 +282,7 @@ def test_least_loaded_and_balanced_route_every_request(reg):
         assert got <= {"v1", "v2"}
         assert "least loaded" in dep.predict(torch.zeros(1, 4)).route
         dep.set_policy(lepton.Balanced("resources", interval=0.01))
-        time.sleep(0.1)
-        assert set(dep.policy_report()["weights"]) == {"v1", "v2"}
+        assert wait_for(lambda: set(dep.policy_report().get("weights", {})) == {"v1", "v2"})
         assert "balanced by resources" in dep.predict(torch.zeros(1, 4)).route
 
 
