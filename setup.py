@@ -34,7 +34,9 @@ class CMakeBuild(build_ext):
             f"-DLEPTON_BUILD_TESTS={os.environ.get('LEPTON_BUILD_TESTS', 'OFF')}",
             f"-DLEPTON_BUILD_BENCHMARKS={os.environ.get('LEPTON_BUILD_BENCHMARKS', 'OFF')}",
             f"-DLEPTON_PYTHON_OUTPUT_DIR={out_dir}",
-            f"-DPython3_EXECUTABLE={sys.executable}",
+            # The interpreter itself, not a venv's link to it: the build directory is shared by
+            # every venv this checkout is installed into, and a venv may be deleted.
+            f"-DPython3_EXECUTABLE={os.path.realpath(sys.executable)}",
         ]
         if subprocess.run(["ninja", "--version"], capture_output=True).returncode == 0:
             if not (build_dir / "CMakeCache.txt").exists():

@@ -1,6 +1,9 @@
 #include "lepton/errors.h"
 
 #include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "bindings.h"
 
@@ -34,62 +37,47 @@ void SetError(const py::object& type, const char* what) {
   if (message) PyErr_SetObject(type.ptr(), message.ptr());
 }
 
+PyObject* Builtin(const char* name) {
+  if (!name) return nullptr;
+  const std::string n = name;
+  if (n == "ValueError") return PyExc_ValueError;
+  if (n == "LookupError") return PyExc_LookupError;
+  if (n == "OSError") return PyExc_OSError;
+  if (n == "TimeoutError") return PyExc_TimeoutError;
+  throw std::logic_error("no builtin exception named " + n);
+}
+
 }  // namespace
 
+// One Python class per row of the error table (errors.h), LeptonError first as their base.
 void BindErrors(py::module_& m) {
-  PyObject* base_type = PyErr_NewExceptionWithDoc(
-      "lepton.LeptonError", "Base class of every lepton error.", PyExc_Exception, nullptr);
+  // Never destroyed: the interpreter may be gone by the time static destructors run.
+  static auto& classes = *new std::vector<py::object>(ErrorKinds().size());
+  const ErrorKind& base_kind = KindOf(ErrorCode::kInternal);
+  PyObject* base_type = PyErr_NewExceptionWithDoc((std::string("lepton.") + base_kind.name).c_str(),
+                                                  base_kind.doc, PyExc_Exception, nullptr);
   if (!base_type) throw py::error_already_set();
-  static py::object base = py::reinterpret_steal<py::object>(base_type);
-  m.attr("LeptonError") = base;
-  static py::object invalid = NewError(m, "InvalidArgument", base, PyExc_ValueError,
-                                       "An argument is malformed or out of range.");
-  static py::object not_found = NewError(m, "NotFound", base, PyExc_LookupError,
-                                         "A model, version, alias or file does not exist.");
-  static py::object conflict =
-      NewError(m, "Conflict", base, nullptr, "The request clashes with the current state.");
-  static py::object integrity = NewError(m, "IntegrityError", base, nullptr,
-                                         "Stored data does not match its checksum or is missing.");
-  static py::object storage =
-      NewError(m, "StorageError", base, PyExc_OSError, "The storage layer failed.");
-  static py::object overloaded =
-      NewError(m, "Overloaded", base, nullptr, "A queue is full; the request was refused.");
-  static py::object timeout = NewError(m, "Timeout", base, PyExc_TimeoutError,
-                                       "A deadline passed before the work completed.");
-
-  static py::object model_error =
-      NewError(m, "ModelError", base, nullptr, "A model's forward failed or returned no tensors.");
-  static py::object unavailable =
-      NewError(m, "Unavailable", base, nullptr, "The target is not ready, unloaded or closed.");
+  py::object base = py::reinterpret_steal<py::object>(base_type);
+  m.attr(base_kind.name) = base;
+  for (const ErrorKind& kind : ErrorKinds()) {
+    classes[static_cast<size_t>(kind.code)] =
+        kind.code == ErrorCode::kInternal
+            ? base
+            : NewError(m, kind.name, base, Builtin(kind.python_builtin), kind.doc);
+  }
 
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
-    } catch (const InvalidArgument& e) {
-      SetError(invalid, e.what());
-    } catch (const NotFound& e) {
-      SetError(not_found, e.what());
-    } catch (const Conflict& e) {
-      SetError(conflict, e.what());
-    } catch (const IntegrityError& e) {
-      SetError(integrity, e.what());
     } catch (const StorageError& e) {
       // OSError(errno, message): e.errno is the operating system's code (None when there is none).
       py::object message = Text(e.what());
       if (!message) return;
       py::object args =
           e.os_errno() ? py::make_tuple(e.os_errno(), message) : py::make_tuple(message);
-      PyErr_SetObject(storage.ptr(), args.ptr());
-    } catch (const Overloaded& e) {
-      SetError(overloaded, e.what());
-    } catch (const Timeout& e) {
-      SetError(timeout, e.what());
-    } catch (const ModelError& e) {
-      SetError(model_error, e.what());
-    } catch (const Unavailable& e) {
-      SetError(unavailable, e.what());
+      PyErr_SetObject(classes[static_cast<size_t>(e.code())].ptr(), args.ptr());
     } catch (const Error& e) {
-      SetError(base, e.what());
+      SetError(classes[static_cast<size_t>(e.code())], e.what());
     }
   });
 }

@@ -31,25 +31,8 @@ namespace {
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // The failure reason of the exception being handled.
-FailureReason CurrentFailure() {
-  try {
-    throw;
-  } catch (const InvalidArgument&) {
-    return FailureReason::kInvalidInput;
-  } catch (const NotFound&) {
-    return FailureReason::kNotFound;
-  } catch (const Timeout&) {
-    return FailureReason::kTimeout;
-  } catch (const Overloaded&) {
-    return FailureReason::kOverloaded;
-  } catch (const ModelError&) {
-    return FailureReason::kModelError;
-  } catch (const Unavailable&) {
-    return FailureReason::kUnavailable;
-  } catch (...) {
-    return FailureReason::kInternal;
-  }
-}
+// The failure reason of the exception being handled, from the error table.
+FailureReason CurrentFailure() { return KindOf(CurrentErrorOf().code).failure; }
 
 std::string Json(const nlohmann::json& j) { return j.dump(); }
 

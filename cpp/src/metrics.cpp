@@ -11,25 +11,6 @@
 
 namespace lepton {
 
-const char* FailureReasonName(FailureReason r) {
-  switch (r) {
-    case FailureReason::kInvalidInput:
-      return "invalid_input";
-    case FailureReason::kNotFound:
-      return "not_found";
-    case FailureReason::kTimeout:
-      return "timeout";
-    case FailureReason::kOverloaded:
-      return "overloaded";
-    case FailureReason::kModelError:
-      return "model_error";
-    case FailureReason::kUnavailable:
-      return "unavailable";
-    default:
-      return "internal";
-  }
-}
-
 // --- Histogram ---
 
 Histogram::Histogram(std::vector<double> bounds)

@@ -72,35 +72,20 @@ Reply ServerFailure(const char* kind, const std::string& summary, const std::str
   return r;
 }
 
-// The status of the exception being handled.
+// The reply for the exception being handled: its status from the error table; server-side
+// failures (5xx) say only what failed and leave the details to the event log.
 Reply CurrentErrorReply() {
   try {
     throw;
   } catch (const HttpError& e) {
     return ErrorReply(e.status, e.message);
-  } catch (const InvalidArgument& e) {
-    return ErrorReply(400, e.what());
-  } catch (const NotFound& e) {
-    return ErrorReply(404, e.what());
-  } catch (const Conflict& e) {
-    return ErrorReply(409, e.what());
-  } catch (const Overloaded& e) {
-    return ErrorReply(429, e.what());
-  } catch (const Unavailable& e) {
-    return ErrorReply(503, e.what());
-  } catch (const Timeout& e) {
-    return ErrorReply(504, e.what());
-  } catch (const ModelError& e) {
-    return ServerFailure("model_error", "the model failed on this request", e.what());
-  } catch (const IntegrityError& e) {
-    return ServerFailure("integrity_error", "a stored artifact failed its integrity check",
-                         e.what());
-  } catch (const StorageError& e) {
-    return ServerFailure("storage_error", "the registry's storage failed", e.what());
-  } catch (const std::exception& e) {
-    return ServerFailure("internal_error", "internal error", e.what());
   } catch (...) {
-    return ServerFailure("internal_error", "internal error", "unknown exception");
+    const CurrentError error = CurrentErrorOf();
+    const ErrorKind& kind = KindOf(error.code);
+    if (kind.http_status >= 500 && *kind.summary) {
+      return ServerFailure(kind.event, kind.summary, error.message);
+    }
+    return ErrorReply(kind.http_status, error.message);
   }
 }
 

@@ -14,20 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "lepton/errors.h"
+
 namespace lepton {
 
 // Why a request failed, as counted in `lepton_request_failures_total{reason=...}`.
-enum class FailureReason {
-  kInvalidInput,
-  kNotFound,
-  kTimeout,
-  kOverloaded,
-  kModelError,
-  kUnavailable,
-  kInternal,
-  kCount
-};
-const char* FailureReasonName(FailureReason r);
+// FailureReason (the labels failures are counted under) comes from the error table, errors.h.
 constexpr size_t kFailureReasons = static_cast<size_t>(FailureReason::kCount);
 
 // A histogram over fixed upper bounds (Prometheus buckets; the last bucket is +Inf).
