@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import click
 
@@ -14,13 +14,7 @@ from . import __version__
 from .errors import LeptonError
 from .registry import Registry, default_registry_path
 from .registry import recover as recover_registry
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+from .text import format_history, table
 
 
 def _pairs(values: Tuple[str, ...], what: str) -> List[Tuple[str, str]]:
@@ -125,7 +119,7 @@ def models(ctx, as_json) -> None:
         (m.name, m.version_count, m.latest, ", ".join(f"{a}->{v}" for a, v in sorted(m.aliases.items())), m.description)
         for m in items
     ]
-    click.echo(_table(["MODEL", "VERSIONS", "LATEST", "ALIASES", "DESCRIPTION"], rows))
+    click.echo(table(["MODEL", "VERSIONS", "LATEST", "ALIASES", "DESCRIPTION"], rows))
 
 
 @cli.command()
@@ -151,7 +145,7 @@ def versions(ctx, name, as_json) -> None:
         )
         for v in items
     ]
-    click.echo(_table(["SEQ", "VERSION", "CREATED (UTC)", "SHA256", "BYTES", "ALIASES", "METRICS", "PARENT"], rows))
+    click.echo(table(["SEQ", "VERSION", "CREATED (UTC)", "SHA256", "BYTES", "ALIASES", "METRICS", "PARENT"], rows))
 
 
 @cli.command()
@@ -173,7 +167,7 @@ def alias() -> None:
 def alias_list(ctx, name) -> None:
     """List the aliases of model NAME."""
     aliases = _registry(ctx).aliases(name)
-    click.echo(_table(["ALIAS", "VERSION"], sorted(aliases.items())))
+    click.echo(table(["ALIAS", "VERSION"], sorted(aliases.items())))
 
 
 @alias.command("set")
@@ -209,17 +203,6 @@ def rollback(ctx, name, alias_name, reason) -> None:
     """Move ALIAS of model NAME back to its previous target."""
     v = _registry(ctx).rollback(name, alias_name, reason=reason)
     click.echo(f"{name}@{alias_name} -> {v.version} (rolled back)")
-
-
-def format_history(entries) -> str:
-    rows = []
-    for e in entries:
-        if e.from_version or e.to_version:
-            what = (f"{e.alias}: " if e.alias else "") + f"{e.from_version or '-'} -> {e.to_version or '-'}"
-        else:
-            what = e.version or ""
-        rows.append((e.time.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, what, e.reason))
-    return _table(["TIME (UTC)", "ACTOR", "ACTION", "WHAT", "REASON"], rows)
 
 
 @cli.command()

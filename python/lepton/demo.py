@@ -11,12 +11,12 @@ import urllib.request
 import torch
 from torch import nn
 
-from .cli import format_history
 from .engine import Deployment, Ensemble, Fixed
 from .errors import ModelError
 from .policies import Canary, Guardrails
 from .registry import Registry, diff_metrics
 from .server import serve
+from .text import format_history
 
 
 def _make_data(seed: int = 0):

@@ -32,3 +32,33 @@ def test_pip_install_into_a_users_venv_resolves_its_requirements(tmp_path):
     used = subprocess.run([python, "-c", "import lepton, sys; print(lepton.__file__)"], capture_output=True,
                           text=True, env=env, cwd=str(tmp_path))
     assert used.returncode == 0 and used.stdout.startswith(str(venv)), used.stdout + used.stderr
+
+
+def test_the_package_has_no_import_cycle():
+    """Each module of lepton imports only modules below it (function-level imports included)."""
+    import ast
+
+    package = os.path.join(ROOT, "python", "lepton")
+    modules = {f[:-3] for f in os.listdir(package) if f.endswith(".py")}
+    imports = {}
+    for name in modules:
+        with open(os.path.join(package, name + ".py")) as f:
+            tree = ast.parse(f.read())
+        imports[name] = {
+            (node.module or "").split(".")[0] or alias.name
+            for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1
+            for alias in node.names
+        } & modules - {name}
+
+    def cycle_from(start, path):
+        for nxt in imports[path[-1]]:
+            if nxt == start:
+                return path + [nxt]
+            if nxt not in path:
+                found = cycle_from(start, path + [nxt])
+                if found:
+                    return found
+        return None
+
+    for name in sorted(modules - {"__init__", "__main__"}):
+        assert cycle_from(name, [name]) is None, " -> ".join(cycle_from(name, [name]))
