@@ -343,8 +343,10 @@ CanaryPolicy::CanaryPolicy(std::string stable, std::string candidate, CanaryOpti
   }
   if (options_.step_requests < 0) throw InvalidArgument("step_requests must be >= 0");
   if (!(options_.step_seconds >= 0)) throw InvalidArgument("step_seconds must be >= 0");
+  // Neither given: each step lasts the default number of requests (the one place it is set, for
+  // Python, C++ and JSON alike).
   if (options_.step_requests == 0 && options_.step_seconds == 0) {
-    throw InvalidArgument("a canary step needs step_requests or step_seconds");
+    options_.step_requests = CanaryOptions::kDefaultStepRequests;
   }
   if (options_.alias) ValidateName(*options_.alias, "alias");
   for (size_t k = 0; k < options_.steps.size(); ++k) {

@@ -80,7 +80,7 @@ class Guardrails:
 class Canary(_Policy):
     """A ramp from ``stable`` to ``candidate``: the candidate's share goes through ``steps``
     (fractions, e.g. ``[0.01, 0.05, 0.25, 1.0]``), each lasting ``step_requests`` requests or
-    ``step_seconds`` seconds. A guardrail breach rolls back at once: every request goes to
+    ``step_seconds`` seconds (neither: 1,000 requests, as in the JSON form). A guardrail breach rolls back at once: every request goes to
     ``stable``, and ``alias`` (default: the alias the deployment follows) is moved back if it
     points at the candidate. Completing the last step promotes: ``alias`` moves to the candidate.
     Both are written to the registry's audit log with their evidence."""
@@ -97,8 +97,6 @@ class Canary(_Policy):
         alias: Optional[str] = None,
         sticky: bool = False,
     ):
-        if step_requests == 0 and step_seconds == 0:
-            step_requests = 1000
         g = (guardrails or Guardrails())._to_core()
         self._core = _core.CanaryPolicy(
             stable, candidate, [float(s) for s in steps], int(step_requests), float(step_seconds), g, alias, bool(sticky)

@@ -7,6 +7,7 @@
 
 #include "lepton/errors.h"
 #include "lepton/policies.h"
+#include "lepton/policy_config.h"
 #include "lepton/stats.h"
 
 namespace lepton {
@@ -230,6 +231,25 @@ TEST(Canary, NeverEntersAHundredPercentStepBeforeTheGuardrailsCanJudge) {
   EXPECT_EQ(events[0].kind, PolicyEvent::Kind::kPromote);
 }
 
+// Neither step_requests nor step_seconds: the same default wherever the canary is built.
+TEST(Canary, StepsLastTheDefaultNumberOfRequestsWhenNoLengthIsGiven) {
+  const auto p = PolicyFromJson(R"({"type": "canary", "stable": "v1", "candidate": "v2"})");
+  const auto report = nlohmann::json::parse(p->Report());
+  EXPECT_EQ(report["step"], 1);
+  CanaryOptions o;
+  o.steps = {0.5, 1.0};
+  CanaryPolicy c("v1", "v2", o);
+  const auto live = Live({"v1", "v2"});
+  for (int i = 0; i < CanaryOptions::kDefaultStepRequests - 1; ++i) {
+    c.Observe({c.Select({}, live).targets[0].version, 0.001, false});
+  }
+  c.Tick(live, nullptr, 1);
+  EXPECT_EQ(c.step(), 0u);
+  c.Observe({c.Select({}, live).targets[0].version, 0.001, false});
+  c.Tick(live, nullptr, 2);
+  EXPECT_EQ(c.step(), 1u);
+}
+
 TEST(Canary, BadOptionsRefused) {
   CanaryOptions o;
   o.step_requests = 10;
@@ -242,7 +262,7 @@ TEST(Canary, BadOptionsRefused) {
   o.steps = {1.0};  // the stable would never get a request to compare with
   EXPECT_THROW(CanaryPolicy("a", "b", o), InvalidArgument);
   o.steps = {0.5};
-  o.step_requests = 0;
+  o.step_requests = -1;
   EXPECT_THROW(CanaryPolicy("a", "b", o), InvalidArgument);
   o.step_requests = 10;
   EXPECT_THROW(CanaryPolicy("a", "a", o), InvalidArgument);

@@ -87,8 +87,11 @@ class GuardrailMonitor {
 
 struct CanaryOptions {
   std::vector<double> steps{0.01, 0.05, 0.25, 1.0};  // the candidate's share at each step
-  int64_t step_requests = 0;  // a step ends after this many requests (0: not by count)
-  double step_seconds = 0;    // ... or after this long (0: not by time)
+  // A step ends after this many requests (0: not by count) or after this long (0: not by time);
+  // with neither, after kDefaultStepRequests requests.
+  int64_t step_requests = 0;
+  double step_seconds = 0;
+  static constexpr int64_t kDefaultStepRequests = 1000;
   Guardrails guardrails;
   std::optional<std::string> alias;  // moved to the candidate on promotion
   bool sticky = false;
