@@ -211,7 +211,46 @@ int64_t WireTensor::elements() const {
   return n;
 }
 
-InferRequest DecodeInferRequest(std::string_view body, const Limits& limits) {
+bool WantsBinary(const InferRequest& request, const std::string& name) {
+  for (const auto& [n, binary] : request.binary_output) {
+    if (n == name) return binary;
+  }
+  return request.binary_outputs;
+}
+
+// Binary tensor data is little-endian; tensors are copied to and from it byte for byte.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "binary tensor data is little-endian");
+
+namespace {
+
+// A parameters object, absent, or null (as pydantic clients send): nullopt when absent or null.
+std::optional<simdjson::dom::object> Parameters(simdjson::dom::object j, const std::string& where) {
+  auto p = Field(j, "parameters");
+  if (!p || p->is_null()) return std::nullopt;
+  if (!p->is_object()) throw InvalidArgument(where + ": 'parameters' must be an object");
+  return simdjson::dom::object(*p);
+}
+
+bool BoolParameter(Element v, const std::string& what) {
+  if (v.type() != ElementType::BOOL)
+    throw InvalidArgument("parameter '" + what + "' must be true or false");
+  return bool(v);
+}
+
+}  // namespace
+
+InferRequest DecodeInferRequest(std::string_view body, const Limits& limits,
+                                std::optional<size_t> json_length) {
+  std::string_view binary;
+  if (json_length) {
+    if (*json_length > body.size()) {
+      throw InvalidArgument("Inference-Header-Content-Length is " + std::to_string(*json_length) +
+                            " but the body has " + std::to_string(body.size()) + " bytes");
+    }
+    binary = body.substr(*json_length);
+    body = body.substr(0, *json_length);
+  }
+  size_t cursor = 0;  // into `binary`
   // One parser per thread keeps its buffers between requests; a large body gets a parser of its
   // own, so that no thread holds on to a large buffer afterwards.
   thread_local simdjson::dom::parser shared;
@@ -220,18 +259,27 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits) {
   Element root;
   const auto error = parser.parse(body.data(), body.size()).get(root);
   if (error == simdjson::DEPTH_ERROR) throw InvalidArgument("the request is nested too deeply");
-  if (error) throw InvalidArgument("the request body is not valid JSON");
+  if (error) {
+    throw InvalidArgument(json_length ? "the request's JSON header is not valid JSON"
+                                      : "the request body is not valid JSON (a body with binary "
+                                        "tensor data needs an Inference-Header-Content-Length "
+                                        "header)");
+  }
   if (!root.is_object()) throw InvalidArgument("the request body must be a JSON object");
   const simdjson::dom::object j(root);
-  CheckFields(j, {"id", "inputs", "outputs", "parameters"}, "the request");
+  CheckFields(j, {"id", "model_name", "model_version", "inputs", "outputs", "parameters"},
+              "the request");
   InferRequest r;
-  if (auto id = Field(j, "id")) {
+  if (auto id = Field(j, "id"); id && !id->is_null()) {
     if (!IsString(*id)) throw InvalidArgument("'id' must be a string");
     r.id = String(*id);
   }
-  if (auto p = Field(j, "parameters")) {
-    if (!p->is_object()) throw InvalidArgument("'parameters' must be an object");
-    for (auto field : simdjson::dom::object(*p)) {
+  if (auto name = Field(j, "model_name"); name && !name->is_null()) {
+    if (!IsString(*name)) throw InvalidArgument("'model_name' must be a string");
+    r.model_name = String(*name);
+  }
+  if (auto p = Parameters(j, "the request")) {
+    for (auto field : *p) {
       const Element v = field.value;
       if (field.key == "key") {
         if (!IsString(v)) throw InvalidArgument("parameter 'key' must be a string");
@@ -246,6 +294,8 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits) {
           throw InvalidArgument("parameter 'priority' must be an integer");
         }
         r.priority = static_cast<int>(int64_t(v));
+      } else if (field.key == "binary_data_output") {
+        r.binary_outputs = BoolParameter(v, "binary_data_output");
       }
       // Other parameters are the protocol's extension point and are ignored, as it asks.
     }
@@ -312,19 +362,55 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits) {
       expected *= v;
       t.shape.push_back(v);
     }
-    auto data = Field(in, "data");
-    if (!data) throw InvalidArgument(where + " needs 'data'");
-    t.data.reserve(static_cast<size_t>(expected) * ElementSize(t.datatype));
-    int64_t count = 0;
-    if (data->is_array()) {
-      Flatten(simdjson::dom::array(*data), t, 0, t.data, count, expected, where);
-    } else {
-      AppendCounted(t.data, t, *data, count, expected, where);
+    std::optional<int64_t> binary_size;
+    if (auto p = Parameters(in, where)) {
+      if (auto size = Field(*p, "binary_data_size")) {
+        if (size->type() != ElementType::INT64 || int64_t(*size) < 0) {
+          throw InvalidArgument(where + ": binary_data_size must be a non-negative integer");
+        }
+        binary_size = int64_t(*size);
+      }
     }
-    if (count != expected) {
-      throw InvalidArgument(where + ": shape " + Text(*shape_field) + " holds " +
-                            std::to_string(expected) + " elements but data has " +
-                            std::to_string(count));
+    auto data = Field(in, "data");
+    if (binary_size) {
+      if (data) throw InvalidArgument(where + " has both 'data' and binary_data_size");
+      if (!json_length) {
+        throw InvalidArgument(where +
+                              " has binary_data_size but the request has no "
+                              "Inference-Header-Content-Length header");
+      }
+      const int64_t want = expected * static_cast<int64_t>(ElementSize(t.datatype));
+      if (*binary_size != want) {
+        throw InvalidArgument(where + ": binary_data_size is " + std::to_string(*binary_size) +
+                              " bytes but shape " + Text(*shape_field) + " of " + dt + " takes " +
+                              std::to_string(want));
+      }
+      if (static_cast<uint64_t>(*binary_size) > binary.size() - cursor) {
+        throw InvalidArgument(where + ": binary_data_size " + std::to_string(*binary_size) +
+                              " runs past the end of the body (" +
+                              std::to_string(binary.size() - cursor) + " bytes left)");
+      }
+      t.data.assign(binary.substr(cursor, static_cast<size_t>(*binary_size)));
+      cursor += static_cast<size_t>(*binary_size);
+      if (t.datatype == DataType::kBool) {
+        for (char& c : t.data) {
+          if (c != 0 && c != 1) throw InvalidArgument(where + ": BOOL bytes must be 0 or 1");
+        }
+      }
+    } else {
+      if (!data) throw InvalidArgument(where + " needs 'data'");
+      t.data.reserve(static_cast<size_t>(expected) * ElementSize(t.datatype));
+      int64_t count = 0;
+      if (data->is_array()) {
+        Flatten(simdjson::dom::array(*data), t, 0, t.data, count, expected, where);
+      } else {
+        AppendCounted(t.data, t, *data, count, expected, where);
+      }
+      if (count != expected) {
+        throw InvalidArgument(where + ": shape " + Text(*shape_field) + " holds " +
+                              std::to_string(expected) + " elements but data has " +
+                              std::to_string(count));
+      }
     }
     budget -= expected;
     r.inputs.push_back(std::move(t));
@@ -339,7 +425,16 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits) {
       }
       CheckFields(simdjson::dom::object(o), {"name", "parameters"}, "requested output");
       r.outputs.push_back(String(*name));
+      if (auto p = Parameters(simdjson::dom::object(o), "requested output")) {
+        if (auto b = Field(*p, "binary_data")) {
+          r.binary_output.emplace_back(r.outputs.back(), BoolParameter(*b, "binary_data"));
+        }
+      }
     }
+  }
+  if (cursor != binary.size()) {
+    throw InvalidArgument("the body has " + std::to_string(binary.size() - cursor) +
+                          " bytes of binary data that no input's binary_data_size claims");
   }
   return r;
 }
@@ -405,7 +500,7 @@ void AppendData(std::string& out, const WireTensor& t) {
 
 // Written straight into one string: strings are escaped by nlohmann-json, numbers formatted by
 // {fmt}; no document tree is built for what can be megabytes of numbers.
-std::string EncodeInferResponse(const InferResponse& response) {
+std::string EncodeInferResponse(const InferResponse& response, std::optional<size_t>* json_length) {
   size_t size = 256 + response.parameters.size();
   for (const auto& t : response.outputs) size += 64 + t.name.size() + t.data.size() * 4;
   std::string out;
@@ -435,11 +530,25 @@ std::string EncodeInferResponse(const InferResponse& response) {
       if (d) out += ',';
       AppendNumber(out, t.shape[d]);
     }
-    out += "],\"data\":[";
-    AppendData(out, t);
-    out += "]}";
+    if (t.binary) {
+      out += "],\"parameters\":{\"binary_data_size\":";
+      AppendNumber(out, static_cast<int64_t>(t.data.size()));
+      out += "}}";
+    } else {
+      out += "],\"data\":[";
+      AppendData(out, t);
+      out += "]}";
+    }
   }
   out += "]}";
+  const size_t json_size = out.size();
+  bool any_binary = false;
+  for (const auto& t : response.outputs) {
+    if (!t.binary) continue;
+    any_binary = true;
+    out += t.data;  // little-endian, row-major: the tensor's own bytes
+  }
+  if (json_length) *json_length = any_binary ? std::optional<size_t>(json_size) : std::nullopt;
   return out;
 }
 

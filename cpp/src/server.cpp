@@ -15,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "compression.h"
 #include "http_transport.h"
 #include "lepton/errors.h"
 #include "lepton/events.h"
@@ -218,10 +219,11 @@ std::string PredictionParameters(const Prediction& p) {
   auto str = [](const std::string& s) {
     return json(s).dump(-1, ' ', false, json::error_handler_t::replace);
   };
+  // Parameter values are strings, numbers or booleans in the protocol: lists are comma-joined.
   auto list = [&](const std::vector<std::string>& v) {
-    std::string out = "[";
-    for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + str(v[i]);
-    return out + "]";
+    std::string joined;
+    for (size_t i = 0; i < v.size(); ++i) joined += (i ? "," : "") + v[i];
+    return str(joined);
   };
   return fmt::format(
       "{{\"lepton_request_id\":{},\"lepton_versions\":{},\"lepton_skipped\":{},"
@@ -406,8 +408,7 @@ class Server::Impl {
     t.max_threads = options_.http_threads;
     t.max_buffered_bytes = options_.max_buffered_bytes;
     http_ = std::make_unique<http::Transport>(t, [this](http::Request& req) {
-      Reply r = Dispatch(req.method, req.path, req.query, req.body, req.headers,
-                         Client{req.peer, req.reserve});
+      Reply r = HandleHttp(req);
       http::Response out;
       out.status = r.status;
       out.body = std::move(r.body);
@@ -477,6 +478,51 @@ class Server::Impl {
     if (!Authorized(headers))
       throw HttpError{401, "this endpoint needs 'Authorization: Bearer <token>'"};
   }
+
+  // A request from a socket: its body inflated when compressed (Content-Encoding), the reply
+  // compressed when the client accepts it (Accept-Encoding) and it is worth it.
+  Reply HandleHttp(http::Request& req) {
+    auto encoding = req.headers.find("content-encoding");
+    if (encoding != req.headers.end()) {
+      Reply refused;
+      try {
+        const http::Coding coding = http::ParseContentEncoding(encoding->second);
+        if (coding != http::Coding::kIdentity) {
+          std::string inflated;
+          if (!http::Inflate(req.body, options_.max_body_bytes, req.reserve, &inflated)) {
+            refused = ErrorReply(413, "the request body inflates past the server's limit of " +
+                                          std::to_string(options_.max_body_bytes) + " bytes");
+          }
+          req.body.swap(inflated);
+        }
+      } catch (const std::length_error&) {
+        refused = ErrorReply(503, "the server is holding as much memory as it may; retry shortly");
+        refused.headers["Retry-After"] = "1";
+      } catch (const std::invalid_argument& e) {
+        const bool unknown = std::string(e.what()).rfind("Content-Encoding", 0) == 0;
+        refused = ErrorReply(unknown ? 415 : 400, e.what());
+      }
+      if (refused.status != 200) {
+        CountHttp(SplitPath(req.path), refused.status, 0);
+        return refused;
+      }
+    }
+    Reply r = Dispatch(req.method, req.path, req.query, req.body, req.headers,
+                       Client{req.peer, req.reserve});
+    auto accept = req.headers.find("accept-encoding");
+    if (accept != req.headers.end() && r.body.size() >= kCompressFrom) {
+      const http::Coding coding = http::PreferredCoding(accept->second);
+      if (coding != http::Coding::kIdentity) {
+        r.body = http::Compress(r.body, coding);
+        r.headers["Content-Encoding"] = http::CodingName(coding);
+        r.headers["Vary"] = "Accept-Encoding";
+      }
+    }
+    return r;
+  }
+
+  // Smaller replies go uncompressed: the header would eat the saving.
+  static constexpr size_t kCompressFrom = 1024;
 
   Reply Dispatch(const std::string& method, const std::string& path, const Query& query,
                  const std::string& body, const Headers& headers, const Client& client = {}) {
@@ -588,7 +634,7 @@ class Server::Impl {
       Method(method, "GET");
       return JsonReply(200, {{"name", "lepton"},
                              {"version", LEPTON_VERSION_STRING},
-                             {"extensions", {"model_repository", "lepton"}}});
+                             {"extensions", {"binary_tensor_data", "model_repository", "lepton"}}});
     }
     if (p[1] == "health" && n == 3) {
       Method(method, "GET");
@@ -679,7 +725,20 @@ class Server::Impl {
               const std::string& body, const Headers& headers, const Client& client) {
     const std::shared_ptr<Deployment> deployment = FindDeployment(model);
     ReserveForDecoding(body, client);
-    oip::InferRequest req = oip::DecodeInferRequest(body);
+    std::optional<size_t> json_length;
+    if (auto h = headers.find("inference-header-content-length"); h != headers.end()) {
+      const std::string& v = h->second;
+      if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos) {
+        throw InvalidArgument("Inference-Header-Content-Length must be a byte count, got '" +
+                              HeaderSafe(v) + "'");
+      }
+      json_length = std::stoull(v);
+    }
+    oip::InferRequest req = oip::DecodeInferRequest(body, {}, json_length);
+    if (req.model_name && *req.model_name != model) {
+      throw InvalidArgument("the body names model '" + *req.model_name + "' but the URL names '" +
+                            model + "'");
+    }
     Tensors inputs;
     inputs.reserve(req.inputs.size());
     PredictOptions o;
@@ -703,7 +762,8 @@ class Server::Impl {
     oip::InferResponse resp;
     resp.model = model;
     resp.version = pred.versions.size() == 1 ? pred.versions[0] : JoinVersions(pred.versions);
-    resp.id = req.id;
+    // Every response has an id: the request's, else lepton's request id.
+    resp.id = req.id.empty() ? pred.request_id : req.id;
     resp.parameters = PredictionParameters(pred);
     for (size_t i = 0; i < pred.outputs.size(); ++i) {
       std::string name = i < names.size() ? names[i] : "output_" + std::to_string(i);
@@ -711,7 +771,9 @@ class Server::Impl {
           std::find(req.outputs.begin(), req.outputs.end(), name) == req.outputs.end()) {
         continue;
       }
+      const bool binary = oip::WantsBinary(req, name);
       resp.outputs.push_back(FromTensor(std::move(name), pred.outputs[i]));
+      resp.outputs.back().binary = binary;
     }
     for (const auto& want : req.outputs) {
       if (std::none_of(resp.outputs.begin(), resp.outputs.end(),
@@ -720,8 +782,14 @@ class Server::Impl {
       }
     }
     Reply r;
-    r.body = oip::EncodeInferResponse(resp);
-    r.headers["Content-Type"] = "application/json";
+    std::optional<size_t> header_length;
+    r.body = oip::EncodeInferResponse(resp, &header_length);
+    if (header_length) {
+      r.headers["Content-Type"] = "application/octet-stream";
+      r.headers["Inference-Header-Content-Length"] = std::to_string(*header_length);
+    } else {
+      r.headers["Content-Type"] = "application/json";
+    }
     r.headers["X-Lepton-Request-Id"] = pred.request_id;
     r.headers["X-Lepton-Version"] = HeaderSafe(resp.version);
     r.headers["X-Lepton-Route"] = HeaderSafe(pred.route);

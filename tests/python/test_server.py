@@ -94,7 +94,7 @@ def test_infer_answers_with_version_route_and_request_id(server):
     assert out["datatype"] == "FP32" and out["shape"] == [2, 4]
     assert torch.allclose(torch.tensor(out["data"]).reshape(2, 4), x + 1)
     params = body["parameters"]
-    assert params["lepton_versions"] == ["v1"] and params["lepton_policy"] == "fixed"
+    assert params["lepton_versions"] == "v1" and params["lepton_policy"] == "fixed"
     assert params["lepton_route"] and params["lepton_request_id"]
     assert r.headers["X-Lepton-Request-Id"] == params["lepton_request_id"]
     assert r.headers["X-Lepton-Version"] == "v1" and r.headers["X-Lepton-Route"]

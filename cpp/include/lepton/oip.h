@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace lepton::oip {
@@ -22,13 +23,21 @@ struct WireTensor {
   std::vector<int64_t> shape;
   DataType datatype = DataType::kFp32;
   std::string data;  // elements in row-major order, native byte order, ElementSize each
+  // In a response: sent as binary data after the JSON (Triton's binary tensor data extension)
+  // rather than as a JSON list.
+  bool binary = false;
   int64_t elements() const;
 };
 
 struct InferRequest {
   std::string id;
+  std::optional<std::string> model_name;  // KServe's clients name the model in the body too
   std::vector<WireTensor> inputs;
   std::vector<std::string> outputs;  // names asked for; empty: all
+  // Binary outputs: every output ("binary_data_output"), unless an output says otherwise
+  // ("binary_data" on a requested output).
+  bool binary_outputs = false;
+  std::vector<std::pair<std::string, bool>> binary_output;
   // lepton's request parameters: routing key, deadline, priority.
   std::optional<std::string> key;
   std::optional<double> timeout_s;
@@ -44,13 +53,23 @@ struct Limits {
 // Throws InvalidArgument naming the field at fault: not JSON, unknown fields, a datatype that is
 // not carried, a shape that disagrees with the data's length, data of the wrong type or out of
 // the datatype's range, nested data that is not rectangular, limits exceeded.
-InferRequest DecodeInferRequest(std::string_view body, const Limits& limits = {});
+// `json_length` (the Inference-Header-Content-Length header) says that the body is that many bytes
+// of JSON followed by binary tensor data: inputs with a `binary_data_size` parameter take their
+// bytes from it in order, and every byte of it must be claimed.
+InferRequest DecodeInferRequest(std::string_view body, const Limits& limits = {},
+                                std::optional<size_t> json_length = std::nullopt);
+
+// Whether output `name` goes back as binary data, as the request asked.
+bool WantsBinary(const InferRequest& request, const std::string& name);
 
 struct InferResponse {
   std::string model, version, id;
   std::vector<WireTensor> outputs;
   std::string parameters = "{}";  // a serialised JSON object, written into the response as it is
 };
-std::string EncodeInferResponse(const InferResponse& response);
+// The JSON response, followed by the binary data of outputs marked `binary`; `json_length` (for
+// the Inference-Header-Content-Length header) is set to the JSON's length when there is any.
+std::string EncodeInferResponse(const InferResponse& response,
+                                std::optional<size_t>* json_length = nullptr);
 
 }  // namespace lepton::oip

@@ -1,0 +1,158 @@
+"""The Open Inference Protocol as its clients speak it: Triton's binary tensor data extension,
+compressed bodies both ways, and the fields KServe's REST client sends."""
+import gzip
+import json
+import zlib
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+import lepton
+from conftest import AddN
+
+TOKEN = "s3cret-token"
+
+
+class Pair(torch.nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor):
+        return a + b, (a * b).to(torch.int64)
+
+
+@pytest.fixture
+def server(registry):
+    registry.register("m", AddN(1), version="v1", example_inputs=torch.zeros(1, 4))
+    registry.register("pair", Pair(), version="p1", example_inputs=(torch.zeros(1, 2), torch.zeros(1, 2)))
+    s = lepton.serve(registry, port=0, token=TOKEN, max_body_bytes=1 << 20)
+    yield s
+    s.stop()
+
+
+def binary_request(header, *arrays):
+    """A body of JSON followed by the arrays' bytes, and its headers."""
+    head = json.dumps(header).encode()
+    body = head + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+    return body, {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+
+
+def split_binary(response):
+    """The JSON part of a binary response and the bytes after it."""
+    n = int(response.headers["Inference-Header-Content-Length"])
+    return json.loads(response.content[:n]), response.content[n:]
+
+
+def test_binary_inputs_and_outputs(server):
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    header = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
+                          "parameters": {"binary_data_size": x.nbytes}}],
+              "parameters": {"binary_data_output": True}}
+    body, headers = binary_request(header, x)
+    r = requests.post(server.url + "/v2/models/m/infer", data=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == "application/octet-stream"
+    meta, rest = split_binary(r)
+    out = meta["outputs"][0]
+    assert out["parameters"] == {"binary_data_size": 32} and "data" not in out
+    assert np.array_equal(np.frombuffer(rest, dtype=np.float32).reshape(out["shape"]), x + 1)
+
+
+def test_binary_outputs_asked_one_by_one_and_json_inputs_mixed_in(server):
+    a = np.array([[1, 2]], dtype=np.float32)
+    header = {"inputs": [{"name": "a", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+                         {"name": "b", "shape": [1, 2], "datatype": "FP32", "data": [3, 4]}],
+              "outputs": [{"name": "output_0", "parameters": {"binary_data": False}},
+                          {"name": "output_1", "parameters": {"binary_data": True}}]}
+    body, headers = binary_request(header, a)
+    r = requests.post(server.url + "/v2/models/pair/infer", data=body, headers=headers)
+    assert r.status_code == 200, r.text
+    meta, rest = split_binary(r)
+    outs = {o["name"]: o for o in meta["outputs"]}
+    assert outs["output_0"]["data"] == [4.0, 6.0]
+    assert outs["output_1"]["datatype"] == "INT64"
+    assert np.frombuffer(rest, dtype=np.int64).tolist() == [3, 8]
+
+
+@pytest.mark.parametrize("lie,match", [
+    ("past_the_body", "past the end"),
+    ("left_over", "no input's binary_data_size claims"),
+    ("wrong_size", "takes 16"),
+    ("header_too_long", "Inference-Header-Content-Length is"),
+    ("no_header", "needs an Inference-Header-Content-Length header"),
+    ("not_a_number", "byte count"),
+    ("data_and_binary", "both 'data' and binary_data_size"),
+])
+def test_binary_bodies_that_lie_about_their_sizes_are_refused(server, lie, match):
+    x = np.zeros((1, 4), dtype=np.float32)
+    size = {"wrong_size": 12}.get(lie, 16)
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": size}}
+    if lie == "data_and_binary":
+        tensor["data"] = [0, 0, 0, 0]
+    body, headers = binary_request({"inputs": [tensor]}, x)
+    if lie == "past_the_body":
+        body = body[:-4]
+    elif lie == "left_over":
+        body += b"\0" * 4
+    elif lie == "header_too_long":
+        headers["Inference-Header-Content-Length"] = str(len(body) + 1)
+    elif lie == "no_header":
+        del headers["Inference-Header-Content-Length"]
+    elif lie == "not_a_number":
+        headers["Inference-Header-Content-Length"] = "-5"
+    r = requests.post(server.url + "/v2/models/m/infer", data=body, headers=headers)
+    assert r.status_code == 400 and match in r.json()["error"], r.text
+    assert requests.post(server.url + "/v2/models/m/infer",
+                         json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                           "data": [0, 0, 0, 0]}]}).status_code == 200
+
+
+def infer_body(x):
+    return {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}
+
+
+@pytest.mark.parametrize("coding,compress", [("gzip", gzip.compress), ("deflate", zlib.compress)])
+def test_compressed_requests_and_responses(server, coding, compress):
+    x = torch.arange(400, dtype=torch.float32).reshape(100, 4)
+    raw = json.dumps(infer_body(x)).encode()
+    r = requests.post(server.url + "/v2/models/m/infer", data=compress(raw),
+                      headers={"Content-Encoding": coding, "Accept-Encoding": coding})
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Encoding"] == coding  # requests inflated it for us
+    assert r.json()["outputs"][0]["data"][:3] == [1.0, 2.0, 3.0]
+
+
+def test_a_compression_bomb_is_refused_without_inflating_it_all(server):
+    bomb = gzip.compress(b"[" + b"0," * (8 << 20) + b"0]")  # 16 MB of JSON in a few KB
+    assert len(bomb) < 100_000
+    r = requests.post(server.url + "/v2/models/m/infer", data=bomb, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 413 and "inflates past" in r.json()["error"]
+
+
+@pytest.mark.parametrize("coding,body,status", [
+    ("br", b"x", 415), ("gzip", b"not gzip at all", 400), ("gzip", gzip.compress(b"{}")[:-6], 400)])
+def test_unknown_and_corrupt_codings(server, coding, body, status):
+    r = requests.post(server.url + "/v2/models/m/infer", data=body, headers={"Content-Encoding": coding})
+    assert r.status_code == status, r.text
+
+
+def test_kserve_request_fields_and_response_shape(server):
+    x = torch.zeros(1, 4)
+    body = {**infer_body(x), "model_name": "m", "id": "kserve-1", "parameters": None}
+    body["inputs"][0]["parameters"] = None
+    r = requests.post(server.url + "/v2/models/m/infer", json=body)
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    assert reply["id"] == "kserve-1"
+    for value in reply["parameters"].values():  # strings, numbers or booleans only
+        assert isinstance(value, (str, int, float, bool))
+    assert reply["parameters"]["lepton_versions"] == "v1"
+    # Without an id of its own, the response carries lepton's request id.
+    reply = requests.post(server.url + "/v2/models/m/infer", json=infer_body(x)).json()
+    assert reply["id"] == reply["parameters"]["lepton_request_id"]
+    wrong = {**infer_body(x), "model_name": "other"}
+    r = requests.post(server.url + "/v2/models/m/infer", json=wrong)
+    assert r.status_code == 400 and "other" in r.json()["error"]
+
+
+def test_server_metadata_lists_binary_tensor_data(server):
+    assert "binary_tensor_data" in requests.get(server.url + "/v2").json()["extensions"]
