@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <iterator>
@@ -223,6 +224,9 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "binary tensor data is 
 
 namespace {
 
+// lepton's priorities run from -kTopPriority to kTopPriority, higher first.
+constexpr int64_t kTopPriority = 1000000;
+
 // A parameters object, absent, or null (as pydantic clients send): nullopt when absent or null.
 std::optional<simdjson::dom::object> Parameters(simdjson::dom::object j, const std::string& where) {
   auto p = Field(j, "parameters");
@@ -284,14 +288,34 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits,
       if (field.key == "key") {
         if (!IsString(v)) throw InvalidArgument("parameter 'key' must be a string");
         r.key = String(v);
-      } else if (field.key == "timeout") {
+      } else if (field.key == "timeout" || field.key == "lepton_timeout") {
+        // Triton's clients send "timeout" in microseconds; lepton's own name takes seconds.
+        const bool micros = field.key == "timeout";
         if (!v.is_number() || !(double(v) > 0) || !std::isfinite(double(v))) {
-          throw InvalidArgument("parameter 'timeout' must be a positive number of seconds");
+          throw InvalidArgument("parameter '" + std::string(field.key) +
+                                "' must be a positive number of " +
+                                (micros ? "microseconds" : "seconds"));
         }
-        r.timeout_s = double(v);
+        r.timeout_s = micros ? double(v) * 1e-6 : double(v);
       } else if (field.key == "priority") {
-        if (v.type() != ElementType::INT64 || std::abs(int64_t(v)) > 1000000) {
-          throw InvalidArgument("parameter 'priority' must be an integer");
+        // Triton's meaning: 0 is the default, 1 the highest, larger numbers lower. lepton serves
+        // higher numbers first, so p becomes kTopPriority - p (1 the highest of all).
+        if ((v.type() != ElementType::INT64 && v.type() != ElementType::UINT64) ||
+            (v.type() == ElementType::INT64 && int64_t(v) < 0)) {
+          throw InvalidArgument(
+              "parameter 'priority' must be a non-negative integer (1 is the "
+              "highest; 0 the default)");
+        }
+        const uint64_t p = v.type() == ElementType::INT64 ? uint64_t(int64_t(v)) : uint64_t(v);
+        if (p > 0) {
+          r.priority = static_cast<int>(
+              kTopPriority - static_cast<int64_t>(std::min<uint64_t>(p, 2 * kTopPriority)));
+        }
+      } else if (field.key == "lepton_priority") {
+        if (v.type() != ElementType::INT64 || std::abs(int64_t(v)) > kTopPriority) {
+          throw InvalidArgument("parameter 'lepton_priority' must be an integer in [-" +
+                                std::to_string(kTopPriority) + ", " + std::to_string(kTopPriority) +
+                                "] (higher is served first)");
         }
         r.priority = static_cast<int>(int64_t(v));
       } else if (field.key == "binary_data_output") {

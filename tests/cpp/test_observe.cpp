@@ -146,7 +146,7 @@ TEST(Oip, DecodesTypedFlatAndNestedTensors) {
       {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3, 4.5]]},
       {"name": "y", "shape": [3], "datatype": "INT64", "data": [-1, 0, 9007199254740993]},
       {"name": "z", "shape": [2], "datatype": "BOOL", "data": [true, false]}],
-      "parameters": {"key": "user-1", "timeout": 0.5, "priority": 2, "other": 1},
+      "parameters": {"key": "user-1", "lepton_timeout": 0.5, "lepton_priority": 2, "other": 1},
       "outputs": [{"name": "out"}]})");
   EXPECT_EQ(r.id, "a");
   ASSERT_EQ(r.inputs.size(), 3u);
@@ -335,4 +335,25 @@ TEST(PolicyConfig, BuildsEveryTypeAndRefusesBadSpecs) {
           << text << " -> " << e.what();
     }
   }
+}
+
+// Names that Triton's clients send keep Triton's meaning; lepton's own take the lepton_ prefix.
+TEST(Oip, TritonsTimeoutAndPriorityKeepTheirMeaning) {
+  auto with = [](const std::string& parameters) {
+    return oip::DecodeInferRequest(
+        R"({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], )"
+        R"("parameters": )" +
+        parameters + "}");
+  };
+  EXPECT_DOUBLE_EQ(*with(R"({"timeout": 1000000})").timeout_s, 1.0);     // microseconds
+  EXPECT_DOUBLE_EQ(*with(R"({"lepton_timeout": 2.5})").timeout_s, 2.5);  // seconds
+  EXPECT_FALSE(with(R"({"priority": 0})").priority);                     // the default
+  const int first = *with(R"({"priority": 1})").priority;
+  const int second = *with(R"({"priority": 2})").priority;
+  EXPECT_GT(first, second);  // 1 is Triton's highest: served first
+  EXPECT_GT(second, 0);      // and ahead of requests at the default priority
+  EXPECT_EQ(*with(R"({"lepton_priority": 5})").priority, 5);
+  EXPECT_THROW(with(R"({"priority": -1})"), InvalidArgument);
+  EXPECT_THROW(with(R"({"timeout": 0})"), InvalidArgument);
+  EXPECT_EQ(with("null").inputs.size(), 1u);  // "parameters": null, as pydantic clients send
 }

@@ -195,7 +195,7 @@ def test_overloaded_timeout_and_model_error_statuses(reg):
                       max_queue=1, threads=1) as s:
         slow = infer_body(torch.full((1, 2), 200.0))
         # A deadline the model cannot meet: 504.
-        r = requests.post(s.url + "/v2/models/spin/infer", json={**slow, "parameters": {"timeout": 0.005}})
+        r = requests.post(s.url + "/v2/models/spin/infer", json={**slow, "parameters": {"timeout": 5000}})  # microseconds
         assert r.status_code == 504 and "deadline" in r.json()["error"].lower() or r.status_code == 504
         # One running, one queued, the rest refused at once: 429.
         codes = []

@@ -38,7 +38,9 @@ struct InferRequest {
   // ("binary_data" on a requested output).
   bool binary_outputs = false;
   std::vector<std::pair<std::string, bool>> binary_output;
-  // lepton's request parameters: routing key, deadline, priority.
+  // The request parameters lepton reads: the routing key ("key"); the deadline ("timeout" in
+  // microseconds, as Triton's clients send it, or "lepton_timeout" in seconds); the priority
+  // ("priority" as Triton means it, 1 the highest, or "lepton_priority", higher first).
   std::optional<std::string> key;
   std::optional<double> timeout_s;
   std::optional<int> priority;
