@@ -44,6 +44,7 @@ struct Client {
 struct HttpError {
   int status;
   std::string message;
+  std::string allow = "";  // the methods a 405 names in its Allow header
 };
 
 Reply JsonReply(int status, const json& body) {
@@ -79,7 +80,9 @@ Reply CurrentErrorReply() {
   try {
     throw;
   } catch (const HttpError& e) {
-    return ErrorReply(e.status, e.message);
+    Reply r = ErrorReply(e.status, e.message);
+    if (!e.allow.empty()) r.headers["Allow"] = e.allow;
+    return r;
   } catch (...) {
     const CurrentError error = CurrentErrorOf();
     const ErrorKind& kind = KindOf(error.code);
@@ -607,8 +610,13 @@ class Server::Impl {
     return o.str();
   }
 
-  static void Method(const std::string& got, const char* want) {
-    if (got != want) throw HttpError{405, "use " + std::string(want) + " here"};
+  // Refuses any method but `want` with 405; `allow` lists every method the endpoint takes when
+  // the caller has already handled the others.
+  static void Method(const std::string& got, const char* want, const char* allow = nullptr) {
+    if (got != want) {
+      const std::string methods = allow ? allow : want;
+      throw HttpError{405, "use " + methods + " here", methods};
+    }
   }
 
   Reply Route(const std::string& method, const std::string& path, const std::vector<std::string>& p,
@@ -967,7 +975,7 @@ class Server::Impl {
     if (what == "policy" && n == 5) {
       const Entry e = Find(model);
       if (method == "GET") return JsonReply(200, PolicyJson(e));
-      Method(method, "PUT");
+      Method(method, "PUT", "GET, PUT");
       ParseBody(body);
       e.deployment->SetPolicy(PolicyFromJson(body));
       {
@@ -1001,7 +1009,7 @@ class Server::Impl {
               OptionalField<std::string>(req, "reason", "a string").value_or("removed over HTTP"));
           return JsonReply(200, {{"model", model}, {"alias", alias}, {"removed", true}});
         }
-        Method(method, "PUT");
+        Method(method, "PUT", "PUT, DELETE");
         const json req = ParseBody(body);
         OnlyFields(req, {"version", "expected", "reason"});
         const ModelVersion v = registry_->SetAlias(

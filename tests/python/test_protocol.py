@@ -156,3 +156,10 @@ def test_kserve_request_fields_and_response_shape(server):
 
 def test_server_metadata_lists_binary_tensor_data(server):
     assert "binary_tensor_data" in requests.get(server.url + "/v2").json()["extensions"]
+
+
+def test_a_wrong_method_gets_405_with_allow(server):
+    r = requests.get(server.url + "/v2/models/m/infer")
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+    r = requests.post(server.url + "/v2/lepton/models/m/policy", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 405 and r.headers["Allow"] == "GET, PUT"
