@@ -88,17 +88,27 @@ void AppendElement(std::string& out, DataType t, Element x, const At& where) {
       return AppendInteger<int32_t>(out, x, where);
     case DataType::kInt64:
       return AppendInteger<int64_t>(out, x, where);
+    case DataType::kFp16:
+    case DataType::kBf16:
     case DataType::kFp32:
     case DataType::kFp64: {
       if (!x.is_number()) throw InvalidArgument(where + ": expected a number, got " + Text(x));
       const double d = double(x);
       if (t == DataType::kFp64) {
         Append<double>(out, d);
+        return;
+      }
+      const double max = t == DataType::kFp16 ? 65504.0 : std::numeric_limits<float>::max();
+      if (std::fabs(d) > max) {
+        throw InvalidArgument(where + ": " + Text(x) + " is out of " + DataTypeName(t) + " range");
+      }
+      const float f = static_cast<float>(d);
+      if (t == DataType::kFp16) {
+        Append<uint16_t>(out, HalfFromFloat(f));
+      } else if (t == DataType::kBf16) {
+        Append<uint16_t>(out, Bf16FromFloat(f));
       } else {
-        if (std::fabs(d) > std::numeric_limits<float>::max()) {
-          throw InvalidArgument(where + ": " + Text(x) + " is out of FP32 range");
-        }
-        Append<float>(out, static_cast<float>(d));
+        Append<float>(out, f);
       }
       return;
     }
@@ -154,6 +164,69 @@ std::optional<Element> Field(simdjson::dom::object j, std::string_view key) {
 
 }  // namespace
 
+uint16_t HalfFromFloat(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+  const uint32_t abs = x & 0x7fffffff;
+  if (abs >= 0x7f800000) {  // inf or NaN (a NaN keeps a payload bit)
+    return sign | 0x7c00 | (abs > 0x7f800000 ? 0x200 : 0);
+  }
+  if (abs >= 0x477ff000) return sign | 0x7c00;  // rounds past 65504: inf
+  if (abs < 0x38800000) {                       // a half subnormal, or zero
+    if (abs < 0x33000000) return sign;          // under half the smallest subnormal
+    const uint32_t mant = (abs & 0x7fffff) | 0x800000;
+    const int shift = 126 - static_cast<int>(abs >> 23);  // 14..24
+    uint32_t h = mant >> shift;
+    const uint32_t rest = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rest > half || (rest == half && (h & 1))) ++h;
+    return sign | static_cast<uint16_t>(h);
+  }
+  uint32_t h = ((abs - 0x38000000) >> 13);  // rebias the exponent, keep 10 mantissa bits
+  const uint32_t rest = abs & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;
+  return sign | static_cast<uint16_t>(h);
+}
+
+float FloatFromHalf(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  uint32_t x;
+  if (exp == 0x1f) {
+    x = sign | 0x7f800000 | (mant << 13);
+  } else if (exp != 0) {
+    x = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    x = sign;
+  } else {  // subnormal: normalise
+    int e = -1;
+    uint32_t m = mant;
+    do {
+      ++e;
+      m <<= 1;
+    } while (!(m & 0x400));
+    x = sign | (static_cast<uint32_t>(112 - e) << 23) | ((m & 0x3ff) << 13);
+  }
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+uint16_t Bf16FromFloat(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffff) > 0x7f800000) return static_cast<uint16_t>((x >> 16) | 0x40);  // NaN
+  x += 0x7fff + ((x >> 16) & 1);  // round to nearest even
+  return static_cast<uint16_t>(x >> 16);
+}
+
+float FloatFromBf16(uint16_t b) {
+  const uint32_t x = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
 std::optional<DataType> ParseDataType(std::string_view n) {
   if (n == "BOOL") return DataType::kBool;
   if (n == "UINT8") return DataType::kUInt8;
@@ -161,6 +234,8 @@ std::optional<DataType> ParseDataType(std::string_view n) {
   if (n == "INT16") return DataType::kInt16;
   if (n == "INT32") return DataType::kInt32;
   if (n == "INT64") return DataType::kInt64;
+  if (n == "FP16") return DataType::kFp16;
+  if (n == "BF16") return DataType::kBf16;
   if (n == "FP32") return DataType::kFp32;
   if (n == "FP64") return DataType::kFp64;
   return std::nullopt;
@@ -180,6 +255,10 @@ const char* DataTypeName(DataType t) {
       return "INT32";
     case DataType::kInt64:
       return "INT64";
+    case DataType::kFp16:
+      return "FP16";
+    case DataType::kBf16:
+      return "BF16";
     case DataType::kFp32:
       return "FP32";
     case DataType::kFp64:
@@ -195,6 +274,8 @@ size_t ElementSize(DataType t) {
     case DataType::kInt8:
       return 1;
     case DataType::kInt16:
+    case DataType::kFp16:
+    case DataType::kBf16:
       return 2;
     case DataType::kInt32:
     case DataType::kFp32:
@@ -353,8 +434,8 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits,
     auto parsed = ParseDataType(dt);
     if (!parsed) {
       throw InvalidArgument(where + ": datatype '" + dt +
-                            "' is not supported (BOOL, UINT8, INT8, INT16, INT32, INT64, FP32, "
-                            "FP64)");
+                            "' is not supported (BOOL, UINT8, INT8, INT16, INT32, INT64, FP16, "
+                            "BF16, FP32, FP64)");
     }
     t.datatype = *parsed;
     auto shape_field = Field(in, "shape");
@@ -509,6 +590,12 @@ void AppendData(std::string& out, const WireTensor& t) {
         break;
       case DataType::kInt64:
         AppendNumber(out, Read<int64_t>(t.data, i));
+        break;
+      case DataType::kFp16:
+        AppendFloat(out, FloatFromHalf(Read<uint16_t>(t.data, i)));
+        break;
+      case DataType::kBf16:
+        AppendFloat(out, FloatFromBf16(Read<uint16_t>(t.data, i)));
         break;
       case DataType::kFp32:
         AppendFloat(out, Read<float>(t.data, i));

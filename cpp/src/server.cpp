@@ -162,6 +162,7 @@ constexpr std::pair<oip::DataType, at::ScalarType> kWireTypes[] = {
     {oip::DataType::kBool, at::kBool},  {oip::DataType::kUInt8, at::kByte},
     {oip::DataType::kInt8, at::kChar},  {oip::DataType::kInt16, at::kShort},
     {oip::DataType::kInt32, at::kInt},  {oip::DataType::kInt64, at::kLong},
+    {oip::DataType::kFp16, at::kHalf},  {oip::DataType::kBf16, at::kBFloat16},
     {oip::DataType::kFp32, at::kFloat}, {oip::DataType::kFp64, at::kDouble},
 };
 
@@ -185,12 +186,13 @@ oip::WireTensor FromTensor(std::string name, at::Tensor t) {
   oip::WireTensor w;
   w.name = std::move(name);
   if (!t.device().is_cpu()) t = t.to(at::kCPU);
-  // Types the protocol lacks (half, bfloat16, ...) are sent as FP32.
+  // Types the protocol lacks (complex) are refused rather than shown as something they are not.
   const auto it = std::find_if(std::begin(kWireTypes), std::end(kWireTypes),
                                [&](const auto& p) { return p.second == t.scalar_type(); });
   if (it == std::end(kWireTypes)) {
-    w.datatype = oip::DataType::kFp32;
-    t = t.to(at::kFloat);
+    throw ModelError("output '" + w.name + "' has dtype " +
+                     std::string(c10::toString(t.scalar_type())) +
+                     ", which the Open Inference Protocol has no datatype for");
   } else {
     w.datatype = it->first;
   }
@@ -202,9 +204,9 @@ oip::WireTensor FromTensor(std::string name, at::Tensor t) {
 
 std::string OipType(const std::string& dtype) {
   static const std::map<std::string, std::string> kTypes = {
-      {"bool", "BOOL"},    {"uint8", "UINT8"},  {"int8", "INT8"},     {"int16", "INT16"},
-      {"int32", "INT32"},  {"int64", "INT64"},  {"float16", "FP16"},  {"bfloat16", "BF16"},
-      {"float32", "FP32"}, {"float64", "FP64"}, {"complex64", "FP32"}};
+      {"bool", "BOOL"},    {"uint8", "UINT8"}, {"int8", "INT8"},    {"int16", "INT16"},
+      {"int32", "INT32"},  {"int64", "INT64"}, {"float16", "FP16"}, {"bfloat16", "BF16"},
+      {"float32", "FP32"}, {"float64", "FP64"}};
   auto it = kTypes.find(dtype);
   return it == kTypes.end() ? dtype : it->second;
 }

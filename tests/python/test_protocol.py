@@ -20,9 +20,21 @@ class Pair(torch.nn.Module):
         return a + b, (a * b).to(torch.int64)
 
 
+class Twice(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+class Complex(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.complex(x, x)
+
+
 @pytest.fixture
 def server(registry):
     registry.register("m", AddN(1), version="v1", example_inputs=torch.zeros(1, 4))
+    registry.register("twice", Twice(), version="t1")  # no signature: any dtype
+    registry.register("complex", Complex(), version="c1")
     registry.register("pair", Pair(), version="p1", example_inputs=(torch.zeros(1, 2), torch.zeros(1, 2)))
     s = lepton.serve(registry, port=0, token=TOKEN, max_body_bytes=1 << 20)
     yield s
@@ -163,3 +175,34 @@ def test_a_wrong_method_gets_405_with_allow(server):
     assert r.status_code == 405 and r.headers["Allow"] == "POST"
     r = requests.post(server.url + "/v2/lepton/models/m/policy", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 405 and r.headers["Allow"] == "GET, PUT"
+
+
+def test_fp16_and_bf16_travel_as_json_and_as_binary(server):
+    r = requests.post(server.url + "/v2/models/twice/infer",
+                      json={"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP16", "data": [0.5, 1.5, -2.25]}]})
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["datatype"] == "FP16" and out["data"] == [1.0, 3.0, -4.5]
+    x = torch.tensor([[1.0, 2.5, -3.0]], dtype=torch.bfloat16)
+    raw = x.view(torch.int16).numpy()
+    header = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BF16", "parameters": {"binary_data_size": 6}}],
+              "parameters": {"binary_data_output": True}}
+    body, headers = binary_request(header, raw)
+    r = requests.post(server.url + "/v2/models/twice/infer", data=body, headers=headers)
+    assert r.status_code == 200, r.text
+    meta, rest = split_binary(r)
+    assert meta["outputs"][0]["datatype"] == "BF16"
+    got = torch.frombuffer(bytearray(rest), dtype=torch.bfloat16).reshape(1, 3)
+    assert torch.equal(got, x * 2)
+    r = requests.post(server.url + "/v2/models/twice/infer",
+                      json={"inputs": [{"name": "x", "shape": [1], "datatype": "FP16", "data": [70000]}]})
+    assert r.status_code == 400 and "FP16 range" in r.json()["error"]
+
+
+def test_an_output_the_protocol_cannot_carry_is_an_error_not_a_wrong_answer(server):
+    r = requests.post(server.url + "/v2/models/complex/infer",
+                      json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]})
+    assert r.status_code == 500
+    logged = requests.get(server.url + "/v2/lepton/events?since=0&limit=100000",
+                          headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert any(r.json()["request_id"] in e["message"] and "ComplexFloat" in e["message"] for e in logged)

@@ -12,8 +12,16 @@
 
 namespace lepton::oip {
 
-// The protocol's datatypes that lepton carries: BOOL, UINT8, INT8, INT16, INT32, INT64, FP32, FP64.
-enum class DataType { kBool, kUInt8, kInt8, kInt16, kInt32, kInt64, kFp32, kFp64 };
+// The protocol's datatypes that lepton carries: BOOL, UINT8, INT8, INT16, INT32, INT64, FP16,
+// BF16, FP32, FP64. FP16 and BF16 travel as their 2-byte bit patterns (binary data) or as JSON
+// numbers rounded to the nearest representable value.
+enum class DataType { kBool, kUInt8, kInt8, kInt16, kInt32, kInt64, kFp16, kBf16, kFp32, kFp64 };
+
+// IEEE half and bfloat16 from and to float, rounding to nearest even.
+uint16_t HalfFromFloat(float f);
+float FloatFromHalf(uint16_t h);
+uint16_t Bf16FromFloat(float f);
+float FloatFromBf16(uint16_t b);
 std::optional<DataType> ParseDataType(std::string_view name);
 const char* DataTypeName(DataType t);
 size_t ElementSize(DataType t);
