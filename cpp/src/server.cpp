@@ -861,14 +861,22 @@ class Server::Impl {
       for (const auto& m : registry_->Models()) {
         const bool is_loaded = std::count(loaded.begin(), loaded.end(), m.name) > 0;
         if (only_ready && !is_loaded) continue;
-        json x = {{"name", m.name}, {"state", is_loaded ? "READY" : "UNAVAILABLE"}};
-        if (is_loaded) {
-          x["version"] = Find(m.name).deployment->Status().primary;
-        } else {
-          x["reason"] = "not loaded";
+        if (!is_loaded) {
+          json x = {{"name", m.name}, {"state", "UNAVAILABLE"}, {"reason", "not loaded"}};
           if (m.latest) x["version"] = *m.latest;
+          out.push_back(std::move(x));
+          continue;
         }
-        out.push_back(std::move(x));
+        // One entry per live version, as Triton lists them: a model serving two versions (a
+        // canary, a split, an ensemble) shows both, each with its own state.
+        for (const auto& v : Find(m.name).deployment->Status().versions) {
+          const bool ready = v.health == Health::kReady;
+          if (only_ready && !ready) continue;
+          json x = {
+              {"name", m.name}, {"version", v.version}, {"state", ready ? "READY" : "UNAVAILABLE"}};
+          if (!ready) x["reason"] = HealthName(v.health);
+          out.push_back(std::move(x));
+        }
       }
       return JsonReply(200, out);
     }

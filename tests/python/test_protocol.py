@@ -206,3 +206,12 @@ def test_an_output_the_protocol_cannot_carry_is_an_error_not_a_wrong_answer(serv
     logged = requests.get(server.url + "/v2/lepton/events?since=0&limit=100000",
                           headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert any(r.json()["request_id"] in e["message"] and "ComplexFloat" in e["message"] for e in logged)
+
+
+def test_the_repository_index_lists_every_live_version(registry):
+    registry.register("m", AddN(1), version="v1", example_inputs=torch.zeros(1, 4))
+    registry.register("m", AddN(2), version="v2", example_inputs=torch.zeros(1, 4))
+    models = {"m": {"versions": ["v1", "v2"], "policy": {"type": "weighted", "weights": {"v1": 1, "v2": 1}}}}
+    with lepton.serve(registry, port=0, token=TOKEN, models=models, only=True) as s:
+        index = requests.post(s.url + "/v2/repository/index", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert sorted((x["name"], x["version"], x["state"]) for x in index) == [("m", "v1", "READY"), ("m", "v2", "READY")]
