@@ -10,7 +10,6 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
-#include <random>
 #include <utility>
 
 #include "lepton/errors.h"

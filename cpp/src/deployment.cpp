@@ -13,7 +13,6 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
-#include <random>
 #include <sstream>
 #include <thread>
 #include <unordered_map>
