@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include <atomic>
+#include <chrono>
 #include <set>
 #include <thread>
 
@@ -221,6 +222,13 @@ TEST_F(DeploymentTest, HotSwapUnderLoadDropsNothing) {
   }
   std::string live = "v1";
   for (int i = 0; i < 12; ++i) {
+    // Each swap happens under traffic: it waits until the clients have had answers since the
+    // last one (a swap can take less time than a client thread takes to start).
+    const int before = answered.load();
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (answered.load() < before + 10 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::yield();
+    }
     const std::string next = "v" + std::to_string(1 + (i + 1) % 4);
     d.Swap(live, next);
     live = next;
