@@ -493,7 +493,6 @@ class Deployment::Impl {
                    Prediction& p) {
     std::vector<std::shared_ptr<Servable>> members;
     for (const auto& t : route.targets) members.push_back(Lookup(st, t.version));
-    for (const auto& m : members) m->CheckInputs(inputs);
     if (SpreadsMembers(route, run, members.size(), SharedRows(inputs))) {
       std::vector<RunResult> results(members.size());
       std::vector<std::exception_ptr> errors(members.size());

@@ -224,14 +224,15 @@ void ValidateSignature(const Signature& signature) {
 
 class Registry::Impl {
  public:
-  Impl(const std::string& root, Options options)
+  // `adopt_lost_database`: open even a database that lost its metadata (Recover's case).
+  Impl(const std::string& root, Options options, bool adopt_lost_database = false)
       : root_(PrepareRoot(root)),
         options_(std::move(options)),
         open_lock_(std::make_unique<OpenLock>(root_ + "/registry.lock")),
         blobs_(root_ + "/blobs"),
         db_(root_ + "/registry.db", options_.busy_timeout_ms) {
     if (options_.actor.empty()) options_.actor = DefaultActor();
-    RefuseLostDatabase();
+    if (!adopt_lost_database) RefuseLostDatabase();
     CollectAbandoned();
     KeepReserve();
     open_lock_.reset();
@@ -1176,23 +1177,14 @@ RecoverReport Registry::Recover(const std::string& root, const std::string& mode
           throw StorageError("cannot move " + from + " aside: " + std::strerror(e), e);
         }
       }
-      // A database with the schema and no versions, so that opening it is no longer refused.
-      sqlite::Database db(db_path, options.busy_timeout_ms);
-      db.Exec("PRAGMA journal_mode = WAL");
-      sqlite::Transaction tx(db);
-      db.Exec(kSchema);
-      db.Prepare("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)")
-          ->Bind(1, std::to_string(kSchemaVersion))
-          .Run();
-      tx.Commit();
     }
   }
-  Registry registry(root_dir, std::move(options));
-  Impl* impl = registry.Self();
+  // Opening creates the schema in a database that has none; what it holds is what is recovered.
+  Impl impl(root_dir, std::move(options), /*adopt_lost_database=*/true);
   std::vector<std::pair<int64_t, std::string>> orphans;  // (mtime, digest)
-  for (const std::string& sha : registry.Verify().orphan_blobs) {
+  for (const std::string& sha : impl.Verify().orphan_blobs) {
     struct stat st {};
-    ::stat(impl->blobs_.PathOf(sha).c_str(), &st);
+    ::stat(impl.blobs_.PathOf(sha).c_str(), &st);
     orphans.emplace_back(static_cast<int64_t>(st.st_mtime), sha);
   }
   std::sort(orphans.begin(), orphans.end());
@@ -1203,7 +1195,12 @@ RecoverReport Registry::Recover(const std::string& root, const std::string& mode
     o.tags = {{"recovered", "blob store"}};
     o.reason = "lepton recover: the artifact was stored but no version referred to it";
     try {
-      report.recovered.push_back(registry.RegisterFile(model, impl->blobs_.PathOf(sha), o).ref());
+      const std::string path = impl.blobs_.PathOf(sha);
+      report.recovered.push_back(impl.Register(model, o,
+                                               [&](const BlobStore::Validator& validate) {
+                                                 return impl.blobs_.PutFile(path, validate);
+                                               })
+                                     .ref());
     } catch (const Error& e) {
       report.skipped.push_back(sha + ": " + e.what());
     }
