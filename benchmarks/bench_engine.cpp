@@ -9,7 +9,7 @@
 #include <mutex>
 #include <sstream>
 
-#include "lepton/deployment.h"
+#include "lepton/runtime/deployment.h"
 
 namespace {
 

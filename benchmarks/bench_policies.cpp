@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "lepton/policies.h"
+#include "lepton/policy/policies.h"
 
 namespace {
 

@@ -6,7 +6,7 @@
 #include <memory>
 #include <string>
 
-#include "lepton/registry.h"
+#include "lepton/registry/registry.h"
 
 namespace {
 

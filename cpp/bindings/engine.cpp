@@ -6,10 +6,10 @@
 #include <cmath>
 
 #include "bindings.h"
-#include "lepton/deployment.h"
-#include "lepton/errors.h"
-#include "lepton/metrics.h"
-#include "lepton/policy_config.h"
+#include "lepton/common/errors.h"
+#include "lepton/observe/metrics.h"
+#include "lepton/policy/policy_config.h"
+#include "lepton/runtime/deployment.h"
 
 namespace py = pybind11;
 using py::arg;

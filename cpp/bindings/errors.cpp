@@ -1,4 +1,4 @@
-#include "lepton/errors.h"
+#include "lepton/common/errors.h"
 
 #include <cstring>
 #include <stdexcept>

@@ -1,13 +1,13 @@
-#include "lepton/policies.h"
+#include "lepton/policy/policies.h"
 
 #include <pybind11/eigen.h>
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
 #include "bindings.h"
-#include "lepton/errors.h"
-#include "lepton/policy_config.h"
-#include "lepton/weighting.h"
+#include "lepton/common/errors.h"
+#include "lepton/policy/policy_config.h"
+#include "lepton/policy/weighting.h"
 
 namespace py = pybind11;
 using py::arg;

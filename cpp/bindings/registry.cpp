@@ -1,11 +1,11 @@
-#include "lepton/registry.h"
+#include "lepton/registry/registry.h"
 
 #include <pybind11/operators.h>
 #include <pybind11/stl.h>
 
 #include "bindings.h"
-#include "lepton/artifact_format.h"
-#include "lepton/process.h"
+#include "lepton/common/process.h"
+#include "lepton/registry/artifact_format.h"
 
 namespace py = pybind11;
 using py::arg;

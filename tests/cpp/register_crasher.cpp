@@ -4,7 +4,7 @@
 #include <random>
 #include <string>
 
-#include "lepton/registry.h"
+#include "lepton/registry/registry.h"
 
 int main(int argc, char** argv) {
   if (argc != 4) {

@@ -1,7 +1,7 @@
 // Every test starts from the same random seed, so statistical tests repeat exactly.
 #include <gtest/gtest.h>
 
-#include "lepton/policies.h"
+#include "lepton/policy/policies.h"
 
 namespace {
 

@@ -5,8 +5,8 @@
 #include <filesystem>
 #include <thread>
 
-#include "lepton/blob_store.h"
-#include "lepton/errors.h"
+#include "lepton/common/errors.h"
+#include "lepton/registry/blob_store.h"
 #include "test_util.h"
 
 namespace lepton {

@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "compression.h"
+#include "lepton/http/compression.h"
 
 namespace lepton::http {
 namespace {

@@ -7,9 +7,9 @@
 #include <thread>
 
 #include "engine_models.h"
-#include "lepton/deployment.h"
-#include "lepton/errors.h"
-#include "lepton/policies.h"
+#include "lepton/common/errors.h"
+#include "lepton/policy/policies.h"
+#include "lepton/runtime/deployment.h"
 #include "test_util.h"
 
 namespace lepton {

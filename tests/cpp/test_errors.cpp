@@ -4,7 +4,7 @@
 #include <set>
 #include <string>
 
-#include "lepton/errors.h"
+#include "lepton/common/errors.h"
 
 namespace lepton {
 namespace {

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <random>
 
-#include "lepton/oip.h"
+#include "lepton/protocol/oip.h"
 
 namespace lepton {
 namespace {

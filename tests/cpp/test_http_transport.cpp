@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include "http_transport.h"
+#include "lepton/http/http_transport.h"
 
 namespace lepton::http {
 namespace {

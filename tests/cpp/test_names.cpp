@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
-#include "lepton/errors.h"
-#include "lepton/names.h"
+#include "lepton/common/errors.h"
+#include "lepton/common/names.h"
 
 namespace lepton {
 namespace {

@@ -10,11 +10,11 @@
 #include <random>
 #include <thread>
 
-#include "lepton/errors.h"
-#include "lepton/events.h"
-#include "lepton/metrics.h"
-#include "lepton/oip.h"
-#include "lepton/policy_config.h"
+#include "lepton/common/errors.h"
+#include "lepton/observe/events.h"
+#include "lepton/observe/metrics.h"
+#include "lepton/policy/policy_config.h"
+#include "lepton/protocol/oip.h"
 
 using namespace lepton;
 

@@ -5,10 +5,10 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "lepton/errors.h"
-#include "lepton/policies.h"
-#include "lepton/policy_config.h"
-#include "lepton/stats.h"
+#include "lepton/common/errors.h"
+#include "lepton/policy/policies.h"
+#include "lepton/policy/policy_config.h"
+#include "lepton/policy/stats.h"
 
 namespace lepton {
 namespace {

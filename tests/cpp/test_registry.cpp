@@ -8,9 +8,9 @@
 #include <set>
 #include <thread>
 
-#include "lepton/blob_store.h"
-#include "lepton/errors.h"
-#include "lepton/registry.h"
+#include "lepton/common/errors.h"
+#include "lepton/registry/blob_store.h"
+#include "lepton/registry/registry.h"
 #include "test_util.h"
 
 namespace lepton {

@@ -5,8 +5,8 @@
 #include <thread>
 
 #include "engine_models.h"
-#include "lepton/errors.h"
-#include "lepton/servable.h"
+#include "lepton/common/errors.h"
+#include "lepton/runtime/servable.h"
 
 namespace lepton {
 namespace {

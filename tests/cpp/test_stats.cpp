@@ -4,8 +4,8 @@
 #include <cstdio>
 #include <random>
 
-#include "lepton/errors.h"
-#include "lepton/stats.h"
+#include "lepton/common/errors.h"
+#include "lepton/policy/stats.h"
 
 namespace lepton {
 namespace {

@@ -2,9 +2,9 @@
 #include <gtest/gtest.h>
 #include <torch/script.h>
 
-#include "lepton/artifact_format.h"
-#include "lepton/errors.h"
-#include "lepton/registry.h"
+#include "lepton/common/errors.h"
+#include "lepton/registry/artifact_format.h"
+#include "lepton/registry/registry.h"
 #include "test_util.h"
 
 namespace lepton {

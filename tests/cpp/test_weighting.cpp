@@ -4,8 +4,8 @@
 #include <limits>
 #include <random>
 
-#include "lepton/errors.h"
-#include "lepton/weighting.h"
+#include "lepton/common/errors.h"
+#include "lepton/policy/weighting.h"
 
 namespace lepton::weights {
 namespace {

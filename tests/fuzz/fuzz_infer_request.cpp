@@ -10,8 +10,8 @@
 #include <string>
 #include <string_view>
 
-#include "lepton/errors.h"
-#include "lepton/oip.h"
+#include "lepton/common/errors.h"
+#include "lepton/protocol/oip.h"
 
 // An input that starts with byte 0x01 is a binary-data body: the next two bytes give the length
 // of its JSON header (the Inference-Header-Content-Length header), the rest is the body.

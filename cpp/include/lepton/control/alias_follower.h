@@ -1,0 +1,46 @@
+// The bookkeeping of a deployment that follows an alias: a target that fails to load is tried
+// again after a growing pause (1 s doubling to 1 min) and said once, as an error, rather than on
+// every poll; the previous version keeps serving meanwhile. Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "lepton/common/process.h"
+#include "lepton/registry/registry.h"
+
+namespace lepton {
+
+class AliasFollower {
+ public:
+  AliasFollower(std::string model, std::string alias);
+
+  const std::string& alias() const { return alias_; }
+  // Whether `target` failed to load and its pause has not ended.
+  bool BackingOff(const ModelVersion& target) const;
+  // The alias's target now serves: any failure is forgotten.
+  void Followed();
+  // Following failed: `target` is null when the registry could not be read. Returns the account
+  // of it for the deployment's status.
+  std::string Failed(const std::optional<ModelVersion>& target, const std::string& from,
+                     const std::string& what);
+
+  // The target that cannot be loaded while the alias points to it, and the failures so far.
+  std::optional<std::string> failed_target() const;
+  int64_t failures() const;
+
+ private:
+  struct Unfollowable {
+    std::string version, sha256;
+    double backoff_s;
+    std::chrono::steady_clock::time_point retry_at;
+  };
+  const std::string model_, alias_;
+  mutable std::mutex mu_;
+  std::optional<Unfollowable> unfollowable_;
+  int64_t failures_ = 0;
+};
+
+}  // namespace lepton

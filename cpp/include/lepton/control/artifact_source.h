@@ -1,0 +1,46 @@
+// Where a deployment's versions come from: a model's versions in the registry (labels, `@ALIAS`
+// or references), or TorchScript files named by label.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lepton/common/signature.h"
+#include "lepton/registry/registry.h"
+
+namespace lepton {
+
+struct Artifact {
+  std::string label;
+  std::string bytes;
+  std::string sha256;  // "" for a file outside the registry
+  std::optional<Signature> signature;
+};
+
+class ArtifactSource {
+ public:
+  ArtifactSource(std::shared_ptr<Registry> registry, std::string model);
+  // InvalidArgument for a label that is not a valid name or is listed twice.
+  ArtifactSource(std::string model, const std::vector<std::pair<std::string, std::string>>& files);
+
+  // NotFound when the version (or file) does not exist.
+  Artifact Fetch(const std::string& spec) const;
+
+  const std::string& model() const { return model_; }
+  // The registry, or null for files.
+  const std::shared_ptr<Registry>& registry() const { return registry_; }
+  // The file labels in the order given (empty for a registry).
+  const std::vector<std::string>& labels() const { return labels_; }
+
+ private:
+  std::shared_ptr<Registry> registry_;
+  std::string model_;
+  std::map<std::string, std::string> files_;
+  std::vector<std::string> labels_;
+};
+
+}  // namespace lepton

@@ -1,0 +1,47 @@
+// The feedback ledger: which recent requests a learning policy routed, so that a reward sent
+// later reaches the policy that made the choice, once; and who sent rewards since the last
+// automatic switch, for the audit trail. Thread-safe; one mutex.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "lepton/policy/routing.h"
+
+namespace lepton {
+
+class FeedbackLedger {
+ public:
+  // Remembers the last `window` requests (at least one).
+  FeedbackLedger(std::string model, size_t window);
+
+  void Remember(const std::string& request_id, std::shared_ptr<const Policy> policy,
+                std::vector<std::string> versions);
+  // Gives the reward to the policy that routed the request, for each version that answered.
+  // InvalidArgument for a reward that is not finite or that the policy refuses (the request can
+  // take a corrected one); NotFound when the request is unknown, too old or already rewarded.
+  void Reward(const std::string& request_id, double reward, const std::string& source);
+  // Rewards per sender since the last call ("in-process" for ""), at most 32 senders by name.
+  std::map<std::string, int64_t> TakeSources();
+
+ private:
+  struct Entry {
+    std::shared_ptr<const Policy> policy;
+    std::vector<std::string> versions;
+  };
+  static constexpr size_t kMaxSources = 32;
+  const std::string model_;
+  const size_t window_;
+  std::mutex mu_;
+  std::unordered_map<std::string, Entry> entries_;
+  std::deque<std::string> order_;
+  std::map<std::string, int64_t> sources_;
+};
+
+}  // namespace lepton

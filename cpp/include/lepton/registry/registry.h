@@ -1,0 +1,201 @@
+// The model registry: the durable truth about every model version. Metadata lives in SQLite (WAL,
+// one transaction per change), artifacts in a content-addressed blob store beside it; aliases move
+// by compare-and-swap and every change is appended to an audit log.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lepton/common/signature.h"
+#include "lepton/registry/artifact_format.h"
+
+namespace lepton {
+
+struct ModelVersion {
+  std::string model;
+  std::string version;  // the label, unique within the model
+  int64_t seq = 0;      // 1, 2, 3, ... per model, assigned at registration and never reused
+  std::string sha256;
+  int64_t size = 0;
+  std::string format;
+  double created_at = 0;  // seconds since the Unix epoch
+  double updated_at = 0;
+  std::string description;
+  std::map<std::string, std::string> tags;
+  std::map<std::string, double> metrics;
+  std::optional<std::string> parent;  // "model:label" of the version this one derives from
+  std::vector<std::string> aliases;
+  std::optional<Signature> signature;
+
+  std::string ref() const { return model + ":" + version; }
+};
+
+struct ModelSummary {
+  std::string name;
+  std::string description;
+  double created_at = 0;
+  int64_t version_count = 0;
+  std::optional<std::string> latest;           // label of the highest seq
+  std::map<std::string, std::string> aliases;  // alias -> label
+};
+
+struct AuditEntry {
+  int64_t id = 0;
+  double time = 0;
+  std::string model;
+  std::string actor;
+  std::string action;  // register, update, set_alias, remove_alias, rollback, delete, gc,
+                       // or a policy's event (canary_promote, canary_rollback, ...)
+  std::optional<std::string> version;
+  std::optional<std::string> alias;
+  std::optional<std::string> from_version;
+  std::optional<std::string> to_version;
+  std::string reason;
+  std::string details;  // JSON object with action-specific facts
+};
+
+struct RegisterOptions {
+  std::optional<std::string> version;  // label; default "v<seq>"
+  std::string description;
+  std::map<std::string, std::string> tags;
+  std::map<std::string, double> metrics;
+  // A label of the same model, `@ALIAS`, or a full reference to a version of any model.
+  std::optional<std::string> parent;
+  std::optional<Signature> signature;
+  std::string reason;
+};
+
+// Fields left empty are unchanged; a key mapped to nullopt is removed.
+struct MetadataUpdate {
+  std::map<std::string, std::optional<std::string>> tags;
+  std::map<std::string, std::optional<double>> metrics;
+  std::optional<std::string> description;
+};
+
+struct VerifyProblem {
+  std::string ref;
+  std::string sha256;
+  std::string problem;  // "missing" or "corrupted"
+};
+
+struct VerifyReport {
+  int64_t versions_checked = 0;
+  int64_t blobs_checked = 0;
+  std::vector<VerifyProblem> problems;
+  // Stored but referenced by no version: metadata was lost (a deleted or rolled-back database),
+  // so verify fails on them too.
+  std::vector<std::string> orphan_blobs;
+  bool ok() const { return problems.empty() && orphan_blobs.empty(); }
+};
+
+struct GcReport {
+  std::vector<std::string> deleted_versions;  // refs
+  int64_t blobs_removed = 0;
+  int64_t bytes_freed = 0;
+  bool dry_run = false;
+};
+
+// What Registry::Recover did.
+struct RecoverReport {
+  std::string moved_aside;             // where the lost database was moved, if it was
+  std::vector<std::string> recovered;  // refs of the versions registered from orphan blobs
+  std::vector<std::string> skipped;    // digests that could not be registered, with the reason
+};
+
+class Registry {
+ public:
+  struct Options {
+    // Recorded in the audit log; default $LEPTON_ACTOR, else the login name.
+    std::string actor;
+    // Checks artifacts at registration and names their format; none accepts any file as "opaque".
+    std::shared_ptr<const ArtifactFormat> format;
+    int busy_timeout_ms = 60000;
+  };
+
+  // Opens (creating if needed) the registry in directory `root`, and cleans up what writers that
+  // died part-way left behind.
+  // Refuses (IntegrityError) a registry whose database is missing or empty while its blob store
+  // holds artifacts. An object used in a child after fork opens its own database connection.
+  explicit Registry(const std::string& root);
+  Registry(const std::string& root, Options options);
+
+  // Makes a registry whose metadata was lost usable again without losing an artifact: a database
+  // without lepton's schema is moved aside (registry.db.lost-<time>), and every blob that no
+  // version refers to is registered as a version of `model`, labelled by its digest, oldest
+  // first.
+  static RecoverReport Recover(const std::string& root, const std::string& model, Options options);
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  const std::string& root() const;
+  const std::string& actor() const;
+
+  void CreateModel(const std::string& name, const std::string& description, bool exist_ok);
+  void SetModelDescription(const std::string& name, const std::string& description);
+
+  ModelVersion RegisterFile(const std::string& model, const std::string& path,
+                            const RegisterOptions& options);
+  ModelVersion RegisterBytes(const std::string& model, std::string_view bytes,
+                             const RegisterOptions& options);
+
+  // `ref` is `name`, `name:LABEL` or `name@ALIAS`.
+  ModelVersion Get(std::string_view ref) const;
+  std::vector<ModelVersion> Versions(const std::string& model) const;
+  std::vector<ModelSummary> Models() const;
+  std::map<std::string, std::string> Aliases(const std::string& model) const;
+
+  // The artifact's bytes, rehashed; IntegrityError when they do not match the recorded sha256.
+  std::string ReadArtifact(std::string_view ref) const;
+  std::string ArtifactPath(std::string_view ref) const;
+
+  // Points `alias` at `version` (a label, `@OTHER`, or a full reference). With `expected`, the move
+  // happens only if the alias currently points at that version ("" = the alias must not exist),
+  // else Conflict.
+  ModelVersion SetAlias(const std::string& model, const std::string& alias,
+                        const std::string& version, const std::optional<std::string>& expected,
+                        const std::string& reason);
+  void RemoveAlias(const std::string& model, const std::string& alias, const std::string& reason);
+  // Moves `alias` back to the target it had before its last move; Conflict when there is none.
+  ModelVersion Rollback(const std::string& model, const std::string& alias,
+                        const std::string& reason);
+
+  // Oldest first; with `limit` > 0 only the newest `limit` entries.
+  std::vector<AuditEntry> History(const std::string& model, int64_t limit = 0) const;
+
+  ModelVersion Update(std::string_view ref, const MetadataUpdate& update,
+                      const std::string& reason);
+  // Conflict when an alias points at the version, unless `force` (the aliases are removed too).
+  void Delete(std::string_view ref, bool force, const std::string& reason);
+  // Deletes every version that is neither among the newest `keep_latest` of its model nor aliased,
+  // then every blob nothing refers to. Restricted to `model` when given.
+  GcReport Gc(int64_t keep_latest, const std::optional<std::string>& model, bool dry_run);
+  VerifyReport Verify() const;
+
+  // Appends an audit entry for an event that happened outside the registry (a policy's automatic
+  // switch); `details` is a JSON object with its evidence.
+  void Record(const std::string& model, const std::string& action,
+              const std::optional<std::string>& version, const std::optional<std::string>& from,
+              const std::optional<std::string>& to, const std::string& reason,
+              const std::string& details);
+  // Durable per-model state for stateful policies (a bandit's counts), keyed by the policy.
+  void PutState(const std::string& model, const std::string& key, const std::string& value);
+  std::optional<std::string> GetState(const std::string& model, const std::string& key) const;
+
+ private:
+  class Impl;
+  // The implementation for this process: after a fork the child gets a fresh one (the parent's
+  // SQLite connection and lock state must not be used in the child) and the parent's is left as
+  // it is.
+  Impl* Self() const;
+  mutable std::atomic<Impl*> impl_{nullptr};
+  mutable std::atomic<uint64_t> generation_{0};
+};
+
+}  // namespace lepton

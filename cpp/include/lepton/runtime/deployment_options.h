@@ -1,0 +1,41 @@
+// The options of a deployment, shared by its units.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <string>
+
+#include "lepton/runtime/servable.h"
+
+namespace lepton {
+
+struct DeploymentOptions {
+  // Cores shared by the deployment's versions; 0: every core of the machine.
+  int threads = 0;
+  // Defaults for every version; `servable.threads` is set by the deployment (see below).
+  ServableOptions servable;
+  // Fixed CPU budgets per version label; the others share what is left.
+  std::map<std::string, int> version_threads;
+  // Default request priority per version label.
+  std::map<std::string, int> version_priority;
+  // Reassign cores among versions from their measured demand, never below `min_threads`.
+  bool adaptive = true;
+  int min_threads = 1;
+  double rebalance_interval_s = 0.5;
+  // How long a removed or swapped-out version may finish its requests.
+  double drain_timeout_s = 30;
+  // How often a deployment that follows an alias checks the registry.
+  double alias_poll_s = 0.2;
+  // How often the policy's controller runs (canary steps, A/B decisions, schedules).
+  double policy_tick_s = 0.02;
+  // How often a stateful policy's state is saved to the registry (and at close).
+  double state_save_s = 1.0;
+  // How many recent requests can still take feedback.
+  size_t feedback_window = 100000;
+  // Mirrored requests waiting for comparison; more are dropped (and counted).
+  size_t shadow_queue = 256;
+  // How often each version's error rate and latency are checked against their recent band.
+  double anomaly_interval_s = 1.0;
+};
+
+}  // namespace lepton

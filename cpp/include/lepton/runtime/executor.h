@@ -1,0 +1,65 @@
+// Request execution: runs a routed request on the versions its route chose. One version runs it
+// through its own queue and batcher; an ensemble's members run side by side (each on its own
+// arena, or spread over the deployment's cores with their batches split by rows) and their
+// outputs are combined.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lepton/policy/routing.h"
+#include "lepton/runtime/servable.h"
+#include "lepton/runtime/version_set.h"
+
+namespace lepton {
+
+struct PredictOptions {
+  RequestContext context;           // key, pinned version, headers
+  std::optional<double> timeout_s;  // per-request deadline
+  std::optional<int> priority;      // overrides the version's default
+  // The request's names for its inputs, in order (the HTTP API's); checked against the answering
+  // version's input names. Empty: inputs are positional.
+  std::vector<std::string> input_names;
+};
+
+struct Prediction {
+  Tensors outputs;
+  std::vector<std::string> versions;  // which versions answered (ensemble: every member used)
+  std::vector<std::string> skipped;   // ensemble members left out after an error
+  std::string policy;
+  std::string route;  // why these versions
+  std::string request_id;
+  double latency_s = 0;
+  double queue_s = 0;
+  double compute_s = 0;
+  int batch_rows = 0;  // rows in the batch it ran in (0 for an ensemble)
+};
+
+class Executor {
+ public:
+  // `threads`: the deployment's cores, which a balanced ensemble spreads its members over.
+  explicit Executor(int threads);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // Runs `inputs` on the route's targets in `st`; `start` is when the request arrived.
+  Prediction Run(const VersionState& st, const Route& route, const Tensors& inputs,
+                 const PredictOptions& options, Clock::time_point start);
+
+ private:
+  void RunEnsemble(const VersionState& st, const Route& route, const Tensors& inputs,
+                   RunOptions run, Prediction& p);
+  bool SpreadsMembers(const Route& route, const RunOptions& run, size_t members,
+                      int64_t rows) const;
+  void RunSpread(const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
+                 std::vector<RunResult>& results, std::vector<std::exception_ptr>& errors);
+
+  struct Arena;
+  const int threads_;
+  std::unique_ptr<Arena> arena_;
+};
+
+}  // namespace lepton

@@ -1,0 +1,133 @@
+// A servable is one loaded version of a model, ready to take traffic: a TorchScript module in eval
+// and inference mode, warmed up, running inside its own tbb::task_arena whose size is its CPU
+// budget, behind a dynamic batcher with a bounded, priority-ordered queue and per-request
+// deadlines.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lepton/common/signature.h"
+
+namespace lepton {
+
+using Tensors = std::vector<at::Tensor>;
+using Clock = std::chrono::steady_clock;
+
+struct ServableOptions {
+  // CPU budget: how many requests (or batches) of this version run at once, each on one thread.
+  int threads = 1;
+  // Intra-op threads inside one forward. 1 by default: parallelism comes from running requests and
+  // versions side by side, which does not oversubscribe the cores the way nested pools do.
+  int intra_op_threads = 1;
+  int max_batch_size = 1;        // rows; 1 disables batching
+  double max_queue_delay_s = 0;  // how long a batch may wait to fill
+  int max_queue = 1024;          // queued requests beyond this are refused (Overloaded)
+  int priority = 0;              // default priority of this version's requests
+  int warmup_runs = 2;
+  Tensors example_inputs;  // used to warm up when there is no signature
+};
+
+enum class Health { kLoading, kReady, kDraining, kUnloaded, kFailed };
+const char* HealthName(Health h);
+
+struct ServableStats {
+  std::string version;
+  Health health = Health::kLoading;
+  int threads = 0;
+  int64_t requests = 0;  // admitted
+  int64_t succeeded = 0;
+  int64_t failed = 0;  // the model raised
+  int64_t timed_out = 0;
+  int64_t rejected = 0;  // refused or evicted because the queue was full
+  int64_t batches = 0;
+  int64_t batched_rows = 0;
+  int64_t in_flight = 0;  // running now
+  int64_t queued = 0;     // waiting now
+  double busy_s = 0;      // total compute time
+  int64_t weight_bytes = 0;
+};
+
+struct RunOptions {
+  std::optional<Clock::time_point> deadline;
+  std::optional<int> priority;
+  // Run on the servable's arena even when the caller could run it itself (ensemble members).
+  bool force_async = false;
+};
+
+struct RunResult {
+  Tensors outputs;
+  double queue_s = 0;
+  double compute_s = 0;
+  int batch_rows = 0;  // rows in the batch this request ran in
+};
+
+class Servable {
+ public:
+  class Ticket;  // an asynchronous request in flight
+
+  // Loads a TorchScript archive. `sha256`, when given, is checked against the bytes first
+  // (IntegrityError). Warms up before returning; a model that fails to load or warm up throws.
+  static std::shared_ptr<Servable> Load(std::string model, std::string version,
+                                        std::string_view bytes, std::string sha256,
+                                        std::optional<Signature> signature,
+                                        ServableOptions options);
+  ~Servable();
+
+  const std::string& model() const;
+  const std::string& version() const;
+  const std::string& sha256() const;
+  const std::optional<Signature>& signature() const;
+  const ServableOptions& options() const;
+
+  // The names of the inputs in order: the signature's, else the forward's parameter names.
+  const std::vector<std::string>& input_names() const;
+
+  // Throws InvalidArgument naming what was expected when inputs do not fit the signature (or
+  // the forward's parameter count), or when `names` are not the input names in order.
+  void CheckInputs(const Tensors& inputs, const std::vector<std::string>* names = nullptr) const;
+
+  // Runs one request and blocks until its outputs are ready. Throws Overloaded when the queue is
+  // full, Timeout at the deadline, ModelError when the forward fails, Unavailable when unloaded.
+  RunResult Run(const Tensors& inputs, const RunOptions& options = {});
+
+  // Runs one request on the calling thread at once, whatever the budget, with `intra_op_threads`
+  // (0: the servable's own setting): for work already inside a bounded pool (an ensemble's TBB
+  // arena). Counted in the statistics like any other.
+  RunResult RunHere(const Tensors& inputs, int intra_op_threads = 0);
+
+  // Whether the model's outputs follow the batch dimension (one output row per input row), so
+  // that requests can be batched together and one request split by rows. True until a batch
+  // or a split shows otherwise, or until MarkRowsDependent.
+  bool rows_independent() const;
+  void MarkRowsDependent();
+
+  // Starts one request on the servable's arena and returns at once.
+  std::shared_ptr<Ticket> Submit(const Tensors& inputs, const RunOptions& options = {});
+  // Waits for a ticket (until its deadline) and returns or throws as Run does.
+  RunResult Wait(const std::shared_ptr<Ticket>& ticket);
+
+  // Stops taking new requests, waits for queued and running ones until `timeout_s`, then unloads;
+  // requests still queued then fail with Unavailable. Returns true when everything finished.
+  bool Drain(double timeout_s);
+
+  // Changes the CPU budget; running requests finish on the old arena.
+  void SetThreads(int threads);
+
+  Health health() const;
+  ServableStats stats() const;
+
+ private:
+  class Impl;
+  explicit Servable(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace lepton

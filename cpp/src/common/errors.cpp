@@ -1,0 +1,67 @@
+#include "lepton/common/errors.h"
+
+#include <exception>
+
+namespace lepton {
+
+const std::vector<ErrorKind>& ErrorKinds() {
+  static const std::vector<ErrorKind> kinds = {
+      {ErrorCode::kInvalidArgument, "InvalidArgument", "ValueError",
+       "An argument is malformed or out of range.", 400, FailureReason::kInvalidInput, "", ""},
+      {ErrorCode::kNotFound, "NotFound", "LookupError",
+       "A model, version, alias or file does not exist.", 404, FailureReason::kNotFound, "", ""},
+      {ErrorCode::kConflict, "Conflict", nullptr, "The request clashes with the current state.",
+       409, FailureReason::kInternal, "", ""},
+      {ErrorCode::kIntegrity, "IntegrityError", nullptr,
+       "Stored data does not match its checksum or is missing.", 500, FailureReason::kInternal,
+       "a stored artifact failed its integrity check", "integrity_error"},
+      {ErrorCode::kStorage, "StorageError", "OSError", "The storage layer failed.", 500,
+       FailureReason::kInternal, "the registry's storage failed", "storage_error"},
+      {ErrorCode::kOverloaded, "Overloaded", nullptr, "A queue is full; the request was refused.",
+       429, FailureReason::kOverloaded, "", ""},
+      {ErrorCode::kTimeout, "Timeout", "TimeoutError",
+       "A deadline passed before the work completed.", 504, FailureReason::kTimeout, "", ""},
+      {ErrorCode::kModel, "ModelError", nullptr, "A model's forward failed or returned no tensors.",
+       500, FailureReason::kModelError, "the model failed on this request", "model_error"},
+      {ErrorCode::kUnavailable, "Unavailable", nullptr,
+       "The target is not ready, unloaded or closed.", 503, FailureReason::kUnavailable, "", ""},
+      {ErrorCode::kInternal, "LeptonError", nullptr, "Base class of every lepton error.", 500,
+       FailureReason::kInternal, "internal error", "internal_error"},
+  };
+  return kinds;
+}
+
+const ErrorKind& KindOf(ErrorCode code) { return ErrorKinds()[static_cast<size_t>(code)]; }
+
+CurrentError CurrentErrorOf() {
+  try {
+    throw;
+  } catch (const Error& e) {
+    return {e.code(), e.what()};
+  } catch (const std::exception& e) {
+    return {ErrorCode::kInternal, e.what()};
+  } catch (...) {
+    return {ErrorCode::kInternal, "unknown exception"};
+  }
+}
+
+const char* FailureReasonName(FailureReason r) {
+  switch (r) {
+    case FailureReason::kInvalidInput:
+      return "invalid_input";
+    case FailureReason::kNotFound:
+      return "not_found";
+    case FailureReason::kTimeout:
+      return "timeout";
+    case FailureReason::kOverloaded:
+      return "overloaded";
+    case FailureReason::kModelError:
+      return "model_error";
+    case FailureReason::kUnavailable:
+      return "unavailable";
+    default:
+      return "internal";
+  }
+}
+
+}  // namespace lepton

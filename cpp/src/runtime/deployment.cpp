@@ -1,0 +1,523 @@
+#include "lepton/runtime/deployment.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "lepton/common/errors.h"
+#include "lepton/common/names.h"
+#include "lepton/common/process.h"
+#include "lepton/control/alias_follower.h"
+#include "lepton/control/artifact_source.h"
+#include "lepton/control/cpu_planner.h"
+#include "lepton/control/feedback_ledger.h"
+#include "lepton/observe/anomaly_watch.h"
+#include "lepton/observe/events.h"
+#include "lepton/policy/policies.h"
+#include "lepton/runtime/version_set.h"
+
+namespace lepton {
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// The failure reason of the exception being handled, from the error table.
+FailureReason CurrentFailure() { return KindOf(CurrentErrorOf().code).failure; }
+
+// Clamped, so that a timeout of 1e10 s or infinity is a distant deadline, not an overflow.
+Clock::duration Duration(double seconds) { return ClampedDuration<Clock::duration>(seconds); }
+
+DeploymentOptions Checked(DeploymentOptions o) {
+  if (o.threads < 0) throw InvalidArgument("threads must be >= 0");
+  if (o.threads == 0)
+    o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (o.min_threads < 1) throw InvalidArgument("min_threads must be >= 1");
+  if (!(o.drain_timeout_s >= 0)) throw InvalidArgument("drain_timeout must be >= 0");
+  if (!(o.anomaly_interval_s > 0)) throw InvalidArgument("anomaly_interval must be > 0 seconds");
+  for (const auto& [v, t] : o.version_threads) {
+    if (t < 1) throw InvalidArgument("threads for version '" + v + "' must be >= 1");
+  }
+  return o;
+}
+
+}  // namespace
+
+// The coordinator: the request path and the control thread. Lock order: a unit's lock is never
+// held while another unit is called, except the VersionSet's admin lock around a policy change,
+// under which the PolicyController saves and restores state.
+class Deployment::Impl {
+ public:
+  Impl(ArtifactSource source, std::optional<std::string> alias, DeploymentOptions options)
+      : model_(source.model()),
+        alias_(std::move(alias)),
+        options_(Checked(std::move(options))),
+        planner_(options_.threads, options_.min_threads, options_.version_threads,
+                 options_.rebalance_interval_s),
+        ledger_(model_, options_.feedback_window),
+        controller_(source.registry(), model_, alias_, ledger_),
+        versions_(std::move(source), options_, planner_, alias_,
+                  [this](const Policy& out, const Policy& in) { controller_.Replacing(out, in); }),
+        executor_(options_.threads),
+        shadows_(options_.shadow_queue),
+        anomalies_(model_) {
+    if (alias_) follower_.emplace(model_, *alias_);
+  }
+
+  ~Impl() { Close(); }
+
+  void Start(const std::vector<std::string>& specs) {
+    versions_.Start(specs);
+    controller_.Restore(*versions_.Snapshot()->policy);
+    control_thread_ = std::thread([this] { ControlLoop(); });
+  }
+
+  const std::string& model() const { return model_; }
+  std::shared_ptr<const VersionState> Snapshot() const { return versions_.Snapshot(); }
+
+  // --- requests ---
+
+  Prediction Predict(const Tensors& inputs, const PredictOptions& o) {
+    const auto start = Clock::now();
+    for (int attempt = 0;; ++attempt) {
+      std::shared_ptr<const VersionState> st = versions_.Snapshot();
+      if (!st || versions_.closed()) throw Unavailable("deployment of " + model_ + " is closed");
+      try {
+        return PredictOn(st, inputs, o, start);
+      } catch (const Unavailable&) {
+        // The version this request picked was swapped out and drained before it got there; the
+        // new state has its replacement.
+        if (attempt < 8 && versions_.Snapshot() != st && !versions_.closed()) continue;
+        metrics_.Series({model_, "", alias_.value_or(""), ""})
+            .Failed(FailureReason::kUnavailable, Seconds(Clock::now() - start));
+        throw;
+      }
+    }
+  }
+
+  // A client's malformed request is refused before any version runs it: it counts under no
+  // version (so never against a canary's guardrails, an A/B test or an anomaly flag), and no
+  // policy observes it.
+  void CheckRequest(const VersionState& st, const Route& route, const Tensors& inputs,
+                    const PredictOptions& o, Clock::time_point start) {
+    try {
+      if (o.timeout_s && !(*o.timeout_s > 0)) throw InvalidArgument("timeout must be > 0 seconds");
+      const std::vector<std::string>* names = o.input_names.empty() ? nullptr : &o.input_names;
+      for (const auto& t : route.targets) {
+        auto it = st.servables.find(t.version);
+        if (it != st.servables.end()) it->second->CheckInputs(inputs, names);
+      }
+    } catch (const InvalidArgument&) {
+      metrics_.Series({model_, "", alias_.value_or(""), route.policy})
+          .Failed(FailureReason::kInvalidInput, Seconds(Clock::now() - start));
+      throw;
+    }
+  }
+
+  Prediction PredictOn(const std::shared_ptr<const VersionState>& st, const Tensors& inputs,
+                       const PredictOptions& o, Clock::time_point start) {
+    Route route;
+    const Policy& policy = *st->policy;
+    const bool routed = !o.context.version;
+    if (!routed) {
+      route.policy = policy.name();
+      route.targets.push_back({*o.context.version, 1.0});
+      route.reason = "version pinned by the request";
+    } else {
+      route = policy.Select(o.context, st->live);
+    }
+    if (route.targets.empty()) throw Unavailable("policy " + route.policy + " chose no version");
+    CheckRequest(*st, route, inputs, o, start);
+    // One series per answering version (an ensemble's members joined by '+'); a pinned version
+    // that is not live counts under "" so that requests cannot mint label values.
+    std::string label;
+    for (const auto& t : route.targets) {
+      if (!st->live.Has(t.version)) {
+        label.clear();
+        break;
+      }
+      label += (label.empty() ? "" : "+") + t.version;
+    }
+    RequestSeries& series = metrics_.Series({model_, label, alias_.value_or(""), route.policy});
+    try {
+      Prediction p = Routed(st, route, routed, inputs, o, start);
+      series.Succeeded(p.queue_s, p.compute_s, p.latency_s, p.batch_rows);
+      return p;
+    } catch (const Unavailable&) {
+      throw;  // counted by Predict unless a retry answers it
+    } catch (...) {
+      const FailureReason reason = CurrentFailure();
+      series.Failed(reason, Seconds(Clock::now() - start));
+      if (reason == FailureReason::kModelError || reason == FailureReason::kInternal) {
+        NoteModelError(label);
+      }
+      throw;
+    }
+  }
+
+  // A model error is an event, at most one per version and second so that a failing version
+  // cannot flood the log; the rest are counted in the metrics.
+  void NoteModelError(const std::string& version) {
+    std::string what = "request failed";
+    try {
+      throw;
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    const double now = WallSeconds();
+    {
+      std::lock_guard<std::mutex> lk(error_event_mu_);
+      double& last = last_error_event_[version];
+      if (now - last < 1.0) return;
+      last = now;
+    }
+    EmitEvent("error", "model_error", model_, version, what);
+  }
+
+  Prediction Answer(const VersionState& st, const Route& route, const Tensors& inputs,
+                    const PredictOptions& o, Clock::time_point start) {
+    Prediction p = executor_.Run(st, route, inputs, o, start);
+    if (!route.mirrors.empty()) shadows_.Mirror(st, route, inputs, p);
+    return p;
+  }
+
+  Prediction Routed(const std::shared_ptr<const VersionState>& st, const Route& route, bool routed,
+                    const Tensors& inputs, const PredictOptions& o, Clock::time_point start) {
+    const Policy& policy = *st->policy;
+    if (!routed || !policy.observes() || route.combine) {
+      Prediction p = Answer(*st, route, inputs, o, start);
+      if (routed && policy.takes_feedback()) ledger_.Remember(p.request_id, st->policy, p.versions);
+      return p;
+    }
+    // The policy learns from how its requests end: every exit reports an outcome.
+    const std::string& version = route.targets[0].version;
+    try {
+      Prediction p = Answer(*st, route, inputs, o, start);
+      policy.Observe({version, p.latency_s, false});
+      if (policy.takes_feedback()) ledger_.Remember(p.request_id, st->policy, p.versions);
+      return p;
+    } catch (const ModelError&) {
+      policy.Observe({version, Seconds(Clock::now() - start), true});
+      throw;
+    } catch (const Timeout&) {
+      policy.Observe({version, Seconds(Clock::now() - start), true});
+      throw;
+    } catch (...) {
+      // Bad input or a version that left: not the version's fault, but the request is over.
+      policy.Observe({version, Seconds(Clock::now() - start), false});
+      throw;
+    }
+  }
+
+  void Feedback(const std::string& request_id, double reward, const std::string& source) {
+    ledger_.Reward(request_id, reward, source);
+    Wake();
+  }
+
+  // --- changes ---
+
+  void Add(const std::string& spec, std::shared_ptr<const Policy> policy) {
+    versions_.Add(spec, std::move(policy));
+  }
+  void Remove(const std::string& version, std::shared_ptr<const Policy> policy) {
+    versions_.Remove(version, std::move(policy));
+  }
+  void Swap(const std::string& from, const std::string& to) { versions_.Swap(from, to); }
+  void SetPolicy(std::shared_ptr<const Policy> policy) {
+    versions_.SetPolicy(std::move(policy));
+    Wake();
+  }
+  void SetCombiner(Combiner combiner) { versions_.SetCombiner(std::move(combiner)); }
+
+  std::vector<ShadowStats> Shadows() const { return shadows_.Stats(); }
+  std::vector<AppliedEvent> Events() const { return controller_.Events(); }
+
+  // --- the control thread ---
+
+  void Wake() {
+    {
+      std::lock_guard<std::mutex> lk(control_mu_);
+      wake_ = true;
+    }
+    control_cv_.notify_all();
+  }
+
+  void NoteError(std::string what) {
+    std::lock_guard<std::mutex> lk(error_mu_);
+    last_error_ = std::move(what);
+  }
+
+  void TickPolicy() {
+    auto st = versions_.Snapshot();
+    if (!st || versions_.closed()) return;
+    const LoadFn load = [&](const std::string& v) {
+      VersionLoad l;
+      auto it = st->servables.find(v);
+      if (it == st->servables.end()) return l;
+      const ServableStats s = it->second->stats();
+      l.threads = s.threads;
+      l.completed = s.succeeded;
+      l.outstanding = s.in_flight + s.queued;
+      l.busy_s = s.busy_s;
+      return l;
+    };
+    std::vector<PolicyEvent> events;
+    try {
+      events = st->policy->Tick(st->live, load, WallSeconds());
+    } catch (const std::exception& e) {
+      NoteError(std::string("policy controller: ") + e.what());
+      return;
+    }
+    for (const auto& e : events) {
+      controller_.Apply(*st->policy, e, [this](const std::string& v) { versions_.SetPrimary(v); });
+    }
+  }
+
+  void ControlLoop() {
+    std::unique_lock<std::mutex> lk(control_mu_);
+    const auto now0 = Clock::now();
+    auto next_poll = now0;
+    auto next_balance = now0 + Duration(options_.rebalance_interval_s);
+    auto next_tick = now0;
+    auto next_save = now0 + Duration(options_.state_save_s);
+    auto next_watch = now0 + Duration(options_.anomaly_interval_s);
+    while (!stopping_) {
+      auto wake = std::min({next_tick, next_save, next_watch});
+      if (follower_) wake = std::min(wake, next_poll);
+      if (options_.adaptive) wake = std::min(wake, next_balance);
+      control_cv_.wait_until(lk, wake, [&] { return stopping_ || wake_; });
+      if (stopping_) break;
+      const bool woken = wake_;
+      wake_ = false;
+      lk.unlock();
+      const auto now = Clock::now();
+      if (follower_ && now >= next_poll) {
+        FollowAliasOnce();
+        next_poll = now + Duration(options_.alias_poll_s);
+      }
+      if (options_.adaptive && now >= next_balance) {
+        Rebalance();
+        next_balance = now + Duration(options_.rebalance_interval_s);
+      }
+      if (woken || now >= next_tick) {
+        TickPolicy();
+        next_tick = now + Duration(options_.policy_tick_s);
+      }
+      if (now >= next_watch) {
+        if (auto st = versions_.Snapshot(); st && !versions_.closed()) {
+          anomalies_.Check(metrics_.Snapshot(),
+                           [&](const std::string& v) { return st->live.Has(v); });
+        }
+        next_watch = now + Duration(options_.anomaly_interval_s);
+      }
+      if (now >= next_save) {
+        SaveCurrentState(false);
+        next_save = now + Duration(options_.state_save_s);
+      }
+      lk.lock();
+    }
+  }
+
+  void SaveCurrentState(bool force) {
+    auto st = versions_.Snapshot();
+    if (!st) return;
+    try {
+      controller_.Save(*st->policy, force);
+    } catch (const std::exception& e) {
+      NoteError(std::string("saving policy state: ") + e.what());
+    }
+  }
+
+  void FollowAliasOnce() {
+    std::optional<ModelVersion> target;
+    std::string from;
+    try {
+      target = versions_.registry()->Get(model_ + "@" + follower_->alias());
+      if (follower_->BackingOff(*target)) return;
+      if (auto st = versions_.Snapshot()) from = st->live.primary;
+      versions_.Follow(target->version);
+      follower_->Followed();
+      NoteError("");
+    } catch (const std::exception& e) {
+      NoteError(follower_->Failed(target, from, e.what()));
+    }
+  }
+
+  void Rebalance() {
+    auto st = versions_.Snapshot();
+    if (!st || versions_.closed()) return;
+    std::vector<VersionDemand> demand;
+    for (const auto& v : st->live.versions) {
+      const ServableStats s = st->servables.at(v)->stats();
+      demand.push_back({v, s.busy_s, s.queued + s.in_flight});
+    }
+    for (const auto& [v, threads] : planner_.Plan(demand)) st->servables.at(v)->SetThreads(threads);
+  }
+
+  void Close() {
+    {
+      std::lock_guard<std::mutex> lk(control_mu_);
+      stopping_ = true;
+    }
+    control_cv_.notify_all();
+    if (control_thread_.joinable()) control_thread_.join();
+    shadows_.Stop();
+    if (!versions_.closed()) SaveCurrentState(true);
+    std::shared_ptr<const VersionState> st = versions_.Close();
+    if (!st) return;
+    for (const auto& [v, s] : st->servables) s->Drain(options_.drain_timeout_s);
+    EmitEvent("info", "close", model_, "", "deployment of " + model_ + " closed");
+  }
+
+  // --- reading ---
+
+  DeploymentStatus Status() const {
+    DeploymentStatus out;
+    auto st = versions_.Snapshot();
+    out.model = model_;
+    out.alias = alias_;
+    out.threads = options_.threads;
+    out.adaptive = options_.adaptive;
+    out.swaps = versions_.swaps();
+    {
+      std::lock_guard<std::mutex> lk(error_mu_);
+      out.last_error = last_error_;
+    }
+    if (follower_) {
+      out.alias_follow_failures = follower_->failures();
+      out.alias_target_failed = follower_->failed_target();
+    }
+    if (!st) return out;
+    out.primary = st->live.primary;
+    out.policy = st->policy->Describe();
+    for (const auto& v : st->live.versions) out.versions.push_back(st->servables.at(v)->stats());
+    return out;
+  }
+
+  MetricsSnapshot Metrics() const {
+    MetricsSnapshot m;
+    m.series = metrics_.Snapshot();
+    auto st = versions_.Snapshot();
+    if (!st) return m;
+    for (const auto& v : st->live.versions) {
+      const ServableStats s = st->servables.at(v)->stats();
+      VersionGauges g;
+      g.model = model_;
+      g.version = v;
+      g.health = HealthName(s.health);
+      g.threads = s.threads;
+      g.in_flight = s.in_flight;
+      g.queued = s.queued;
+      g.weight_bytes = s.weight_bytes;
+      g.anomalous = anomalies_.Anomalous(v);
+      m.versions.push_back(std::move(g));
+    }
+    return m;
+  }
+
+ private:
+  const std::string model_;
+  const std::optional<std::string> alias_;
+  const DeploymentOptions options_;
+  CpuPlanner planner_;  // used by the control thread only, after start
+  FeedbackLedger ledger_;
+  PolicyController controller_;
+  VersionSet versions_;
+  Executor executor_;
+  ShadowComparator shadows_;
+  AnomalyWatch anomalies_;
+  std::optional<AliasFollower> follower_;
+  RequestMetrics metrics_;
+
+  std::thread control_thread_;
+  std::mutex control_mu_;
+  std::condition_variable control_cv_;
+  bool stopping_ = false;
+  bool wake_ = false;
+
+  mutable std::mutex error_mu_;
+  std::string last_error_;  // the latest failure of the control thread's work
+  std::mutex error_event_mu_;
+  std::map<std::string, double> last_error_event_;
+};
+
+Deployment::Deployment(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)), generation_(ForkGeneration()) {}
+
+Deployment::Deployment(std::shared_ptr<Registry> registry, std::string model,
+                       std::vector<std::string> versions, DeploymentOptions options)
+    : generation_(ForkGeneration()) {
+  impl_ = std::make_unique<Impl>(ArtifactSource(std::move(registry), std::move(model)),
+                                 std::nullopt, std::move(options));
+  impl_->Start(versions);
+}
+
+std::unique_ptr<Deployment> Deployment::FollowAlias(std::shared_ptr<Registry> registry,
+                                                    std::string model, std::string alias,
+                                                    DeploymentOptions options) {
+  ArtifactSource source(std::move(registry), std::move(model));
+  ValidateName(alias, "alias");
+  auto impl = std::make_unique<Impl>(std::move(source), alias, std::move(options));
+  impl->Start({"@" + alias});
+  return std::unique_ptr<Deployment>(new Deployment(std::move(impl)));
+}
+
+Deployment::Deployment(std::string model, std::vector<std::pair<std::string, std::string>> files,
+                       DeploymentOptions options)
+    : generation_(ForkGeneration()) {
+  ArtifactSource source(std::move(model), files);
+  const std::vector<std::string> labels = source.labels();
+  impl_ = std::make_unique<Impl>(std::move(source), std::nullopt, std::move(options));
+  impl_->Start(labels);
+}
+Deployment::~Deployment() {
+  // The parent's threads do not exist in a forked child: joining them would hang, so a copy
+  // inherited through fork is left as it is.
+  if (generation_ != ForkGeneration()) (void)impl_.release();
+}
+
+Deployment::Impl* Deployment::Live() const {
+  if (generation_ != ForkGeneration()) {
+    throw Unavailable("the deployment of " + impl_->model() +
+                      " was made in the parent of this forked process, and its threads and "
+                      "loaded versions do not exist here; create a new Deployment in this "
+                      "process");
+  }
+  return impl_.get();
+}
+
+Prediction Deployment::Predict(const Tensors& inputs, const PredictOptions& options) {
+  return Live()->Predict(inputs, options);
+}
+void Deployment::Add(const std::string& version, std::shared_ptr<const Policy> policy) {
+  Live()->Add(version, std::move(policy));
+}
+void Deployment::Remove(const std::string& version, std::shared_ptr<const Policy> policy) {
+  Live()->Remove(version, std::move(policy));
+}
+void Deployment::Swap(const std::string& from, const std::string& to) { Live()->Swap(from, to); }
+void Deployment::SetPolicy(std::shared_ptr<const Policy> policy) {
+  Live()->SetPolicy(std::move(policy));
+}
+void Deployment::SetCombiner(Combiner combiner) { Live()->SetCombiner(std::move(combiner)); }
+void Deployment::Feedback(const std::string& request_id, double reward, const std::string& source) {
+  Live()->Feedback(request_id, reward, source);
+}
+std::vector<ShadowStats> Deployment::Shadows() const { return Live()->Shadows(); }
+std::vector<AppliedEvent> Deployment::Events() const { return Live()->Events(); }
+void Deployment::TickPolicy() { Live()->TickPolicy(); }
+std::shared_ptr<const Policy> Deployment::policy() const {
+  auto st = Live()->Snapshot();
+  return st ? st->policy : nullptr;
+}
+std::vector<std::string> Deployment::versions() const {
+  auto st = Live()->Snapshot();
+  return st ? st->live.versions : std::vector<std::string>{};
+}
+DeploymentStatus Deployment::Status() const { return Live()->Status(); }
+MetricsSnapshot Deployment::Metrics() const { return Live()->Metrics(); }
+const std::string& Deployment::model() const { return Live()->model(); }
+void Deployment::Close() { Live()->Close(); }
+
+}  // namespace lepton

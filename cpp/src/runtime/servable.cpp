@@ -1,0 +1,711 @@
+#include "lepton/runtime/servable.h"
+
+#include <ATen/Parallel.h>
+#include <omp.h>
+#include <tbb/task_arena.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "lepton/common/errors.h"
+#include "lepton/common/process.h"
+#include "lepton/registry/blob_store.h"
+#include "lepton/runtime/tensor_types.h"
+
+namespace lepton {
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::string ShapeString(at::IntArrayRef shape) {
+  std::ostringstream out;
+  out << "[";
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << "]";
+  return out.str();
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return ShapeString(at::IntArrayRef(shape));
+}
+
+at::ScalarType DtypeFromName(const std::string& name) {
+  const DTypeInfo* d = DTypeNamed(name);
+  if (!d) throw InvalidArgument("dtype '" + name + "' is not a dtype lepton knows");
+  return ScalarTypeOf(d->type);
+}
+
+Tensors ToTensors(const c10::IValue& value, const std::string& who) {
+  if (value.isTensor()) return {value.toTensor()};
+  Tensors out;
+  if (value.isTuple()) {
+    for (const auto& e : value.toTupleRef().elements()) {
+      if (!e.isTensor()) throw ModelError(who + " returned a tuple holding a non-tensor");
+      out.push_back(e.toTensor());
+    }
+    return out;
+  }
+  if (value.isTensorList()) {
+    for (const at::Tensor& t : value.toTensorVector()) out.push_back(t);
+    return out;
+  }
+  throw ModelError(who + " returned " + value.tagKind() +
+                   "; lepton serves models that return a tensor or a tuple of tensors");
+}
+
+// Requests batch together when they agree on everything but the number of rows.
+bool SameBatchShape(const Tensors& a, const Tensors& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].scalar_type() != b[i].scalar_type() || a[i].dim() != b[i].dim()) return false;
+    if (!a[i].sizes().slice(1).equals(b[i].sizes().slice(1))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+const char* HealthName(Health h) {
+  switch (h) {
+    case Health::kLoading:
+      return "loading";
+    case Health::kReady:
+      return "ready";
+    case Health::kDraining:
+      return "draining";
+    case Health::kUnloaded:
+      return "unloaded";
+    case Health::kFailed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+class Servable::Ticket {
+ public:
+  enum class State { kQueued, kRunning, kDone };
+  Tensors inputs;
+  int64_t rows = 0;
+  int priority = 0;
+  std::optional<Clock::time_point> deadline;
+  Clock::time_point enqueued;
+  uint64_t seq = 0;
+  State state = State::kQueued;
+  RunResult result;
+  std::exception_ptr error;
+  std::condition_variable done;
+};
+
+class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
+ public:
+  using Key = std::pair<int, uint64_t>;  // (-priority, arrival): best first
+
+  Impl(std::string model, std::string version, std::string sha, std::optional<Signature> sig,
+       ServableOptions options)
+      : model_(std::move(model)),
+        version_(std::move(version)),
+        sha256_(std::move(sha)),
+        signature_(std::move(sig)),
+        options_(std::move(options)),
+        threads_(options_.threads),
+        arena_(NewArena(threads_)) {}
+
+  // Every slot is reserved for external threads: the servable's own executors and callers that
+  // run their request inline. No TBB worker is needed, so no process-wide setting is touched and
+  // a hung forward can only hold its own version's threads.
+  static std::shared_ptr<tbb::task_arena> NewArena(int threads) {
+    return std::make_shared<tbb::task_arena>(threads, static_cast<unsigned>(threads));
+  }
+
+  std::string Who() const { return model_ + ":" + version_; }
+
+  void ResolveSignature() {
+    if (!signature_) return;
+    for (const auto& spec : signature_->inputs) input_types_.push_back(DtypeFromName(spec.dtype));
+  }
+
+  void LoadModule(std::string_view bytes) {
+    std::istringstream in{std::string(bytes)};
+    try {
+      std::lock_guard<std::mutex> compiling(TorchScriptMutex());
+      module_ = torch::jit::load(in, c10::kCPU);
+    } catch (const std::exception& e) {
+      throw InvalidArgument(
+          Who() + " is not a loadable TorchScript module: " + std::string(e.what()).substr(0, 400));
+    }
+    module_.eval();
+    // Looked up once here, not by name on every request.
+    if (auto m = module_.find_method("forward")) forward_.emplace(std::move(*m));
+    ResolveInputNames();
+    for (const auto& p : module_.parameters()) weight_bytes_ += p.numel() * p.element_size();
+    for (const auto& b : module_.buffers()) weight_bytes_ += b.numel() * b.element_size();
+  }
+
+  Tensors WarmupInputs() const {
+    if (!options_.example_inputs.empty()) return options_.example_inputs;
+    Tensors out;
+    if (!signature_ || signature_->inputs.empty()) return out;
+    for (const auto& spec : signature_->inputs) {
+      std::vector<int64_t> shape = spec.shape;
+      for (auto& d : shape) d = d < 0 ? 1 : d;
+      out.push_back(at::zeros(shape, at::TensorOptions().dtype(DtypeFromName(spec.dtype))));
+    }
+    return out;
+  }
+
+  void Warmup() {
+    const Tensors inputs = WarmupInputs();
+    if (inputs.empty()) return;
+    CheckInputs(inputs, nullptr);
+    for (int i = 0; i < options_.warmup_runs; ++i) {
+      try {
+        Forward(inputs);
+      } catch (const Error& e) {
+        throw ModelError(Who() + " failed its warm-up: " + e.what());
+      }
+    }
+  }
+
+  // The names requests may give their inputs: the signature's, else the forward's parameters.
+  void ResolveInputNames() {
+    if (signature_ && !signature_->inputs.empty()) {
+      for (const auto& spec : signature_->inputs) input_names_.push_back(spec.name);
+      min_inputs_ = input_names_.size();
+      return;
+    }
+    if (!forward_) return;
+    const auto& args = forward_->function().getSchema().arguments();
+    for (size_t i = 1; i < args.size(); ++i) {  // 0 is self
+      input_names_.push_back(args[i].name());
+      if (!args[i].default_value()) min_inputs_ = input_names_.size();
+    }
+  }
+
+  std::string InputList() const {
+    std::string out;
+    for (const auto& n : input_names_) out += (out.empty() ? "'" : ", '") + n + "'";
+    return out.empty() ? "none" : out;
+  }
+
+  std::string InputName(size_t i) const {
+    return signature_ && i < signature_->inputs.size()
+               ? "input '" + signature_->inputs[i].name + "'"
+               : "input " + std::to_string(i);
+  }
+
+  // Messages are built only on failure: this runs on every request.
+  void CheckInputs(const Tensors& inputs, const std::vector<std::string>* names) const {
+    auto fail = [&](size_t i, const std::string& what) {
+      throw InvalidArgument(Who() + ": " + InputName(i) + " " + what);
+    };
+    if (inputs.empty()) throw InvalidArgument(Who() + ": no inputs given");
+    if (!input_names_.empty() &&
+        (inputs.size() < min_inputs_ || inputs.size() > input_names_.size())) {
+      throw InvalidArgument(
+          Who() + " takes " +
+          (min_inputs_ == input_names_.size()
+               ? std::to_string(input_names_.size())
+               : std::to_string(min_inputs_) + " to " + std::to_string(input_names_.size())) +
+          " inputs (" + InputList() + "), got " + std::to_string(inputs.size()));
+    }
+    if (names) {
+      if (names->size() != inputs.size()) {
+        throw InvalidArgument(Who() + ": " + std::to_string(names->size()) + " input names for " +
+                              std::to_string(inputs.size()) + " inputs");
+      }
+      for (size_t i = 0; i < names->size() && i < input_names_.size(); ++i) {
+        if ((*names)[i] != input_names_[i]) {
+          throw InvalidArgument(Who() + " has no input named '" + (*names)[i] + "' in position " +
+                                std::to_string(i) + " (its inputs: " + InputList() + ")");
+        }
+      }
+    }
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const at::Tensor& t = inputs[i];
+      if (!t.defined()) fail(i, "is an undefined tensor");
+      if (!t.device().is_cpu()) {
+        fail(i, "is on " + t.device().str() + "; lepton serves on CPU, move it with .cpu()");
+      }
+      if (t.dim() == 0) fail(i, "is a scalar; inputs need a batch dimension first");
+      if (t.size(0) == 0) fail(i, "is an empty batch (0 rows)");
+      if (!t.is_contiguous()) {
+        fail(i,
+             "of shape " + ShapeString(t.sizes()) + " is not contiguous; call .contiguous() first");
+      }
+      if (!signature_ || i >= signature_->inputs.size()) continue;
+      const TensorSpec& spec = signature_->inputs[i];
+      if (t.scalar_type() != input_types_[i]) {
+        fail(i, "has dtype " + DTypeName(t.scalar_type()) + ", expected " + spec.dtype);
+      }
+      if (spec.shape.empty()) continue;
+      bool fits = static_cast<size_t>(t.dim()) == spec.shape.size();
+      for (size_t d = 0; fits && d < spec.shape.size(); ++d) {
+        fits = spec.shape[d] < 0 || spec.shape[d] == t.size(static_cast<int64_t>(d));
+      }
+      if (!fits) {
+        fail(i, "has shape " + ShapeString(t.sizes()) + ", expected " + ShapeString(spec.shape) +
+                    " (-1: any size)");
+      }
+    }
+  }
+
+  Tensors Forward(const Tensors& inputs, int intra_op_threads = 0) {
+    // Touch ATen's per-thread pool set-up first so that it does not undo the count set next.
+    // The count is per thread; the caller's own setting comes back when the forward ends.
+    (void)at::get_num_threads();
+    struct IntraOpThreads {
+      int saved = omp_get_max_threads();
+      explicit IntraOpThreads(int n) { omp_set_num_threads(n); }
+      ~IntraOpThreads() { omp_set_num_threads(saved); }
+    } intra_op(intra_op_threads > 0 ? intra_op_threads : options_.intra_op_threads);
+    c10::InferenceMode guard;
+    std::vector<c10::IValue> args(inputs.begin(), inputs.end());
+    try {
+      return ToTensors(forward_ ? (*forward_)(std::move(args)) : module_.forward(std::move(args)),
+                       Who());
+    } catch (const Error&) {
+      throw;
+    } catch (const c10::Error& e) {
+      throw ModelError(Who() + " raised: " + e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      throw ModelError(Who() + " raised: " + e.what());
+    }
+  }
+
+  // Runs one batch and fills in each ticket's outputs or error. Never throws.
+  void Execute(const std::vector<std::shared_ptr<Ticket>>& batch, int intra_op_threads = 0) {
+    const auto start = Clock::now();
+    int64_t rows = 0;
+    for (const auto& t : batch) rows += t->rows;
+    try {
+      if (batch.size() == 1) {
+        batch[0]->result.outputs = Forward(batch[0]->inputs, intra_op_threads);
+      } else {
+        Tensors joined;
+        for (size_t i = 0; i < batch[0]->inputs.size(); ++i) {
+          std::vector<at::Tensor> parts;
+          parts.reserve(batch.size());
+          for (const auto& t : batch) parts.push_back(t->inputs[i]);
+          joined.push_back(at::cat(parts, 0));
+        }
+        Tensors out = Forward(joined);
+        bool splittable = true;
+        for (const auto& o : out) splittable &= o.dim() > 0 && o.size(0) == rows;
+        if (splittable) {
+          std::vector<int64_t> sizes;
+          for (const auto& t : batch) sizes.push_back(t->rows);
+          for (const auto& o : out) {
+            auto pieces = o.split_with_sizes(sizes, 0);
+            for (size_t k = 0; k < batch.size(); ++k) batch[k]->result.outputs.push_back(pieces[k]);
+          }
+        } else {
+          // The outputs do not follow the batch dimension: this model cannot be batched.
+          rows_independent_ = false;
+          for (const auto& t : batch) t->result.outputs = Forward(t->inputs);
+        }
+      }
+    } catch (...) {
+      const std::exception_ptr error = std::current_exception();
+      for (const auto& t : batch) t->error = error;
+    }
+    const auto end = Clock::now();
+    for (const auto& t : batch) {
+      t->result.queue_s = Seconds(start - t->enqueued);
+      t->result.compute_s = Seconds(end - start);
+      t->result.batch_rows = static_cast<int>(rows);
+    }
+  }
+
+  std::shared_ptr<Ticket> MakeTicket(const Tensors& inputs, const RunOptions& o) {
+    auto t = std::make_shared<Ticket>();
+    t->inputs = inputs;
+    t->rows = inputs.empty() ? 0 : inputs[0].size(0);
+    t->priority = o.priority.value_or(options_.priority);
+    t->deadline = o.deadline;
+    t->enqueued = Clock::now();
+    return t;
+  }
+
+  void RequireServing() const {
+    if (health_ == Health::kUnloaded || health_ == Health::kFailed) {
+      throw Unavailable(Who() + " is " + HealthName(health_));
+    }
+  }
+
+  // Puts a ticket in the queue, evicting a lower-priority one when the queue is full.
+  void Admit(std::unique_lock<std::mutex>& lk, const std::shared_ptr<Ticket>& t) {
+    (void)lk;
+    if (static_cast<int>(queue_.size()) >= options_.max_queue) {
+      if (queue_.empty() || std::prev(queue_.end())->second->priority >= t->priority) {
+        ++rejected_;
+        throw Overloaded(Who() + ": queue full (" + std::to_string(queue_.size()) +
+                         " waiting, max_queue=" + std::to_string(options_.max_queue) + ")");
+      }
+      auto lowest = std::prev(queue_.end());
+      std::shared_ptr<Ticket> evicted = lowest->second;
+      queue_.erase(lowest);
+      ++rejected_;
+      evicted->error = std::make_exception_ptr(
+          Overloaded(Who() + ": queue full; request evicted by one of higher priority"));
+      evicted->state = Ticket::State::kDone;
+      evicted->done.notify_all();
+    }
+    t->seq = next_seq_++;
+    queue_.emplace(Key{-t->priority, t->seq}, t);
+    ++requests_;
+    if (QueuedRows() >= options_.max_batch_size) changed_.notify_all();
+  }
+
+  int64_t QueuedRows() const {
+    int64_t rows = 0;
+    for (const auto& [k, t] : queue_) {
+      rows += t->rows;
+      if (rows >= options_.max_batch_size) break;
+    }
+    return rows;
+  }
+
+  void MaybeDispatch(std::unique_lock<std::mutex>& lk) {
+    (void)lk;
+    if (!queue_.empty() && !collecting_ && in_flight_ < threads_) work_.notify_one();
+  }
+
+  void StartExecutors(std::unique_lock<std::mutex>& lk) {
+    (void)lk;
+    auto self = shared_from_this();
+    while (executors_ < threads_) {
+      const int index = executors_++;
+      std::thread([self, index] { self->ExecutorLoop(index); }).detach();
+    }
+  }
+
+  // One of the servable's `threads_` executors: takes a batch whenever there is work and a free
+  // slot, and runs it inside the arena. Holds the servable alive until it exits.
+  void ExecutorLoop(int index) {
+    std::unique_lock<std::mutex> lk(mu_);
+    while (!stopping_ && index < threads_) {
+      if (queue_.empty() || collecting_ || in_flight_ >= threads_) {
+        work_.wait(lk);
+        continue;
+      }
+      collecting_ = true;
+      auto arena = arena_;
+      lk.unlock();
+      arena->execute([this] { Collect(); });
+      lk.lock();
+    }
+    --executors_;
+    changed_.notify_all();
+  }
+
+  void Stop() {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+    work_.notify_all();
+  }
+
+  void Collect() {
+    // Declared before the lock so that tickets (and the caller's tensors, whose destructor may
+    // need Python's GIL) are released only after the mutex is.
+    std::vector<std::shared_ptr<Ticket>> batch;
+    std::unique_lock<std::mutex> lk(mu_);
+    const bool batching = options_.max_batch_size > 1 && rows_independent_;
+    if (batching && options_.max_queue_delay_s > 0) {
+      const auto delay = std::chrono::duration_cast<Clock::duration>(
+          std::chrono::duration<double>(options_.max_queue_delay_s));
+      while (!queue_.empty() && QueuedRows() < options_.max_batch_size) {
+        Clock::time_point oldest = Clock::time_point::max();
+        for (const auto& [k, t] : queue_) oldest = std::min(oldest, t->enqueued);
+        if (Clock::now() >= oldest + delay) break;
+        changed_.wait_until(lk, oldest + delay);
+      }
+    }
+    if (!queue_.empty()) {
+      auto first = queue_.begin();
+      batch.push_back(first->second);
+      int64_t rows = first->second->rows;
+      queue_.erase(first);
+      if (batching) {
+        for (auto it = queue_.begin(); it != queue_.end() && rows < options_.max_batch_size;) {
+          const auto& t = it->second;
+          if (rows + t->rows <= options_.max_batch_size &&
+              SameBatchShape(t->inputs, batch[0]->inputs)) {
+            rows += t->rows;
+            batch.push_back(t);
+            it = queue_.erase(it);
+          } else {
+            ++it;
+          }
+        }
+      }
+      for (const auto& t : batch) t->state = Ticket::State::kRunning;
+      ++in_flight_;
+    }
+    collecting_ = false;
+    MaybeDispatch(lk);
+    if (batch.empty()) {
+      changed_.notify_all();
+      return;
+    }
+    lk.unlock();
+    Execute(batch);
+    lk.lock();
+    --in_flight_;
+    Finish(batch);
+    MaybeDispatch(lk);
+  }
+
+  void Finish(const std::vector<std::shared_ptr<Ticket>>& batch) {
+    ++batches_;
+    for (const auto& t : batch) {
+      batched_rows_ += t->rows;
+      t->state = Ticket::State::kDone;
+      if (t->error) {
+        ++failed_;
+      } else {
+        ++succeeded_;
+      }
+      t->done.notify_all();
+    }
+    busy_s_ += batch.front()->result.compute_s;
+    changed_.notify_all();
+  }
+
+  RunResult Take(const std::shared_ptr<Ticket>& t) {
+    if (t->error) std::rethrow_exception(t->error);
+    return std::move(t->result);
+  }
+
+  RunResult Run(const Tensors& inputs, const RunOptions& o) {
+    CheckInputs(inputs, nullptr);
+    std::unique_lock<std::mutex> lk(mu_);
+    RequireServing();
+    const bool inline_ok = options_.max_batch_size == 1 && !o.deadline && !o.force_async &&
+                           queue_.empty() && !collecting_ && in_flight_ < threads_;
+    if (!inline_ok) {
+      auto t = MakeTicket(inputs, o);
+      Admit(lk, t);
+      MaybeDispatch(lk);
+      return WaitLocked(lk, t);
+    }
+    // A free slot and nobody waiting: the caller runs the request itself, inside the arena.
+    auto arena = arena_;
+    return RunOnCaller(lk, MakeTicket(inputs, o), [&](const std::shared_ptr<Ticket>& t) {
+      arena->execute([&] { Execute({t}); });
+    });
+  }
+
+  RunResult RunHere(const Tensors& inputs, int intra_op_threads) {
+    CheckInputs(inputs, nullptr);
+    std::unique_lock<std::mutex> lk(mu_);
+    RequireServing();
+    return RunOnCaller(lk, MakeTicket(inputs, RunOptions{}),
+                       [&](const std::shared_ptr<Ticket>& t) { Execute({t}, intra_op_threads); });
+  }
+
+  // Runs a ticket on the calling thread, counted like every other request; `run` executes it
+  // with the lock released.
+  template <typename RunFn>
+  RunResult RunOnCaller(std::unique_lock<std::mutex>& lk, std::shared_ptr<Ticket> t, RunFn&& run) {
+    ++requests_;
+    ++in_flight_;
+    t->state = Ticket::State::kRunning;
+    lk.unlock();
+    run(t);
+    lk.lock();
+    --in_flight_;
+    Finish({t});
+    MaybeDispatch(lk);
+    lk.unlock();
+    return Take(t);
+  }
+
+  std::shared_ptr<Ticket> Submit(const Tensors& inputs, const RunOptions& o) {
+    CheckInputs(inputs, nullptr);
+    std::unique_lock<std::mutex> lk(mu_);
+    RequireServing();
+    auto t = MakeTicket(inputs, o);
+    Admit(lk, t);
+    MaybeDispatch(lk);
+    return t;
+  }
+
+  RunResult WaitLocked(std::unique_lock<std::mutex>& lk, const std::shared_ptr<Ticket>& t) {
+    while (t->state != Ticket::State::kDone) {
+      if (!t->deadline) {
+        t->done.wait(lk);
+        continue;
+      }
+      if (t->done.wait_until(lk, *t->deadline) == std::cv_status::timeout &&
+          t->state != Ticket::State::kDone) {
+        const bool queued = t->state == Ticket::State::kQueued;
+        if (queued) {
+          // A running one cannot be stopped: it finishes and its result is dropped.
+          queue_.erase(Key{-t->priority, t->seq});
+          changed_.notify_all();
+        }
+        ++timed_out_;
+        throw Timeout(Who() + ": no answer by the deadline (" +
+                      std::string(queued ? "still queued" : "still running") + ")");
+      }
+    }
+    lk.unlock();
+    return Take(t);
+  }
+
+  bool Drain(double timeout_s) {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (health_ == Health::kUnloaded) return true;
+    health_ = Health::kDraining;
+    const auto deadline = Clock::now() + ClampedDuration<Clock::duration>(timeout_s);
+    const bool finished = changed_.wait_until(
+        lk, deadline, [&] { return queue_.empty() && in_flight_ == 0 && !collecting_; });
+    for (auto& [k, t] : queue_) {
+      t->error = std::make_exception_ptr(Unavailable(Who() + " was unloaded before this ran"));
+      t->state = Ticket::State::kDone;
+      t->done.notify_all();
+    }
+    std::map<Key, std::shared_ptr<Ticket>> dropped;
+    dropped.swap(queue_);
+    health_ = Health::kUnloaded;
+    lk.unlock();
+    return finished;
+  }
+
+  void SetThreads(int threads) {
+    if (threads < 1) throw InvalidArgument("threads must be >= 1, got " + std::to_string(threads));
+    std::unique_lock<std::mutex> lk(mu_);
+    if (threads == threads_) return;
+    threads_ = threads;
+    arena_ = NewArena(threads);
+    StartExecutors(lk);
+    work_.notify_all();  // executors beyond the new budget exit
+    MaybeDispatch(lk);
+  }
+
+  ServableStats Stats() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    ServableStats s;
+    s.version = version_;
+    s.health = health_;
+    s.threads = threads_;
+    s.requests = requests_;
+    s.succeeded = succeeded_;
+    s.failed = failed_;
+    s.timed_out = timed_out_;
+    s.rejected = rejected_;
+    s.batches = batches_;
+    s.batched_rows = batched_rows_;
+    s.in_flight = in_flight_;
+    s.queued = static_cast<int64_t>(queue_.size());
+    s.busy_s = busy_s_;
+    s.weight_bytes = weight_bytes_;
+    return s;
+  }
+
+  const std::string model_, version_, sha256_;
+  const std::optional<Signature> signature_;
+  const ServableOptions options_;
+  std::vector<at::ScalarType> input_types_;  // the signature's input dtypes, resolved once
+  std::vector<std::string> input_names_;     // the signature's or the forward's, in order
+  size_t min_inputs_ = 0;                    // inputs without a default value
+  torch::jit::Module module_;
+  std::optional<torch::jit::Method> forward_;
+  int64_t weight_bytes_ = 0;
+
+  mutable std::mutex mu_;
+  std::condition_variable changed_;
+  Health health_ = Health::kLoading;
+  int threads_;
+  std::shared_ptr<tbb::task_arena> arena_;
+  std::condition_variable work_;  // wakes executors
+  int executors_ = 0;             // executor threads started and not yet exited
+  bool stopping_ = false;
+  std::map<Key, std::shared_ptr<Ticket>> queue_;
+  uint64_t next_seq_ = 0;
+  bool collecting_ = false;
+  int in_flight_ = 0;
+  // Cleared by whichever thread ran the batch or the split that showed otherwise.
+  std::atomic<bool> rows_independent_{true};
+  int64_t requests_ = 0, succeeded_ = 0, failed_ = 0, timed_out_ = 0, rejected_ = 0;
+  int64_t batches_ = 0, batched_rows_ = 0;
+  double busy_s_ = 0;
+};
+
+std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
+                                         std::string_view bytes, std::string sha256,
+                                         std::optional<Signature> signature,
+                                         ServableOptions options) {
+  if (options.threads < 1) throw InvalidArgument("threads must be >= 1");
+  if (options.intra_op_threads < 1) throw InvalidArgument("intra_op_threads must be >= 1");
+  if (options.max_batch_size < 1) throw InvalidArgument("max_batch_size must be >= 1");
+  if (options.max_queue < 0) throw InvalidArgument("max_queue must be >= 0");
+  if (!(options.max_queue_delay_s >= 0)) throw InvalidArgument("max_queue_delay must be >= 0");
+  if (!sha256.empty()) {
+    const std::string actual = Sha256Hex(bytes);
+    if (actual != sha256) {
+      throw IntegrityError(model + ":" + version + " artifact hashes to " + actual + ", expected " +
+                           sha256);
+    }
+  } else {
+    sha256 = Sha256Hex(bytes);
+  }
+  auto impl = std::make_shared<Impl>(std::move(model), std::move(version), std::move(sha256),
+                                     std::move(signature), std::move(options));
+  impl->ResolveSignature();
+  impl->LoadModule(bytes);
+  impl->Warmup();
+  {
+    std::unique_lock<std::mutex> lk(impl->mu_);
+    impl->health_ = Health::kReady;
+    impl->StartExecutors(lk);
+  }
+  return std::shared_ptr<Servable>(new Servable(std::move(impl)));
+}
+
+Servable::Servable(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Servable::~Servable() {
+  impl_->Drain(0);
+  impl_->Stop();
+}
+
+const std::string& Servable::model() const { return impl_->model_; }
+const std::string& Servable::version() const { return impl_->version_; }
+const std::string& Servable::sha256() const { return impl_->sha256_; }
+const std::optional<Signature>& Servable::signature() const { return impl_->signature_; }
+const ServableOptions& Servable::options() const { return impl_->options_; }
+void Servable::CheckInputs(const Tensors& inputs, const std::vector<std::string>* names) const {
+  impl_->CheckInputs(inputs, names);
+}
+const std::vector<std::string>& Servable::input_names() const { return impl_->input_names_; }
+RunResult Servable::Run(const Tensors& inputs, const RunOptions& options) {
+  return impl_->Run(inputs, options);
+}
+RunResult Servable::RunHere(const Tensors& inputs, int intra_op_threads) {
+  return impl_->RunHere(inputs, intra_op_threads);
+}
+bool Servable::rows_independent() const { return impl_->rows_independent_; }
+void Servable::MarkRowsDependent() { impl_->rows_independent_ = false; }
+std::shared_ptr<Servable::Ticket> Servable::Submit(const Tensors& inputs,
+                                                   const RunOptions& options) {
+  return impl_->Submit(inputs, options);
+}
+RunResult Servable::Wait(const std::shared_ptr<Ticket>& ticket) {
+  std::unique_lock<std::mutex> lk(impl_->mu_);
+  return impl_->WaitLocked(lk, ticket);
+}
+bool Servable::Drain(double timeout_s) { return impl_->Drain(timeout_s); }
+void Servable::SetThreads(int threads) { impl_->SetThreads(threads); }
+Health Servable::health() const {
+  std::lock_guard<std::mutex> lk(impl_->mu_);
+  return impl_->health_;
+}
+ServableStats Servable::stats() const { return impl_->Stats(); }
+
+}  // namespace lepton

@@ -1,0 +1,144 @@
+#include "lepton/runtime/shadow.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "lepton/common/errors.h"
+
+namespace lepton {
+namespace {
+
+struct Comparison {
+  double max_abs = 0, mean_abs = 0;
+  std::optional<double> agreement, kl;
+};
+
+Comparison Compare(const Tensors& a, const Tensors& b) {
+  if (a.size() != b.size()) throw ModelError("mirror gave a different number of outputs");
+  Comparison c;
+  int64_t elements = 0;
+  double abs_sum = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!a[i].sizes().equals(b[i].sizes())) throw ModelError("mirror output shape differs");
+    const at::Tensor x = a[i].to(at::kDouble), y = b[i].to(at::kDouble);
+    const at::Tensor d = (x - y).abs();
+    if (d.numel() == 0) continue;
+    c.max_abs = std::max(c.max_abs, d.max().item<double>());
+    abs_sum += d.sum().item<double>();
+    elements += d.numel();
+  }
+  c.mean_abs = elements ? abs_sum / double(elements) : 0;
+  if (!a.empty() && a[0].dim() >= 1 && a[0].size(-1) > 1 && a[0].numel() > 0) {
+    const at::Tensor x = a[0].to(at::kDouble), y = b[0].to(at::kDouble);
+    c.agreement = x.argmax(-1).eq(y.argmax(-1)).to(at::kDouble).mean().item<double>();
+    auto is_probability = [](const at::Tensor& t) {
+      return t.min().item<double>() >= 0 && (t.sum(-1) - 1).abs().max().item<double>() < 1e-3;
+    };
+    if (is_probability(x) && is_probability(y)) {
+      const at::Tensor p = x.clamp_min(1e-12), q = y.clamp_min(1e-12);
+      c.kl = (x * (p.log() - q.log())).sum(-1).mean().item<double>();
+    }
+  }
+  return c;
+}
+
+}  // namespace
+
+ShadowComparator::ShadowComparator(size_t queue) : queue_(queue) {}
+
+ShadowComparator::~ShadowComparator() { Stop(); }
+
+void ShadowComparator::Mirror(const VersionState& st, const Route& route, const Tensors& inputs,
+                              const Prediction& p) {
+  for (const auto& v : route.mirrors) {
+    auto it = st.servables.find(v);
+    if (it == st.servables.end()) continue;
+    const std::string& primary = p.versions.empty() ? route.targets[0].version : p.versions[0];
+    std::unique_lock<std::mutex> lk(mu_);
+    if (jobs_.size() >= queue_ || stopping_) {
+      ++StatsFor(primary, v).dropped;
+      continue;
+    }
+    lk.unlock();
+    std::shared_ptr<Servable::Ticket> ticket;
+    try {
+      RunOptions o;
+      o.force_async = true;
+      ticket = it->second->Submit(inputs, o);
+    } catch (const Error&) {
+      lk.lock();
+      // The mirror's queue is full; the answer is already decided. (Looked up again: the stats
+      // may have moved while the lock was released.)
+      ++StatsFor(primary, v).dropped;
+      continue;
+    }
+    lk.lock();
+    jobs_.push_back({it->second, ticket, p.outputs, primary, v});
+    if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
+    lk.unlock();
+    cv_.notify_one();
+  }
+}
+
+ShadowStats& ShadowComparator::StatsFor(const std::string& primary, const std::string& mirror) {
+  for (auto& s : stats_) {
+    if (s.primary == primary && s.mirror == mirror) return s;
+  }
+  stats_.push_back({});
+  stats_.back().primary = primary;
+  stats_.back().mirror = mirror;
+  return stats_.back();
+}
+
+void ShadowComparator::Loop() {
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stopping_ || !jobs_.empty(); });
+    if (jobs_.empty()) return;
+    Job job = std::move(jobs_.front());
+    jobs_.pop_front();
+    lk.unlock();
+    Comparison c;
+    bool ok = false;
+    try {
+      RunResult r = job.servable->Wait(job.ticket);
+      c = Compare(job.primary_outputs, r.outputs);
+      ok = true;
+    } catch (const std::exception&) {
+    }
+    lk.lock();
+    ShadowStats& s = StatsFor(job.primary, job.mirror);
+    if (!ok) {
+      ++s.failed;
+      continue;
+    }
+    const double n = double(++s.compared);
+    s.max_abs_diff = std::max(s.max_abs_diff, c.max_abs);
+    s.mean_abs_diff += (c.mean_abs - s.mean_abs_diff) / n;
+    if (c.agreement) {
+      const double prev = s.argmax_agreement.value_or(0);
+      s.argmax_agreement = prev + (*c.agreement - prev) / n;
+    }
+    if (c.kl) {
+      const double prev = s.kl_divergence.value_or(0);
+      s.kl_divergence = prev + (*c.kl - prev) / n;
+    }
+  }
+}
+
+std::vector<ShadowStats> ShadowComparator::Stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_;
+}
+
+void ShadowComparator::Stop() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace lepton
