@@ -19,25 +19,12 @@ namespace {
 
 using Release = py::call_guard<py::gil_scoped_release>;
 
-DeploymentOptions MakeOptions(int threads, int intra_op_threads, int max_batch_size,
-                              double max_queue_delay_s, int max_queue,
-                              std::map<std::string, int> version_threads,
-                              std::map<std::string, int> version_priority, bool adaptive,
-                              int min_threads, double drain_timeout_s, double alias_poll_s,
+// The options' JSON specification (DeploymentOptionsFromJson) plus the example inputs, which are
+// tensors rather than JSON.
+DeploymentOptions MakeOptions(const std::string& options_json,
                               std::vector<at::Tensor> example_inputs) {
-  DeploymentOptions o;
-  o.threads = threads;
-  o.servable.intra_op_threads = intra_op_threads;
-  o.servable.max_batch_size = max_batch_size;
-  o.servable.max_queue_delay_s = max_queue_delay_s;
-  o.servable.max_queue = max_queue;
+  DeploymentOptions o = DeploymentOptionsFromJson(options_json);
   o.servable.example_inputs = std::move(example_inputs);
-  o.version_threads = std::move(version_threads);
-  o.version_priority = std::move(version_priority);
-  o.adaptive = adaptive;
-  o.min_threads = min_threads;
-  o.drain_timeout_s = drain_timeout_s;
-  o.alias_poll_s = alias_poll_s;
   return o;
 }
 
@@ -124,17 +111,9 @@ py::dict StatsDict(const ServableStats& s) {
 
 void BindEngine(py::module_& m) {
   py::class_<FixedPolicy, Policy, std::shared_ptr<FixedPolicy>>(m, "FixedPolicy")
-      .def(py::init<std::optional<std::string>>(), arg("version") = py::none())
       .def_property_readonly("version", &FixedPolicy::version);
 
   py::class_<EnsemblePolicy, Policy, std::shared_ptr<EnsemblePolicy>>(m, "EnsemblePolicy")
-      .def(py::init([](std::vector<std::string> versions, std::vector<double> weights,
-                       const std::string& combine, const std::string& on_error, bool balance) {
-             return std::make_shared<EnsemblePolicy>(std::move(versions), std::move(weights),
-                                                     ParseCombine(combine), ParseOnError(on_error),
-                                                     balance);
-           }),
-           arg("versions"), arg("weights"), arg("combine"), arg("on_error"), arg("balance"))
       .def_property_readonly("versions", &EnsemblePolicy::versions)
       .def_property_readonly("weights", &EnsemblePolicy::weights);
 
@@ -160,16 +139,8 @@ void BindEngine(py::module_& m) {
   py::class_<Deployment, std::unique_ptr<Deployment, ReleaseGilDelete>>(m, "Deployment")
       .def(py::init([](std::shared_ptr<Registry> registry, const std::string& model,
                        std::vector<std::string> versions, const std::optional<std::string>& alias,
-                       int threads, int intra_op_threads, int max_batch_size,
-                       double max_queue_delay_s, int max_queue,
-                       std::map<std::string, int> version_threads,
-                       std::map<std::string, int> version_priority, bool adaptive, int min_threads,
-                       double drain_timeout_s, double alias_poll_s,
-                       std::vector<at::Tensor> example_inputs) {
-             DeploymentOptions o = MakeOptions(
-                 threads, intra_op_threads, max_batch_size, max_queue_delay_s, max_queue,
-                 std::move(version_threads), std::move(version_priority), adaptive, min_threads,
-                 drain_timeout_s, alias_poll_s, std::move(example_inputs));
+                       const std::string& options_json, std::vector<at::Tensor> example_inputs) {
+             DeploymentOptions o = MakeOptions(options_json, std::move(example_inputs));
              py::gil_scoped_release release;
              if (alias) {
                if (!versions.empty()) {
@@ -182,24 +153,18 @@ void BindEngine(py::module_& m) {
              return std::unique_ptr<Deployment, ReleaseGilDelete>(
                  new Deployment(std::move(registry), model, std::move(versions), std::move(o)));
            }),
-           arg("registry"), arg("model"), arg("versions"), arg("alias"), arg("threads"),
-           arg("intra_op_threads"), arg("max_batch_size"), arg("max_queue_delay_s"),
-           arg("max_queue"), arg("version_threads"), arg("version_priority"), arg("adaptive"),
-           arg("min_threads"), arg("drain_timeout_s"), arg("alias_poll_s"), arg("example_inputs"))
+           arg("registry"), arg("model"), arg("versions"), arg("alias"), arg("options") = "{}",
+           arg("example_inputs") = std::vector<at::Tensor>{})
       .def(py::init([](const std::string& model,
-                       std::vector<std::pair<std::string, std::string>> files, int threads,
-                       int intra_op_threads, int max_batch_size, double max_queue_delay_s,
-                       int max_queue, bool adaptive, std::vector<at::Tensor> example_inputs) {
-             DeploymentOptions o =
-                 MakeOptions(threads, intra_op_threads, max_batch_size, max_queue_delay_s,
-                             max_queue, {}, {}, adaptive, 1, 30, 0.2, std::move(example_inputs));
+                       std::vector<std::pair<std::string, std::string>> files,
+                       const std::string& options_json, std::vector<at::Tensor> example_inputs) {
+             DeploymentOptions o = MakeOptions(options_json, std::move(example_inputs));
              py::gil_scoped_release release;
              return std::unique_ptr<Deployment, ReleaseGilDelete>(
                  new Deployment(model, std::move(files), std::move(o)));
            }),
-           arg("model"), arg("files"), arg("threads"), arg("intra_op_threads"),
-           arg("max_batch_size"), arg("max_queue_delay_s"), arg("max_queue"), arg("adaptive"),
-           arg("example_inputs"))
+           arg("model"), arg("files"), arg("options") = "{}",
+           arg("example_inputs") = std::vector<at::Tensor>{})
       .def(
           "predict",
           [](Deployment& d, std::vector<at::Tensor> inputs, std::optional<std::string> version,

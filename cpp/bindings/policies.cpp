@@ -15,17 +15,6 @@ using py::arg;
 namespace lepton::bindings {
 namespace {
 
-Guardrails MakeGuardrails(double max_error_rate_increase, double max_latency_ratio,
-                          int64_t min_requests, size_t window, double latency_slack_s) {
-  Guardrails g;
-  g.max_error_rate_increase = max_error_rate_increase;
-  g.max_latency_ratio = max_latency_ratio;
-  g.latency_slack_s = latency_slack_s;
-  g.min_requests = min_requests;
-  g.window = window;
-  return g;
-}
-
 weights::Loss ParseLoss(const std::string& s) {
   if (s == "mse") return weights::Loss::kMse;
   if (s == "logloss") return weights::Loss::kLogLoss;
@@ -63,33 +52,15 @@ void BindPolicies(py::module_& m) {
       });
 
   py::class_<Guardrails>(m, "Guardrails")
-      .def(py::init(&MakeGuardrails), arg("max_error_rate_increase"), arg("max_latency_ratio"),
-           arg("min_requests"), arg("window"), arg("latency_slack_s"))
       .def_readonly("max_error_rate_increase", &Guardrails::max_error_rate_increase)
       .def_readonly("latency_slack_s", &Guardrails::latency_slack_s)
       .def_readonly("max_latency_ratio", &Guardrails::max_latency_ratio)
       .def_readonly("min_requests", &Guardrails::min_requests)
       .def_readonly("window", &Guardrails::window);
 
-  py::class_<WeightedPolicy, Policy, std::shared_ptr<WeightedPolicy>>(m, "WeightedPolicy")
-      .def(py::init<std::vector<std::string>, std::vector<double>, bool>(), arg("versions"),
-           arg("weights"), arg("sticky"));
+  py::class_<WeightedPolicy, Policy, std::shared_ptr<WeightedPolicy>>(m, "WeightedPolicy");
 
   py::class_<CanaryPolicy, Policy, std::shared_ptr<CanaryPolicy>>(m, "CanaryPolicy")
-      .def(py::init([](std::string stable, std::string candidate, std::vector<double> steps,
-                       int64_t step_requests, double step_seconds, Guardrails guardrails,
-                       std::optional<std::string> alias, bool sticky) {
-             CanaryOptions o;
-             o.steps = std::move(steps);
-             o.step_requests = step_requests;
-             o.step_seconds = step_seconds;
-             o.guardrails = guardrails;
-             o.alias = std::move(alias);
-             o.sticky = sticky;
-             return std::make_shared<CanaryPolicy>(std::move(stable), std::move(candidate), o);
-           }),
-           arg("stable"), arg("candidate"), arg("steps"), arg("step_requests"), arg("step_seconds"),
-           arg("guardrails"), arg("alias"), arg("sticky"))
       .def_property_readonly("phase", [](const CanaryPolicy& p) {
         switch (p.phase()) {
           case CanaryPolicy::Phase::kRamping:
@@ -102,75 +73,35 @@ void BindPolicies(py::module_& m) {
         return "?";
       });
 
-  py::class_<ShadowPolicy, Policy, std::shared_ptr<ShadowPolicy>>(m, "ShadowPolicy")
-      .def(py::init<std::string, std::vector<std::string>>(), arg("primary"), arg("mirrors"));
+  py::class_<ShadowPolicy, Policy, std::shared_ptr<ShadowPolicy>>(m, "ShadowPolicy");
 
   py::class_<BanditPolicy, Policy, std::shared_ptr<BanditPolicy>>(m, "BanditPolicy")
-      .def(py::init([](std::vector<std::string> versions, const std::string& algorithm,
-                       double epsilon, uint64_t seed, std::string name) {
-             BanditOptions o;
-             o.algorithm = ParseBanditAlgorithm(algorithm);
-             o.epsilon = epsilon;
-             o.seed = seed;
-             o.name = std::move(name);
-             return std::make_shared<BanditPolicy>(std::move(versions), o);
-           }),
-           arg("versions"), arg("algorithm"), arg("epsilon"), arg("seed"), arg("name"))
       .def("feedback", &BanditPolicy::Feedback, arg("version"), arg("reward"))
       .def_property_readonly("state_key", &BanditPolicy::state_key);
 
   py::class_<LeastLoadedPolicy, Policy, std::shared_ptr<LeastLoadedPolicy>>(m, "LeastLoadedPolicy")
-      .def(py::init<std::vector<std::string>>(), arg("versions"))
       .def("outstanding", &LeastLoadedPolicy::outstanding, arg("version"));
 
-  py::class_<BalancedPolicy, Policy, std::shared_ptr<BalancedPolicy>>(m, "BalancedPolicy")
-      .def(py::init([](const std::string& by, std::vector<std::string> versions, double interval_s,
-                       bool sticky) {
-             return std::make_shared<BalancedPolicy>(ParseBalanceBy(by), std::move(versions),
-                                                     interval_s, sticky);
-           }),
-           arg("by"), arg("versions"), arg("interval_s"), arg("sticky"));
+  py::class_<BalancedPolicy, Policy, std::shared_ptr<BalancedPolicy>>(m, "BalancedPolicy");
 
   py::class_<ABTestPolicy, Policy, std::shared_ptr<ABTestPolicy>>(m, "ABTestPolicy")
-      .def(py::init([](std::string control, std::string treatment, double split, double alpha,
-                       double effect, int64_t min_samples, bool sticky,
-                       std::optional<Guardrails> guardrails, std::optional<std::string> alias,
-                       std::string name) {
-             ABTestOptions o;
-             o.split = split;
-             o.alpha = alpha;
-             o.effect = effect;
-             o.min_samples = min_samples;
-             o.sticky = sticky;
-             o.guardrails = guardrails;
-             o.alias = std::move(alias);
-             o.name = std::move(name);
-             return std::make_shared<ABTestPolicy>(std::move(control), std::move(treatment), o);
-           }),
-           arg("control"), arg("treatment"), arg("split"), arg("alpha"), arg("effect"),
-           arg("min_samples"), arg("sticky"), arg("guardrails"), arg("alias"), arg("name"))
       .def("feedback", &ABTestPolicy::Feedback, arg("version"), arg("reward"))
       .def_property_readonly("winner", &ABTestPolicy::winner);
 
   py::class_<TimeBasedPolicy, Policy, std::shared_ptr<TimeBasedPolicy>>(m, "TimeBasedPolicy")
-      .def(py::init(
-               [](std::vector<
-                      std::tuple<std::string, double, std::optional<double>, std::optional<double>>>
-                      schedule,
-                  const std::string& mode, std::optional<std::string> alias) {
-                 std::vector<TimeBasedEntry> entries;
-                 for (auto& [v, start, validity, cycle] : schedule) {
-                   entries.push_back({v, start, validity, cycle});
-                 }
-                 return std::make_shared<TimeBasedPolicy>(
-                     std::move(entries), ParseTimeBasedMode(mode), std::move(alias));
-               }),
-           arg("schedule"), arg("mode"), arg("alias"))
       .def("eligible", [](const TimeBasedPolicy& p, double now) {
         std::vector<std::pair<std::string, double>> out;
         for (const auto& t : p.Eligible(now)) out.emplace_back(t.version, t.weight);
         return out;
       });
+
+  // Every policy is built from its JSON specification: the Python classes write it.
+  m.def(
+      "policy_from_json",
+      [](const std::string& text, bool combiner) {
+        return std::const_pointer_cast<Policy>(PolicyFromJson(text, {combiner}));
+      },
+      arg("text"), arg("combiner") = false);
 
   m.def(
       "seed", [](uint64_t seed) { SeedRandom(seed); }, arg("seed"),

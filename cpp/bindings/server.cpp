@@ -64,10 +64,6 @@ void BindObserve(py::module_& m) {
          const std::string& details) { EmitEvent(level, kind, model, version, message, details); },
       arg("level"), arg("kind"), arg("model"), arg("version"), arg("message"),
       arg("details") = "{}");
-  m.def(
-      "policy_from_json",
-      [](const std::string& text) { return std::const_pointer_cast<Policy>(PolicyFromJson(text)); },
-      arg("text"));
 
   py::class_<ServedModel>(m, "ServedModel")
       .def(py::init([](std::string name, std::optional<std::string> alias,

@@ -24,20 +24,21 @@ class Fixed(_Policy):
     overrides it."""
 
     def __init__(self, version: Optional[str] = None):
-        self._core = _core.FixedPolicy(version)
+        self._build({"type": "fixed", "version": version})
 
 
 class Ensemble(_Policy):
     """Every listed version answers each request, in parallel, and the outputs are combined.
 
     ``weights`` is a mapping ``{version: weight}``, or a sequence aligned with ``versions`` (or,
-    without ``versions``, with the deployment's versions in order). ``combine`` is ``"auto"``
+    without ``versions``, with the deployment's versions in order); without weights the members
+    weigh the same. ``combine`` is ``"auto"`` (the default)
     (weighted mean of floating outputs, weighted vote over integer class labels), ``"mean"``,
     ``"vote"`` (on floating outputs: a vote over their argmax), or a callable
     ``fn(outputs, weights) -> tensor or list of tensors`` where ``outputs`` holds each member's
     list of output tensors and ``weights`` sums to one. ``on_error="skip"`` leaves a failing
-    member out and renormalises the remaining weights; ``"fail"`` fails the request.
-    ``balance``: when the members do not divide evenly over the cores (three on two), they run
+    member out and renormalises the remaining weights; ``"fail"`` (the default) fails the request.
+    ``balance`` (on by default): when the members do not divide evenly over the cores (three on two), they run
     in waves so that no core idles: one member per core while whole waves last, then the
     remaining members with their batches split by rows over the spare cores (rows must be
     independent, as dynamic batching also assumes; a member whose outputs do not follow the
@@ -50,22 +51,23 @@ class Ensemble(_Policy):
         weights: Union[Mapping[str, float], Sequence[float], None] = None,
         *,
         versions: Optional[Sequence[str]] = None,
-        combine: Union[str, Callable[..., Any]] = "auto",
-        on_error: str = "fail",
-        balance: bool = True,
+        combine: Union[str, Callable[..., Any], None] = None,
+        on_error: Optional[str] = None,
+        balance: Optional[bool] = None,
     ):
         if isinstance(weights, Mapping):
             if versions is not None:
                 raise InvalidArgument("give the versions in the weights mapping or in versions, not both")
             versions = list(weights.keys())
             weights = list(weights.values())
-        try:
-            weight_list = [float(w) for w in (weights or [])]
-        except (TypeError, ValueError):
-            raise InvalidArgument(f"weights must be numbers, got {weights!r}") from None
+        if weights is not None and not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+            raise InvalidArgument(f"weights must be numbers, got {weights!r}")
         self.combiner = combine if callable(combine) else None
-        mode = "custom" if callable(combine) else combine
-        self._core = _core.EnsemblePolicy(list(versions or []), weight_list, mode, on_error, bool(balance))
+        self._build({
+            "type": "ensemble", "versions": None if versions is None else [str(v) for v in versions],
+            "weights": None if weights is None else [float(w) for w in weights],
+            "combine": "custom" if callable(combine) else combine, "on_error": on_error, "balance": balance,
+        })
 
 
 Policy = _Policy
@@ -162,6 +164,11 @@ class Deployment:
     ``max_queue_delay_ms`` for a batch to fill; more than ``max_queue`` waiting requests per
     version are refused with ``Overloaded``. ``priorities`` gives versions a default request
     priority (higher is served first and refused last).
+
+    The options become the deployment's JSON specification (``options``), which the C++ core
+    reads with its defaults: 1 intra-op thread, no batching (``max_batch_size`` 1, no delay), a
+    queue of 1,024, adaptive budgets of at least ``min_threads`` 1, 30 s for a version to drain
+    (``drain_timeout``), and an alias polled every 0.2 s (``alias_poll_interval``).
     """
 
     def __init__(
@@ -172,17 +179,17 @@ class Deployment:
         *,
         alias: Optional[str] = None,
         policy: Optional[Policy] = None,
-        max_batch_size: int = 1,
-        max_queue_delay_ms: float = 0.0,
-        max_queue: int = 1024,
+        max_batch_size: Optional[int] = None,
+        max_queue_delay_ms: Optional[float] = None,
+        max_queue: Optional[int] = None,
         threads: Optional[int] = None,
-        intra_op_threads: int = 1,
-        adaptive: bool = True,
+        intra_op_threads: Optional[int] = None,
+        adaptive: Optional[bool] = None,
         version_threads: Optional[Mapping[str, int]] = None,
         priorities: Optional[Mapping[str, int]] = None,
-        min_threads: int = 1,
-        drain_timeout: float = 30.0,
-        alias_poll_interval: float = 0.2,
+        min_threads: Optional[int] = None,
+        drain_timeout: Optional[float] = None,
+        alias_poll_interval: Optional[float] = None,
         example_inputs: Any = None,
     ):
         if not isinstance(registry, Registry):
@@ -191,24 +198,16 @@ class Deployment:
             raise InvalidArgument("give either versions=[...] or alias=...")
         specs = [v.version if isinstance(v, ModelVersion) else v for v in (versions or [])]
         _start_log_bridge()
-        self._core = _core.Deployment(
-            registry._core,
-            name,
-            specs,
-            alias,
-            _threads(threads),
-            intra_op_threads,
-            max_batch_size,
-            max_queue_delay_ms / 1000.0,
-            max_queue,
-            dict(version_threads or {}),
-            dict(priorities or {}),
-            adaptive,
-            min_threads,
-            drain_timeout,
-            alias_poll_interval,
-            _example(example_inputs),
-        )
+        self.options = {k: v for k, v in {
+            "threads": None if threads is None else _threads(threads),
+            "intra_op_threads": intra_op_threads, "max_batch_size": max_batch_size,
+            "max_queue_delay_ms": max_queue_delay_ms, "max_queue": max_queue,
+            "version_threads": None if version_threads is None else dict(version_threads),
+            "priorities": None if priorities is None else dict(priorities), "adaptive": adaptive,
+            "min_threads": min_threads, "drain_timeout": drain_timeout, "alias_poll_interval": alias_poll_interval,
+        }.items() if v is not None}
+        self._core = _core.Deployment(registry._core, name, specs, alias, json.dumps(self.options),
+                                      _example(example_inputs))
         self.registry = registry
         if policy is not None:
             self.set_policy(policy)
@@ -370,7 +369,8 @@ class LeptonAI:
             if not os.path.isfile(p):
                 raise NotFound(f"model file '{p}' does not exist")
         labels = [f"m{i}" for i in range(len(paths))]
-        core = _core.Deployment("lepton-ai", list(zip(labels, paths)), _threads(threads), 1, 1, 0.0, 1024, True, [])
+        options = {} if threads is None else {"threads": _threads(threads)}
+        core = _core.Deployment("lepton-ai", list(zip(labels, paths)), json.dumps(options))
         self._deployment = Deployment._from_core(core)
         self._deployment.set_policy(
             Ensemble(list(weights) if weights is not None else [], versions=labels, combine=combine)

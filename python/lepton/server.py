@@ -20,8 +20,9 @@ def _policy_json(policy: Union[None, str, Mapping[str, Any]]) -> str:
     if policy is None:
         return ""
     if isinstance(policy, _Policy):
-        raise InvalidArgument("a served model's policy is given as JSON (a dict), e.g. "
-                              "{'type': 'weighted', 'weights': {'v1': 0.9, 'v2': 0.1}}")
+        if policy.combiner is not None:
+            raise InvalidArgument("a served model's ensemble cannot use a Python combiner function")
+        policy = policy.spec
     text = policy if isinstance(policy, str) else json.dumps(policy)
     _core.policy_from_json(text)  # refuses a bad policy now, with the reason
     return text

@@ -384,3 +384,52 @@ TEST_F(DeploymentTest, ShadowComparesWithoutChangingTheAnswer) {
 
 }  // namespace
 }  // namespace lepton
+
+namespace lepton {
+namespace {
+
+TEST(DeploymentOptionsJson, AnEmptySpecIsTheDefaultsAndEveryFieldIsRead) {
+  const DeploymentOptions d = DeploymentOptionsFromJson("{}");
+  const DeploymentOptions defaults;
+  EXPECT_EQ(d.threads, defaults.threads);
+  EXPECT_EQ(d.servable.max_batch_size, defaults.servable.max_batch_size);
+  EXPECT_EQ(d.drain_timeout_s, defaults.drain_timeout_s);
+  EXPECT_EQ(d.feedback_window, defaults.feedback_window);
+  const DeploymentOptions o = DeploymentOptionsFromJson(
+      R"({"threads": 3, "intra_op_threads": 2, "max_batch_size": 8, "max_queue_delay_ms": 2.5,
+          "max_queue": 10, "warmup_runs": 0, "version_threads": {"a": 2}, "priorities": {"b": -1},
+          "adaptive": false, "min_threads": 2, "rebalance_interval": 1, "drain_timeout": 0,
+          "alias_poll_interval": 0.5, "policy_tick": 0.1, "state_save_interval": 3,
+          "feedback_window": 7, "shadow_queue": 0, "anomaly_interval": 4})");
+  EXPECT_EQ(o.threads, 3);
+  EXPECT_EQ(o.servable.intra_op_threads, 2);
+  EXPECT_EQ(o.servable.max_batch_size, 8);
+  EXPECT_DOUBLE_EQ(o.servable.max_queue_delay_s, 0.0025);
+  EXPECT_EQ(o.servable.max_queue, 10);
+  EXPECT_EQ(o.servable.warmup_runs, 0);
+  EXPECT_EQ(o.version_threads, (std::map<std::string, int>{{"a", 2}}));
+  EXPECT_EQ(o.version_priority, (std::map<std::string, int>{{"b", -1}}));
+  EXPECT_FALSE(o.adaptive);
+  EXPECT_EQ(o.min_threads, 2);
+  EXPECT_EQ(o.rebalance_interval_s, 1);
+  EXPECT_EQ(o.drain_timeout_s, 0);
+  EXPECT_EQ(o.alias_poll_s, 0.5);
+  EXPECT_EQ(o.policy_tick_s, 0.1);
+  EXPECT_EQ(o.state_save_s, 3);
+  EXPECT_EQ(o.feedback_window, 7u);
+  EXPECT_EQ(o.shadow_queue, 0u);
+  EXPECT_EQ(o.anomaly_interval_s, 4);
+}
+
+TEST(DeploymentOptionsJson, BadFieldsAreRefusedByName) {
+  for (const char* bad :
+       {R"({"threads": -1})", R"({"max_batch_size": 0})", R"({"max_batch_size": 1.5})",
+        R"({"drain_timeout": -1})", R"({"alias_poll_interval": 0})",
+        R"({"version_threads": {"a": 0}})", R"({"priorities": [1]})", R"({"adaptive": 1})",
+        R"({"batch": 2})", R"([])", R"(not json)"}) {
+    EXPECT_THROW(DeploymentOptionsFromJson(bad), InvalidArgument) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace lepton

@@ -375,3 +375,18 @@ def test_balanced_and_unbalanced_ensembles_agree(registry):
         torch.testing.assert_close(a.output, sum(w * m(x) for w, m in zip([1 / 6, 2 / 6, 3 / 6], models)))
     assert a.version == b.version == ["v0", "v1", "v2"]
     assert waves.predict(x, timeout=5).version == ["v0", "v1", "v2"]
+
+
+def test_deployment_options_are_one_json_spec_read_by_the_core(reg):
+    with pytest.raises(lepton.InvalidArgument, match="'max_batch_size' must be an integer"):
+        lepton.Deployment(reg, "m", ["v1"], max_batch_size="8")
+    with pytest.raises(lepton.InvalidArgument, match="'drain_timeout' must be a finite number >= 0"):
+        lepton.Deployment(reg, "m", ["v1"], drain_timeout=-1)
+    with pytest.raises(lepton.InvalidArgument, match="unknown field 'max_batch'"):
+        lepton._core.Deployment(reg._core, "m", ["v1"], None, '{"max_batch": 2}')
+    d = lepton.Deployment(reg, "m", ["v1"], max_batch_size=4, max_queue_delay_ms=1.5, priorities={"v1": 3})
+    try:
+        assert d.options == {"max_batch_size": 4, "max_queue_delay_ms": 1.5, "priorities": {"v1": 3}}
+        assert d.predict(torch.ones(1, 3)).version == "v1"
+    finally:
+        d.close()

@@ -1,3 +1,4 @@
+import json
 import math
 import random
 import time
@@ -281,7 +282,7 @@ def test_least_loaded_and_balanced_route_every_request(reg):
         got = {dep.predict(torch.zeros(1, 4)).version for _ in range(50)}
         assert got <= {"v1", "v2"}
         assert "least loaded" in dep.predict(torch.zeros(1, 4)).route
-        dep.set_policy(lepton.Balanced("resources", interval=0.01))
+        dep.set_policy(lepton.Balanced("resources", interval_s=0.01))
         assert wait_for(lambda: set(dep.policy_report().get("weights", {})) == {"v1", "v2"})
         assert "balanced by resources" in dep.predict(torch.zeros(1, 4)).route
 
@@ -296,3 +297,29 @@ def test_seed_makes_splits_repeat_and_refuses_bad_values():
     for bad in (-1, 2**64, 1.5, "7", True):
         with pytest.raises(lepton.InvalidArgument):
             lepton.seed(bad)
+
+
+def test_each_policy_class_writes_the_json_spec_the_core_builds_it_from():
+    canary = lepton.Canary("v1", "v2", steps=[0.5, 1.0], guardrails=lepton.Guardrails(min_requests=5))
+    assert canary.spec == {"type": "canary", "stable": "v1", "candidate": "v2", "steps": [0.5, 1.0],
+                           "guardrails": {"min_requests": 5}}
+    # The spec is what the HTTP API and lepton serve's config take: the same policy either way.
+    rebuilt = lepton._core.policy_from_json(json.dumps(canary.spec))
+    assert type(rebuilt) is type(canary._core) and rebuilt.describe() == repr(canary)
+    assert lepton.Weighted({"a": 3, "b": 1}).spec == {"type": "weighted", "weights": [["a", 3.0], ["b", 1.0]]}
+    assert lepton.Ensemble([1, 2]).spec == {"type": "ensemble", "weights": [1.0, 2.0]}
+    assert lepton.TimeBased([(0, "a")], validity={"a": 3600}, cycle={"a": 60}).spec == {
+        "type": "time_based", "schedule": [{"version": "a", "start": 0.0, "validity": 3600, "cycle": 60}]}
+    # Defaults live in the core: a spec without them is the policy with them.
+    assert lepton.Canary("v1", "v2").report()["steps"] == [0.01, 0.05, 0.25, 1.0]
+
+
+def test_renamed_options_still_work_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="interval_s"):
+        assert lepton.Balanced(interval=2.0).spec["interval_s"] == 2.0
+    with pytest.warns(DeprecationWarning, match="latency_slack_s"):
+        assert lepton.Guardrails(latency_slack=0.01).spec == {"latency_slack_s": 0.01}
+    with pytest.raises(lepton.InvalidArgument, match="not both"), pytest.warns(DeprecationWarning):
+        lepton.Balanced(interval=2.0, interval_s=1.0)
+    with pytest.raises(lepton.InvalidArgument, match="NaN"):
+        lepton.Canary("v1", "v2", step_seconds=float("nan"))

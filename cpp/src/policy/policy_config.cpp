@@ -1,67 +1,18 @@
 #include "lepton/policy/policy_config.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <tuple>
 
 #include "lepton/common/errors.h"
+#include "lepton/common/json_fields.h"
 #include "lepton/policy/policies.h"
 
 namespace lepton {
 namespace {
 
 using json = nlohmann::json;
-
-// Reads the fields of one JSON object, refusing those it does not know.
-class Fields {
- public:
-  Fields(const json& j, std::string where) : j_(j), where_(std::move(where)) {
-    if (!j_.is_object()) throw InvalidArgument(where_ + " must be a JSON object");
-  }
-  ~Fields() noexcept(false) {
-    if (std::uncaught_exceptions()) return;
-    for (const auto& [k, v] : j_.items()) {
-      if (!seen_.count(k)) {
-        throw InvalidArgument(where_ + " has an unknown field '" + k + "'");
-      }
-    }
-  }
-  bool has(const std::string& k) {
-    seen_.insert(k);
-    return j_.contains(k) && !j_.at(k).is_null();
-  }
-  template <typename T>
-  T get(const std::string& k, const char* type) {
-    if (!has(k)) throw InvalidArgument(where_ + " needs the field '" + k + "'");
-    return as<T>(k, type);
-  }
-  template <typename T>
-  T get(const std::string& k, const char* type, T fallback) {
-    return has(k) ? as<T>(k, type) : fallback;
-  }
-  template <typename T>
-  std::optional<T> maybe(const std::string& k, const char* type) {
-    if (!has(k)) return std::nullopt;
-    return as<T>(k, type);
-  }
-  const json& raw(const std::string& k) {
-    if (!has(k)) throw InvalidArgument(where_ + " needs the field '" + k + "'");
-    return j_.at(k);
-  }
-  const std::string& where() const { return where_; }
-
- private:
-  template <typename T>
-  T as(const std::string& k, const char* type) {
-    try {
-      return j_.at(k).get<T>();
-    } catch (const json::exception&) {
-      throw InvalidArgument(where_ + ": '" + k + "' must be " + type + ", got " + j_.at(k).dump());
-    }
-  }
-  const json& j_;
-  std::string where_;
-  std::set<std::string> seen_;
-};
 
 // {"v1": 0.5, "v2": 0.5} or [["v1", 0.5], ["v2", 0.5]]: order kept.
 std::pair<std::vector<std::string>, std::vector<double>> WeightsOf(const json& w,
@@ -103,7 +54,7 @@ Guardrails GuardrailsOf(const json& j) {
   return g;
 }
 
-std::shared_ptr<const Policy> Build(const json& j) {
+std::shared_ptr<const Policy> Build(const json& j, const PolicyJsonOptions& options) {
   if (!j.is_object()) throw InvalidArgument("a policy must be a JSON object with a \"type\"");
   if (!j.contains("type") || !j.at("type").is_string()) {
     throw InvalidArgument(
@@ -117,9 +68,27 @@ std::shared_ptr<const Policy> Build(const json& j) {
     return std::make_shared<FixedPolicy>(f.maybe<std::string>("version", "a string"));
   }
   if (type == "ensemble") {
-    auto [versions, weights] = WeightsOf(f.raw("weights"), f.where());
+    // Members and weights: {"weights": {version: weight}} (or [[version, weight]]), or
+    // {"versions": [...], "weights": [numbers]}; without versions the weights follow the
+    // deployment's versions, and without weights the members weigh the same.
+    std::vector<std::string> versions =
+        f.get<std::vector<std::string>>("versions", "a list of strings", {});
+    std::vector<double> weights;
+    if (f.has("weights")) {
+      const json& w = f.raw("weights");
+      if (w.is_array() &&
+          std::all_of(w.begin(), w.end(), [](const json& x) { return x.is_number(); })) {
+        weights = w.get<std::vector<double>>();
+      } else {
+        if (!versions.empty()) {
+          throw InvalidArgument(f.where() +
+                                ": give the versions in the weights or in 'versions', not both");
+        }
+        std::tie(versions, weights) = WeightsOf(w, f.where());
+      }
+    }
     const Combine c = ParseCombine(f.get<std::string>("combine", "a string", "auto"));
-    if (c == Combine::kCustom) {
+    if (c == Combine::kCustom && !options.combiner) {
       throw InvalidArgument("combine 'custom' needs a combiner function; set it from Python");
     }
     const OnError on_error = ParseOnError(f.get<std::string>("on_error", "a string", "fail"));
@@ -144,7 +113,7 @@ std::shared_ptr<const Policy> Build(const json& j) {
   }
   if (type == "shadow") {
     return std::make_shared<ShadowPolicy>(
-        f.get<std::string>("primary", "a string"),
+        f.get<std::string>("primary", "a string", ""),
         f.get<std::vector<std::string>>("mirrors", "a list of strings"));
   }
   if (type == "bandit") {
@@ -240,10 +209,11 @@ TimeBasedPolicy::Mode ParseTimeBasedMode(const std::string& name) {
   throw InvalidArgument("mode must be 'switch' or 'split', not '" + name + "'");
 }
 
-std::shared_ptr<const Policy> PolicyFromJson(const std::string& json_text) {
+std::shared_ptr<const Policy> PolicyFromJson(const std::string& json_text,
+                                             const PolicyJsonOptions& options) {
   json j = json::parse(json_text, nullptr, false);
   if (j.is_discarded()) throw InvalidArgument("the policy is not valid JSON");
-  return Build(j);
+  return Build(j, options);
 }
 
 }  // namespace lepton

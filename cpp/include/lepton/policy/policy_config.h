@@ -13,7 +13,15 @@
 
 namespace lepton {
 
-std::shared_ptr<const Policy> PolicyFromJson(const std::string& json_text);
+struct PolicyJsonOptions {
+  // The caller supplies an ensemble's combiner function, so {"combine": "custom"} is accepted.
+  bool combiner = false;
+};
+
+// The one way a policy is specified: the HTTP API, `lepton serve`'s config file and the Python
+// policy classes all build this JSON, and defaults live in the policies' option structs.
+std::shared_ptr<const Policy> PolicyFromJson(const std::string& json_text,
+                                             const PolicyJsonOptions& options = {});
 
 // The names policies' options take in JSON and in Python; InvalidArgument lists the valid ones.
 Combine ParseCombine(const std::string& name);                  // auto, mean, vote, custom

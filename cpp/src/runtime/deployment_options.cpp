@@ -1,0 +1,80 @@
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "lepton/common/errors.h"
+#include "lepton/runtime/deployment_spec.h"
+
+namespace lepton {
+namespace {
+
+int Count(Fields& f, const std::string& k, int fallback, int minimum) {
+  const int64_t v = f.get<int64_t>(k, "an integer", fallback);
+  if (v < minimum || v > (int64_t{1} << 30)) {
+    throw InvalidArgument(f.where() + ": '" + k + "' must be an integer >= " +
+                          std::to_string(minimum) + ", got " + std::to_string(v));
+  }
+  return static_cast<int>(v);
+}
+
+double Seconds(Fields& f, const std::string& k, double fallback, bool zero_ok) {
+  const double v = f.get<double>(k, "a number", fallback);
+  if (!std::isfinite(v) || v < 0 || (!zero_ok && v == 0)) {
+    throw InvalidArgument(f.where() + ": '" + k + "' must be a finite number " +
+                          (zero_ok ? ">= 0" : "> 0") + ", got " + std::to_string(v));
+  }
+  return v;
+}
+
+std::map<std::string, int> PerVersion(Fields& f, const std::string& k, int minimum) {
+  std::map<std::string, int> out;
+  if (!f.has(k)) return out;
+  const nlohmann::json& j = f.raw(k);
+  if (!j.is_object()) throw InvalidArgument(f.where() + ": '" + k + "' must be {version: integer}");
+  for (const auto& [v, x] : j.items()) {
+    if (!x.is_number_integer() || x.get<int64_t>() < minimum || x.get<int64_t>() > (1 << 30)) {
+      throw InvalidArgument(f.where() + ": '" + k + "' of version '" + v +
+                            "' must be an integer >= " + std::to_string(minimum));
+    }
+    out[v] = x.get<int>();
+  }
+  return out;
+}
+
+}  // namespace
+
+void ReadDeploymentOptions(Fields& f, DeploymentOptions& o) {
+  o.threads = Count(f, "threads", o.threads, 0);
+  o.servable.intra_op_threads = Count(f, "intra_op_threads", o.servable.intra_op_threads, 1);
+  o.servable.max_batch_size = Count(f, "max_batch_size", o.servable.max_batch_size, 1);
+  o.servable.max_queue_delay_s =
+      Seconds(f, "max_queue_delay_ms", o.servable.max_queue_delay_s * 1000, true) / 1000;
+  o.servable.max_queue = Count(f, "max_queue", o.servable.max_queue, 0);
+  o.servable.warmup_runs = Count(f, "warmup_runs", o.servable.warmup_runs, 0);
+  if (f.has("version_threads")) o.version_threads = PerVersion(f, "version_threads", 1);
+  if (f.has("priorities")) {
+    o.version_priority = PerVersion(f, "priorities", -(1 << 30));
+  }
+  o.adaptive = f.get<bool>("adaptive", "true or false", o.adaptive);
+  o.min_threads = Count(f, "min_threads", o.min_threads, 1);
+  o.rebalance_interval_s = Seconds(f, "rebalance_interval", o.rebalance_interval_s, false);
+  o.drain_timeout_s = Seconds(f, "drain_timeout", o.drain_timeout_s, true);
+  o.alias_poll_s = Seconds(f, "alias_poll_interval", o.alias_poll_s, false);
+  o.policy_tick_s = Seconds(f, "policy_tick", o.policy_tick_s, false);
+  o.state_save_s = Seconds(f, "state_save_interval", o.state_save_s, false);
+  o.feedback_window =
+      static_cast<size_t>(Count(f, "feedback_window", static_cast<int>(o.feedback_window), 1));
+  o.shadow_queue =
+      static_cast<size_t>(Count(f, "shadow_queue", static_cast<int>(o.shadow_queue), 0));
+  o.anomaly_interval_s = Seconds(f, "anomaly_interval", o.anomaly_interval_s, false);
+}
+
+DeploymentOptions DeploymentOptionsFromJson(const std::string& json_text) {
+  const nlohmann::json j = nlohmann::json::parse(json_text, nullptr, false);
+  if (j.is_discarded()) throw InvalidArgument("the deployment options are not valid JSON");
+  DeploymentOptions o;
+  Fields f(j, "deployment options");
+  ReadDeploymentOptions(f, o);
+  return o;
+}
+
+}  // namespace lepton
