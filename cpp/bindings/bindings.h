@@ -10,5 +10,6 @@ void BindRegistry(pybind11::module_& m);
 void BindPolicies(pybind11::module_& m);
 void BindEngine(pybind11::module_& m);
 void BindObserve(pybind11::module_& m);
+void BindServer(pybind11::module_& m);
 
 }  // namespace lepton::bindings

@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
   lepton::bindings::BindPolicies(m);
   lepton::bindings::BindEngine(m);
   lepton::bindings::BindObserve(m);
+  lepton::bindings::BindServer(m);
 }

@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import click
 
-from . import __version__
+from . import __version__, _core
 from .errors import LeptonError
 from .registry import Registry, default_registry_path
 from .registry import recover as recover_registry
@@ -296,92 +296,87 @@ def gc(ctx, keep_latest, name, dry_run) -> None:
     click.echo(f"{verb} {len(r.deleted_versions)} versions, {r.blobs_removed} artifacts ({r.bytes_freed} bytes)")
 
 
+_SERVE = json.loads(_core.server_config_defaults())
+
+
 @cli.command()
 @click.option("--registry", "serve_registry", default=None, help="Registry directory (as the group option).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port (0: any free one).")
+@click.option("--host", default=None, show_default=_SERVE["host"], help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", default=None, show_default=str(_SERVE["port"]), type=int, help="Port (0: any free one).")
 @click.option("--token", envvar="LEPTON_TOKEN", default=None, show_default="$LEPTON_TOKEN or generated",
               help="Bearer token of the management endpoints.")
-@click.option("--token-for-inference", is_flag=True, help="Inference needs the token too.")
-@click.option("--open-feedback", is_flag=True,
+@click.option("--token-for-inference", is_flag=True, default=None, help="Inference needs the token too.")
+@click.option("--open-feedback", is_flag=True, default=None,
               help="Take feedback without the token where it cannot move an alias.")
-@click.option("--max-buffered-bytes", type=click.IntRange(min=1), default=512 << 20, show_default=True,
+@click.option("--max-buffered-bytes", type=click.IntRange(min=1), default=None,
+              show_default=str(_SERVE["max_buffered_bytes"]),
               help="Request and response bytes held across all connections; more is refused with 503.")
 @click.option("--model", "model_specs", multiple=True, metavar="NAME[=@ALIAS|=VERSION]",
               help="Serve NAME at an alias or version (repeatable).")
 @click.option("--policy", "policies", multiple=True, metavar="NAME=JSON", help="A served model's policy.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
-              help='JSON file: {"models": {NAME: {"alias"|"versions", "policy"}}, "host", "port", ...}.')
-@click.option("--only", is_flag=True, help="Serve only the models named by --model or the config.")
+              help='JSON file: {"models": {NAME: {"alias"|"versions", "policy"}}, "host", "port", ...}; '
+                   "flags given override it.")
+@click.option("--only", is_flag=True, default=None, help="Serve only the models named by --model or the config.")
 @click.option("--threads", type=int, default=None, help="CPU budget per model (default: every core).")
-@click.option("--max-batch-size", type=int, default=1, show_default=True)
-@click.option("--max-queue-delay-ms", type=float, default=0.0, show_default=True)
-@click.option("--http-threads", type=int, default=64, show_default=True, help="Server threads at most (event loops plus helpers for loops blocked by a slow model).")
-@click.option("--io-threads", type=int, default=2, show_default=True, help="Event loops serving the connections.")
-@click.option("--busy-poll-us", type=float, default=100.0, show_default=True,
+@click.option("--max-batch-size", type=int, default=None, show_default=str(_SERVE["max_batch_size"]))
+@click.option("--max-queue-delay-ms", type=float, default=None, show_default=str(_SERVE["max_queue_delay_ms"]))
+@click.option("--http-threads", type=int, default=None, show_default=str(_SERVE["http_threads"]),
+              help="Server threads at most (event loops plus helpers for loops blocked by a slow model).")
+@click.option("--io-threads", type=int, default=None, show_default=str(_SERVE["io_threads"]),
+              help="Event loops serving the connections.")
+@click.option("--busy-poll-us", type=float, default=None, show_default=str(_SERVE["busy_poll_us"]),
               help="How long a loop polls after its last request before it sleeps (0: never).")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append events as JSON lines.")
 @click.pass_context
 def serve(ctx, serve_registry, host, port, token, token_for_inference, open_feedback, max_buffered_bytes,
           model_specs, policies, config_path, only, threads, max_batch_size, max_queue_delay_ms, http_threads,
           io_threads, busy_poll_us, log_file) -> None:
-    """Serve the registry over HTTP (Open Inference Protocol v2) until SIGTERM or Ctrl-C."""
+    """Serve the registry over HTTP (Open Inference Protocol v2) until SIGTERM or Ctrl-C.
+
+    The configuration is read by the C++ core: the --config file, with the flags given on top (a
+    --model replaces the file's entry for that model; a --policy sets its policy only)."""
     import logging
 
     from .logs import log_to_file
     from .server import serve as start
 
-    settings: dict = {}
-    if config_path:
-        try:
-            with open(config_path) as f:
-                settings = json.load(f)
-        except ValueError as e:
-            raise click.BadParameter(f"not valid JSON: {e}", param_hint="--config") from None
-        if not isinstance(settings, dict):
-            raise click.BadParameter("must hold a JSON object", param_hint="--config")
-        unknown = set(settings) - {"models", "host", "port", "threads", "max_batch_size", "max_queue_delay_ms",
-                                   "token_for_inference", "open_feedback", "max_buffered_bytes", "only",
-                                   "http_threads", "io_threads", "busy_poll_us"}
-        if unknown:
-            raise click.BadParameter(f"unknown keys {sorted(unknown)}", param_hint="--config")
-    models = dict(settings.get("models") or {})
+    models: dict = {}
     for item in model_specs:
         name, sep, target = item.partition("=")
-        models[name] = target if sep else None
+        spec = {"alias": None, "versions": None, "policy": None}
+        if sep and target.startswith("@"):
+            spec["alias"] = target[1:]
+        elif sep:
+            spec["versions"] = [target]
+        models[name] = spec
     for name, text in _pairs(policies, "--policy"):
         try:
             policy = json.loads(text)
         except ValueError as e:
             raise click.BadParameter(f"{name}: not valid JSON: {e}", param_hint="--policy") from None
-        spec = models.get(name)
-        if spec is None:
-            spec = {}
-        elif isinstance(spec, str):
-            spec = {"alias": spec[1:]} if spec.startswith("@") else {"versions": [spec]}
-        models[name] = {**spec, "policy": policy}
-    ctx_source = click.get_current_context().get_parameter_source
-    pick = lambda key, value: settings.get(key, value) if ctx_source(key).name == "DEFAULT" else value  # noqa: E731
+        models.setdefault(name, {})["policy"] = policy
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if log_file:
         log_to_file(log_file)
     registry = Registry(serve_registry or ctx.obj["path"], actor=ctx.obj["actor"])
     server = start(
         registry,
-        host=pick("host", host),
-        port=pick("port", port),
+        config=config_path,
+        host=host,
+        port=port,
         token=token,
-        token_for_inference=pick("token_for_inference", token_for_inference),
-        open_feedback=pick("open_feedback", open_feedback),
-        max_buffered_bytes=pick("max_buffered_bytes", max_buffered_bytes),
-        models=models,
-        only=pick("only", only),
-        threads=pick("threads", threads),
-        max_batch_size=pick("max_batch_size", max_batch_size),
-        max_queue_delay_ms=pick("max_queue_delay_ms", max_queue_delay_ms),
-        http_threads=pick("http_threads", http_threads),
-        io_threads=pick("io_threads", io_threads),
-        busy_poll_us=pick("busy_poll_us", busy_poll_us),
+        token_for_inference=token_for_inference,
+        open_feedback=open_feedback,
+        max_buffered_bytes=max_buffered_bytes,
+        models=models or None,
+        only=only,
+        threads=threads,
+        max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms,
+        http_threads=http_threads,
+        io_threads=io_threads,
+        busy_poll_us=busy_poll_us,
     )
     click.echo(f"lepton: serving {', '.join(server.models) or 'no models'} on {server.url}", err=True)
     if not token:

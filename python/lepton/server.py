@@ -16,36 +16,26 @@ from .policies import _Policy
 from .registry import Registry
 
 
-def _policy_json(policy: Union[None, str, Mapping[str, Any]]) -> str:
-    if policy is None:
-        return ""
-    if isinstance(policy, _Policy):
+def _model_spec(name: str, spec: Any) -> Any:
+    """A served model's spec as JSON takes it: policy objects become their specs."""
+    if isinstance(spec, Mapping) and isinstance(spec.get("policy"), _Policy):
+        policy = spec["policy"]
         if policy.combiner is not None:
-            raise InvalidArgument("a served model's ensemble cannot use a Python combiner function")
-        policy = policy.spec
-    text = policy if isinstance(policy, str) else json.dumps(policy)
-    _core.policy_from_json(text)  # refuses a bad policy now, with the reason
-    return text
+            raise InvalidArgument(f"model {name!r}: a served ensemble cannot use a Python combiner function")
+        return {**spec, "policy": policy.spec}
+    return spec
 
 
-def _served(models: Optional[Mapping[str, Any]]) -> list:
-    out = []
-    for name, spec in (models or {}).items():
-        if spec is None:
-            spec = {}
-        elif isinstance(spec, str):
-            spec = {"alias": spec[1:]} if spec.startswith("@") else {"versions": [spec]}
-        if not isinstance(spec, Mapping):
-            raise InvalidArgument(f"model {name!r}: expected '@alias', a version or a dict, got {spec!r}")
-        unknown = set(spec) - {"alias", "versions", "policy"}
-        if unknown:
-            raise InvalidArgument(f"model {name!r}: unknown keys {sorted(unknown)}")
-        versions = spec.get("versions") or []
-        if isinstance(versions, str):
-            versions = [versions]
-        out.append(_core.ServedModel(str(name), spec.get("alias"), [str(v) for v in versions],
-                                     _policy_json(spec.get("policy"))))
-    return out
+def _config(**settings: Any) -> str:
+    """The server's JSON configuration from keyword settings; None leaves the core's default."""
+    models = settings.pop("models", None)
+    config = {k: v for k, v in settings.items() if v is not None}
+    if models is not None:
+        config["models"] = {str(name): _model_spec(str(name), spec) for name, spec in dict(models).items()}
+    try:
+        return json.dumps(config, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"the server configuration cannot be written as JSON: {e}") from None
 
 
 class Server:
@@ -118,56 +108,66 @@ class Server:
 def serve(
     registry: Union[Registry, str, os.PathLike, None] = None,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    config: Union[str, os.PathLike, None] = None,
+    host: Optional[str] = None,
+    port: Optional[int] = None,
     token: Optional[str] = None,
-    token_for_inference: bool = False,
-    open_feedback: bool = False,
+    token_for_inference: Optional[bool] = None,
+    open_feedback: Optional[bool] = None,
     models: Optional[Mapping[str, Any]] = None,
-    only: bool = False,
+    only: Optional[bool] = None,
     threads: Optional[int] = None,
-    max_batch_size: int = 1,
-    max_queue_delay_ms: float = 0.0,
-    max_queue: int = 1024,
-    max_body_bytes: int = 64 << 20,
-    max_buffered_bytes: int = 512 << 20,
-    read_timeout: float = 5.0,
+    max_batch_size: Optional[int] = None,
+    max_queue_delay_ms: Optional[float] = None,
+    max_queue: Optional[int] = None,
+    max_body_bytes: Optional[int] = None,
+    max_buffered_bytes: Optional[int] = None,
+    read_timeout: Optional[float] = None,
     request_timeout: Optional[float] = None,
-    http_threads: int = 64,
-    io_threads: int = 2,
-    busy_poll_us: float = 100.0,
+    http_threads: Optional[int] = None,
+    io_threads: Optional[int] = None,
+    busy_poll_us: Optional[float] = None,
+    **deployment: Any,
 ) -> Server:
     """Starts serving ``registry`` over HTTP and returns the running ``Server``.
 
-    Every model of the registry is served at its latest version, unless ``models`` says otherwise:
-    ``{"name": "@production"}`` follows an alias, ``{"name": "v2"}`` serves a version, and
-    ``{"name": {"versions": [...], "alias": ..., "policy": {...}}}`` sets a policy (JSON as
-    ``PUT /v2/lepton/models/{m}/policy`` takes it). With ``only=True`` only ``models`` are served.
-    The token defaults to ``$LEPTON_TOKEN``, else one is generated (``Server.token``).
-    ``request_timeout`` (seconds) is the deadline of requests that do not set their own
-    (``parameters.timeout``); by default they have none. ``io_threads`` event loops serve the
-    connections, each polling ``busy_poll_us`` microseconds after its last request before it
-    sleeps (0: never polls); ``http_threads`` bounds the threads in all, helpers of loops that a
-    slow model blocks included.
+    The settings are the server's JSON configuration, read by the C++ core with its defaults
+    (``lepton._core.server_config_defaults()``); ``config`` names a JSON file of them, which the
+    keyword settings override. Every model of the registry is served at its latest version, unless
+    ``models`` says otherwise: ``{"name": "@production"}`` follows an alias, ``{"name": "v2"}``
+    serves a version, and ``{"name": {"versions": [...], "alias": ..., "policy": {...}}}`` sets a
+    policy (its JSON, as ``PUT /v2/lepton/models/{m}/policy`` takes it, or a policy object). With
+    ``only=True`` only ``models`` are served. The host defaults to 127.0.0.1 and the port to 8000
+    (0: any free port). The token defaults to ``$LEPTON_TOKEN``, else one is generated
+    (``Server.token``). ``request_timeout`` (seconds) is the deadline of requests that do not set
+    their own (``parameters.timeout``); by default they have none. ``io_threads`` event loops (2)
+    serve the connections, each polling ``busy_poll_us`` microseconds (100) after its last request
+    before it sleeps (0: never polls); ``http_threads`` (64) bounds the threads in all, helpers of
+    loops that a slow model blocks included. ``threads``, ``max_batch_size``,
+    ``max_queue_delay_ms``, ``max_queue`` and any other deployment option (as ``Deployment``
+    takes them) apply to every served model.
 
     Feedback (``POST /v2/lepton/models/{m}/feedback``) needs the token: rewards steer traffic and,
     through an A/B test or a bandit whose switches move an alias, move production.
-    ``open_feedback=True`` takes feedback without the token where it cannot move an alias. ``read_timeout`` bounds
-    each request from its first byte to its last; ``max_buffered_bytes`` bounds the request and
-    response bytes held across all connections (a request beyond it gets 503 before its body is
-    read)."""
+    ``open_feedback=True`` takes feedback without the token where it cannot move an alias.
+    ``read_timeout`` (5 s) bounds each request from its first byte to its last;
+    ``max_buffered_bytes`` (512 MiB) bounds the request and response bytes held across all
+    connections (a request beyond it gets 503 before its body is read), ``max_body_bytes``
+    (64 MiB) one request's body."""
     if registry is None or isinstance(registry, (str, os.PathLike)):
         registry = Registry(registry)
     if not isinstance(registry, Registry):
         raise InvalidArgument(f"registry must be a lepton.Registry or a path, not {type(registry).__name__}")
-    if token is None:
-        token = os.environ.get("LEPTON_TOKEN", "")
-    _start_log_bridge()
-    core = _core.Server(
-        registry._core, host, int(port), token, bool(token_for_inference), int(max_body_bytes),
-        float(read_timeout), int(http_threads), float(request_timeout or 0.0), not only, _served(models),
-        int(threads or 0), int(max_batch_size), float(max_queue_delay_ms) / 1000.0, int(max_queue),
-        int(io_threads), float(busy_poll_us) * 1e-6, bool(open_feedback), int(max_buffered_bytes),
+    if token is None and os.environ.get("LEPTON_TOKEN"):
+        token = os.environ["LEPTON_TOKEN"]
+    text = _config(
+        host=host, port=port, token=token, token_for_inference=token_for_inference, open_feedback=open_feedback,
+        models=models, only=only, threads=threads, max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
+        max_buffered_bytes=max_buffered_bytes, read_timeout=read_timeout, request_timeout=request_timeout,
+        http_threads=http_threads, io_threads=io_threads, busy_poll_us=busy_poll_us, **deployment,
     )
+    _start_log_bridge()
+    core = _core.Server(registry._core, text, os.fspath(config) if config is not None else "")
     core.start()
     return Server(core)

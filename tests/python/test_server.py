@@ -485,3 +485,16 @@ def test_listen_backlog_takes_many_simultaneous_connections(server):
     finally:
         for s in socks:
             s.close()
+
+
+def test_serve_takes_policy_objects_and_refuses_a_bad_configuration_by_name(reg):
+    models = {"m": {"versions": ["v1", "v2"], "policy": lepton.Weighted({"v1": 0, "v2": 1})}}
+    with lepton.serve(reg, port=0, token=TOKEN, models=models, only=True) as s:
+        r = requests.post(s.url + "/v2/models/m/infer", json=infer_body(torch.zeros(1, 4)))
+        assert r.json()["model_version"] == "v2" and r.json()["parameters"]["lepton_policy"] == "weighted"
+    with pytest.raises(lepton.InvalidArgument, match="'io_threads' must be in"):
+        lepton.serve(reg, port=0, io_threads=0)
+    with pytest.raises(lepton.InvalidArgument, match="unknown field 'max_batch'"):
+        lepton.serve(reg, port=0, max_batch=3)
+    with pytest.raises(lepton.InvalidArgument, match="model 'm': .*unknown policy type"):
+        lepton.serve(reg, port=0, models={"m": {"policy": {"type": "nope"}}})

@@ -46,8 +46,9 @@ void ReadDeploymentOptions(Fields& f, DeploymentOptions& o) {
   o.threads = Count(f, "threads", o.threads, 0);
   o.servable.intra_op_threads = Count(f, "intra_op_threads", o.servable.intra_op_threads, 1);
   o.servable.max_batch_size = Count(f, "max_batch_size", o.servable.max_batch_size, 1);
-  o.servable.max_queue_delay_s =
-      Seconds(f, "max_queue_delay_ms", o.servable.max_queue_delay_s * 1000, true) / 1000;
+  if (f.has("max_queue_delay_ms")) {
+    o.servable.max_queue_delay_s = Seconds(f, "max_queue_delay_ms", 0, true) / 1000;
+  }
   o.servable.max_queue = Count(f, "max_queue", o.servable.max_queue, 0);
   o.servable.warmup_runs = Count(f, "warmup_runs", o.servable.warmup_runs, 0);
   if (f.has("version_threads")) o.version_threads = PerVersion(f, "version_threads", 1);
