@@ -4,12 +4,14 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "bindings.h"
 #include "lepton/common/errors.h"
-#include "lepton/observe/metrics.h"
+#include "lepton/observe/metrics_json.h"
 #include "lepton/policy/policy_config.h"
 #include "lepton/runtime/deployment.h"
+#include "lepton/runtime/deployment_json.h"
 
 namespace py = pybind11;
 using py::arg;
@@ -26,85 +28,6 @@ DeploymentOptions MakeOptions(const std::string& options_json,
   DeploymentOptions o = DeploymentOptionsFromJson(options_json);
   o.servable.example_inputs = std::move(example_inputs);
   return o;
-}
-
-py::dict HistogramDict(const Histogram::Snapshot& h) {
-  py::dict d;
-  d["count"] = h.count;
-  d["sum"] = h.sum;
-  d["mean"] = h.count ? py::cast(h.sum / double(h.count)) : py::none();
-  for (const auto& [name, q] : {std::pair{"p50", 0.5}, {"p90", 0.9}, {"p99", 0.99}}) {
-    d[name] = h.count ? py::cast(h.Quantile(q)) : py::none();
-  }
-  py::list buckets;
-  uint64_t cumulative = 0;
-  for (size_t i = 0; i < h.counts.size(); ++i) {
-    cumulative += h.counts[i];
-    const double le = i < h.bounds.size() ? h.bounds[i] : INFINITY;
-    buckets.append(py::make_tuple(le, cumulative));
-  }
-  d["buckets"] = buckets;
-  return d;
-}
-
-py::dict MetricsDict(const MetricsSnapshot& m) {
-  py::list series;
-  for (const auto& x : m.series) {
-    py::dict d;
-    d["model"] = x.key.model;
-    d["version"] = x.key.version;
-    d["alias"] = x.key.alias;
-    d["policy"] = x.key.policy;
-    d["requests"] = x.requests;
-    d["succeeded"] = x.succeeded;
-    d["failed"] = x.failed();
-    py::dict f;
-    for (size_t i = 0; i < kFailureReasons; ++i) {
-      f[FailureReasonName(static_cast<FailureReason>(i))] = x.failures[i];
-    }
-    d["failures"] = f;
-    d["queue_s"] = HistogramDict(x.queue);
-    d["compute_s"] = HistogramDict(x.compute);
-    d["total_s"] = HistogramDict(x.total);
-    d["batch_rows"] = HistogramDict(x.batch);
-    series.append(d);
-  }
-  py::list versions;
-  for (const auto& g : m.versions) {
-    py::dict d;
-    d["model"] = g.model;
-    d["version"] = g.version;
-    d["health"] = g.health;
-    d["threads"] = g.threads;
-    d["in_flight"] = g.in_flight;
-    d["queued"] = g.queued;
-    d["weight_bytes"] = g.weight_bytes;
-    d["anomalous"] = g.anomalous;
-    versions.append(d);
-  }
-  py::dict out;
-  out["series"] = series;
-  out["versions"] = versions;
-  return out;
-}
-
-py::dict StatsDict(const ServableStats& s) {
-  py::dict d;
-  d["version"] = s.version;
-  d["health"] = HealthName(s.health);
-  d["threads"] = s.threads;
-  d["requests"] = s.requests;
-  d["succeeded"] = s.succeeded;
-  d["failed"] = s.failed;
-  d["timed_out"] = s.timed_out;
-  d["rejected"] = s.rejected;
-  d["batches"] = s.batches;
-  d["batched_rows"] = s.batched_rows;
-  d["in_flight"] = s.in_flight;
-  d["queued"] = s.queued;
-  d["busy_seconds"] = s.busy_s;
-  d["weight_bytes"] = s.weight_bytes;
-  return d;
 }
 
 }  // namespace
@@ -217,88 +140,29 @@ void BindEngine(py::module_& m) {
       .def_property_readonly("policy", &Deployment::policy)
       .def_property_readonly("versions", &Deployment::versions)
       .def_property_readonly("model", &Deployment::model)
+      // What a deployment reports is JSON text in the form the HTTP API gives (deployment_json.h).
       .def("status",
            [](const Deployment& d) {
-             DeploymentStatus s;
-             {
-               py::gil_scoped_release release;
-               s = d.Status();
-             }
-             py::dict out;
-             out["model"] = s.model;
-             out["alias"] = s.alias;
-             out["primary"] = s.primary;
-             out["policy"] = s.policy;
-             out["threads"] = s.threads;
-             out["adaptive"] = s.adaptive;
-             out["swaps"] = s.swaps;
-             out["last_error"] = s.last_error;
-             out["alias_target_failed"] = s.alias_target_failed;
-             out["alias_follow_failures"] = s.alias_follow_failures;
-             py::list versions;
-             for (const auto& v : s.versions) versions.append(StatsDict(v));
-             out["versions"] = versions;
-             return out;
+             py::gil_scoped_release release;
+             return StatusJson(d.Status()).dump();
            })
       .def("feedback", &Deployment::Feedback, arg("request_id"), arg("reward"), arg("source") = "",
            Release())
       .def("tick_policy", &Deployment::TickPolicy, Release())
       .def("shadows",
            [](const Deployment& d) {
-             std::vector<ShadowStats> stats;
-             {
-               py::gil_scoped_release release;
-               stats = d.Shadows();
-             }
-             py::list out;
-             for (const auto& s : stats) {
-               py::dict x;
-               x["primary"] = s.primary;
-               x["mirror"] = s.mirror;
-               x["compared"] = s.compared;
-               x["failed"] = s.failed;
-               x["dropped"] = s.dropped;
-               x["max_abs_diff"] = s.max_abs_diff;
-               x["mean_abs_diff"] = s.mean_abs_diff;
-               x["argmax_agreement"] = s.argmax_agreement;
-               x["kl_divergence"] = s.kl_divergence;
-               out.append(x);
-             }
-             return out;
+             py::gil_scoped_release release;
+             return ShadowsJson(d.Shadows()).dump();
            })
       .def("events",
            [](const Deployment& d) {
-             std::vector<AppliedEvent> events;
-             {
-               py::gil_scoped_release release;
-               events = d.Events();
-             }
-             py::list out;
-             for (const auto& a : events) {
-               static const char* kKinds[] = {"promote", "rollback", "switch", "conclude"};
-               py::dict x;
-               x["kind"] = kKinds[static_cast<int>(a.event.kind)];
-               x["action"] = a.event.action;
-               x["from"] = a.event.from;
-               x["to"] = a.event.to;
-               x["reason"] = a.event.reason;
-               x["evidence"] = a.event.evidence;
-               x["time"] = a.event.time;
-               x["policy"] = a.policy;
-               x["alias"] = a.alias;
-               x["note"] = a.note;
-               out.append(x);
-             }
-             return out;
+             py::gil_scoped_release release;
+             return EventsJson(d.Events()).dump();
            })
       .def("metrics",
            [](const Deployment& d) {
-             MetricsSnapshot m;
-             {
-               py::gil_scoped_release release;
-               m = d.Metrics();
-             }
-             return MetricsDict(m);
+             py::gil_scoped_release release;
+             return MetricsJson(d.Metrics()).dump();
            })
       .def("prometheus",
            [](const Deployment& d) {

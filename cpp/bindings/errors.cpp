@@ -1,5 +1,7 @@
 #include "lepton/common/errors.h"
 
+#include <pybind11/stl.h>
+
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -51,6 +53,16 @@ PyObject* Builtin(const char* name) {
 
 // One Python class per row of the error table (errors.h), LeptonError first as their base.
 void BindErrors(py::module_& m) {
+  m.def(
+      "failure_reasons",
+      [] {
+        std::vector<std::string> out;
+        for (size_t i = 0; i < static_cast<size_t>(FailureReason::kCount); ++i) {
+          out.push_back(FailureReasonName(static_cast<FailureReason>(i)));
+        }
+        return out;
+      },
+      "The reasons failed requests are counted under, in the metrics' order.");
   // Never destroyed: the interpreter may be gone by the time static destructors run.
   static auto& classes = *new std::vector<py::object>(ErrorKinds().size());
   const ErrorKind& base_kind = KindOf(ErrorCode::kInternal);

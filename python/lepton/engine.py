@@ -277,7 +277,7 @@ class Deployment:
 
     def status(self) -> Dict[str, Any]:
         """Versions with their health, CPU budget and counters; the policy; the swaps so far."""
-        return self._core.status()
+        return json.loads(self._core.status())
 
     def feedback(self, request_id: Union[str, "Prediction"], reward: float, *, source: str = "") -> None:
         """A reward (binary or continuous) for an earlier request, for policies that learn
@@ -296,7 +296,7 @@ class Deployment:
         successes, failures by reason, and queue / compute / total latency and batch-size
         histograms with p50, p90 and p99) and ``versions`` (health, CPU budget, in-flight and
         queued requests, weight memory, anomaly flag)."""
-        return self._core.metrics()
+        return json.loads(self._core.metrics())
 
     def metrics_frame(self) -> Any:
         """The metrics series as a pandas DataFrame, one row per version, alias and policy, with
@@ -310,15 +310,12 @@ class Deployment:
     def shadow_report(self) -> List[Dict[str, Any]]:
         """Per (primary, mirror) pair: requests compared, failed and dropped, max and mean
         absolute difference, argmax agreement and KL divergence (for probability outputs)."""
-        return self._core.shadows()
+        return json.loads(self._core.shadows())
 
     def events(self) -> List[Dict[str, Any]]:
         """The automatic switches applied so far (promotions, rollbacks, schedule switches),
         with their reasons, evidence and what happened to the alias."""
-        out = self._core.events()
-        for e in out:
-            e["evidence"] = json.loads(e["evidence"]) if e["evidence"] else {}
-        return out
+        return json.loads(self._core.events())
 
     def policy_report(self) -> Dict[str, Any]:
         """What the current policy knows now (a canary's phase and evidence, a bandit's counts,
@@ -400,7 +397,7 @@ def metrics_frame(metrics: Dict[str, Any]) -> Any:
             for q in ("p50", "p90", "p99"):
                 row[f"{name}_{q}_ms"] = None if h[q] is None else h[q] * 1e3
         row["mean_batch_rows"] = x["batch_rows"]["mean"]
-        for reason, n in x["failures"].items():
-            row[f"failed_{reason}"] = n
+        for reason in _core.failure_reasons():
+            row[f"failed_{reason}"] = x["failures"].get(reason, 0)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -335,7 +335,7 @@ def test_stats_events_and_prometheus_metrics(server):
     # The bad request is counted, under no version.
     refused = [x for x in stats["series"] if x["version"] == ""][0]
     assert refused["failures"] == {"invalid_input": 1}
-    assert series["alias"] == "prod" and series["latency_ms"]["p99"] > 0
+    assert series["alias"] == "prod" and series["total_s"]["p99"] > 0
     events = requests.get(server.url + "/v2/lepton/events?model=m", headers=auth()).json()
     assert any(e["kind"] == "load" and e["version"] == "v1" for e in events)
     text = requests.get(server.url + "/metrics").text

@@ -22,8 +22,10 @@
 #include "lepton/http/http_transport.h"
 #include "lepton/observe/events.h"
 #include "lepton/observe/metrics.h"
+#include "lepton/observe/metrics_json.h"
 #include "lepton/policy/policy_config.h"
 #include "lepton/protocol/oip.h"
+#include "lepton/runtime/deployment_json.h"
 #include "lepton/runtime/tensor_types.h"
 
 namespace lepton {
@@ -934,7 +936,7 @@ class Server::Impl {
     if (n == 3 && p[2] == "models") {
       Method(method, "GET");
       json out = json::array();
-      for (const auto& name : Names()) out.push_back(StatusJson(name, false));
+      for (const auto& name : Names()) out.push_back(ModelStats(name, false));
       return JsonReply(200, out);
     }
     if (n == 3 && p[2] == "events") {
@@ -961,7 +963,7 @@ class Server::Impl {
     const std::string& what = p[4];
     if (what == "stats" && n == 5) {
       Method(method, "GET");
-      return JsonReply(200, StatusJson(model, true));
+      return JsonReply(200, ModelStats(model, true));
     }
     if (what == "policy" && n == 5) {
       const Entry e = Find(model);
@@ -1024,72 +1026,20 @@ class Server::Impl {
     return j;
   }
 
-  json StatusJson(const std::string& model, bool full) const {
+  // A served model's status, and with `full` its request series, anomaly flags and shadow
+  // comparisons: the JSON that Python's Deployment.status(), metrics() and shadow_report() give.
+  json ModelStats(const std::string& model, bool full) const {
     const Entry e = Find(model);
-    const DeploymentStatus st = e.deployment->Status();
-    json j = {{"model", st.model},     {"primary", st.primary},   {"policy", st.policy},
-              {"threads", st.threads}, {"adaptive", st.adaptive}, {"swaps", st.swaps}};
-    if (st.alias) j["alias"] = *st.alias;
-    if (!st.last_error.empty()) j["last_error"] = st.last_error;
-    if (st.alias_target_failed) j["alias_target_failed"] = *st.alias_target_failed;
-    j["alias_follow_failures"] = st.alias_follow_failures;
-    json versions = json::array();
-    for (const auto& s : st.versions) {
-      versions.push_back({{"version", s.version},
-                          {"health", HealthName(s.health)},
-                          {"threads", s.threads},
-                          {"requests", s.requests},
-                          {"succeeded", s.succeeded},
-                          {"failed", s.failed},
-                          {"timed_out", s.timed_out},
-                          {"rejected", s.rejected},
-                          {"in_flight", s.in_flight},
-                          {"queued", s.queued},
-                          {"batches", s.batches},
-                          {"weight_bytes", s.weight_bytes}});
-    }
-    j["versions"] = versions;
+    json j = StatusJson(e.deployment->Status());
     if (!full) return j;
-    json series = json::array();
     const MetricsSnapshot m = e.deployment->Metrics();
-    for (const auto& x : m.series) {
-      json f = json::object();
-      for (size_t i = 0; i < kFailureReasons; ++i) {
-        if (x.failures[i]) f[FailureReasonName(static_cast<FailureReason>(i))] = x.failures[i];
-      }
-      auto q = [](const Histogram::Snapshot& h, double p) {
-        const double v = h.Quantile(p);
-        return std::isnan(v) ? json(nullptr) : json(v * 1e3);
-      };
-      series.push_back(
-          {{"version", x.key.version},
-           {"alias", x.key.alias},
-           {"policy", x.key.policy},
-           {"requests", x.requests},
-           {"succeeded", x.succeeded},
-           {"failures", f},
-           {"latency_ms",
-            {{"p50", q(x.total, 0.5)}, {"p90", q(x.total, 0.9)}, {"p99", q(x.total, 0.99)}}},
-           {"queue_ms", {{"p50", q(x.queue, 0.5)}, {"p99", q(x.queue, 0.99)}}},
-           {"compute_ms", {{"p50", q(x.compute, 0.5)}, {"p99", q(x.compute, 0.99)}}}});
-    }
-    j["series"] = series;
+    j["series"] = MetricsJson(m)["series"];
     json anomalous = json::array();
     for (const auto& g : m.versions) {
       if (g.anomalous) anomalous.push_back(g.version);
     }
     j["anomalous"] = anomalous;
-    json shadows = json::array();
-    for (const auto& s : e.deployment->Shadows()) {
-      shadows.push_back({{"primary", s.primary},
-                         {"mirror", s.mirror},
-                         {"compared", s.compared},
-                         {"failed", s.failed},
-                         {"dropped", s.dropped},
-                         {"max_abs_diff", s.max_abs_diff},
-                         {"mean_abs_diff", s.mean_abs_diff}});
-    }
-    j["shadows"] = shadows;
+    j["shadows"] = ShadowsJson(e.deployment->Shadows());
     return j;
   }
 

@@ -1,0 +1,85 @@
+#include "lepton/runtime/deployment_json.h"
+
+#include <nlohmann/json.hpp>
+
+namespace lepton {
+
+using json = nlohmann::json;
+
+namespace {
+
+template <typename T>
+json Optional(const std::optional<T>& v) {
+  return v ? json(*v) : json(nullptr);
+}
+
+}  // namespace
+
+json StatusJson(const DeploymentStatus& s) {
+  json versions = json::array();
+  for (const auto& v : s.versions) {
+    versions.push_back({{"version", v.version},
+                        {"health", HealthName(v.health)},
+                        {"threads", v.threads},
+                        {"requests", v.requests},
+                        {"succeeded", v.succeeded},
+                        {"failed", v.failed},
+                        {"timed_out", v.timed_out},
+                        {"rejected", v.rejected},
+                        {"batches", v.batches},
+                        {"batched_rows", v.batched_rows},
+                        {"in_flight", v.in_flight},
+                        {"queued", v.queued},
+                        {"busy_seconds", v.busy_s},
+                        {"weight_bytes", v.weight_bytes}});
+  }
+  return {{"model", s.model},
+          {"alias", Optional(s.alias)},
+          {"primary", s.primary},
+          {"policy", s.policy},
+          {"threads", s.threads},
+          {"adaptive", s.adaptive},
+          {"swaps", s.swaps},
+          {"last_error", s.last_error},
+          {"alias_target_failed", Optional(s.alias_target_failed)},
+          {"alias_follow_failures", s.alias_follow_failures},
+          {"versions", versions}};
+}
+
+json ShadowsJson(const std::vector<ShadowStats>& shadows) {
+  json out = json::array();
+  for (const auto& s : shadows) {
+    out.push_back({{"primary", s.primary},
+                   {"mirror", s.mirror},
+                   {"compared", s.compared},
+                   {"failed", s.failed},
+                   {"dropped", s.dropped},
+                   {"max_abs_diff", s.max_abs_diff},
+                   {"mean_abs_diff", s.mean_abs_diff},
+                   {"argmax_agreement", Optional(s.argmax_agreement)},
+                   {"kl_divergence", Optional(s.kl_divergence)}});
+  }
+  return out;
+}
+
+json EventsJson(const std::vector<AppliedEvent>& events) {
+  static const char* kKinds[] = {"promote", "rollback", "switch", "conclude"};
+  json out = json::array();
+  for (const auto& a : events) {
+    json evidence = json::parse(a.event.evidence.empty() ? "{}" : a.event.evidence, nullptr, false);
+    if (evidence.is_discarded()) evidence = a.event.evidence;
+    out.push_back({{"kind", kKinds[static_cast<int>(a.event.kind)]},
+                   {"action", a.event.action},
+                   {"from", a.event.from},
+                   {"to", a.event.to},
+                   {"reason", a.event.reason},
+                   {"evidence", evidence},
+                   {"time", a.event.time},
+                   {"policy", a.policy},
+                   {"alias", Optional(a.alias)},
+                   {"note", a.note}});
+  }
+  return out;
+}
+
+}  // namespace lepton
