@@ -16,24 +16,13 @@
 #include "lepton/common/errors.h"
 #include "lepton/common/process.h"
 #include "lepton/registry/blob_store.h"
+#include "lepton/runtime/input_check.h"
 #include "lepton/runtime/tensor_types.h"
 
 namespace lepton {
 namespace {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
-std::string ShapeString(at::IntArrayRef shape) {
-  std::ostringstream out;
-  out << "[";
-  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
-  out << "]";
-  return out.str();
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  return ShapeString(at::IntArrayRef(shape));
-}
 
 at::ScalarType DtypeFromName(const std::string& name) {
   const DTypeInfo* d = DTypeNamed(name);
@@ -125,11 +114,6 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 
   std::string Who() const { return model_ + ":" + version_; }
 
-  void ResolveSignature() {
-    if (!signature_) return;
-    for (const auto& spec : signature_->inputs) input_types_.push_back(DtypeFromName(spec.dtype));
-  }
-
   void LoadModule(std::string_view bytes) {
     std::istringstream in{std::string(bytes)};
     try {
@@ -172,87 +156,22 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     }
   }
 
-  // The names requests may give their inputs: the signature's, else the forward's parameters.
+  // What requests must give: the signature's inputs, else the forward's parameters.
   void ResolveInputNames() {
-    if (signature_ && !signature_->inputs.empty()) {
-      for (const auto& spec : signature_->inputs) input_names_.push_back(spec.name);
-      min_inputs_ = input_names_.size();
-      return;
+    std::vector<std::string> names;
+    size_t required = 0;
+    if (forward_) {
+      const auto& args = forward_->function().getSchema().arguments();
+      for (size_t i = 1; i < args.size(); ++i) {  // 0 is self
+        names.push_back(args[i].name());
+        if (!args[i].default_value()) required = names.size();
+      }
     }
-    if (!forward_) return;
-    const auto& args = forward_->function().getSchema().arguments();
-    for (size_t i = 1; i < args.size(); ++i) {  // 0 is self
-      input_names_.push_back(args[i].name());
-      if (!args[i].default_value()) min_inputs_ = input_names_.size();
-    }
+    inputs_ = InputCheck(Who(), signature_, std::move(names), required);
   }
 
-  std::string InputList() const {
-    std::string out;
-    for (const auto& n : input_names_) out += (out.empty() ? "'" : ", '") + n + "'";
-    return out.empty() ? "none" : out;
-  }
-
-  std::string InputName(size_t i) const {
-    return signature_ && i < signature_->inputs.size()
-               ? "input '" + signature_->inputs[i].name + "'"
-               : "input " + std::to_string(i);
-  }
-
-  // Messages are built only on failure: this runs on every request.
   void CheckInputs(const Tensors& inputs, const std::vector<std::string>* names) const {
-    auto fail = [&](size_t i, const std::string& what) {
-      throw InvalidArgument(Who() + ": " + InputName(i) + " " + what);
-    };
-    if (inputs.empty()) throw InvalidArgument(Who() + ": no inputs given");
-    if (!input_names_.empty() &&
-        (inputs.size() < min_inputs_ || inputs.size() > input_names_.size())) {
-      throw InvalidArgument(
-          Who() + " takes " +
-          (min_inputs_ == input_names_.size()
-               ? std::to_string(input_names_.size())
-               : std::to_string(min_inputs_) + " to " + std::to_string(input_names_.size())) +
-          " inputs (" + InputList() + "), got " + std::to_string(inputs.size()));
-    }
-    if (names) {
-      if (names->size() != inputs.size()) {
-        throw InvalidArgument(Who() + ": " + std::to_string(names->size()) + " input names for " +
-                              std::to_string(inputs.size()) + " inputs");
-      }
-      for (size_t i = 0; i < names->size() && i < input_names_.size(); ++i) {
-        if ((*names)[i] != input_names_[i]) {
-          throw InvalidArgument(Who() + " has no input named '" + (*names)[i] + "' in position " +
-                                std::to_string(i) + " (its inputs: " + InputList() + ")");
-        }
-      }
-    }
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      const at::Tensor& t = inputs[i];
-      if (!t.defined()) fail(i, "is an undefined tensor");
-      if (!t.device().is_cpu()) {
-        fail(i, "is on " + t.device().str() + "; lepton serves on CPU, move it with .cpu()");
-      }
-      if (t.dim() == 0) fail(i, "is a scalar; inputs need a batch dimension first");
-      if (t.size(0) == 0) fail(i, "is an empty batch (0 rows)");
-      if (!t.is_contiguous()) {
-        fail(i,
-             "of shape " + ShapeString(t.sizes()) + " is not contiguous; call .contiguous() first");
-      }
-      if (!signature_ || i >= signature_->inputs.size()) continue;
-      const TensorSpec& spec = signature_->inputs[i];
-      if (t.scalar_type() != input_types_[i]) {
-        fail(i, "has dtype " + DTypeName(t.scalar_type()) + ", expected " + spec.dtype);
-      }
-      if (spec.shape.empty()) continue;
-      bool fits = static_cast<size_t>(t.dim()) == spec.shape.size();
-      for (size_t d = 0; fits && d < spec.shape.size(); ++d) {
-        fits = spec.shape[d] < 0 || spec.shape[d] == t.size(static_cast<int64_t>(d));
-      }
-      if (!fits) {
-        fail(i, "has shape " + ShapeString(t.sizes()) + ", expected " + ShapeString(spec.shape) +
-                    " (-1: any size)");
-      }
-    }
+    inputs_.Check(inputs, names);
   }
 
   Tensors Forward(const Tensors& inputs, int intra_op_threads = 0) {
@@ -612,9 +531,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   const std::string model_, version_, sha256_;
   const std::optional<Signature> signature_;
   const ServableOptions options_;
-  std::vector<at::ScalarType> input_types_;  // the signature's input dtypes, resolved once
-  std::vector<std::string> input_names_;     // the signature's or the forward's, in order
-  size_t min_inputs_ = 0;                    // inputs without a default value
+  InputCheck inputs_;  // what a request must give
   torch::jit::Module module_;
   std::optional<torch::jit::Method> forward_;
   int64_t weight_bytes_ = 0;
@@ -658,7 +575,6 @@ std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
   }
   auto impl = std::make_shared<Impl>(std::move(model), std::move(version), std::move(sha256),
                                      std::move(signature), std::move(options));
-  impl->ResolveSignature();
   impl->LoadModule(bytes);
   impl->Warmup();
   {
@@ -683,7 +599,7 @@ const ServableOptions& Servable::options() const { return impl_->options_; }
 void Servable::CheckInputs(const Tensors& inputs, const std::vector<std::string>* names) const {
   impl_->CheckInputs(inputs, names);
 }
-const std::vector<std::string>& Servable::input_names() const { return impl_->input_names_; }
+const std::vector<std::string>& Servable::input_names() const { return impl_->inputs_.names(); }
 RunResult Servable::Run(const Tensors& inputs, const RunOptions& options) {
   return impl_->Run(inputs, options);
 }
