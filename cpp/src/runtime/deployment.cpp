@@ -20,13 +20,8 @@
 namespace lepton {
 namespace {
 
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
 // The failure reason of the exception being handled, from the error table.
 FailureReason CurrentFailure() { return KindOf(CurrentErrorOf().code).failure; }
-
-// Clamped, so that a timeout of 1e10 s or infinity is a distant deadline, not an overflow.
-Clock::duration Duration(double seconds) { return ClampedDuration<Clock::duration>(seconds); }
 
 DeploymentOptions Checked(DeploymentOptions o) {
   if (o.threads < 0) throw InvalidArgument("threads must be >= 0");
@@ -278,10 +273,10 @@ class Deployment::Impl {
     std::unique_lock<std::mutex> lk(control_mu_);
     const auto now0 = Clock::now();
     auto next_poll = now0;
-    auto next_balance = now0 + Duration(options_.rebalance_interval_s);
+    auto next_balance = now0 + DeadlineIn(options_.rebalance_interval_s);
     auto next_tick = now0;
-    auto next_save = now0 + Duration(options_.state_save_s);
-    auto next_watch = now0 + Duration(options_.anomaly_interval_s);
+    auto next_save = now0 + DeadlineIn(options_.state_save_s);
+    auto next_watch = now0 + DeadlineIn(options_.anomaly_interval_s);
     while (!stopping_) {
       auto wake = std::min({next_tick, next_save, next_watch});
       if (follower_) wake = std::min(wake, next_poll);
@@ -294,26 +289,26 @@ class Deployment::Impl {
       const auto now = Clock::now();
       if (follower_ && now >= next_poll) {
         FollowAliasOnce();
-        next_poll = now + Duration(options_.alias_poll_s);
+        next_poll = now + DeadlineIn(options_.alias_poll_s);
       }
       if (options_.adaptive && now >= next_balance) {
         Rebalance();
-        next_balance = now + Duration(options_.rebalance_interval_s);
+        next_balance = now + DeadlineIn(options_.rebalance_interval_s);
       }
       if (woken || now >= next_tick) {
         TickPolicy();
-        next_tick = now + Duration(options_.policy_tick_s);
+        next_tick = now + DeadlineIn(options_.policy_tick_s);
       }
       if (now >= next_watch) {
         if (auto st = versions_.Snapshot(); st && !versions_.closed()) {
           anomalies_.Check(metrics_.Snapshot(),
                            [&](const std::string& v) { return st->live.Has(v); });
         }
-        next_watch = now + Duration(options_.anomaly_interval_s);
+        next_watch = now + DeadlineIn(options_.anomaly_interval_s);
       }
       if (now >= next_save) {
         SaveCurrentState(false);
-        next_save = now + Duration(options_.state_save_s);
+        next_save = now + DeadlineIn(options_.state_save_s);
       }
       lk.lock();
     }

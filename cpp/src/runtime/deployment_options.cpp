@@ -7,7 +7,7 @@
 namespace lepton {
 namespace {
 
-int Count(Fields& f, const std::string& k, int fallback, int minimum) {
+int CountField(Fields& f, const std::string& k, int fallback, int minimum) {
   const int64_t v = f.get<int64_t>(k, "an integer", fallback);
   if (v < minimum || v > (int64_t{1} << 30)) {
     throw InvalidArgument(f.where() + ": '" + k + "' must be an integer >= " +
@@ -16,7 +16,7 @@ int Count(Fields& f, const std::string& k, int fallback, int minimum) {
   return static_cast<int>(v);
 }
 
-double Seconds(Fields& f, const std::string& k, double fallback, bool zero_ok) {
+double SecondsField(Fields& f, const std::string& k, double fallback, bool zero_ok) {
   const double v = f.get<double>(k, "a number", fallback);
   if (!std::isfinite(v) || v < 0 || (!zero_ok && v == 0)) {
     throw InvalidArgument(f.where() + ": '" + k + "' must be a finite number " +
@@ -43,30 +43,30 @@ std::map<std::string, int> PerVersion(Fields& f, const std::string& k, int minim
 }  // namespace
 
 void ReadDeploymentOptions(Fields& f, DeploymentOptions& o) {
-  o.threads = Count(f, "threads", o.threads, 0);
-  o.servable.intra_op_threads = Count(f, "intra_op_threads", o.servable.intra_op_threads, 1);
-  o.servable.max_batch_size = Count(f, "max_batch_size", o.servable.max_batch_size, 1);
+  o.threads = CountField(f, "threads", o.threads, 0);
+  o.servable.intra_op_threads = CountField(f, "intra_op_threads", o.servable.intra_op_threads, 1);
+  o.servable.max_batch_size = CountField(f, "max_batch_size", o.servable.max_batch_size, 1);
   if (f.has("max_queue_delay_ms")) {
-    o.servable.max_queue_delay_s = Seconds(f, "max_queue_delay_ms", 0, true) / 1000;
+    o.servable.max_queue_delay_s = SecondsField(f, "max_queue_delay_ms", 0, true) / 1000;
   }
-  o.servable.max_queue = Count(f, "max_queue", o.servable.max_queue, 0);
-  o.servable.warmup_runs = Count(f, "warmup_runs", o.servable.warmup_runs, 0);
+  o.servable.max_queue = CountField(f, "max_queue", o.servable.max_queue, 0);
+  o.servable.warmup_runs = CountField(f, "warmup_runs", o.servable.warmup_runs, 0);
   if (f.has("version_threads")) o.version_threads = PerVersion(f, "version_threads", 1);
   if (f.has("priorities")) {
     o.version_priority = PerVersion(f, "priorities", -(1 << 30));
   }
   o.adaptive = f.get<bool>("adaptive", "true or false", o.adaptive);
-  o.min_threads = Count(f, "min_threads", o.min_threads, 1);
-  o.rebalance_interval_s = Seconds(f, "rebalance_interval", o.rebalance_interval_s, false);
-  o.drain_timeout_s = Seconds(f, "drain_timeout", o.drain_timeout_s, true);
-  o.alias_poll_s = Seconds(f, "alias_poll_interval", o.alias_poll_s, false);
-  o.policy_tick_s = Seconds(f, "policy_tick", o.policy_tick_s, false);
-  o.state_save_s = Seconds(f, "state_save_interval", o.state_save_s, false);
+  o.min_threads = CountField(f, "min_threads", o.min_threads, 1);
+  o.rebalance_interval_s = SecondsField(f, "rebalance_interval", o.rebalance_interval_s, false);
+  o.drain_timeout_s = SecondsField(f, "drain_timeout", o.drain_timeout_s, true);
+  o.alias_poll_s = SecondsField(f, "alias_poll_interval", o.alias_poll_s, false);
+  o.policy_tick_s = SecondsField(f, "policy_tick", o.policy_tick_s, false);
+  o.state_save_s = SecondsField(f, "state_save_interval", o.state_save_s, false);
   o.feedback_window =
-      static_cast<size_t>(Count(f, "feedback_window", static_cast<int>(o.feedback_window), 1));
+      static_cast<size_t>(CountField(f, "feedback_window", static_cast<int>(o.feedback_window), 1));
   o.shadow_queue =
-      static_cast<size_t>(Count(f, "shadow_queue", static_cast<int>(o.shadow_queue), 0));
-  o.anomaly_interval_s = Seconds(f, "anomaly_interval", o.anomaly_interval_s, false);
+      static_cast<size_t>(CountField(f, "shadow_queue", static_cast<int>(o.shadow_queue), 0));
+  o.anomaly_interval_s = SecondsField(f, "anomaly_interval", o.anomaly_interval_s, false);
 }
 
 DeploymentOptions DeploymentOptionsFromJson(const std::string& json_text) {

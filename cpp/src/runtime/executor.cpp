@@ -15,11 +15,6 @@
 namespace lepton {
 namespace {
 
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
-// Clamped, so that a timeout of 1e10 s or infinity is a distant deadline, not an overflow.
-Clock::duration Duration(double seconds) { return ClampedDuration<Clock::duration>(seconds); }
-
 // The rows every input shares along dim 0, or -1 when they share none (no inputs, a scalar,
 // or first dimensions that disagree): such a request cannot be split by rows.
 int64_t SharedRows(const Tensors& inputs) {
@@ -88,7 +83,7 @@ Prediction Executor::Run(const VersionState& st_ref, const Route& route, const T
   RunOptions run;
   if (o.timeout_s) {
     if (!(*o.timeout_s > 0)) throw InvalidArgument("timeout must be > 0 seconds");
-    run.deadline = start + Duration(*o.timeout_s);
+    run.deadline = start + DeadlineIn(*o.timeout_s);
   }
   run.priority = o.priority;
 

@@ -22,8 +22,6 @@
 namespace lepton {
 namespace {
 
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
 at::ScalarType DtypeFromName(const std::string& name) {
   const DTypeInfo* d = DTypeNamed(name);
   if (!d) throw InvalidArgument("dtype '" + name + "' is not a dtype lepton knows");

@@ -11,8 +11,6 @@
 namespace lepton {
 namespace {
 
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
 std::string Json(const nlohmann::json& j) { return j.dump(); }
 
 }  // namespace

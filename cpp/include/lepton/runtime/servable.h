@@ -14,12 +14,19 @@
 #include <string_view>
 #include <vector>
 
+#include "lepton/common/process.h"
 #include "lepton/common/signature.h"
 
 namespace lepton {
 
 using Tensors = std::vector<at::Tensor>;
 using Clock = std::chrono::steady_clock;
+
+inline double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+// Clamped, so that a timeout of 1e10 s or infinity is a distant deadline, not an overflow.
+inline Clock::duration DeadlineIn(double seconds) {
+  return ClampedDuration<Clock::duration>(seconds);
+}
 
 struct ServableOptions {
   // CPU budget: how many requests (or batches) of this version run at once, each on one thread.
