@@ -1,24 +1,10 @@
 #include "lepton/control/artifact_source.h"
 
-#include <fstream>
-#include <sstream>
-
 #include "lepton/common/errors.h"
+#include "lepton/common/files.h"
 #include "lepton/common/names.h"
 
 namespace lepton {
-namespace {
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw NotFound("model file '" + path + "' cannot be opened");
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-}  // namespace
-
 ArtifactSource::ArtifactSource(std::shared_ptr<Registry> registry, std::string model)
     : registry_(std::move(registry)), model_(std::move(model)) {
   if (!registry_) throw InvalidArgument("registry must not be null");
@@ -46,7 +32,7 @@ Artifact ArtifactSource::Fetch(const std::string& spec) const {
   }
   auto it = files_.find(spec);
   if (it == files_.end()) throw NotFound("no model file is known for version '" + spec + "'");
-  return Artifact{spec, ReadFile(it->second), "", std::nullopt};
+  return Artifact{spec, ReadWholeFile(it->second, "model file"), "", std::nullopt};
 }
 
 }  // namespace lepton

@@ -1,11 +1,10 @@
 #include "lepton/server/server_config.h"
 
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "lepton/common/errors.h"
+#include "lepton/common/files.h"
 #include "lepton/common/json_fields.h"
 #include "lepton/policy/policy_config.h"
 #include "lepton/runtime/deployment_spec.h"
@@ -111,14 +110,6 @@ ServerOptions FromObject(const json& j) {
   return o;
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw NotFound("the configuration file '" + path + "' cannot be opened");
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
 }  // namespace
 
 ServerOptions ServerOptionsFromJson(const std::string& json_text) {
@@ -127,7 +118,8 @@ ServerOptions ServerOptionsFromJson(const std::string& json_text) {
 
 ServerOptions LoadServerConfig(const std::string& path, const std::string& overrides) {
   json config = path.empty() ? json::object()
-                             : Parse(ReadFile(path), "the configuration file '" + path + "'");
+                             : Parse(ReadWholeFile(path, "the configuration file"),
+                                     "the configuration file '" + path + "'");
   const json patch = Parse(overrides.empty() ? "{}" : overrides, "the overrides");
   for (const auto& [key, value] : patch.items()) {
     if (key != "models" || !value.is_object()) {
