@@ -7,10 +7,13 @@
   overhead   a tiny model at batch 1: Deployment.predict against calling the TorchScript module
   batching   32 client threads sending batch-1 requests to a small MLP, with and without batching
   swap       p99 latency of 8 clients while versions are hot-swapped, against the steady p99
+  many       a deployment over 1,000 versions: load time, threads and memory it adds, and threads
+             once each version has answered a request and gone idle again
 
-usage: .venv/bin/python benchmarks/engine_bench.py [--runs 5] [--only ensemble,overhead,batching,swap,shadow]
+usage: .venv/bin/python benchmarks/engine_bench.py [--runs 5] [--only ensemble,overhead,batching,swap,shadow,many]
 """
 import argparse
+import io
 import os
 import statistics
 import tempfile
@@ -271,17 +274,55 @@ def bench_shadow(reg, runs):
     d.close()
 
 
+def _threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_many(reg, runs, versions=1000):
+    model = torch.jit.script(mlp([16, 16, 4], seed=3))
+    buf = io.BytesIO()
+    torch.jit.save(model, buf)
+    data = buf.getvalue()
+    labels = [f"v{i}" for i in range(versions)]
+    for label in labels:
+        reg.register("many", data, version=label)
+    x = torch.zeros(1, 16)
+    rows = []
+    for _ in range(max(1, runs // 2)):
+        threads0, rss0 = _threads(), _rss_mb()
+        start = time.perf_counter()
+        d = lepton.Deployment(reg, "many", labels, idle_thread_timeout=0.2)
+        seconds = time.perf_counter() - start
+        threads_loaded, rss_loaded = _threads() - threads0, _rss_mb() - rss0
+        for label in labels:
+            d.predict(x, version=label, timeout=10)  # a deadline queues it: executors start
+        deadline = time.monotonic() + 30
+        while _threads() - threads0 > threads_loaded and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rows.append((seconds, threads_loaded, rss_loaded, _threads() - threads0))
+        d.close()
+    seconds, threads_loaded, rss_loaded, threads_idle = (statistics.median(r[i] for r in rows) for i in range(4))
+    print(f"many      {versions} versions of a 16-16-4 MLP in one deployment: loaded in {seconds:.2f} s, "
+          f"+{threads_loaded:.0f} threads and +{rss_loaded:.0f} MB; after a request to each and "
+          f"{0.2} s idle, +{threads_idle:.0f} threads (executors leave idle versions)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", default="ensemble,overhead,batching,swap,shadow")
+    ap.add_argument("--only", default="ensemble,overhead,batching,swap,shadow,many")
     args = ap.parse_args()
     print(f"lepton {lepton.__version__}, torch {torch.__version__}, {CORES} cores")
     with tempfile.TemporaryDirectory() as tmp:
         reg = lepton.Registry(os.path.join(tmp, "reg"))
         for name in args.only.split(","):
             {"ensemble": bench_ensemble, "overhead": bench_overhead, "batching": bench_batching, "swap": bench_swap,
-             "shadow": bench_shadow}[
+             "shadow": bench_shadow, "many": bench_many}[
                 name
             ](reg, args.runs)
 

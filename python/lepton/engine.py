@@ -168,7 +168,9 @@ class Deployment:
     The options become the deployment's JSON specification (``options``), which the C++ core
     reads with its defaults: 1 intra-op thread, no batching (``max_batch_size`` 1, no delay), a
     queue of 1,024, adaptive budgets of at least ``min_threads`` 1, 30 s for a version to drain
-    (``drain_timeout``), and an alias polled every 0.2 s (``alias_poll_interval``).
+    (``drain_timeout``), and an alias polled every 0.2 s (``alias_poll_interval``). A version holds
+    threads only while it has queued work: its executors leave after ``idle_thread_timeout``
+    seconds (2) without any, so a deployment over many versions does not hold a thread for each.
     """
 
     def __init__(
@@ -190,6 +192,7 @@ class Deployment:
         min_threads: Optional[int] = None,
         drain_timeout: Optional[float] = None,
         alias_poll_interval: Optional[float] = None,
+        idle_thread_timeout: Optional[float] = None,
         example_inputs: Any = None,
     ):
         if not isinstance(registry, Registry):
@@ -205,6 +208,7 @@ class Deployment:
             "version_threads": None if version_threads is None else dict(version_threads),
             "priorities": None if priorities is None else dict(priorities), "adaptive": adaptive,
             "min_threads": min_threads, "drain_timeout": drain_timeout, "alias_poll_interval": alias_poll_interval,
+            "idle_thread_timeout": idle_thread_timeout,
         }.items() if v is not None}
         self._core = _core.Deployment(registry._core, name, specs, alias, json.dumps(self.options),
                                       _example(example_inputs))

@@ -397,7 +397,7 @@ TEST(DeploymentOptionsJson, AnEmptySpecIsTheDefaultsAndEveryFieldIsRead) {
   EXPECT_EQ(d.feedback_window, defaults.feedback_window);
   const DeploymentOptions o = DeploymentOptionsFromJson(
       R"({"threads": 3, "intra_op_threads": 2, "max_batch_size": 8, "max_queue_delay_ms": 2.5,
-          "max_queue": 10, "warmup_runs": 0, "version_threads": {"a": 2}, "priorities": {"b": -1},
+          "max_queue": 10, "warmup_runs": 0, "idle_thread_timeout": 0.5, "version_threads": {"a": 2}, "priorities": {"b": -1},
           "adaptive": false, "min_threads": 2, "rebalance_interval": 1, "drain_timeout": 0,
           "alias_poll_interval": 0.5, "policy_tick": 0.1, "state_save_interval": 3,
           "feedback_window": 7, "shadow_queue": 0, "anomaly_interval": 4})");
@@ -407,6 +407,7 @@ TEST(DeploymentOptionsJson, AnEmptySpecIsTheDefaultsAndEveryFieldIsRead) {
   EXPECT_DOUBLE_EQ(o.servable.max_queue_delay_s, 0.0025);
   EXPECT_EQ(o.servable.max_queue, 10);
   EXPECT_EQ(o.servable.warmup_runs, 0);
+  EXPECT_EQ(o.servable.idle_thread_s, 0.5);
   EXPECT_EQ(o.version_threads, (std::map<std::string, int>{{"a", 2}}));
   EXPECT_EQ(o.version_priority, (std::map<std::string, int>{{"b", -1}}));
   EXPECT_FALSE(o.adaptive);

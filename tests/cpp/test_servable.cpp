@@ -265,5 +265,39 @@ TEST(Servable, ThreadsCanChangeWhileServing) {
   EXPECT_THROW(s->SetThreads(0), InvalidArgument);
 }
 
+// Waits until the servable's executor threads number `n`; fails the test after ten seconds.
+void AwaitExecutors(const std::shared_ptr<Servable>& s, int n) {
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while (s->stats().executors != n) {
+    ASSERT_LT(Clock::now(), until) << "executors: " << s->stats().executors << ", expected " << n;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+TEST(Servable, AnIdleVersionHoldsNoThreadAndQueuedWorkStartsThem) {
+  ServableOptions o = Opts(3);
+  o.idle_thread_s = 0.05;
+  auto s = Load(AddN(1), o);
+  EXPECT_EQ(s->stats().executors, 0);  // loaded and warmed, but idle
+  // A request that runs on its caller's thread needs no executor.
+  EXPECT_TRUE(s->Run({torch::zeros({1, 2})}).outputs[0].equal(torch::ones({1, 2})));
+  EXPECT_EQ(s->stats().executors, 0);
+  for (int round = 0; round < 20; ++round) {
+    RunOptions async;
+    async.force_async = true;
+    std::vector<std::shared_ptr<Servable::Ticket>> tickets;
+    for (int i = 0; i < 8; ++i) tickets.push_back(s->Submit({torch::full({1, 2}, i)}, async));
+    EXPECT_GE(s->stats().executors, 1);
+    EXPECT_LE(s->stats().executors, 3);
+    for (int i = 0; i < 8; ++i) {
+      EXPECT_TRUE(s->Wait(tickets[i]).outputs[0].equal(torch::full({1, 2}, i + 1)));
+    }
+    AwaitExecutors(s, 0);  // idle again: every executor leaves
+  }
+  ServableOptions bad = Opts();
+  bad.idle_thread_s = 0;
+  EXPECT_THROW(Load(AddN(1), bad), InvalidArgument);
+}
+
 }  // namespace
 }  // namespace lepton

@@ -390,3 +390,23 @@ def test_deployment_options_are_one_json_spec_read_by_the_core(reg):
         assert d.predict(torch.ones(1, 3)).version == "v1"
     finally:
         d.close()
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_threads_do_not_grow_with_versions(registry):
+    for i in range(60):
+        registry.register("many", AddN(1), version=f"v{i}", example_inputs=torch.zeros(1, 3))
+    before = _threads()
+    d = lepton.Deployment(registry, "many", [f"v{i}" for i in range(60)], idle_thread_timeout=0.05)
+    try:
+        assert _threads() - before <= 3  # the control thread, not one per version
+        for i in range(60):
+            assert answer(d.predict(torch.zeros(1, 3), version=f"v{i}", timeout=10)) == 1
+        # Executors that queued work started leave once idle.
+        assert wait_for(lambda: _threads() - before <= 3, timeout=10)
+        assert all(v["executors"] == 0 for v in d.status()["versions"])
+    finally:
+        d.close()

@@ -21,6 +21,7 @@ json StatusJson(const DeploymentStatus& s) {
     versions.push_back({{"version", v.version},
                         {"health", HealthName(v.health)},
                         {"threads", v.threads},
+                        {"executors", v.executors},
                         {"requests", v.requests},
                         {"succeeded", v.succeeded},
                         {"failed", v.failed},

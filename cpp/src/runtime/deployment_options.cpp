@@ -51,6 +51,8 @@ void ReadDeploymentOptions(Fields& f, DeploymentOptions& o) {
   }
   o.servable.max_queue = CountField(f, "max_queue", o.servable.max_queue, 0);
   o.servable.warmup_runs = CountField(f, "warmup_runs", o.servable.warmup_runs, 0);
+  o.servable.idle_thread_s =
+      SecondsField(f, "idle_thread_timeout", o.servable.idle_thread_s, false);
   if (f.has("version_threads")) o.version_threads = PerVersion(f, "version_threads", 1);
   if (f.has("priorities")) {
     o.version_priority = PerVersion(f, "priorities", -(1 << 30));

@@ -277,6 +277,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     queue_.emplace(Key{-t->priority, t->seq}, t);
     ++requests_;
     if (QueuedRows() >= options_.max_batch_size) changed_.notify_all();
+    StartExecutors(lk);  // executors exist only while there is queued work (and shortly after)
   }
 
   int64_t QueuedRows() const {
@@ -295,6 +296,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 
   void StartExecutors(std::unique_lock<std::mutex>& lk) {
     (void)lk;
+    if (stopping_) return;
     auto self = shared_from_this();
     while (executors_ < threads_) {
       const int index = executors_++;
@@ -303,12 +305,15 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   // One of the servable's `threads_` executors: takes a batch whenever there is work and a free
-  // slot, and runs it inside the arena. Holds the servable alive until it exits.
+  // slot, and runs it inside the arena. Holds the servable alive until it exits: when stopped,
+  // beyond a smaller budget, or idle for `idle_thread_s` (the next queued request starts it
+  // again), so that an idle version holds no thread.
   void ExecutorLoop(int index) {
     std::unique_lock<std::mutex> lk(mu_);
+    const auto linger = DeadlineIn(options_.idle_thread_s);
     while (!stopping_ && index < threads_) {
       if (queue_.empty() || collecting_ || in_flight_ >= threads_) {
-        work_.wait(lk);
+        if (work_.wait_for(lk, linger) == std::cv_status::timeout && queue_.empty()) break;
         continue;
       }
       collecting_ = true;
@@ -501,7 +506,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     if (threads == threads_) return;
     threads_ = threads;
     arena_ = NewArena(threads);
-    StartExecutors(lk);
+    if (!queue_.empty()) StartExecutors(lk);
     work_.notify_all();  // executors beyond the new budget exit
     MaybeDispatch(lk);
   }
@@ -512,6 +517,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     s.version = version_;
     s.health = health_;
     s.threads = threads_;
+    s.executors = executors_;
     s.requests = requests_;
     s.succeeded = succeeded_;
     s.failed = failed_;
@@ -562,6 +568,8 @@ std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
   if (options.max_batch_size < 1) throw InvalidArgument("max_batch_size must be >= 1");
   if (options.max_queue < 0) throw InvalidArgument("max_queue must be >= 0");
   if (!(options.max_queue_delay_s >= 0)) throw InvalidArgument("max_queue_delay must be >= 0");
+  if (!(options.idle_thread_s > 0))
+    throw InvalidArgument("idle_thread_timeout must be > 0 seconds");
   if (!sha256.empty()) {
     const std::string actual = Sha256Hex(bytes);
     if (actual != sha256) {
@@ -578,7 +586,6 @@ std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
   {
     std::unique_lock<std::mutex> lk(impl->mu_);
     impl->health_ = Health::kReady;
-    impl->StartExecutors(lk);
   }
   return std::shared_ptr<Servable>(new Servable(std::move(impl)));
 }

@@ -41,6 +41,7 @@ struct DeploymentOptions {
 // A deployment's options as JSON, the one specification that Python's Deployment, `lepton serve`
 // and its config file write: {"threads": 4, "max_batch_size": 16, "max_queue_delay_ms": 2, ...}.
 // Fields: threads, intra_op_threads, max_batch_size, max_queue_delay_ms, max_queue, warmup_runs,
+// idle_thread_timeout,
 // version_threads, priorities, adaptive, min_threads, rebalance_interval, drain_timeout,
 // alias_poll_interval, policy_tick, state_save_interval, feedback_window, shadow_queue,
 // anomaly_interval (durations in seconds unless named _ms). Absent or null fields keep their

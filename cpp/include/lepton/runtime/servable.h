@@ -39,6 +39,9 @@ struct ServableOptions {
   int max_queue = 1024;          // queued requests beyond this are refused (Overloaded)
   int priority = 0;              // default priority of this version's requests
   int warmup_runs = 2;
+  // An executor thread idle this long exits; the next queued request starts it again. A version
+  // without traffic holds no thread.
+  double idle_thread_s = 2.0;
   Tensors example_inputs;  // used to warm up when there is no signature
 };
 
@@ -49,6 +52,7 @@ struct ServableStats {
   std::string version;
   Health health = Health::kLoading;
   int threads = 0;
+  int executors = 0;     // executor threads alive now (none while idle)
   int64_t requests = 0;  // admitted
   int64_t succeeded = 0;
   int64_t failed = 0;  // the model raised
