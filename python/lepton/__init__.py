@@ -8,6 +8,8 @@ The registry stores every version durably, with aliases, lineage, metrics and an
     reg.set_alias("classifier", "production", "v1.0", reason="first release")
     model = reg.load("classifier@production")
 """
+
+from . import _torch_check  # noqa: F401  (refuses a mismatched torch before _core loads)
 from . import _core
 from .errors import (
     Conflict,

@@ -62,3 +62,54 @@ def test_the_package_has_no_import_cycle():
 
     for name in sorted(modules - {"__init__", "__main__"}):
         assert cycle_from(name, [name]) is None, " -> ".join(cycle_from(name, [name]))
+
+
+SMOKE = r"""
+import os, sys, tempfile, json, urllib.request
+import torch, lepton
+assert not lepton.__file__.startswith(sys.argv[1]), lepton.__file__  # the installed copy, not the tree
+reg = lepton.Registry(tempfile.mkdtemp())
+reg.register("m", torch.nn.Linear(3, 2).eval(), version="v1", example_inputs=torch.zeros(1, 3))
+with lepton.Deployment(reg, "m", ["v1"]) as d:
+    assert d.predict(torch.zeros(1, 3)).output.shape == (1, 2)
+with lepton.serve(reg, port=0, token="t" * 32) as s:
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0, 0, 0]}]})
+    r = urllib.request.urlopen(urllib.request.Request(s.url + "/v2/models/m/infer", body.encode(),
+                                                      {"Content-Type": "application/json"}))
+    assert json.load(r)["outputs"][0]["shape"] == [1, 2]
+print("smoke ok")
+"""
+
+
+def test_a_wheel_and_an_sdist_build_with_one_command_and_the_wheel_works_in_a_fresh_venv(tmp_path):
+    """`python3 -m build --no-isolation` makes both (the wheel from the sdist, so the sdist is
+    complete); the wheel installs into a fresh venv over Debian's torch, passes a smoke test from
+    outside the source tree, and refuses a torch other than the one it was built against."""
+    dist = tmp_path / "dist"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_NO_DEPS", "LEPTON_BUILD_DIR")}
+    env["PIP_NO_INDEX"] = "1"
+    build = subprocess.run(["/usr/bin/python3", "-m", "build", "--no-isolation", "--outdir", str(dist), ROOT],
+                           capture_output=True, text=True, env=env, timeout=1800)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    wheels = sorted(dist.glob("lepton-*.whl"))
+    assert len(wheels) == 1 and len(list(dist.glob("lepton-*.tar.gz"))) == 1, os.listdir(dist)
+    venv = tmp_path / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run([python, "-m", "pip", "install", "--disable-pip-version-check", "-q", str(wheels[0])],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert install.returncode == 0, install.stdout + install.stderr
+    run = dict(cwd=str(tmp_path), capture_output=True, text=True, env=env, timeout=300)
+    smoke = subprocess.run([python, "-c", SMOKE, ROOT], **run)
+    assert smoke.returncode == 0 and "smoke ok" in smoke.stdout, smoke.stdout + smoke.stderr
+    version = subprocess.run([str(venv / "bin" / "lepton"), "--version"], **run)
+    with open(os.path.join(ROOT, "VERSION")) as f:
+        assert version.returncode == 0 and f.read().strip() in version.stdout, version.stdout + version.stderr
+    # Built against another torch: refused at import with the reason, before the extension loads.
+    info = subprocess.run([python, "-c", "import lepton._build_info as b; print(b.__file__)"], **run).stdout.strip()
+    with open(info) as f:
+        text = f.read()
+    with open(info, "w") as f:
+        f.write(text.replace('TORCH_VERSION = "', 'TORCH_VERSION = "9.8.7+other # was '))
+    refused = subprocess.run([python, "-c", "import lepton"], **run)
+    assert refused.returncode != 0 and "built against torch 9.8.7" in refused.stderr, refused.stderr
