@@ -344,7 +344,7 @@ def serve(ctx, serve_registry, host, port, token, token_for_inference, open_feed
     models: dict = {}
     for item in model_specs:
         name, sep, target = item.partition("=")
-        spec = {"alias": None, "versions": None, "policy": None}
+        spec: dict = {"alias": None, "versions": None, "policy": None}
         if sep and target.startswith("@"):
             spec["alias"] = target[1:]
         elif sep:

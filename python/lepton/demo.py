@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 import urllib.request
+from typing import Any, Dict
 
 import torch
 from torch import nn
@@ -141,7 +142,8 @@ class _RejectsLargeFeature(nn.Module):
 
 
 def _ramp(d: Deployment, canary: Canary, rows: torch.Tensor) -> None:
-    answered, failed, step = {}, 0, None
+    answered: Dict[Any, int] = {}
+    failed, step = 0, None
     for i in range(rows.shape[0]):
         try:
             p = d.predict(rows[i : i + 1])

@@ -220,7 +220,7 @@ class Deployment:
     def _from_core(cls, core: "_core.Deployment") -> "Deployment":
         self = cls.__new__(cls)
         self._core = core
-        self.registry = None
+        self.registry = None  # type: ignore[assignment]  # made from files, not from a registry
         return self
 
     def predict(
@@ -238,7 +238,10 @@ class Deployment:
         sticky policies; ``timeout`` (seconds) raises ``lepton.Timeout`` when passed. The GIL is
         released while the request runs."""
         tensors, numpy_in = _to_inputs(x)
-        return Prediction(self._core.predict(tensors, version, key, headers, timeout, priority), numpy_in)
+        return Prediction(
+            self._core.predict(tensors, version, key, None if headers is None else dict(headers), timeout, priority),
+            numpy_in,
+        )
 
     def __call__(self, x: Inputs, **kwargs: Any) -> Any:
         """The output alone: ``deployment(x)`` is ``deployment.predict(x).output``."""

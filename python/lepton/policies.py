@@ -8,7 +8,7 @@ import json
 import math
 import warnings
 from datetime import datetime
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _core
 from .errors import InvalidArgument
@@ -46,7 +46,7 @@ def _renamed(new: Any, old: Any, old_name: str, new_name: str) -> Any:
 
 class _Policy:
     _core: Any
-    combiner = None
+    combiner: Optional[Callable[..., Any]] = None
     spec: Dict[str, Any]
 
     def _build(self, spec: Dict[str, Any]) -> None:

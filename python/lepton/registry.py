@@ -8,9 +8,12 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import _core
+
+if TYPE_CHECKING:
+    import torch
 from .errors import InvalidArgument
 
 TensorSpec = _core.TensorSpec
@@ -167,7 +170,7 @@ class GcReport:
     dry_run: bool
 
 
-ModelLike = Union[PathLike, bytes, "torch.nn.Module", "torch.jit.ScriptModule"]  # noqa: F821
+ModelLike = Union[PathLike, bytes, "torch.nn.Module", "torch.jit.ScriptModule"]
 Ref = Union[str, ModelVersion]
 
 
@@ -369,19 +372,12 @@ class Registry:
         parent_ = None if parent is None else _ref(parent)
         if signature is not None and not isinstance(signature, Signature):
             raise InvalidArgument(f"signature must be a lepton.Signature, not {type(signature).__name__}")
-        common = dict(
-            version=version,
-            description=description,
-            tags=tags_,
-            metrics=metrics_,
-            parent=parent_,
-            reason=reason,
-        )
         if isinstance(model, (str, os.PathLike)):
             if signature is None and example_inputs is not None:
                 signature = infer_signature(_load(os.fspath(model)), example_inputs)
             return ModelVersion(
-                self._core.register_file(name, os.fspath(model), signature=signature, **common)
+                self._core.register_file(name, os.fspath(model), version, description, tags_, metrics_, parent_,
+                                         signature, reason)
             )
         if isinstance(model, (bytes, bytearray, memoryview)):
             data = bytes(model)
@@ -392,7 +388,9 @@ class Registry:
         if signature is None and example_inputs is not None:
             # Inferred on a copy loaded from the bytes, so the caller's module never runs.
             signature = infer_signature(_load(data), example_inputs)
-        return ModelVersion(self._core.register_bytes(name, data, signature=signature, **common))
+        return ModelVersion(
+            self._core.register_bytes(name, data, version, description, tags_, metrics_, parent_, signature, reason)
+        )
 
     def get(self, ref: Ref) -> ModelVersion:
         """The version a reference names."""
@@ -412,7 +410,7 @@ class Registry:
         """Alias -> version label for model ``name``."""
         return dict(self._core.aliases(name))
 
-    def load(self, ref: Ref, *, map_location: Any = "cpu") -> "torch.jit.ScriptModule":  # noqa: F821
+    def load(self, ref: Ref, *, map_location: Any = "cpu") -> "torch.jit.ScriptModule":
         """Loads a version as a ScriptModule in eval mode (as the engine serves it), after checking
         its bytes against their sha256."""
         return _load(self._core.read_artifact(_ref(ref)), map_location)

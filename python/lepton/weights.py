@@ -156,5 +156,5 @@ def allocate(
 
 def _broadcast(x: Any, n: int, name: str) -> np.ndarray:
     if np.isscalar(x):
-        return np.full(n, float(x))
+        return np.full(n, float(x))  # type: ignore[arg-type]  # a numpy scalar
     return _vector(x, name)
