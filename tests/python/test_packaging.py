@@ -113,3 +113,19 @@ def test_a_wheel_and_an_sdist_build_with_one_command_and_the_wheel_works_in_a_fr
         f.write(text.replace('TORCH_VERSION = "', 'TORCH_VERSION = "9.8.7+other # was '))
     refused = subprocess.run([python, "-c", "import lepton"], **run)
     assert refused.returncode != 0 and "built against torch 9.8.7" in refused.stderr, refused.stderr
+
+
+def test_the_build_refuses_a_libtorch_of_another_release_than_pythons_torch(tmp_path):
+    """A Python whose torch is 2.1.0 (a stand-in package first on its path, with no LibTorch of
+    its own) next to the system's LibTorch 1.13: configuring stops and names both."""
+    fake = tmp_path / "site" / "torch"
+    (fake / "utils").mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "2.1.0"\n')
+    (fake / "utils" / "__init__.py").write_text(f'cmake_prefix_path = "{tmp_path / "none"}"\n')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+    out = subprocess.run(
+        ["cmake", "-S", ROOT, "-B", str(tmp_path / "build"), "-DPython3_EXECUTABLE=/usr/bin/python3",
+         "-DLEPTON_BUILD_TESTS=OFF", "-DLEPTON_BUILD_PYTHON=OFF"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode != 0
+    assert "imports torch 2.1.0" in out.stderr and "is 1.13" in out.stderr, out.stderr[-2000:]
