@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -49,6 +50,25 @@ TEST(Histogram, ConcurrentObservationsAreAllCounted) {
   uint64_t total = 0;
   for (auto c : s.counts) total += c;
   EXPECT_EQ(total, 80000u);
+}
+
+TEST(ProcessMetrics, ResidentMemoryAndThreadsAreMeasured) {
+  const int64_t before = ProcessResidentBytes();
+  ASSERT_GT(before, 0);
+  std::vector<char> block(64 << 20);
+  for (size_t i = 0; i < block.size(); i += 4096) block[i] = 1;  // touched: resident now
+  EXPECT_GE(ProcessResidentBytes() - before, 48 << 20);
+  const int64_t threads = ProcessThreads();
+  ASSERT_GE(threads, 1);
+  std::promise<void> release;
+  std::thread other([done = release.get_future()]() mutable { done.wait(); });
+  EXPECT_GE(ProcessThreads(), threads + 1);
+  release.set_value();
+  other.join();
+  const std::string text = ProcessMetricsText();
+  EXPECT_NE(text.find("# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes "),
+            std::string::npos);
+  EXPECT_NE(text.find("# TYPE process_threads gauge\nprocess_threads "), std::string::npos);
 }
 
 TEST(Prometheus, FollowsTheTextFormat) {

@@ -340,6 +340,9 @@ def test_stats_events_and_prometheus_metrics(server):
     assert any(e["kind"] == "load" and e["version"] == "v1" for e in events)
     text = requests.get(server.url + "/metrics").text
     assert '# TYPE lepton_requests_total counter' in text
+    rss = re.search(r"^process_resident_memory_bytes (\d+)$", text, re.M)
+    threads = re.search(r"^process_threads (\d+)$", text, re.M)
+    assert rss and int(rss.group(1)) > 50 << 20 and threads and int(threads.group(1)) > 2, text[-400:]
     assert re.search(r'lepton_requests_total\{model="m",version="v1",alias="prod",policy="fixed"\} 5', text)
     assert re.search(r'lepton_request_failures_total\{model="m",version="",alias="prod",policy="fixed",'
                      r'reason="invalid_input"\} 1', text)

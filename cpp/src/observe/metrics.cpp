@@ -1,9 +1,11 @@
 #include "lepton/observe/metrics.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -199,6 +201,30 @@ void HistogramLines(std::ostringstream& o, const std::string& name, const Series
 }
 
 }  // namespace
+
+int64_t ProcessResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = -1;
+  if (!(statm >> size >> resident)) return -1;
+  return resident * static_cast<int64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+int64_t ProcessThreads() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("Threads:", 0) == 0) return std::stoll(line.substr(8));
+  }
+  return -1;
+}
+
+std::string ProcessMetricsText() {
+  std::ostringstream o;
+  Header(o, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+  o << "process_resident_memory_bytes " << ProcessResidentBytes() << '\n';
+  Header(o, "process_threads", "gauge", "Threads of the process.");
+  o << "process_threads " << ProcessThreads() << '\n';
+  return o.str();
+}
 
 std::string RenderPrometheus(const std::vector<MetricsSnapshot>& snapshots) {
   std::vector<const RequestSeries::Snapshot*> series;

@@ -103,6 +103,12 @@ class RequestMetrics {
 // Prometheus text exposition format 0.0.4 of any number of deployments' metrics.
 std::string RenderPrometheus(const std::vector<MetricsSnapshot>& snapshots);
 
+// This process's resident memory in bytes and its thread count, read from /proc/self (-1 where
+// that cannot be read), and as Prometheus gauges (process_resident_memory_bytes, process_threads).
+int64_t ProcessResidentBytes();
+int64_t ProcessThreads();
+std::string ProcessMetricsText();
+
 // A label value escaped for the Prometheus text format.
 std::string PrometheusEscape(const std::string& v);
 
