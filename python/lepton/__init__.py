@@ -16,6 +16,7 @@ from .errors import (
     IntegrityError,
     InvalidArgument,
     LeptonError,
+    LoadError,
     ModelError,
     NotFound,
     Overloaded,
@@ -90,5 +91,6 @@ __all__ = [
     "Overloaded",
     "Timeout",
     "ModelError",
+    "LoadError",
     "Unavailable",
 ]

@@ -8,6 +8,7 @@ from ._core import (
     IntegrityError,
     InvalidArgument,
     LeptonError,
+    LoadError,
     ModelError,
     NotFound,
     Overloaded,
@@ -26,5 +27,6 @@ __all__ = [
     "Overloaded",
     "Timeout",
     "ModelError",
+    "LoadError",
     "Unavailable",
 ]

@@ -1,5 +1,7 @@
 #include "lepton/control/artifact_source.h"
 
+#include <filesystem>
+
 #include "lepton/common/errors.h"
 #include "lepton/common/files.h"
 #include "lepton/common/names.h"
@@ -33,6 +35,38 @@ Artifact ArtifactSource::Fetch(const std::string& spec) const {
   auto it = files_.find(spec);
   if (it == files_.end()) throw NotFound("no model file is known for version '" + spec + "'");
   return Artifact{spec, ReadWholeFile(it->second, "model file"), "", std::nullopt};
+}
+
+ArtifactInfo ArtifactSource::Resolve(const std::string& spec) const {
+  if (registry_) {
+    const Reference ref = ParseVersionIn(model_, spec);
+    ModelVersion v = registry_->Get(ref.ToString());
+    return ArtifactInfo{v.version, v.sha256, v.signature, v.size};
+  }
+  auto it = files_.find(spec);
+  if (it == files_.end()) throw NotFound("no model file is known for version '" + spec + "'");
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(it->second, ec);
+  return ArtifactInfo{spec, "", std::nullopt, ec ? 0 : static_cast<int64_t>(size)};
+}
+
+std::string ArtifactSource::Read(const ArtifactInfo& info) const {
+  if (registry_) return registry_->ReadArtifact(model_ + ":" + info.label);
+  auto it = files_.find(info.label);
+  if (it == files_.end()) throw NotFound("no model file is known for version '" + info.label + "'");
+  return ReadWholeFile(it->second, "model file");
+}
+
+std::vector<ArtifactInfo> ArtifactSource::All() const {
+  std::vector<ArtifactInfo> out;
+  if (registry_) {
+    for (const auto& v : registry_->Versions(model_)) {
+      out.push_back(ArtifactInfo{v.version, v.sha256, v.signature, v.size});
+    }
+    return out;
+  }
+  for (const auto& label : labels_) out.push_back(Resolve(label));
+  return out;
 }
 
 }  // namespace lepton

@@ -291,6 +291,58 @@ std::string RenderPrometheus(const std::vector<MetricsSnapshot>& snapshots) {
   for (auto* g : gauges) {
     o << "lepton_version_anomalous" << version_labels(*g) << ' ' << (g->anomalous ? 1 : 0) << '\n';
   }
+  Header(o, "lepton_version_loaded", "gauge",
+         "1 while a version is loaded (under a memory budget versions load on demand).");
+  for (auto* g : gauges) {
+    o << "lepton_version_loaded" << version_labels(*g) << ' ' << (g->residency == "loaded" ? 1 : 0)
+      << '\n';
+  }
+  Header(o, "lepton_version_memory_bytes", "gauge",
+         "Memory a loaded version holds, measured at load: its tensors (parameters, buffers, "
+         "tensor attributes), each storage once.");
+  for (auto* g : gauges) {
+    o << "lepton_version_memory_bytes" << version_labels(*g) << ' ' << g->memory_bytes << '\n';
+  }
+  const std::pair<const char*, const char*> kLoads[] = {
+      {"lepton_version_loads_total", "Loads of a version (at start, on demand or prefetched)."},
+      {"lepton_version_load_failures_total", "Loads of a version that failed."},
+      {"lepton_version_evictions_total", "Times a version was unloaded to make room."},
+      {"lepton_version_cache_hits_total", "Requests that found their version loaded."},
+      {"lepton_version_cache_misses_total", "Requests that waited for their version to load."},
+      {"lepton_version_loaded_bytes_total", "Bytes of versions loaded, summed over loads."}};
+  for (int k = 0; k < 6; ++k) {
+    Header(o, kLoads[k].first, "counter", kLoads[k].second);
+    for (auto* g : gauges) {
+      const int64_t v = k == 0   ? g->loads
+                        : k == 1 ? g->load_failures
+                        : k == 2 ? g->evictions
+                        : k == 3 ? g->hits
+                        : k == 4 ? g->misses
+                                 : g->bytes_loaded;
+      o << kLoads[k].first << version_labels(*g) << ' ' << v << '\n';
+    }
+  }
+  Header(o, "lepton_model_load_seconds", "histogram",
+         "How long loading a version took (fetch, checksum, load, warm-up): the cold start.");
+  for (const auto& s : snapshots) {
+    if (s.model.empty()) continue;
+    o << PrometheusHistogram("lepton_model_load_seconds", "model=\"" + Escape(s.model) + "\"",
+                             s.load_seconds);
+  }
+  Header(o, "lepton_memory_budget_bytes", "gauge",
+         "The memory budget a model's versions load under (absent: none).");
+  for (const auto& s : snapshots) {
+    if (s.memory_limit_bytes <= 0) continue;
+    o << "lepton_memory_budget_bytes{model=\"" << Escape(s.model) << "\"} " << s.memory_limit_bytes
+      << '\n';
+  }
+  Header(o, "lepton_memory_budget_used_bytes", "gauge",
+         "Bytes loaded or being loaded under that budget (shared budgets count every model).");
+  for (const auto& s : snapshots) {
+    if (s.memory_limit_bytes <= 0) continue;
+    o << "lepton_memory_budget_used_bytes{model=\"" << Escape(s.model) << "\"} "
+      << s.memory_used_bytes << '\n';
+  }
   return o.str();
 }
 

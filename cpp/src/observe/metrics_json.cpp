@@ -55,9 +55,23 @@ json MetricsJson(const MetricsSnapshot& m) {
                         {"in_flight", g.in_flight},
                         {"queued", g.queued},
                         {"weight_bytes", g.weight_bytes},
-                        {"anomalous", g.anomalous}});
+                        {"anomalous", g.anomalous},
+                        {"state", g.residency},
+                        {"memory_bytes", g.memory_bytes},
+                        {"loads", g.loads},
+                        {"load_failures", g.load_failures},
+                        {"evictions", g.evictions},
+                        {"hits", g.hits},
+                        {"misses", g.misses},
+                        {"bytes_loaded", g.bytes_loaded}});
   }
-  return {{"series", series}, {"versions", versions}};
+  json out = {
+      {"series", series}, {"versions", versions}, {"load_s", HistogramJson(m.load_seconds)}};
+  if (m.memory_limit_bytes > 0) {
+    out["memory_budget"] = {{"limit_bytes", m.memory_limit_bytes},
+                            {"used_bytes", m.memory_used_bytes}};
+  }
+  return out;
 }
 
 }  // namespace lepton

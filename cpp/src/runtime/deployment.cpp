@@ -30,6 +30,9 @@ DeploymentOptions Checked(DeploymentOptions o) {
   if (o.min_threads < 1) throw InvalidArgument("min_threads must be >= 1");
   if (!(o.drain_timeout_s >= 0)) throw InvalidArgument("drain_timeout must be >= 0");
   if (!(o.anomaly_interval_s > 0)) throw InvalidArgument("anomaly_interval must be > 0 seconds");
+  if (o.load_threads < 1) throw InvalidArgument("load_threads must be >= 1");
+  if (!(o.load_wait_s >= 0)) throw InvalidArgument("load_wait must be >= 0 seconds");
+  if (!(o.load_retry_s >= 0)) throw InvalidArgument("load_retry must be >= 0 seconds");
   for (const auto& [v, t] : o.version_threads) {
     if (t < 1) throw InvalidArgument("threads for version '" + v + "' must be >= 1");
   }
@@ -93,15 +96,10 @@ class Deployment::Impl {
   // A client's malformed request is refused before any version runs it: it counts under no
   // version (so never against a canary's guardrails, an A/B test or an anomaly flag), and no
   // policy observes it.
-  void CheckRequest(const VersionState& st, const Route& route, const Tensors& inputs,
-                    const PredictOptions& o, Clock::time_point start) {
+  void CheckRequest(const std::function<void()>& check, const Route& route,
+                    Clock::time_point start) {
     try {
-      if (o.timeout_s && !(*o.timeout_s > 0)) throw InvalidArgument("timeout must be > 0 seconds");
-      const std::vector<std::string>* names = o.input_names.empty() ? nullptr : &o.input_names;
-      for (const auto& t : route.targets) {
-        auto it = st.servables.find(t.version);
-        if (it != st.servables.end()) it->second->CheckInputs(inputs, names);
-      }
+      check();
     } catch (const InvalidArgument&) {
       metrics_.Series({model_, "", alias_.value_or(""), route.policy})
           .Failed(FailureReason::kInvalidInput, Seconds(Clock::now() - start));
@@ -122,7 +120,15 @@ class Deployment::Impl {
       route = policy.Select(o.context, st->live);
     }
     if (route.targets.empty()) throw Unavailable("policy " + route.policy + " chose no version");
-    CheckRequest(*st, route, inputs, o, start);
+    std::optional<Clock::time_point> deadline;
+    CheckRequest(
+        [&] {
+          if (o.timeout_s && !(*o.timeout_s > 0)) {
+            throw InvalidArgument("timeout must be > 0 seconds");
+          }
+        },
+        route, start);
+    if (o.timeout_s) deadline = start + DeadlineIn(*o.timeout_s);
     // One series per answering version (an ensemble's members joined by '+'); a pinned version
     // that is not live counts under "" so that requests cannot mint label values.
     std::string label;
@@ -134,8 +140,29 @@ class Deployment::Impl {
       label += (label.empty() ? "" : "+") + t.version;
     }
     RequestSeries& series = metrics_.Series({model_, label, alias_.value_or(""), route.policy});
+    // The versions' loaded servables, held until the answer: a version in use is never evicted.
+    // A version that is not loaded loads now, while this request waits until its deadline.
+    std::vector<VersionSlot::Lease> leases;
+    std::vector<std::shared_ptr<Servable>> members;
     try {
-      Prediction p = Routed(st, route, routed, inputs, o, start);
+      for (const auto& t : route.targets) {
+        leases.push_back(st->Slot(t.version)->Acquire(deadline));
+        members.push_back(leases.back().servable());
+      }
+    } catch (const Unavailable&) {
+      throw;  // a version that left: counted by Predict unless a retry answers it
+    } catch (...) {
+      series.Failed(CurrentFailure(), Seconds(Clock::now() - start));
+      throw;
+    }
+    CheckRequest(
+        [&] {
+          const std::vector<std::string>* names = o.input_names.empty() ? nullptr : &o.input_names;
+          for (const auto& m : members) m->CheckInputs(inputs, names);
+        },
+        route, start);
+    try {
+      Prediction p = Routed(st, route, members, routed, inputs, o, start);
       series.Succeeded(p.queue_s, p.compute_s, p.latency_s, p.batch_rows);
       return p;
     } catch (const Unavailable&) {
@@ -170,25 +197,27 @@ class Deployment::Impl {
     EmitEvent("error", "model_error", model_, version, what);
   }
 
-  Prediction Answer(const VersionState& st, const Route& route, const Tensors& inputs,
+  Prediction Answer(const VersionState& st, const Route& route,
+                    const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
                     const PredictOptions& o, Clock::time_point start) {
-    Prediction p = executor_.Run(st, route, inputs, o, start);
+    Prediction p = executor_.Run(st, route, members, inputs, o, start);
     if (!route.mirrors.empty()) shadows_.Mirror(st, route, inputs, p);
     return p;
   }
 
-  Prediction Routed(const std::shared_ptr<const VersionState>& st, const Route& route, bool routed,
+  Prediction Routed(const std::shared_ptr<const VersionState>& st, const Route& route,
+                    const std::vector<std::shared_ptr<Servable>>& members, bool routed,
                     const Tensors& inputs, const PredictOptions& o, Clock::time_point start) {
     const Policy& policy = *st->policy;
     if (!routed || !policy.observes() || route.combine) {
-      Prediction p = Answer(*st, route, inputs, o, start);
+      Prediction p = Answer(*st, route, members, inputs, o, start);
       if (routed && policy.takes_feedback()) ledger_.Remember(p.request_id, st->policy, p.versions);
       return p;
     }
     // The policy learns from how its requests end: every exit reports an outcome.
     const std::string& version = route.targets[0].version;
     try {
-      Prediction p = Answer(*st, route, inputs, o, start);
+      Prediction p = Answer(*st, route, members, inputs, o, start);
       policy.Observe({version, p.latency_s, false});
       if (policy.takes_feedback()) ledger_.Remember(p.request_id, st->policy, p.versions);
       return p;
@@ -224,6 +253,9 @@ class Deployment::Impl {
     Wake();
   }
   void SetCombiner(Combiner combiner) { versions_.SetCombiner(std::move(combiner)); }
+  void Pin(const std::string& version) { versions_.Pin(version); }
+  void Unpin(const std::string& version) { versions_.Unpin(version); }
+  bool Refresh() { return versions_.Refresh(); }
 
   std::vector<ShadowStats> Shadows() const { return shadows_.Stats(); }
   std::vector<AppliedEvent> Events() const { return controller_.Events(); }
@@ -248,9 +280,11 @@ class Deployment::Impl {
     if (!st || versions_.closed()) return;
     const LoadFn load = [&](const std::string& v) {
       VersionLoad l;
-      auto it = st->servables.find(v);
-      if (it == st->servables.end()) return l;
-      const ServableStats s = it->second->stats();
+      auto it = st->slots.find(v);
+      if (it == st->slots.end()) return l;
+      auto loaded = it->second->loaded();
+      if (!loaded) return l;
+      const ServableStats s = loaded->stats();
       l.threads = s.threads;
       l.completed = s.succeeded;
       l.outstanding = s.in_flight + s.queued;
@@ -277,9 +311,11 @@ class Deployment::Impl {
     auto next_tick = now0;
     auto next_save = now0 + DeadlineIn(options_.state_save_s);
     auto next_watch = now0 + DeadlineIn(options_.anomaly_interval_s);
+    auto next_refresh = now0 + DeadlineIn(options_.versions_poll_s);
     while (!stopping_) {
       auto wake = std::min({next_tick, next_save, next_watch});
       if (follower_) wake = std::min(wake, next_poll);
+      if (options_.all_versions) wake = std::min(wake, next_refresh);
       if (options_.adaptive) wake = std::min(wake, next_balance);
       control_cv_.wait_until(lk, wake, [&] { return stopping_ || wake_; });
       if (stopping_) break;
@@ -290,6 +326,14 @@ class Deployment::Impl {
       if (follower_ && now >= next_poll) {
         FollowAliasOnce();
         next_poll = now + DeadlineIn(options_.alias_poll_s);
+      }
+      if (options_.all_versions && now >= next_refresh) {
+        try {
+          versions_.Refresh();
+        } catch (const std::exception& e) {
+          NoteError(std::string("looking for new versions: ") + e.what());
+        }
+        next_refresh = now + DeadlineIn(options_.versions_poll_s);
       }
       if (options_.adaptive && now >= next_balance) {
         Rebalance();
@@ -342,12 +386,18 @@ class Deployment::Impl {
   void Rebalance() {
     auto st = versions_.Snapshot();
     if (!st || versions_.closed()) return;
+    // Over the versions loaded now: one that is not holds no cores.
     std::vector<VersionDemand> demand;
+    std::map<std::string, std::shared_ptr<Servable>> loaded;
     for (const auto& v : st->live.versions) {
-      const ServableStats s = st->servables.at(v)->stats();
-      demand.push_back({v, s.busy_s, s.queued + s.in_flight});
+      auto s = st->slots.at(v)->loaded();
+      if (!s) continue;
+      const ServableStats stats = s->stats();
+      demand.push_back({v, stats.busy_s, stats.queued + stats.in_flight});
+      loaded.emplace(v, std::move(s));
     }
-    for (const auto& [v, threads] : planner_.Plan(demand)) st->servables.at(v)->SetThreads(threads);
+    if (demand.empty()) return;
+    for (const auto& [v, threads] : planner_.Plan(demand)) loaded.at(v)->SetThreads(threads);
   }
 
   void Close() {
@@ -361,7 +411,8 @@ class Deployment::Impl {
     if (!versions_.closed()) SaveCurrentState(true);
     std::shared_ptr<const VersionState> st = versions_.Close();
     if (!st) return;
-    for (const auto& [v, s] : st->servables) s->Drain(options_.drain_timeout_s);
+    for (const auto& [v, slot] : st->slots) slot->Retire(options_.drain_timeout_s);
+    versions_.StopLoads();
     EmitEvent("info", "close", model_, "", "deployment of " + model_ + " closed");
   }
 
@@ -386,17 +437,31 @@ class Deployment::Impl {
     if (!st) return out;
     out.primary = st->live.primary;
     out.policy = st->policy->Describe();
-    for (const auto& v : st->live.versions) out.versions.push_back(st->servables.at(v)->stats());
+    for (const auto& v : st->live.versions) {
+      const auto& slot = st->slots.at(v);
+      out.versions.push_back(slot->servable_stats());
+      out.slots.push_back(slot->stats());
+    }
+    if (const auto& budget = versions_.budget()) out.memory = budget->stats();
+    out.loader_threads = versions_.loader_threads();
     return out;
   }
 
   MetricsSnapshot Metrics() const {
     MetricsSnapshot m;
     m.series = metrics_.Snapshot();
+    m.model = model_;
     auto st = versions_.Snapshot();
     if (!st) return m;
+    m.load_seconds = versions_.load_seconds()->snapshot();
+    if (const auto& budget = versions_.budget()) {
+      m.memory_limit_bytes = budget->limit();
+      m.memory_used_bytes = budget->stats().used;
+    }
     for (const auto& v : st->live.versions) {
-      const ServableStats s = st->servables.at(v)->stats();
+      const auto& slot = st->slots.at(v);
+      const ServableStats s = slot->servable_stats();
+      const SlotStats r = slot->stats();
       VersionGauges g;
       g.model = model_;
       g.version = v;
@@ -406,6 +471,14 @@ class Deployment::Impl {
       g.queued = s.queued;
       g.weight_bytes = s.weight_bytes;
       g.anomalous = anomalies_.Anomalous(v);
+      g.residency = ResidencyName(r.residency);
+      g.memory_bytes = r.memory_bytes;
+      g.loads = r.loads;
+      g.load_failures = r.load_failures;
+      g.evictions = r.evictions;
+      g.hits = r.hits;
+      g.misses = r.misses;
+      g.bytes_loaded = r.bytes_loaded;
       m.versions.push_back(std::move(g));
     }
     return m;
@@ -496,6 +569,9 @@ void Deployment::SetPolicy(std::shared_ptr<const Policy> policy) {
   Live()->SetPolicy(std::move(policy));
 }
 void Deployment::SetCombiner(Combiner combiner) { Live()->SetCombiner(std::move(combiner)); }
+void Deployment::Pin(const std::string& version) { Live()->Pin(version); }
+void Deployment::Unpin(const std::string& version) { Live()->Unpin(version); }
+bool Deployment::RefreshVersions() { return Live()->Refresh(); }
 void Deployment::Feedback(const std::string& request_id, double reward, const std::string& source) {
   Live()->Feedback(request_id, reward, source);
 }

@@ -17,8 +17,21 @@ json Optional(const std::optional<T>& v) {
 
 json StatusJson(const DeploymentStatus& s) {
   json versions = json::array();
-  for (const auto& v : s.versions) {
+  for (size_t i = 0; i < s.versions.size(); ++i) {
+    const ServableStats& v = s.versions[i];
+    const SlotStats r = i < s.slots.size() ? s.slots[i] : SlotStats{};
     versions.push_back({{"version", v.version},
+                        {"state", ResidencyName(r.residency)},
+                        {"pinned", r.pinned},
+                        {"required", r.required},
+                        {"memory_bytes", r.memory_bytes},
+                        {"loads", r.loads},
+                        {"load_failures", r.load_failures},
+                        {"evictions", r.evictions},
+                        {"hits", r.hits},
+                        {"misses", r.misses},
+                        {"last_load_seconds", r.last_load_s},
+                        {"last_load_error", r.last_error},
                         {"health", HealthName(v.health)},
                         {"threads", v.threads},
                         {"executors", v.executors},
@@ -44,6 +57,14 @@ json StatusJson(const DeploymentStatus& s) {
           {"last_error", s.last_error},
           {"alias_target_failed", Optional(s.alias_target_failed)},
           {"alias_follow_failures", s.alias_follow_failures},
+          {"loader_threads", s.loader_threads},
+          {"memory", s.memory ? json{{"limit_bytes", s.memory->limit},
+                                     {"used_bytes", s.memory->used},
+                                     {"peak_bytes", s.memory->peak},
+                                     {"evictions", s.memory->evictions},
+                                     {"waits", s.memory->waits},
+                                     {"exhausted", s.memory->exhausted}}
+                              : json(nullptr)},
           {"versions", versions}};
 }
 

@@ -69,6 +69,30 @@ void ReadDeploymentOptions(Fields& f, DeploymentOptions& o) {
   o.shadow_queue =
       static_cast<size_t>(CountField(f, "shadow_queue", static_cast<int>(o.shadow_queue), 0));
   o.anomaly_interval_s = SecondsField(f, "anomaly_interval", o.anomaly_interval_s, false);
+  o.all_versions = f.get<bool>("all_versions", "true or false", o.all_versions);
+  o.versions_poll_s = SecondsField(f, "versions_poll_interval", o.versions_poll_s, false);
+  if (f.has("memory_budget")) {
+    const nlohmann::json& b = f.raw("memory_budget");
+    if (b.is_string()) {
+      o.memory_budget = std::make_shared<MemoryBudget>(ParseByteSize(b.get<std::string>()));
+    } else if (b.is_number()) {
+      const double bytes = b.get<double>();
+      if (!(bytes >= 1) || bytes > 4.6e18) {
+        throw InvalidArgument(f.where() + ": 'memory_budget' must be at least one byte");
+      }
+      o.memory_budget = std::make_shared<MemoryBudget>(static_cast<int64_t>(bytes));
+    } else {
+      throw InvalidArgument(f.where() +
+                            ": 'memory_budget' must be a number of bytes or a size such as "
+                            "\"512MB\"");
+    }
+  }
+  if (f.has("pin")) {
+    o.pinned = f.get<std::vector<std::string>>("pin", "a list of version labels", {});
+  }
+  o.load_threads = CountField(f, "load_threads", o.load_threads, 1);
+  o.load_wait_s = SecondsField(f, "load_wait", o.load_wait_s, true);
+  o.load_retry_s = SecondsField(f, "load_retry", o.load_retry_s, true);
 }
 
 DeploymentOptions DeploymentOptionsFromJson(const std::string& json_text) {

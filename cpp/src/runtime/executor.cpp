@@ -76,10 +76,9 @@ Executor::Executor(int threads) : threads_(threads), arena_(std::make_unique<Are
 
 Executor::~Executor() = default;
 
-Prediction Executor::Run(const VersionState& st_ref, const Route& route, const Tensors& inputs,
-                         const PredictOptions& o, Clock::time_point start) {
-  const VersionState* st = &st_ref;
-
+Prediction Executor::Run(const VersionState& st, const Route& route,
+                         const std::vector<std::shared_ptr<Servable>>& members,
+                         const Tensors& inputs, const PredictOptions& o, Clock::time_point start) {
   RunOptions run;
   if (o.timeout_s) {
     if (!(*o.timeout_s > 0)) throw InvalidArgument("timeout must be > 0 seconds");
@@ -92,15 +91,14 @@ Prediction Executor::Run(const VersionState& st_ref, const Route& route, const T
   p.route = route.reason;
   p.request_id = RandomHex(16);  // 128 random bits: no client can guess another's id
   if (!route.combine) {
-    auto servable = st->Lookup(route.targets[0].version);
-    RunResult r = servable->Run(inputs, run);
+    RunResult r = members[0]->Run(inputs, run);
     p.outputs = std::move(r.outputs);
     p.versions.push_back(route.targets[0].version);
     p.queue_s = r.queue_s;
     p.compute_s = r.compute_s;
     p.batch_rows = r.batch_rows;
   } else {
-    RunEnsemble(*st, route, inputs, run, p);
+    RunEnsemble(st, route, members, inputs, run, p);
   }
   p.latency_s = Seconds(Clock::now() - start);
   return p;
@@ -196,10 +194,9 @@ void Executor::RunSpread(const std::vector<std::shared_ptr<Servable>>& members,
   }
 }
 
-void Executor::RunEnsemble(const VersionState& st, const Route& route, const Tensors& inputs,
-                           RunOptions run, Prediction& p) {
-  std::vector<std::shared_ptr<Servable>> members;
-  for (const auto& t : route.targets) members.push_back(st.Lookup(t.version));
+void Executor::RunEnsemble(const VersionState& st, const Route& route,
+                           const std::vector<std::shared_ptr<Servable>>& members,
+                           const Tensors& inputs, RunOptions run, Prediction& p) {
   if (SpreadsMembers(route, run, members.size(), SharedRows(inputs))) {
     std::vector<RunResult> results(members.size());
     std::vector<std::exception_ptr> errors(members.size());

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <unordered_set>
 
 #include "lepton/common/errors.h"
 #include "lepton/common/process.h"
@@ -125,8 +126,22 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     // Looked up once here, not by name on every request.
     if (auto m = module_.find_method("forward")) forward_.emplace(std::move(*m));
     ResolveInputNames();
-    for (const auto& p : module_.parameters()) weight_bytes_ += p.numel() * p.element_size();
-    for (const auto& b : module_.buffers()) weight_bytes_ += b.numel() * b.element_size();
+    weight_bytes_ = MeasureTensors();
+  }
+
+  // What the module's tensors hold: its parameters, buffers and other tensor attributes, each
+  // storage counted once (tied weights and views share one).
+  int64_t MeasureTensors() const {
+    std::unordered_set<const void*> seen;
+    int64_t bytes = 0;
+    for (const auto& a : module_.named_attributes(/*recurse=*/true)) {
+      if (!a.value.isTensor()) continue;
+      const at::Tensor& t = a.value.toTensor();
+      if (!t.defined() || !t.has_storage()) continue;
+      const c10::Storage& st = t.storage();
+      if (seen.insert(st.data()).second) bytes += static_cast<int64_t>(st.nbytes());
+    }
+    return bytes;
   }
 
   Tensors WarmupInputs() const {

@@ -52,11 +52,13 @@ ShadowComparator::~ShadowComparator() { Stop(); }
 void ShadowComparator::Mirror(const VersionState& st, const Route& route, const Tensors& inputs,
                               const Prediction& p) {
   for (const auto& v : route.mirrors) {
-    auto it = st.servables.find(v);
-    if (it == st.servables.end()) continue;
+    auto it = st.slots.find(v);
+    if (it == st.slots.end()) continue;
     const std::string& primary = p.versions.empty() ? route.targets[0].version : p.versions[0];
+    // A mirror is not worth a load on its own: one that is not loaded now misses this copy.
+    std::shared_ptr<Servable> mirror = it->second->loaded();
     std::unique_lock<std::mutex> lk(mu_);
-    if (jobs_.size() >= queue_ || stopping_) {
+    if (!mirror || jobs_.size() >= queue_ || stopping_) {
       ++StatsFor(primary, v).dropped;
       continue;
     }
@@ -65,7 +67,7 @@ void ShadowComparator::Mirror(const VersionState& st, const Route& route, const 
     try {
       RunOptions o;
       o.force_async = true;
-      ticket = it->second->Submit(inputs, o);
+      ticket = mirror->Submit(inputs, o);
     } catch (const Error&) {
       lk.lock();
       // The mirror's queue is full; the answer is already decided. (Looked up again: the stats
@@ -74,7 +76,7 @@ void ShadowComparator::Mirror(const VersionState& st, const Route& route, const 
       continue;
     }
     lk.lock();
-    jobs_.push_back({it->second, ticket, p.outputs, primary, v});
+    jobs_.push_back({mirror, ticket, p.outputs, primary, v});
     if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
     lk.unlock();
     cv_.notify_one();

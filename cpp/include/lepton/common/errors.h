@@ -18,6 +18,7 @@ enum class ErrorCode {
   kOverloaded,       // a queue is full; refused at once
   kTimeout,          // a deadline passed before the work completed
   kModel,            // a model's own code failed
+  kLoad,             // a version could not be loaded to answer (artifact, code or warm-up)
   kUnavailable,      // the target cannot serve now (not ready, draining, unloaded, closed)
   kInternal,         // anything else: a bug, or a library's failure
 };
@@ -90,6 +91,11 @@ class Conflict : public Error {
 class IntegrityError : public Error {
  public:
   explicit IntegrityError(const std::string& what) : Error(ErrorCode::kIntegrity, what) {}
+};
+
+class LoadError : public Error {
+ public:
+  explicit LoadError(const std::string& what) : Error(ErrorCode::kLoad, what) {}
 };
 
 class Overloaded : public Error {

@@ -21,6 +21,14 @@ struct Artifact {
   std::optional<Signature> signature;
 };
 
+// What is known of a version before it is read: enough to list it and to plan its memory.
+struct ArtifactInfo {
+  std::string label;
+  std::string sha256;  // "" for a file outside the registry
+  std::optional<Signature> signature;
+  int64_t size = 0;  // the artifact's bytes
+};
+
 class ArtifactSource {
  public:
   ArtifactSource(std::shared_ptr<Registry> registry, std::string model);
@@ -29,6 +37,12 @@ class ArtifactSource {
 
   // NotFound when the version (or file) does not exist.
   Artifact Fetch(const std::string& spec) const;
+  // The version a spec names, without reading its artifact (NotFound as Fetch).
+  ArtifactInfo Resolve(const std::string& spec) const;
+  // The artifact of a resolved version.
+  std::string Read(const ArtifactInfo& info) const;
+  // Every version of the registry's model, oldest first (the file labels for files).
+  std::vector<ArtifactInfo> All() const;
 
   const std::string& model() const { return model_; }
   // The registry, or null for files.

@@ -82,11 +82,19 @@ struct VersionGauges {
   int threads = 0;
   int64_t in_flight = 0, queued = 0, weight_bytes = 0;
   bool anomalous = false;
+  // Loading on demand: where it is, what it holds, and what loading it has cost so far.
+  std::string residency = "loaded";
+  int64_t memory_bytes = 0;
+  int64_t loads = 0, load_failures = 0, evictions = 0, hits = 0, misses = 0, bytes_loaded = 0;
 };
 
 struct MetricsSnapshot {
   std::vector<RequestSeries::Snapshot> series;
   std::vector<VersionGauges> versions;
+  std::string model;                 // the deployment's, for its own series below
+  Histogram::Snapshot load_seconds;  // how long its versions took to load (cold starts)
+  int64_t memory_limit_bytes = 0;    // its memory budget; 0: none
+  int64_t memory_used_bytes = 0;
 };
 
 class RequestMetrics {

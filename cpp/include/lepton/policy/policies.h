@@ -44,6 +44,7 @@ class WeightedPolicy final : public Policy {
   std::shared_ptr<const Policy> Renamed(const std::string& from,
                                         const std::string& to) const override;
   std::string Describe() const override;
+  std::vector<std::string> Needs(const LiveVersions& live) const override;
   const WeightedChooser& chooser() const { return chooser_; }
   bool sticky() const { return sticky_; }
 
@@ -108,6 +109,7 @@ class CanaryPolicy final : public Policy {
   std::shared_ptr<const Policy> Renamed(const std::string& from,
                                         const std::string& to) const override;
   std::string Describe() const override;
+  std::vector<std::string> Needs(const LiveVersions& live) const override;
   bool observes() const override { return true; }
   void Observe(const Outcome& outcome) const override;
   std::vector<PolicyEvent> Tick(const LiveVersions& live, const LoadFn& load,
@@ -150,6 +152,7 @@ class ShadowPolicy final : public Policy {
   std::shared_ptr<const Policy> Renamed(const std::string& from,
                                         const std::string& to) const override;
   std::string Describe() const override;
+  std::vector<std::string> Needs(const LiveVersions& live) const override;
 
  private:
   std::string primary_;
@@ -176,6 +179,7 @@ class BanditPolicy final : public Policy {
   std::shared_ptr<const Policy> Renamed(const std::string& from,
                                         const std::string& to) const override;
   std::string Describe() const override;
+  std::vector<std::string> Needs(const LiveVersions& live) const override;
   bool takes_feedback() const override { return true; }
   void Feedback(const std::string& version, double reward) const override;
   std::string state_key() const override;
@@ -209,6 +213,7 @@ class LeastLoadedPolicy final : public Policy {
   std::shared_ptr<const Policy> Renamed(const std::string& from,
                                         const std::string& to) const override;
   std::string Describe() const override;
+  std::vector<std::string> Needs(const LiveVersions& live) const override;
   bool observes() const override { return true; }
   void Observe(const Outcome& outcome) const override;
   int64_t outstanding(const std::string& version) const;
@@ -238,6 +243,7 @@ class BalancedPolicy final : public Policy {
   std::shared_ptr<const Policy> Renamed(const std::string& from,
                                         const std::string& to) const override;
   std::string Describe() const override;
+  std::vector<std::string> Needs(const LiveVersions& live) const override;
   std::vector<PolicyEvent> Tick(const LiveVersions& live, const LoadFn& load,
                                 double now) const override;
   std::string Report() const override;
@@ -277,6 +283,7 @@ class ABTestPolicy final : public Policy {
   std::shared_ptr<const Policy> Renamed(const std::string& from,
                                         const std::string& to) const override;
   std::string Describe() const override;
+  std::vector<std::string> Needs(const LiveVersions& live) const override;
   bool observes() const override { return options_.guardrails.has_value(); }
   void Observe(const Outcome& outcome) const override;
   bool takes_feedback() const override { return true; }
@@ -326,6 +333,7 @@ class TimeBasedPolicy final : public Policy {
   std::shared_ptr<const Policy> Renamed(const std::string& from,
                                         const std::string& to) const override;
   std::string Describe() const override;
+  std::vector<std::string> Needs(const LiveVersions& live) const override;
   std::vector<PolicyEvent> Tick(const LiveVersions& live, const LoadFn& load,
                                 double now) const override;
   std::optional<std::string> alias() const override { return alias_; }

@@ -114,6 +114,10 @@ class Policy {
                                                 const std::string& to) const = 0;
   // A one-line description for status output.
   virtual std::string Describe() const = 0;
+  // The live versions this policy may send requests to (or mirror them to) by itself, not
+  // counting versions a request names: under a memory budget they stay loaded. By default every
+  // live version.
+  virtual std::vector<std::string> Needs(const LiveVersions& live) const { return live.versions; }
 
   // --- for policies that learn or act on their own; the defaults do nothing ---
 
@@ -150,6 +154,7 @@ class FixedPolicy final : public Policy, public std::enable_shared_from_this<Fix
   std::shared_ptr<const Policy> Renamed(const std::string& from,
                                         const std::string& to) const override;
   std::string Describe() const override;
+  std::vector<std::string> Needs(const LiveVersions& live) const override;
   const std::optional<std::string>& version() const { return version_; }
 
  private:
@@ -173,6 +178,7 @@ class EnsemblePolicy final : public Policy {
   std::shared_ptr<const Policy> Renamed(const std::string& from,
                                         const std::string& to) const override;
   std::string Describe() const override;
+  std::vector<std::string> Needs(const LiveVersions& live) const override;
 
   const std::vector<std::string>& versions() const { return versions_; }
   const std::vector<double>& weights() const { return weights_; }

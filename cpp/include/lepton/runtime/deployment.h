@@ -24,6 +24,7 @@
 #include "lepton/runtime/executor.h"
 #include "lepton/runtime/servable.h"
 #include "lepton/runtime/shadow.h"
+#include "lepton/runtime/version_slot.h"
 
 namespace lepton {
 
@@ -36,6 +37,9 @@ struct DeploymentStatus {
   bool adaptive = false;
   int64_t swaps = 0;
   std::vector<ServableStats> versions;
+  std::vector<SlotStats> slots;             // each version's residency and loads, in the same order
+  std::optional<MemoryBudgetStats> memory;  // the budget it loads under, if any
+  int loader_threads = 0;
   std::string last_error;  // the latest failure of the alias watcher, if any
   // The followed alias's target when it cannot be loaded (the previous version keeps serving),
   // and how many attempts to load a target have failed.
@@ -69,6 +73,13 @@ class Deployment {
   void Swap(const std::string& from, const std::string& to);
   void SetPolicy(std::shared_ptr<const Policy> policy);
   void SetCombiner(Combiner combiner);
+  // Keeps a version loaded whatever the memory budget needs (loading it now; InvalidArgument
+  // when what must stay loaded would not fit), or lets it be unloaded again.
+  void Pin(const std::string& version);
+  void Unpin(const std::string& version);
+  // With options.all_versions: looks for versions registered or deleted since (the control
+  // thread also does, every versions_poll_s). Returns whether anything changed.
+  bool RefreshVersions();
 
   // A reward for an earlier request, for policies that learn (bandits, A/B tests). NotFound when
   // the request id is unknown, too old, or already has its reward. `source` says who sent it

@@ -3,8 +3,11 @@
 
 #include <cstddef>
 #include <map>
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "lepton/control/memory_budget.h"
 #include "lepton/runtime/servable.h"
 
 namespace lepton {
@@ -36,6 +39,25 @@ struct DeploymentOptions {
   size_t shadow_queue = 256;
   // How often each version's error rate and latency are checked against their recent band.
   double anomaly_interval_s = 1.0;
+
+  // --- many versions ---
+  // Serve every version of the model, including versions registered later (looked for every
+  // versions_poll_s); the newest is the primary.
+  bool all_versions = false;
+  double versions_poll_s = 1.0;
+  // Null: every version is loaded before it takes traffic and stays loaded. Otherwise versions
+  // load when a request needs them and the least recently used idle version is unloaded when a
+  // load needs room; several deployments may share one budget.
+  std::shared_ptr<MemoryBudget> memory_budget;
+  // Versions kept loaded whatever the budget needs.
+  std::vector<std::string> pinned;
+  // Threads that load versions for requests (they leave when idle).
+  int load_threads = 2;
+  // How long a load may wait for loaded versions to go idle and make room.
+  double load_wait_s = 30;
+  // After a failed load, requests for the version fail at once for this long, then it is tried
+  // again.
+  double load_retry_s = 5;
 };
 
 // A deployment's options as JSON, the one specification that Python's Deployment, `lepton serve`
@@ -44,7 +66,9 @@ struct DeploymentOptions {
 // idle_thread_timeout,
 // version_threads, priorities, adaptive, min_threads, rebalance_interval, drain_timeout,
 // alias_poll_interval, policy_tick, state_save_interval, feedback_window, shadow_queue,
-// anomaly_interval (durations in seconds unless named _ms). Absent or null fields keep their
+// anomaly_interval, all_versions, versions_poll_interval, memory_budget (bytes, or a size such as
+// "512MB"; a budget of this deployment's own), pin, load_threads, load_wait, load_retry
+// (durations in seconds unless named _ms). Absent or null fields keep their
 // defaults above; unknown fields and wrong types raise InvalidArgument naming them.
 DeploymentOptions DeploymentOptionsFromJson(const std::string& json_text);
 

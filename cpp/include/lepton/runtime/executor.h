@@ -45,12 +45,15 @@ class Executor {
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
-  // Runs `inputs` on the route's targets in `st`; `start` is when the request arrived.
-  Prediction Run(const VersionState& st, const Route& route, const Tensors& inputs,
+  // Runs `inputs` on the route's targets, whose loaded servables `members` holds in the same
+  // order (leased by the caller); `start` is when the request arrived.
+  Prediction Run(const VersionState& st, const Route& route,
+                 const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
                  const PredictOptions& options, Clock::time_point start);
 
  private:
-  void RunEnsemble(const VersionState& st, const Route& route, const Tensors& inputs,
+  void RunEnsemble(const VersionState& st, const Route& route,
+                   const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
                    RunOptions run, Prediction& p);
   bool SpreadsMembers(const Route& route, const RunOptions& run, size_t members,
                       int64_t rows) const;

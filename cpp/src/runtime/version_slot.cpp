@@ -1,0 +1,432 @@
+#include "lepton/runtime/version_slot.h"
+
+#include "lepton/common/errors.h"
+#include "lepton/observe/events.h"
+
+namespace lepton {
+namespace {
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+const char* ResidencyName(Residency r) {
+  switch (r) {
+    case Residency::kRegistered:
+      return "registered";
+    case Residency::kLoading:
+      return "loading";
+    case Residency::kLoaded:
+      return "loaded";
+    case Residency::kDraining:
+      return "draining";
+    case Residency::kEvicted:
+      return "evicted";
+    case Residency::kFailed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+// --- LoadPool ---
+
+LoadPool::LoadPool(int threads, double idle_s) : max_threads_(threads), idle_s_(idle_s) {
+  if (threads < 1) throw InvalidArgument("load_threads must be >= 1");
+}
+
+LoadPool::~LoadPool() { Stop(); }
+
+void LoadPool::Submit(std::function<void()> job) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (stopping_) throw Unavailable("the deployment is closing; no more versions load");
+  jobs_.push_back(std::move(job));
+  if (idle_ > 0) {
+    cv_.notify_one();
+  } else if (alive_ < max_threads_) {
+    ++alive_;
+    // Threads that left are joined here: each has let go of the lock for good.
+    for (const auto& id : finished_) {
+      auto it = threads_.find(id);
+      if (it != threads_.end()) {
+        it->second.join();
+        threads_.erase(it);
+      }
+    }
+    finished_.clear();
+    std::thread t([this] { Work(); });
+    const auto id = t.get_id();
+    threads_.emplace(id, std::move(t));
+  }
+}
+
+void LoadPool::Work() {
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    if (jobs_.empty()) {
+      if (stopping_) break;
+      ++idle_;
+      const bool woke =
+          cv_.wait_for(lk, DeadlineIn(idle_s_), [&] { return stopping_ || !jobs_.empty(); });
+      --idle_;
+      if (!woke) break;  // idle too long: this thread leaves
+      continue;
+    }
+    auto job = std::move(jobs_.front());
+    jobs_.pop_front();
+    lk.unlock();
+    job();
+    lk.lock();
+  }
+  --alive_;
+  finished_.push_back(std::this_thread::get_id());
+}
+
+void LoadPool::Stop() {
+  std::map<std::thread::id, std::thread> threads;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+    threads.swap(threads_);
+    finished_.clear();
+  }
+  cv_.notify_all();
+  for (auto& [id, t] : threads) {
+    if (t.joinable()) t.join();
+  }
+}
+
+int LoadPool::threads_alive() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return alive_;
+}
+
+// --- VersionSlot ---
+
+VersionSlot::VersionSlot(Config config, Loader loader)
+    : config_(std::move(config)), loader_(std::move(loader)) {
+  retired_.version = config_.version;
+  if (config_.budget) config_.budget->Attach(this);
+}
+
+VersionSlot::~VersionSlot() {
+  if (config_.budget) {
+    config_.budget->Detach(this);
+    if (bytes_ > 0) config_.budget->Release(bytes_);
+  }
+}
+
+VersionSlot::Lease& VersionSlot::Lease::operator=(Lease&& o) noexcept {
+  if (this != &o) {
+    Reset();
+    slot_ = std::move(o.slot_);
+    servable_ = std::move(o.servable_);
+  }
+  return *this;
+}
+
+void VersionSlot::Lease::Reset() {
+  servable_.reset();
+  if (slot_) {
+    slot_->Release();
+    slot_.reset();
+  }
+}
+
+void VersionSlot::Touch() { last_used_.store(NowNs(), std::memory_order_relaxed); }
+
+void VersionSlot::Release() {
+  bool idle;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    idle = --active_ == 0;
+  }
+  if (idle) {
+    changed_.notify_all();  // a retiring slot waits for its last lease
+    if (config_.budget && config_.budget->has_waiters()) config_.budget->NotifyIdle();
+  }
+}
+
+void VersionSlot::ThrowFailedLocked() const {
+  try {
+    std::rethrow_exception(error_);
+  } catch (const Overloaded&) {
+    throw;  // no room under the budget now: the request may be retried as it is
+  } catch (const std::exception& e) {
+    throw LoadError(budget_name() + " could not be loaded: " + e.what());
+  }
+}
+
+VersionSlot::Lease VersionSlot::Acquire(std::optional<Clock::time_point> deadline) {
+  std::unique_lock<std::mutex> lk(mu_);
+  bool missed = false;
+  for (;;) {
+    switch (residency_) {
+      case Residency::kLoaded: {
+        ++active_;
+        missed ? ++stats_.misses : ++stats_.hits;
+        Touch();
+        return Lease(shared_from_this(), servable_);
+      }
+      case Residency::kDraining:
+        throw Unavailable(budget_name() + " has left the deployment");
+      case Residency::kFailed:
+        if (!transient_ && Clock::now() - failed_at_ < DeadlineIn(config_.retry_s)) {
+          ThrowFailedLocked();
+        }
+        [[fallthrough]];
+      case Residency::kRegistered:
+      case Residency::kEvicted:
+        StartLoadLocked();
+        break;
+      case Residency::kLoading:
+        break;
+    }
+    missed = true;
+    // Waits for the load in progress; a failure it ends with is this request's answer.
+    auto done = [&] { return residency_ != Residency::kLoading; };
+    if (deadline) {
+      if (!changed_.wait_until(lk, *deadline, done)) {
+        ++stats_.misses;
+        throw Timeout(budget_name() +
+                      " was still loading at the request's deadline; the load "
+                      "goes on and later requests will find it loaded");
+      }
+    } else {
+      changed_.wait(lk, done);
+    }
+    if (residency_ == Residency::kFailed) {
+      ++stats_.misses;
+      ThrowFailedLocked();
+    }
+  }
+}
+
+void VersionSlot::StartLoadLocked() {
+  if (!config_.pool) throw Unavailable(budget_name() + " is not loaded");
+  residency_ = Residency::kLoading;
+  std::weak_ptr<VersionSlot> self = weak_from_this();
+  try {
+    config_.pool->Submit([self] {
+      if (auto s = self.lock()) s->RunLoad();
+    });
+  } catch (...) {
+    residency_ = Residency::kRegistered;
+    throw;
+  }
+}
+
+void VersionSlot::Prefetch() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (residency_ == Residency::kRegistered || residency_ == Residency::kEvicted ||
+      residency_ == Residency::kFailed) {
+    StartLoadLocked();
+  }
+}
+
+void VersionSlot::Load() {
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    switch (residency_) {
+      case Residency::kLoaded:
+        return;
+      case Residency::kDraining:
+        throw Unavailable(budget_name() + " has left the deployment");
+      case Residency::kLoading:
+        changed_.wait(lk, [&] { return residency_ != Residency::kLoading; });
+        if (residency_ == Residency::kFailed) std::rethrow_exception(error_);
+        continue;
+      default:
+        residency_ = Residency::kLoading;
+        lk.unlock();
+        RunLoad();
+        lk.lock();
+        if (residency_ == Residency::kFailed) std::rethrow_exception(error_);
+        return;
+    }
+  }
+}
+
+void VersionSlot::RunLoad() {
+  const auto t0 = Clock::now();
+  int64_t reserved = 0;
+  std::shared_ptr<Servable> s;
+  std::exception_ptr error;
+  try {
+    if (config_.budget) {
+      reserved = estimate_bytes();
+      config_.budget->Reserve(*this, reserved, Clock::now() + DeadlineIn(config_.load_wait_s));
+    }
+    s = loader_();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  const double seconds = Seconds(Clock::now() - t0);
+  int64_t measured = 0;
+  if (s) {
+    measured = s->stats().weight_bytes;
+    if (config_.budget) config_.budget->Settle(*this, reserved, measured);
+  } else if (reserved) {
+    config_.budget->Release(reserved);
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (s) {
+      servable_ = std::move(s);
+      bytes_ = config_.budget ? measured : 0;
+      measured_ = measured;
+      residency_ = Residency::kLoaded;
+      ++stats_.loads;
+      stats_.bytes_loaded += measured;
+      stats_.last_load_s = seconds;
+      Touch();
+    } else {
+      error_ = error;
+      failed_at_ = Clock::now();
+      residency_ = Residency::kFailed;
+      transient_ = false;
+      ++stats_.load_failures;
+      try {
+        std::rethrow_exception(error);
+      } catch (const Overloaded& e) {
+        transient_ = true;
+        stats_.last_error = e.what();
+      } catch (const std::exception& e) {
+        stats_.last_error = e.what();
+      } catch (...) {
+        stats_.last_error = "unknown error";
+      }
+    }
+  }
+  if (!error && config_.load_seconds) config_.load_seconds->Observe(seconds);
+  changed_.notify_all();
+}
+
+std::shared_ptr<Servable> VersionSlot::loaded() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return residency_ == Residency::kLoaded ? servable_ : nullptr;
+}
+
+void VersionSlot::SetPinned(bool pinned) {
+  std::lock_guard<std::mutex> lk(mu_);
+  pinned_ = pinned;
+}
+
+void VersionSlot::SetRequired(bool required) {
+  std::lock_guard<std::mutex> lk(mu_);
+  required_ = required;
+}
+
+bool VersionSlot::pinned() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return pinned_;
+}
+
+bool VersionSlot::Evictable() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return residency_ == Residency::kLoaded && active_ == 0 && !pinned_ && !required_ &&
+         config_.budget != nullptr;
+}
+
+bool VersionSlot::Required() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return (pinned_ || required_) && residency_ != Residency::kDraining;
+}
+
+int64_t VersionSlot::estimate_bytes() const {
+  // What a load measured is what the next one takes; before any, the artifact's size.
+  const int64_t m = measured_.load();
+  return m > 0 ? m : config_.estimate_bytes;
+}
+
+int64_t VersionSlot::Evict() {
+  std::shared_ptr<Servable> gone;
+  int64_t freed;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (residency_ != Residency::kLoaded || active_ > 0 || pinned_ || required_) return 0;
+    gone = std::move(servable_);
+    freed = bytes_;
+    bytes_ = 0;
+    residency_ = Residency::kEvicted;
+    ++stats_.evictions;
+    const ServableStats s = gone->stats();
+    retired_.requests += s.requests;
+    retired_.succeeded += s.succeeded;
+    retired_.failed += s.failed;
+    retired_.timed_out += s.timed_out;
+    retired_.rejected += s.rejected;
+    retired_.batches += s.batches;
+    retired_.batched_rows += s.batched_rows;
+    retired_.busy_s += s.busy_s;
+  }
+  gone->Drain(0);
+  gone.reset();
+  EmitEvent("info", "evict", config_.model, config_.version,
+            "unloaded " + budget_name() + " to make room under the memory budget",
+            "{\"bytes\":" + std::to_string(freed) + "}");
+  return freed;
+}
+
+bool VersionSlot::Retire(double timeout_s) {
+  std::unique_lock<std::mutex> lk(mu_);
+  // A load in progress finishes first: its servable is then drained like any other.
+  changed_.wait(lk, [&] { return residency_ != Residency::kLoading; });
+  residency_ = Residency::kDraining;
+  const auto deadline = Clock::now() + DeadlineIn(timeout_s);
+  bool finished = changed_.wait_until(lk, deadline, [&] { return active_ == 0; });
+  std::shared_ptr<Servable> s = std::move(servable_);
+  const int64_t freed = bytes_;
+  bytes_ = 0;
+  lk.unlock();
+  if (s) {
+    const double left = std::max(0.0, Seconds(deadline - Clock::now()));
+    finished = s->Drain(left) && finished;
+  }
+  if (freed > 0 && config_.budget) config_.budget->Release(freed);
+  return finished;
+}
+
+SlotStats VersionSlot::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  SlotStats s = stats_;
+  s.residency = residency_;
+  s.pinned = pinned_;
+  s.required = required_;
+  s.memory_bytes = residency_ == Residency::kLoaded ? measured_.load() : 0;
+  return s;
+}
+
+ServableStats VersionSlot::servable_stats() const {
+  std::shared_ptr<Servable> s;
+  ServableStats out;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    s = servable_;
+    out = retired_;
+  }
+  if (!s) {
+    out.health = Health::kUnloaded;
+    return out;
+  }
+  const ServableStats now = s->stats();
+  out.health = now.health;
+  out.threads = now.threads;
+  out.executors = now.executors;
+  out.requests += now.requests;
+  out.succeeded += now.succeeded;
+  out.failed += now.failed;
+  out.timed_out += now.timed_out;
+  out.rejected += now.rejected;
+  out.batches += now.batches;
+  out.batched_rows += now.batched_rows;
+  out.in_flight = now.in_flight;
+  out.queued = now.queued;
+  out.busy_s += now.busy_s;
+  out.weight_bytes = now.weight_bytes;
+  return out;
+}
+
+}  // namespace lepton
