@@ -23,10 +23,13 @@ using Release = py::call_guard<py::gil_scoped_release>;
 
 // The options' JSON specification (DeploymentOptionsFromJson) plus the example inputs, which are
 // tensors rather than JSON.
+// A budget object given by the caller (shared by several deployments) overrides the JSON's.
 DeploymentOptions MakeOptions(const std::string& options_json,
-                              std::vector<at::Tensor> example_inputs) {
+                              std::vector<at::Tensor> example_inputs,
+                              std::shared_ptr<MemoryBudget> budget) {
   DeploymentOptions o = DeploymentOptionsFromJson(options_json);
   o.servable.example_inputs = std::move(example_inputs);
+  if (budget) o.memory_budget = std::move(budget);
   return o;
 }
 
@@ -59,11 +62,36 @@ void BindEngine(py::module_& m) {
       delete d;
     }
   };
+  py::class_<MemoryBudget, std::shared_ptr<MemoryBudget>>(m, "MemoryBudget")
+      .def(py::init([](const py::object& size) {
+             if (py::isinstance<py::str>(size)) {
+               return std::make_shared<MemoryBudget>(ParseByteSize(size.cast<std::string>()));
+             }
+             if (py::isinstance<py::bool_>(size) || !py::isinstance<py::int_>(size)) {
+               throw InvalidArgument(
+                   "a memory budget is a number of bytes or a size such as "
+                   "'512MB'");
+             }
+             return std::make_shared<MemoryBudget>(size.cast<int64_t>());
+           }),
+           arg("size"))
+      .def_property_readonly("limit", &MemoryBudget::limit)
+      .def("stats", [](const MemoryBudget& b) {
+        const MemoryBudgetStats s = b.stats();
+        return py::dict(py::arg("limit_bytes") = s.limit, py::arg("used_bytes") = s.used,
+                        py::arg("peak_bytes") = s.peak, py::arg("evictions") = s.evictions,
+                        py::arg("waits") = s.waits, py::arg("exhausted") = s.exhausted,
+                        py::arg("versions") = s.items);
+      });
+  m.def("parse_byte_size", &ParseByteSize, arg("text"));
+
   py::class_<Deployment, std::unique_ptr<Deployment, ReleaseGilDelete>>(m, "Deployment")
       .def(py::init([](std::shared_ptr<Registry> registry, const std::string& model,
                        std::vector<std::string> versions, const std::optional<std::string>& alias,
-                       const std::string& options_json, std::vector<at::Tensor> example_inputs) {
-             DeploymentOptions o = MakeOptions(options_json, std::move(example_inputs));
+                       const std::string& options_json, std::vector<at::Tensor> example_inputs,
+                       std::shared_ptr<MemoryBudget> budget) {
+             DeploymentOptions o =
+                 MakeOptions(options_json, std::move(example_inputs), std::move(budget));
              py::gil_scoped_release release;
              if (alias) {
                if (!versions.empty()) {
@@ -77,11 +105,12 @@ void BindEngine(py::module_& m) {
                  new Deployment(std::move(registry), model, std::move(versions), std::move(o)));
            }),
            arg("registry"), arg("model"), arg("versions"), arg("alias"), arg("options") = "{}",
-           arg("example_inputs") = std::vector<at::Tensor>{})
+           arg("example_inputs") = std::vector<at::Tensor>{},
+           arg("memory_budget") = std::shared_ptr<MemoryBudget>{})
       .def(py::init([](const std::string& model,
                        std::vector<std::pair<std::string, std::string>> files,
                        const std::string& options_json, std::vector<at::Tensor> example_inputs) {
-             DeploymentOptions o = MakeOptions(options_json, std::move(example_inputs));
+             DeploymentOptions o = MakeOptions(options_json, std::move(example_inputs), nullptr);
              py::gil_scoped_release release;
              return std::unique_ptr<Deployment, ReleaseGilDelete>(
                  new Deployment(model, std::move(files), std::move(o)));
@@ -109,6 +138,9 @@ void BindEngine(py::module_& m) {
       .def("remove", &Deployment::Remove, arg("version"), arg("policy"), Release())
       .def("swap", &Deployment::Swap, arg("old"), arg("new"), Release())
       .def("set_policy", &Deployment::SetPolicy, arg("policy"), Release())
+      .def("pin", &Deployment::Pin, arg("version"), Release())
+      .def("unpin", &Deployment::Unpin, arg("version"), Release())
+      .def("refresh_versions", &Deployment::RefreshVersions, Release())
       .def(
           "set_combiner",
           [](Deployment& d, py::object fn) {

@@ -25,7 +25,7 @@ from .errors import (
     Unavailable,
 )
 from . import logs, weights
-from .engine import Deployment, Ensemble, Fixed, LeptonAI, Prediction
+from .engine import Deployment, Ensemble, Fixed, LeptonAI, MemoryBudget, Prediction
 from .server import Server, serve
 from .policies import ABTest, Balanced, Bandit, Canary, Guardrails, LeastLoaded, Shadow, TimeBased, Weighted, seed
 from .registry import (
@@ -51,6 +51,7 @@ __all__ = [
     "__version__",
     "Registry",
     "Deployment",
+    "MemoryBudget",
     "Prediction",
     "Fixed",
     "Ensemble",

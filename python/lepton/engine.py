@@ -151,6 +151,35 @@ def _example(example_inputs: Any) -> List[torch.Tensor]:
     return [] if example_inputs is None else _to_inputs(example_inputs)[0]
 
 
+class MemoryBudget:
+    """Memory that loaded versions share, in bytes or a size such as ``"512MB"`` or ``"2GiB"``.
+
+    Give one to several deployments (``memory_budget=budget``) to put them all under it; a
+    number or a string given to one deployment is a budget of its own. Under a budget a version
+    loads when a request needs it, and the least recently used version that is idle and that
+    nothing needs (a pin, the policy's versions, the followed alias's target) is unloaded to make
+    room. What a loaded version takes is measured: the bytes of its tensors (parameters, buffers
+    and tensor attributes, each storage once).
+    """
+
+    def __init__(self, size: Union[int, str]):
+        self._core = _core.MemoryBudget(size)
+
+    @property
+    def limit(self) -> int:
+        return int(self._core.limit)
+
+    def stats(self) -> Dict[str, int]:
+        """``limit_bytes``, ``used_bytes`` (loaded and being loaded), ``peak_bytes``,
+        ``evictions``, ``waits`` (loads that waited for a version to go idle), ``exhausted``
+        (loads refused for want of room) and ``versions`` (how many it covers)."""
+        return dict(self._core.stats())
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return f"MemoryBudget(limit={s['limit_bytes']}, used={s['used_bytes']})"
+
+
 class Deployment:
     """The live versions of one model and the policy that routes requests to them.
 
@@ -171,15 +200,26 @@ class Deployment:
     (``drain_timeout``), and an alias polled every 0.2 s (``alias_poll_interval``). A version holds
     threads only while it has queued work: its executors leave after ``idle_thread_timeout``
     seconds (2) without any, so a deployment over many versions does not hold a thread for each.
+
+    ``versions="all"`` serves every version of the model, including versions registered later;
+    the newest is the primary. With ``memory_budget`` (bytes, a size such as ``"512MB"``, or a
+    shared ``MemoryBudget``) versions load on demand: a request for a version that is not loaded
+    waits for its load (one load however many wait, bounded by the request's ``timeout``), and
+    the least recently used idle version is unloaded when a load needs room. What the policy
+    routes to, the followed alias's target and the versions in ``pin`` stay loaded; a change
+    that would need more than the budget holds is refused with ``InvalidArgument``.
     """
 
     def __init__(
         self,
         registry: Registry,
         name: str,
-        versions: Optional[Sequence[Union[str, ModelVersion]]] = None,
+        versions: Union[None, str, Sequence[Union[str, ModelVersion]]] = None,
         *,
         alias: Optional[str] = None,
+        memory_budget: Union[None, int, str, MemoryBudget] = None,
+        pin: Optional[Sequence[str]] = None,
+        load_threads: Optional[int] = None,
         policy: Optional[Policy] = None,
         max_batch_size: Optional[int] = None,
         max_queue_delay_ms: Optional[float] = None,
@@ -199,7 +239,14 @@ class Deployment:
             raise InvalidArgument(f"registry must be a lepton.Registry, not {type(registry).__name__}")
         if (versions is None) == (alias is None):
             raise InvalidArgument("give either versions=[...] or alias=...")
-        specs = [v.version if isinstance(v, ModelVersion) else v for v in (versions or [])]
+        every = isinstance(versions, str) and versions == "all"
+        if isinstance(versions, str) and not every:
+            raise InvalidArgument(f'versions must be a list of versions or "all", not {versions!r}')
+        specs = [] if every else [v.version if isinstance(v, ModelVersion) else v for v in (versions or [])]
+        shared = memory_budget._core if isinstance(memory_budget, MemoryBudget) else None
+        own_budget = None if shared is not None else memory_budget
+        if isinstance(own_budget, bool) or not (own_budget is None or isinstance(own_budget, (int, str))):
+            raise InvalidArgument("memory_budget must be a number of bytes, a size such as '512MB' or a MemoryBudget")
         _start_log_bridge()
         self.options = {k: v for k, v in {
             "threads": None if threads is None else _threads(threads),
@@ -209,9 +256,11 @@ class Deployment:
             "priorities": None if priorities is None else dict(priorities), "adaptive": adaptive,
             "min_threads": min_threads, "drain_timeout": drain_timeout, "alias_poll_interval": alias_poll_interval,
             "idle_thread_timeout": idle_thread_timeout,
+            "all_versions": True if every else None, "memory_budget": own_budget,
+            "pin": None if pin is None else [str(v) for v in pin], "load_threads": load_threads,
         }.items() if v is not None}
         self._core = _core.Deployment(registry._core, name, specs, alias, json.dumps(self.options),
-                                      _example(example_inputs))
+                                      _example(example_inputs), shared)
         self.registry = registry
         if policy is not None:
             self.set_policy(policy)
@@ -269,6 +318,20 @@ class Deployment:
         if policy.combiner is not None:
             self._core.set_combiner(policy.combiner)
         self._core.set_policy(policy._core)
+
+    def pin(self, version: str) -> None:
+        """Keeps ``version`` loaded whatever the memory budget needs (loading it now). Raises
+        ``InvalidArgument`` when what must stay loaded would no longer fit the budget."""
+        self._core.pin(version)
+
+    def unpin(self, version: str) -> None:
+        """Lets a pinned version be unloaded again when the budget needs room."""
+        self._core.unpin(version)
+
+    def refresh_versions(self) -> bool:
+        """With ``versions="all"``: takes in versions registered (and lets go of versions deleted)
+        since, now rather than at the next poll. Returns whether anything changed."""
+        return bool(self._core.refresh_versions())
 
     @property
     def policy(self) -> str:

@@ -145,7 +145,11 @@ def serve(
     before it sleeps (0: never polls); ``http_threads`` (64) bounds the threads in all, helpers of
     loops that a slow model blocks included. ``threads``, ``max_batch_size``,
     ``max_queue_delay_ms``, ``max_queue`` and any other deployment option (as ``Deployment``
-    takes them) apply to every served model.
+    takes them) apply to every served model. ``memory_budget`` (bytes or a size such as
+    ``"2GB"``) puts every model under one budget: every version of every model is served (those
+    registered later too) and loads on its first request, and the least recently used idle versions
+    are unloaded to make room; the repository's ``load`` and ``unload`` then pin and unpin a
+    version (``parameters.version``, else the primary).
 
     Feedback (``POST /v2/lepton/models/{m}/feedback``) needs the token: rewards steer traffic and,
     through an A/B test or a bandit whose switches move an alias, move production.

@@ -134,6 +134,18 @@ void MemoryBudget::Reserve(const BudgetItem& who, int64_t bytes, Clock::time_poi
   std::unique_lock<std::mutex> lk(mu_);
   bool waited = false;
   while (!MakeRoomLocked(bytes, &who)) {
+    // Waiting helps only when versions in use will go idle; what is required stays.
+    int64_t required = 0;
+    for (const BudgetItem* item : items_) {
+      if (item != &who && item->Required()) required += item->held_bytes();
+    }
+    if (required + bytes > limit_) {
+      ++exhausted_;
+      throw Overloaded("no room to load " + who.budget_name() + " (" + FormatBytes(bytes) +
+                       "): the versions that must stay loaded (pinned, or routed to by a "
+                       "policy) hold " +
+                       FormatBytes(required) + " of the memory budget of " + FormatBytes(limit_));
+    }
     if (!waited) {
       waited = true;
       ++waits_;

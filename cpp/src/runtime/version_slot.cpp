@@ -341,6 +341,11 @@ int64_t VersionSlot::estimate_bytes() const {
   return m > 0 ? m : config_.estimate_bytes;
 }
 
+int64_t VersionSlot::held_bytes() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return bytes_;
+}
+
 int64_t VersionSlot::Evict() {
   std::shared_ptr<Servable> gone;
   int64_t freed;

@@ -35,17 +35,24 @@ std::shared_ptr<Deployment> Server::Impl::Deploy(const ServedModel& m) {
   if (!m.policy.empty()) policy = PolicyFromJson(m.policy);
   std::shared_ptr<Deployment> d;
   if (m.alias) {
-    d = std::shared_ptr<Deployment>(
-        Deployment::FollowAlias(registry_, m.name, *m.alias, options_.deployment));
+    DeploymentOptions o = options_.deployment;
+    o.all_versions = false;
+    d = std::shared_ptr<Deployment>(Deployment::FollowAlias(registry_, m.name, *m.alias, o));
     if (policy) d->SetPolicy(policy);
   } else {
+    DeploymentOptions o = options_.deployment;
     std::vector<std::string> versions = m.versions;
-    if (versions.empty()) {
+    if (!versions.empty()) {
+      o.all_versions = false;
+    } else if (o.memory_budget) {
+      // Under a memory budget every version of every model is served, loaded when asked for.
+      o.all_versions = true;
+    } else if (!o.all_versions) {
       const auto all = registry_->Versions(m.name);
       if (all.empty()) throw NotFound("model '" + m.name + "' has no versions");
       versions.push_back(all.back().version);
     }
-    d = std::make_shared<Deployment>(registry_, m.name, versions, options_.deployment);
+    d = std::make_shared<Deployment>(registry_, m.name, versions, std::move(o));
     if (policy) d->SetPolicy(policy);
   }
   return d;

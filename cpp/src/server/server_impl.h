@@ -307,6 +307,9 @@ class Server::Impl {
   Reply RepositoryRoute(const std::string& method, const std::vector<std::string>& p,
                         const std::string& body, const Headers& headers);
 
+  // Repository load/unload of a model served under a memory budget: pin/unpin a version.
+  std::optional<Reply> PinRoute(const std::string& model, bool load, const std::string& body);
+
   // /v2/lepton/...
   Reply LeptonRoute(const std::string& method, const std::vector<std::string>& p,
                     const Query& query, const std::string& body, const Headers& headers,

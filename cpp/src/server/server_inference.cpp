@@ -63,10 +63,15 @@ Reply Server::Impl::ModelRoute(const std::string& method, const std::vector<std:
     const auto st = e.deployment->Status();
     const std::string want = version ? ResolveVersion(model, *version) : st.primary;
     bool live = false;
-    for (const auto& s : st.versions) {
-      if (s.version == want) {
-        live = true;
-        ready = s.health == Health::kReady;
+    for (size_t i = 0; i < st.versions.size(); ++i) {
+      if (st.versions[i].version != want) continue;
+      live = true;
+      ready = st.versions[i].health == Health::kReady;
+      if (st.memory && i < st.slots.size()) {
+        // Under a memory budget a version that is not loaded answers all the same: its first
+        // request loads it.
+        const Residency r = st.slots[i].residency;
+        ready = r != Residency::kDraining && r != Residency::kFailed;
       }
     }
     if (version && !live) {
@@ -212,6 +217,41 @@ std::string Server::Impl::JoinVersions(const std::vector<std::string>& v) {
 }
 
 // /v2/repository/index, /v2/repository/models/{m}/load|unload
+// Under a memory budget a served model stays served and loads its versions on demand: loading
+// pins a version (the one named by parameters.version, else the primary) and unloading unpins it.
+// Nothing for a model that is not served, or one served without a budget.
+std::optional<Reply> Server::Impl::PinRoute(const std::string& model, bool load,
+                                            const std::string& body) {
+  const std::shared_ptr<Deployment> d = [&]() -> std::shared_ptr<Deployment> {
+    std::shared_lock<std::shared_mutex> r(models_mu_);
+    auto it = models_.find(model);
+    return it == models_.end() ? nullptr : it->second.deployment;
+  }();
+  if (!d) return std::nullopt;
+  const DeploymentStatus st = d->Status();
+  if (!st.memory) return std::nullopt;
+  const json req = ParseBody(body, true);
+  OnlyFields(req, {"parameters"});
+  std::string version = st.primary;
+  if (req.contains("parameters")) {
+    const json& params = req["parameters"];
+    if (!params.is_object()) throw InvalidArgument("'parameters' must be an object");
+    OnlyFields(params, {"version"});
+    if (auto v = OptionalField<std::string>(params, "version", "a string")) {
+      version = ResolveVersion(model, *v);
+    }
+  }
+  if (load) {
+    d->Pin(version);
+  } else {
+    d->Unpin(version);
+  }
+  return JsonReply(200, {{"name", model},
+                         {"version", version},
+                         {"state", load ? "READY" : "UNAVAILABLE"},
+                         {"lepton_pinned", load}});
+}
+
 Reply Server::Impl::RepositoryRoute(const std::string& method, const std::vector<std::string>& p,
                                     const std::string& body, const Headers& headers) {
   Method(method, "POST");
@@ -232,13 +272,31 @@ Reply Server::Impl::RepositoryRoute(const std::string& method, const std::vector
         continue;
       }
       // One entry per live version, as Triton lists them: a model serving two versions (a
-      // canary, a split, an ensemble) shows both, each with its own state.
-      for (const auto& v : Find(m.name).deployment->Status().versions) {
+      // canary, a split, an ensemble) shows both, each with its own state. Under a memory budget
+      // every version is listed: Triton's state (LOADING, UNLOADING, or UNAVAILABLE for one that
+      // is not loaded now but loads on its first request) and lepton's own.
+      const DeploymentStatus st = Find(m.name).deployment->Status();
+      for (size_t i = 0; i < st.versions.size(); ++i) {
+        const ServableStats& v = st.versions[i];
+        const SlotStats slot = i < st.slots.size() ? st.slots[i] : SlotStats{};
         const bool ready = v.health == Health::kReady;
         if (only_ready && !ready) continue;
-        json x = {
-            {"name", m.name}, {"version", v.version}, {"state", ready ? "READY" : "UNAVAILABLE"}};
-        if (!ready) x["reason"] = HealthName(v.health);
+        std::string state = ready ? "READY" : "UNAVAILABLE";
+        if (slot.residency == Residency::kLoading) state = "LOADING";
+        if (slot.residency == Residency::kDraining) state = "UNLOADING";
+        json x = {{"name", m.name},
+                  {"version", v.version},
+                  {"state", state},
+                  {"lepton_state", ResidencyName(slot.residency)},
+                  {"lepton_pinned", slot.pinned}};
+        if (!ready) {
+          const bool on_demand = st.memory && (slot.residency == Residency::kRegistered ||
+                                               slot.residency == Residency::kEvicted);
+          x["reason"] = on_demand ? std::string(ResidencyName(slot.residency)) +
+                                        "; loads on its first request"
+                        : slot.residency == Residency::kFailed ? "its last load failed"
+                                                               : std::string(HealthName(v.health));
+        }
         out.push_back(std::move(x));
       }
     }
@@ -246,6 +304,7 @@ Reply Server::Impl::RepositoryRoute(const std::string& method, const std::vector
   }
   if (p.size() == 5 && p[2] == "models" && (p[4] == "load" || p[4] == "unload")) {
     const std::string& model = p[3];
+    if (auto pinned = PinRoute(model, p[4] == "load", body)) return *pinned;
     if (p[4] == "unload") {
       Unload(model);
       return JsonReply(200, {{"name", model}, {"state", "UNAVAILABLE"}});

@@ -37,6 +37,8 @@ class BudgetItem {
   // Whether it must stay loaded (pinned, or a policy routes to it), and what it takes.
   virtual bool Required() const = 0;
   virtual int64_t estimate_bytes() const = 0;
+  // The bytes it holds under the budget now (0 unless loaded).
+  virtual int64_t held_bytes() const = 0;
   // Unloads it if it is still evictable; returns the bytes it gave back (0: it stays). Called
   // with the budget's lock held.
   virtual int64_t Evict() = 0;

@@ -148,6 +148,7 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
   bool Evictable() const override;
   bool Required() const override;
   int64_t estimate_bytes() const override;
+  int64_t held_bytes() const override;
   int64_t Evict() override;
 
  private:

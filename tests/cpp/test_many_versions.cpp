@@ -1,0 +1,322 @@
+// Many versions under a memory budget: loading on demand (once, however many wait), evicting
+// the least recently used idle version, pins, what policies need, prefetch, and the failures.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "engine_models.h"
+#include "lepton/common/errors.h"
+#include "lepton/policy/policies.h"
+#include "lepton/runtime/deployment.h"
+#include "lepton/runtime/deployment_json.h"
+#include "test_util.h"
+
+namespace lepton {
+namespace {
+
+using testing::TempDir;
+
+// x + n, with `floats` weights (all n) so that a loaded version holds 4 * floats bytes.
+std::string Heavy(double n, int64_t floats) {
+  torch::jit::Module m("M");
+  m.register_parameter("w", torch::full({floats}, n), false);
+  m.define("def forward(self, x):\n  return x + self.w[0]\n");
+  std::ostringstream out;
+  m.save(out);
+  return out.str();
+}
+
+constexpr int64_t kFloats = 10000;  // 40 kB of weights a version
+
+class ManyVersionsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Registry::Options o;
+    o.actor = "tester";
+    o.format = TorchScriptFormat();
+    reg_ = std::make_shared<Registry>(dir_ / "reg", o);
+    for (int n = 1; n <= 12; ++n) Register(n);
+    size_ = reg_->Get("m:v1").size;
+  }
+  void Register(int n) {
+    RegisterOptions r;
+    r.version = "v" + std::to_string(n);
+    reg_->RegisterBytes("m", Heavy(n, kFloats), r);
+  }
+  // Room for `versions` loaded versions (by their artifacts' size, which is above what they hold).
+  DeploymentOptions Budgeted(int versions) const {
+    DeploymentOptions o;
+    o.threads = 2;
+    o.adaptive = false;
+    o.drain_timeout_s = 5;
+    o.all_versions = true;
+    o.memory_budget = std::make_shared<MemoryBudget>(versions * size_ + size_ / 2);
+    return o;
+  }
+  static int Ask(Deployment& d, const std::string& version, std::optional<double> timeout = {}) {
+    PredictOptions p;
+    p.context.version = version;
+    p.timeout_s = timeout;
+    return static_cast<int>(d.Predict({torch::zeros({1})}, p).outputs[0].item<float>());
+  }
+  static SlotStats Slot(Deployment& d, const std::string& version) {
+    const DeploymentStatus s = d.Status();
+    for (size_t i = 0; i < s.versions.size(); ++i) {
+      if (s.versions[i].version == version) return s.slots[i];
+    }
+    ADD_FAILURE() << version << " is not in the status";
+    return {};
+  }
+
+  TempDir dir_;
+  std::shared_ptr<Registry> reg_;
+  int64_t size_ = 0;
+};
+
+TEST_F(ManyVersionsTest, EveryVersionIsServedAndOnlyThePrimaryLoadsAtStart) {
+  Deployment d(reg_, "m", {}, Budgeted(3));
+  const DeploymentStatus s = d.Status();
+  EXPECT_EQ(s.primary, "v12");  // the newest
+  ASSERT_EQ(s.versions.size(), 12u);
+  ASSERT_TRUE(s.memory);
+  for (size_t i = 0; i < s.slots.size(); ++i) {
+    EXPECT_EQ(s.slots[i].residency,
+              s.versions[i].version == "v12" ? Residency::kLoaded : Residency::kRegistered)
+        << s.versions[i].version;
+  }
+  EXPECT_EQ(s.slots.back().memory_bytes, kFloats * 4);
+  EXPECT_EQ(Ask(d, "v5"), 5);
+  EXPECT_EQ(Slot(d, "v5").misses, 1);
+  EXPECT_EQ(Ask(d, "v5"), 5);
+  EXPECT_EQ(Slot(d, "v5").hits, 1);
+  EXPECT_EQ(Slot(d, "v5").loads, 1);
+  EXPECT_EQ(static_cast<int>(d.Predict({torch::zeros({1})}).outputs[0].item<float>()), 12);
+  const std::string prom = RenderPrometheus({d.Metrics()});
+  EXPECT_NE(prom.find("lepton_version_loads_total{model=\"m\",version=\"v5\"} 1"),
+            std::string::npos);
+  EXPECT_NE(prom.find("lepton_model_load_seconds_count{model=\"m\"} 2"), std::string::npos);
+  EXPECT_NE(prom.find("lepton_memory_budget_bytes{model=\"m\"}"), std::string::npos);
+}
+
+TEST_F(ManyVersionsTest, TheLeastRecentlyUsedIdleVersionIsEvicted) {
+  Deployment d(reg_, "m", {}, Budgeted(4));  // the primary v12 and three more
+  for (const char* v : {"v1", "v2", "v3"}) Ask(d, v);
+  Ask(d, "v1");  // v2 is now the least recently used
+  Ask(d, "v4");
+  EXPECT_EQ(Slot(d, "v2").residency, Residency::kEvicted);
+  EXPECT_EQ(Slot(d, "v2").evictions, 1);
+  for (const char* v : {"v1", "v3", "v4", "v12"}) {
+    EXPECT_EQ(Slot(d, v).residency, Residency::kLoaded) << v;
+  }
+  Ask(d, "v5");  // then v3
+  EXPECT_EQ(Slot(d, "v3").residency, Residency::kEvicted);
+  EXPECT_EQ(Ask(d, "v2"), 2);  // loads again
+  EXPECT_EQ(Slot(d, "v2").loads, 2);
+  EXPECT_LE(d.Status().memory->peak, d.Status().memory->limit);
+}
+
+TEST_F(ManyVersionsTest, ConcurrentRequestsForColdVersionsLoadEachOnceAndStayUnderBudget) {
+  Deployment d(reg_, "m", {}, Budgeted(4));
+  // Many requests for one cold version at once: a single load.
+  std::vector<std::thread> threads;
+  std::atomic<int> wrong{0}, go{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      ++go;
+      while (go < 8) std::this_thread::yield();
+      if (Ask(d, "v7") != 7) ++wrong;
+    });
+  }
+  for (auto& t : threads) t.join();
+  threads.clear();
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(Slot(d, "v7").loads, 1);
+  EXPECT_EQ(Slot(d, "v7").hits + Slot(d, "v7").misses, 8);
+  // Then every thread over every version, many rounds: every answer right, nothing lost.
+  std::atomic<int> answered{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(1000 + t);
+      for (int i = 0; i < 150; ++i) {
+        const int n = 1 + static_cast<int>(rng() % 12);
+        try {
+          if (Ask(d, "v" + std::to_string(n)) == n) {
+            ++answered;
+          } else {
+            ++wrong;
+          }
+        } catch (const std::exception& e) {
+          ADD_FAILURE() << e.what();
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(answered, 8 * 150);
+  const DeploymentStatus s = d.Status();
+  // Never above the budget: reservations use the artifact's size, which is above what a
+  // version holds, so there is no slack to state here.
+  EXPECT_LE(s.memory->peak, s.memory->limit);
+  EXPECT_GT(s.memory->evictions, 0);
+  int loaded = 0;
+  for (const auto& slot : s.slots) loaded += slot.residency == Residency::kLoaded;
+  EXPECT_LE(loaded, 4);
+}
+
+TEST_F(ManyVersionsTest, PinsStayAndWhatCannotFitIsRefusedByName) {
+  DeploymentOptions o = Budgeted(3);
+  o.pinned = {"v2"};
+  Deployment d(reg_, "m", {}, o);
+  EXPECT_EQ(Slot(d, "v2").residency, Residency::kLoaded);
+  EXPECT_TRUE(Slot(d, "v2").pinned);
+  for (int round = 0; round < 2; ++round) {
+    for (int n = 3; n <= 11; ++n) Ask(d, "v" + std::to_string(n));
+  }
+  EXPECT_EQ(Slot(d, "v2").evictions, 0);
+  EXPECT_EQ(Slot(d, "v12").evictions, 0);  // the primary: the fixed policy routes to it
+  d.Pin("v3");
+  try {
+    d.Pin("v4");
+    FAIL() << "three pinned versions and the primary cannot fit in room for three";
+  } catch (const InvalidArgument& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("pinning m:v4"), std::string::npos) << what;
+    EXPECT_NE(what.find("m:v2"), std::string::npos) << what;
+  }
+  EXPECT_FALSE(Slot(d, "v4").pinned);
+  d.Unpin("v3");
+  d.Pin("v4");
+  EXPECT_EQ(Slot(d, "v4").residency, Residency::kLoaded);
+  // A budget below one version is refused at configuration time, naming it.
+  DeploymentOptions tiny = Budgeted(1);
+  tiny.memory_budget = std::make_shared<MemoryBudget>(size_ / 2);
+  try {
+    Deployment small(reg_, "m", {}, tiny);
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("m:v1"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(ManyVersionsTest, ACanaryKeepsBothSidesLoadedWhileOthersComeAndGo) {
+  Deployment d(reg_, "m", {}, Budgeted(4));
+  CanaryOptions c;
+  c.steps = {0.5};
+  c.step_requests = 1000000;
+  d.SetPolicy(std::make_shared<CanaryPolicy>("v3", "v4", c));
+  // Both sides are loaded before the policy takes a request.
+  EXPECT_EQ(Slot(d, "v3").residency, Residency::kLoaded);
+  EXPECT_EQ(Slot(d, "v4").residency, Residency::kLoaded);
+  EXPECT_TRUE(Slot(d, "v4").required);
+  for (int round = 0; round < 3; ++round) {
+    for (int n : {1, 2, 5, 6, 7}) Ask(d, "v" + std::to_string(n));
+    for (int i = 0; i < 10; ++i) {
+      const int got = static_cast<int>(d.Predict({torch::zeros({1})}).outputs[0].item<float>());
+      EXPECT_TRUE(got == 3 || got == 4) << got;
+    }
+  }
+  EXPECT_EQ(Slot(d, "v3").evictions, 0);
+  EXPECT_EQ(Slot(d, "v4").evictions, 0);
+  EXPECT_EQ(Slot(d, "v4").misses, 0);
+  // The primary is no longer required by the canary: it may go.
+  EXPECT_FALSE(Slot(d, "v12").required);
+  // A policy whose versions cannot all stay loaded is refused, and the canary stays.
+  EXPECT_THROW(d.SetPolicy(std::make_shared<EnsemblePolicy>(
+                   std::vector<std::string>{"v1", "v2", "v5", "v6", "v7"}, std::vector<double>{})),
+               InvalidArgument);
+  EXPECT_EQ(d.policy()->name(), "canary");
+  EXPECT_TRUE(Slot(d, "v3").required);
+  EXPECT_FALSE(Slot(d, "v1").required);
+}
+
+TEST_F(ManyVersionsTest, AFollowedAliasIsPrefetchedBeforeItTakesTraffic) {
+  reg_->SetAlias("m", "prod", "v1", std::nullopt, "first");
+  DeploymentOptions o = Budgeted(2);
+  o.all_versions = false;
+  o.alias_poll_s = 0.01;
+  auto d = Deployment::FollowAlias(reg_, "m", "prod", o);
+  EXPECT_EQ(Slot(*d, "v1").residency, Residency::kLoaded);
+  reg_->SetAlias("m", "prod", "v2", std::nullopt, "second");
+  while (d->Status().primary != "v2") std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  // Loaded before it became the primary: its first request finds it loaded.
+  EXPECT_EQ(Slot(*d, "v2").residency, Residency::kLoaded);
+  EXPECT_EQ(static_cast<int>(d->Predict({torch::zeros({1})}).outputs[0].item<float>()), 2);
+  EXPECT_EQ(Slot(*d, "v2").misses, 0);
+  EXPECT_EQ(Slot(*d, "v2").hits, 1);
+}
+
+TEST_F(ManyVersionsTest, VersionsRegisteredLaterAreServed) {
+  DeploymentOptions o = Budgeted(3);
+  o.versions_poll_s = 3600;  // refreshed by hand here
+  Deployment d(reg_, "m", {}, o);
+  Register(13);
+  EXPECT_TRUE(d.RefreshVersions());
+  EXPECT_FALSE(d.RefreshVersions());
+  EXPECT_EQ(Ask(d, "v13"), 13);
+  EXPECT_EQ(d.Status().primary, "v12");  // the primary moves only by policy or alias
+}
+
+TEST_F(ManyVersionsTest, AVersionThatCannotLoadFailsItsRequestsAloneWithATypedError) {
+  // Corrupt v6's stored artifact: its checksum no longer matches.
+  const std::string path = reg_->ArtifactPath("m:v6");
+  std::filesystem::permissions(path, std::filesystem::perms::owner_all);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << "not a model";
+  DeploymentOptions o = Budgeted(3);
+  o.load_retry_s = 3600;
+  Deployment d(reg_, "m", {}, o);
+  EXPECT_THROW(Ask(d, "v6"), LoadError);
+  EXPECT_THROW(Ask(d, "v6"), LoadError);  // at once, not loaded again
+  EXPECT_EQ(Slot(d, "v6").load_failures, 1);
+  EXPECT_EQ(Slot(d, "v6").residency, Residency::kFailed);
+  EXPECT_NE(Slot(d, "v6").last_error.find("hashes to"), std::string::npos);
+  EXPECT_EQ(Ask(d, "v5"), 5);
+  EXPECT_EQ(Ask(d, "v7"), 7);
+}
+
+TEST_F(ManyVersionsTest, ALoadLongerThanTheDeadlineTimesOutThatRequestAndServesTheNext) {
+  // Each warm-up run sleeps 300 ms: loading takes 600 ms.
+  for (int n = 1; n <= 2; ++n) {
+    RegisterOptions r;
+    r.version = "s" + std::to_string(n);
+    reg_->RegisterBytes("slow", testing::Sleeps(), r);
+  }
+  DeploymentOptions o = Budgeted(2);
+  o.servable.example_inputs = {torch::full({1, 1}, 300.0)};
+  Deployment d(reg_, "slow", {}, o);
+  PredictOptions p;
+  p.context.version = "s1";
+  p.timeout_s = 0.05;
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(d.Predict({torch::zeros({1, 1})}, p), Timeout);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(400));
+  while (Slot(d, "s1").residency != Residency::kLoaded) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  p.timeout_s = 5;
+  EXPECT_NO_THROW(d.Predict({torch::zeros({1, 1})}, p));
+  EXPECT_EQ(Slot(d, "s1").loads, 1);
+  EXPECT_EQ(Slot(d, "s1").hits, 1);
+}
+
+TEST_F(ManyVersionsTest, WithoutABudgetEveryVersionLoadsAtStartAndStays) {
+  DeploymentOptions o = Budgeted(1);
+  o.memory_budget = nullptr;
+  o.all_versions = false;
+  Deployment d(reg_, "m", {"v1", "v2", "v3"}, o);
+  for (const char* v : {"v1", "v2", "v3"}) {
+    EXPECT_EQ(Slot(d, v).residency, Residency::kLoaded) << v;
+    EXPECT_EQ(Ask(d, v), std::stoi(std::string(v + 1)));
+  }
+  EXPECT_FALSE(d.Status().memory);
+  EXPECT_TRUE(StatusJson(d.Status())["memory"].is_null());
+}
+
+}  // namespace
+}  // namespace lepton
