@@ -52,7 +52,8 @@ void BindEngine(py::module_& m) {
       .def_readonly("request_id", &Prediction::request_id)
       .def_readonly("latency", &Prediction::latency_s)
       .def_readonly("queue_time", &Prediction::queue_s)
-      .def_readonly("compute_time", &Prediction::compute_s);
+      .def_readonly("compute_time", &Prediction::compute_s)
+      .def_readonly("cold_start", &Prediction::cold_start);
 
   // Destroying a deployment drains its versions, whose workers may need the GIL to release the
   // caller's tensors: it must not hold the GIL while it waits.

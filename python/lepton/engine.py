@@ -104,6 +104,8 @@ class Prediction:
     policy = property(lambda self: self._p.policy, doc="The policy that routed the request.")
     route = property(lambda self: self._p.route, doc="Why these versions answered.")
     request_id = property(lambda self: self._p.request_id)
+    cold_start = property(lambda self: bool(self._p.cold_start),
+                          doc="Whether the request waited for its version to load (under a memory budget).")
     latency = property(lambda self: self._p.latency, doc="Seconds from call to answer.")
     queue_time = property(lambda self: self._p.queue_time, doc="Seconds spent waiting in a queue.")
     compute_time = property(lambda self: self._p.compute_time, doc="Seconds of model compute.")

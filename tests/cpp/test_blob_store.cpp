@@ -78,6 +78,22 @@ TEST(BlobStore, DetectsCorruptionAndLoss) {
   EXPECT_THROW(store.Read(sha), IntegrityError);
 }
 
+TEST(BlobStore, AVerifiedBlobThatChangesIsHashedAgain) {
+  TempDir dir;
+  BlobStore store(dir / "blobs");
+  const std::string sha = store.PutBytes("payload", nullptr).sha256();
+  EXPECT_EQ(store.Read(sha), "payload");  // verified once
+  EXPECT_EQ(store.Read(sha), "payload");  // the same file, unchanged: not hashed again
+  std::filesystem::permissions(store.PathOf(sha), std::filesystem::perms::owner_write,
+                               std::filesystem::perm_options::add);
+  // Same size, new content: its times changed, so it is checked and refused.
+  testing::WriteFile(store.PathOf(sha), "PAYLOAD");
+  EXPECT_THROW(store.Read(sha), IntegrityError);
+  EXPECT_THROW(store.Read(sha), IntegrityError);
+  testing::WriteFile(store.PathOf(sha), "payload");
+  EXPECT_EQ(store.Read(sha), "payload");
+}
+
 TEST(BlobStore, HeldBlobIsNotRemoved) {
   TempDir dir;
   BlobStore store(dir / "blobs");

@@ -4,6 +4,9 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "lepton/common/errors.h"
 
@@ -72,6 +75,14 @@ MemoryBudget::MemoryBudget(int64_t limit_bytes) : limit_(limit_bytes) {
     throw InvalidArgument("a memory budget must be more than 0 bytes, got " +
                           std::to_string(limit_bytes));
   }
+#ifdef __GLIBC__
+  // Unloading must give memory back to the system. glibc serves large blocks with mmap and
+  // unmaps them when freed, but by default it raises that threshold each time such a block is
+  // freed, after which weights come from the heap, whose freed space stays with the process:
+  // a fixed threshold keeps every tensor of an evicted version returnable.
+  static const bool fixed = [] { return mallopt(M_MMAP_THRESHOLD, 256 * 1024) == 1; }();
+  (void)fixed;
+#endif
 }
 
 MemoryBudgetStats MemoryBudget::stats() const {

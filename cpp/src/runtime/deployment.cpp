@@ -163,6 +163,7 @@ class Deployment::Impl {
         route, start);
     try {
       Prediction p = Routed(st, route, members, routed, inputs, o, start);
+      for (const auto& l : leases) p.cold_start = p.cold_start || l.waited();
       series.Succeeded(p.queue_s, p.compute_s, p.latency_s, p.batch_rows);
       return p;
     } catch (const Unavailable&) {

@@ -1,6 +1,7 @@
 #include "lepton/runtime/servable.h"
 
 #include <ATen/Parallel.h>
+#include <caffe2/serialize/in_memory_adapter.h>
 #include <omp.h>
 #include <tbb/task_arena.h>
 #include <torch/script.h>
@@ -114,7 +115,9 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   std::string Who() const { return model_ + ":" + version_; }
 
   void LoadModule(std::string_view bytes) {
-    std::istringstream in{std::string(bytes)};
+    // Read in place: no copy of the archive besides the tensors' own.
+    auto in = std::make_shared<caffe2::serialize::MemoryReadAdapter>(
+        bytes.data(), static_cast<off_t>(bytes.size()));
     try {
       std::lock_guard<std::mutex> compiling(TorchScriptMutex());
       module_ = torch::jit::load(in, c10::kCPU);
@@ -577,7 +580,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
                                          std::string_view bytes, std::string sha256,
                                          std::optional<Signature> signature,
-                                         ServableOptions options) {
+                                         ServableOptions options, bool verified) {
   if (options.threads < 1) throw InvalidArgument("threads must be >= 1");
   if (options.intra_op_threads < 1) throw InvalidArgument("intra_op_threads must be >= 1");
   if (options.max_batch_size < 1) throw InvalidArgument("max_batch_size must be >= 1");
@@ -585,7 +588,7 @@ std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
   if (!(options.max_queue_delay_s >= 0)) throw InvalidArgument("max_queue_delay must be >= 0");
   if (!(options.idle_thread_s > 0))
     throw InvalidArgument("idle_thread_timeout must be > 0 seconds");
-  if (!sha256.empty()) {
+  if (!sha256.empty() && !verified) {
     const std::string actual = Sha256Hex(bytes);
     if (actual != sha256) {
       throw IntegrityError(model + ":" + version + " artifact hashes to " + actual + ", expected " +

@@ -51,7 +51,9 @@ std::shared_ptr<Servable> VersionSet::LoadServable(const ArtifactInfo& a) {
   const auto t0 = Clock::now();
   try {
     const std::string bytes = source_.Read(a);
-    auto s = Servable::Load(model(), a.label, bytes, a.sha256, a.signature, o);
+    // The registry's blob store checked the bytes against their hash as it read them.
+    auto s = Servable::Load(model(), a.label, bytes, a.sha256, a.signature, o,
+                            /*verified=*/source_.registry() != nullptr);
     EmitEvent("info", "load", model(), a.label, "loaded and warmed up " + model() + ":" + a.label,
               Json({{"seconds", Seconds(Clock::now() - t0)},
                     {"threads", o.threads},

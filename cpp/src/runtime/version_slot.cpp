@@ -123,6 +123,7 @@ VersionSlot::Lease& VersionSlot::Lease::operator=(Lease&& o) noexcept {
     Reset();
     slot_ = std::move(o.slot_);
     servable_ = std::move(o.servable_);
+    waited_ = o.waited_;
   }
   return *this;
 }
@@ -168,7 +169,7 @@ VersionSlot::Lease VersionSlot::Acquire(std::optional<Clock::time_point> deadlin
         ++active_;
         missed ? ++stats_.misses : ++stats_.hits;
         Touch();
-        return Lease(shared_from_this(), servable_);
+        return Lease(shared_from_this(), servable_, missed);
       }
       case Residency::kDraining:
         throw Unavailable(budget_name() + " has left the deployment");

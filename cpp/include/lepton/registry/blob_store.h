@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <array>
+#include <map>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -53,7 +56,9 @@ class BlobStore {
   BlobLease PutBytes(std::string_view bytes, const Validator& validate);
 
   std::string PathOf(const std::string& sha256) const;
-  // Reads a blob and verifies its hash; IntegrityError when missing or corrupted.
+  // Reads a blob and verifies its hash; IntegrityError when missing or corrupted. A blob this
+  // store has already verified is not hashed again while its file is the same one, unchanged
+  // (device, inode, size, modification time and change time): reloading a version costs a read.
   std::string Read(const std::string& sha256) const;
 
   enum class Health { kOk, kMissing, kCorrupted };
@@ -82,6 +87,9 @@ class BlobStore {
 
   std::string root_;
   std::string tmp_dir_;
+  // Blobs whose content was verified, with the identity of the file it was read from.
+  mutable std::mutex verified_mu_;
+  mutable std::map<std::string, std::array<int64_t, 6>> verified_;
 };
 
 }  // namespace lepton

@@ -35,6 +35,7 @@ struct Prediction {
   double queue_s = 0;
   double compute_s = 0;
   int batch_rows = 0;  // rows in the batch it ran in (0 for an ensemble)
+  bool cold_start = false;  // it waited for a version to load
 };
 
 class Executor {

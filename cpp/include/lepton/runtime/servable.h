@@ -85,11 +85,13 @@ class Servable {
   class Ticket;  // an asynchronous request in flight
 
   // Loads a TorchScript archive. `sha256`, when given, is checked against the bytes first
-  // (IntegrityError). Warms up before returning; a model that fails to load or warm up throws.
+  // (IntegrityError) unless `verified` says the caller already did (the registry's blob store
+  // checks what it reads). Warms up before returning; a model that fails to load or warm up
+  // throws.
   static std::shared_ptr<Servable> Load(std::string model, std::string version,
                                         std::string_view bytes, std::string sha256,
                                         std::optional<Signature> signature,
-                                        ServableOptions options);
+                                        ServableOptions options, bool verified = false);
   ~Servable();
 
   const std::string& model() const;

@@ -97,21 +97,25 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
   class Lease {
    public:
     Lease() = default;
-    Lease(Lease&& o) noexcept : slot_(std::move(o.slot_)), servable_(std::move(o.servable_)) {}
+    Lease(Lease&& o) noexcept
+        : slot_(std::move(o.slot_)), servable_(std::move(o.servable_)), waited_(o.waited_) {}
     Lease& operator=(Lease&& o) noexcept;
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
     ~Lease() { Reset(); }
     const std::shared_ptr<Servable>& servable() const { return servable_; }
     Servable* operator->() const { return servable_.get(); }
+    // Whether the request waited for its version to load (a cold start).
+    bool waited() const { return waited_; }
     void Reset();
 
    private:
     friend class VersionSlot;
-    Lease(std::shared_ptr<VersionSlot> slot, std::shared_ptr<Servable> s)
-        : slot_(std::move(slot)), servable_(std::move(s)) {}
+    Lease(std::shared_ptr<VersionSlot> slot, std::shared_ptr<Servable> s, bool waited)
+        : slot_(std::move(slot)), servable_(std::move(s)), waited_(waited) {}
     std::shared_ptr<VersionSlot> slot_;
     std::shared_ptr<Servable> servable_;
+    bool waited_ = false;
   };
 
   // The loaded version for one request, loading it first when it is not (on a loader thread; the
