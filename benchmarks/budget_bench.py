@@ -5,8 +5,9 @@ the versions (s = 1.1, a fixed random ranking of versions), 8 client threads sen
 requests. Three ways to serve them, each in a fresh process so that its peak RSS is its own:
 
   all        every version loaded (no budget): the ceiling
-  budget     lepton under a memory budget (100 MB by default): load on demand, evict the least
+  lru        lepton under a memory budget (100 MB by default): load on demand, evict the least
              recently used idle version
+  lfu        the same, evicting the least frequently used (MemoryBudget(eviction="lfu"))
   per_req    what a script without a server does: torch.jit.load of the version's file, then the
              forward, for every request
 
@@ -93,7 +94,7 @@ def child(args):
                 m(x)
             return True  # every request loads
     else:
-        budget = None if args.mode == "all" else args.budget
+        budget = None if args.mode == "all" else lepton.MemoryBudget(args.budget, eviction=args.mode)
         dep = lepton.Deployment(reg, "mlp", versions="all", memory_budget=budget, threads=2)
 
         def ask(n):
@@ -127,7 +128,7 @@ def child(args):
             t.join()
         return time.perf_counter() - t0
 
-    phase(args.warmup // CLIENTS, 100, False)
+    phase((args.warmup if args.mode != "per_req" else 200) // CLIENTS, 100, False)
     elapsed = phase(args.requests // CLIENTS, 200, True)
     stop.set()
     samp.join()
@@ -163,7 +164,7 @@ def main():
     ap.add_argument("--versions", type=int, default=200)
     ap.add_argument("--budget", default="100MB")
     ap.add_argument("--requests", type=int, default=4000)
-    ap.add_argument("--warmup", type=int, default=2000)
+    ap.add_argument("--warmup", type=int, default=4000)
     ap.add_argument("--child", default=None)
     ap.add_argument("--root", default=None)
     args = ap.parse_args()
@@ -176,7 +177,7 @@ def main():
         print(f"{args.versions} versions registered in {time.perf_counter() - t0:.1f} s; "
               f"{CLIENTS} clients, Zipf s=1.1, budget {args.budget}, {args.requests} measured requests "
               f"after {args.warmup}, medians of {args.runs} runs\n")
-        modes = ["all", "budget", "per_req"]
+        modes = ["all", "lru", "lfu", "per_req"]
         runs = {m: [] for m in modes}
         for _ in range(args.runs):  # interleaved, so that drift hits every mode alike
             for m in modes:
@@ -187,16 +188,15 @@ def main():
         print(f"{'mode':8s}" + "".join(f"{c:>13s}" for c in cols))
         for m in modes:
             print(f"{m:8s}" + "".join(f"{med[m][c]:13.2f}" for c in cols))
-        a, b, p = med["all"], med["budget"], med["per_req"]
-        print()
-        print(f"budget throughput / everything loaded: {b['throughput'] / a['throughput']:.2f}x "
-              f"(goal >= 0.9); / loading per request: {b['throughput'] / p['throughput']:.1f}x")
-        print(f"budget hit p99 / everything loaded p99: {b['hit_p99_ms'] / a['hit_p99_ms']:.2f}x (goal <= 1.5)")
-        print(f"budget peak RSS: {b['peak_rss_mb']:.0f} MB, {b['peak_rss_mb'] - b['base_rss_mb']:.0f} MB above "
-              f"the process after import (goal: under budget + 200 MB); budget's own peak "
-              f"{b['budget_peak_mb']:.1f} MB")
-        print(f"threads: budget {b['threads']:.0f}, everything loaded {a['threads']:.0f} "
-              f"(independent of the number of versions)")
+        a, p = med["all"], med["per_req"]
+        for name in ("lru", "lfu"):
+            b = med[name]
+            print(f"\n{name}: throughput {b['throughput'] / a['throughput']:.2f}x of everything loaded (goal >= 0.9), "
+                  f"{b['throughput'] / p['throughput']:.1f}x of loading per request; "
+                  f"hit p99 {b['hit_p99_ms'] / a['hit_p99_ms']:.2f}x of everything loaded's p99 (goal <= 1.5)")
+            print(f"{name}: peak RSS {b['peak_rss_mb']:.0f} MB, {b['peak_rss_mb'] - b['base_rss_mb']:.0f} MB above the "
+                  f"process after import (goal: under the budget + 200 MB); the budget's own peak "
+                  f"{b['budget_peak_mb']:.1f} MB; threads {b['threads']:.0f} (everything loaded: {a['threads']:.0f})")
         # The bound no cache can pass: the share of traffic outside the budget's room.
         room = int(lepton._core.parse_byte_size(args.budget) // 4.3e6)
         w = [1.0 / (k + 1) ** 1.1 for k in range(args.versions)]

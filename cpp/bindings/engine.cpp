@@ -64,18 +64,21 @@ void BindEngine(py::module_& m) {
     }
   };
   py::class_<MemoryBudget, std::shared_ptr<MemoryBudget>>(m, "MemoryBudget")
-      .def(py::init([](const py::object& size) {
+      .def(py::init([](const py::object& size, const std::string& eviction) {
+             const Eviction e = EvictionNamed(eviction);
              if (py::isinstance<py::str>(size)) {
-               return std::make_shared<MemoryBudget>(ParseByteSize(size.cast<std::string>()));
+               return std::make_shared<MemoryBudget>(ParseByteSize(size.cast<std::string>()), e);
              }
              if (py::isinstance<py::bool_>(size) || !py::isinstance<py::int_>(size)) {
                throw InvalidArgument(
                    "a memory budget is a number of bytes or a size such as "
                    "'512MB'");
              }
-             return std::make_shared<MemoryBudget>(size.cast<int64_t>());
+             return std::make_shared<MemoryBudget>(size.cast<int64_t>(), e);
            }),
-           arg("size"))
+           arg("size"), arg("eviction") = "lru")
+      .def_property_readonly("eviction",
+                             [](const MemoryBudget& b) { return EvictionName(b.eviction()); })
       .def_property_readonly("limit", &MemoryBudget::limit)
       .def("stats", [](const MemoryBudget& b) {
         const MemoryBudgetStats s = b.stats();

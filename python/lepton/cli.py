@@ -330,11 +330,14 @@ _SERVE = json.loads(_core.server_config_defaults())
 @click.option("--memory-budget", default=None, metavar="SIZE",
               help="Serve every version of every model under one memory budget (e.g. 2GB): versions load on "
                    "their first request and the least recently used idle ones are unloaded to make room.")
+@click.option("--eviction", type=click.Choice(["lru", "lfu"]), default=None,
+              help="Which idle version makes room under --memory-budget: the least recently (default) or the "
+                   "least frequently used.")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append events as JSON lines.")
 @click.pass_context
 def serve(ctx, serve_registry, host, port, token, token_for_inference, open_feedback, max_buffered_bytes,
           model_specs, policies, config_path, only, threads, max_batch_size, max_queue_delay_ms, http_threads,
-          io_threads, busy_poll_us, memory_budget, log_file) -> None:
+          io_threads, busy_poll_us, memory_budget, eviction, log_file) -> None:
     """Serve the registry over HTTP (Open Inference Protocol v2) until SIGTERM or Ctrl-C.
 
     The configuration is read by the C++ core: the --config file, with the flags given on top (a
@@ -381,6 +384,7 @@ def serve(ctx, serve_registry, host, port, token, token_for_inference, open_feed
         io_threads=io_threads,
         busy_poll_us=busy_poll_us,
         **({} if memory_budget is None else {"memory_budget": memory_budget}),
+        **({} if eviction is None else {"eviction": eviction}),
     )
     click.echo(f"lepton: serving {', '.join(server.models) or 'no models'} on {server.url}", err=True)
     if not token:

@@ -160,16 +160,22 @@ class MemoryBudget:
     number or a string given to one deployment is a budget of its own. Under a budget a version
     loads when a request needs it, and the least recently used version that is idle and that
     nothing needs (a pin, the policy's versions, the followed alias's target) is unloaded to make
-    room. What a loaded version takes is measured: the bytes of its tensors (parameters, buffers
-    and tensor attributes, each storage once).
+    room; with ``eviction="lfu"`` the least frequently used instead (uses counted with a one-minute
+    half-life, ties to the least recent), which keeps a skewed workload's hot versions loaded
+    through bursts of rare ones. What a loaded version takes is measured: the bytes of its tensors
+    (parameters, buffers and tensor attributes, each storage once).
     """
 
-    def __init__(self, size: Union[int, str]):
-        self._core = _core.MemoryBudget(size)
+    def __init__(self, size: Union[int, str], *, eviction: str = "lru"):
+        self._core = _core.MemoryBudget(size, eviction)
 
     @property
     def limit(self) -> int:
         return int(self._core.limit)
+
+    @property
+    def eviction(self) -> str:
+        return str(self._core.eviction)
 
     def stats(self) -> Dict[str, int]:
         """``limit_bytes``, ``used_bytes`` (loaded and being loaded), ``peak_bytes``,
@@ -207,7 +213,8 @@ class Deployment:
     the newest is the primary. With ``memory_budget`` (bytes, a size such as ``"512MB"``, or a
     shared ``MemoryBudget``) versions load on demand: a request for a version that is not loaded
     waits for its load (one load however many wait, bounded by the request's ``timeout``), and
-    the least recently used idle version is unloaded when a load needs room. What the policy
+    the least recently used idle version is unloaded when a load needs room (``eviction="lfu"``:
+    the least frequently used; see ``MemoryBudget``). What the policy
     routes to, the followed alias's target and the versions in ``pin`` stay loaded; a change
     that would need more than the budget holds is refused with ``InvalidArgument``.
     """
@@ -220,6 +227,7 @@ class Deployment:
         *,
         alias: Optional[str] = None,
         memory_budget: Union[None, int, str, MemoryBudget] = None,
+        eviction: Optional[str] = None,
         pin: Optional[Sequence[str]] = None,
         load_threads: Optional[int] = None,
         policy: Optional[Policy] = None,
@@ -258,7 +266,7 @@ class Deployment:
             "priorities": None if priorities is None else dict(priorities), "adaptive": adaptive,
             "min_threads": min_threads, "drain_timeout": drain_timeout, "alias_poll_interval": alias_poll_interval,
             "idle_thread_timeout": idle_thread_timeout,
-            "all_versions": True if every else None, "memory_budget": own_budget,
+            "all_versions": True if every else None, "memory_budget": own_budget, "eviction": eviction,
             "pin": None if pin is None else [str(v) for v in pin], "load_threads": load_threads,
         }.items() if v is not None}
         self._core = _core.Deployment(registry._core, name, specs, alias, json.dumps(self.options),

@@ -21,6 +21,7 @@ class Item : public BudgetItem {
   Item(std::string name, int64_t bytes) : name_(std::move(name)), bytes_(bytes) {}
   std::string budget_name() const override { return name_; }
   int64_t last_used_ns() const override { return used_at; }
+  double frequency(int64_t, double) const override { return uses; }
   bool Evictable() const override {
     std::lock_guard<std::mutex> lk(mu);
     return loaded && !in_use && !required;
@@ -46,6 +47,7 @@ class Item : public BudgetItem {
 
   mutable std::mutex mu;
   std::atomic<int64_t> used_at{0};
+  std::atomic<double> uses{0};
   std::atomic<bool> loaded{false}, in_use{false}, required{false};
   int evictions = 0;
 
@@ -98,6 +100,24 @@ TEST(MemoryBudget, EvictsTheLeastRecentlyUsedIdleItemsAndNeverWhatIsRequiredOrIn
   EXPECT_EQ(s.peak, 300);
   EXPECT_EQ(s.evictions, 2);
   for (auto& i : items) b.Detach(i.get());
+}
+
+TEST(MemoryBudget, FrequencyAwareEvictionKeepsTheOftenUsed) {
+  EXPECT_EQ(EvictionNamed("lfu"), Eviction::kLfu);
+  EXPECT_THROW(EvictionNamed("random"), InvalidArgument);
+  MemoryBudget b(200, Eviction::kLfu);
+  Item hot("m:hot", 100), rare("m:rare", 100), next("m:next", 100);
+  for (Item* i : {&hot, &rare, &next}) b.Attach(i);
+  hot.uses = 50;
+  hot.used_at = 1;  // used long ago, but often: LRU would let it go
+  rare.uses = 1;
+  rare.used_at = 2;
+  hot.Load(b);
+  rare.Load(b);
+  next.Load(b);
+  EXPECT_TRUE(hot.loaded);
+  EXPECT_FALSE(rare.loaded);
+  for (Item* i : {&hot, &rare, &next}) b.Detach(i);
 }
 
 TEST(MemoryBudget, AReservationWaitsForAnItemInUseToGoIdle) {

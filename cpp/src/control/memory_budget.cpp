@@ -70,7 +70,16 @@ std::string FormatBytes(int64_t bytes) {
   return buf;
 }
 
-MemoryBudget::MemoryBudget(int64_t limit_bytes) : limit_(limit_bytes) {
+Eviction EvictionNamed(const std::string& name) {
+  if (name == "lru") return Eviction::kLru;
+  if (name == "lfu") return Eviction::kLfu;
+  throw InvalidArgument("eviction must be \"lru\" or \"lfu\", got \"" + name + "\"");
+}
+
+const char* EvictionName(Eviction e) { return e == Eviction::kLfu ? "lfu" : "lru"; }
+
+MemoryBudget::MemoryBudget(int64_t limit_bytes, Eviction eviction)
+    : limit_(limit_bytes), eviction_(eviction) {
   if (limit_bytes <= 0) {
     throw InvalidArgument("a memory budget must be more than 0 bytes, got " +
                           std::to_string(limit_bytes));
@@ -122,12 +131,18 @@ bool MemoryBudget::MakeRoomLocked(int64_t need, const BudgetItem* keep) {
     // stamp their version's time, and evictions are rare next to requests.
     BudgetItem* victim = nullptr;
     int64_t oldest = 0;
+    double rarest = 0;
+    const int64_t now =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+            .count();
     for (BudgetItem* item : items_) {
       if (item == keep || !item->Evictable()) continue;
       const int64_t t = item->last_used_ns();
-      if (!victim || t < oldest) {
+      const double f = eviction_ == Eviction::kLfu ? item->frequency(now, kHalfLifeS) : 0;
+      if (!victim || f < rarest || (f == rarest && t < oldest)) {
         victim = item;
         oldest = t;
+        rarest = f;
       }
     }
     if (!victim) return false;

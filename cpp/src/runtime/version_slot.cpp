@@ -1,5 +1,7 @@
 #include "lepton/runtime/version_slot.h"
 
+#include <cmath>
+
 #include "lepton/common/errors.h"
 #include "lepton/observe/events.h"
 
@@ -136,7 +138,27 @@ void VersionSlot::Lease::Reset() {
   }
 }
 
-void VersionSlot::Touch() { last_used_.store(NowNs(), std::memory_order_relaxed); }
+namespace {
+
+double Decayed(double uses, int64_t since_ns, int64_t now_ns, double half_life_s) {
+  if (now_ns <= since_ns) return uses;
+  return uses * std::exp2(-static_cast<double>(now_ns - since_ns) / 1e9 / half_life_s);
+}
+
+}  // namespace
+
+// Under mu_.
+void VersionSlot::Touch() {
+  const int64_t now = NowNs();
+  last_used_.store(now, std::memory_order_relaxed);
+  uses_ = Decayed(uses_, uses_at_, now, MemoryBudget::kHalfLifeS) + 1;
+  uses_at_ = now;
+}
+
+double VersionSlot::frequency(int64_t now_ns, double half_life_s) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return Decayed(uses_, uses_at_, now_ns, half_life_s);
+}
 
 void VersionSlot::Release() {
   bool idle;
@@ -282,7 +304,7 @@ void VersionSlot::RunLoad() {
       ++stats_.loads;
       stats_.bytes_loaded += measured;
       stats_.last_load_s = seconds;
-      Touch();
+      last_used_.store(NowNs(), std::memory_order_relaxed);
     } else {
       error_ = error;
       failed_at_ = Clock::now();

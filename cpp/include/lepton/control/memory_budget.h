@@ -32,6 +32,9 @@ class BudgetItem {
   virtual std::string budget_name() const = 0;
   // When it was last used (steady clock, nanoseconds): the least recent goes first.
   virtual int64_t last_used_ns() const = 0;
+  // How often it is used: its uses, each weighing half as much per `half_life_s` since (for the
+  // frequency-aware policy). Kept across unloads, so a version in demand comes back strong.
+  virtual double frequency(int64_t now_ns, double half_life_s) const = 0;
   // Whether it holds memory that may be freed now: loaded, idle, not required.
   virtual bool Evictable() const = 0;
   // Whether it must stay loaded (pinned, or a policy routes to it), and what it takes.
@@ -54,16 +57,26 @@ struct MemoryBudgetStats {
   size_t items = 0;
 };
 
+// Which idle version makes room. kLru: the least recently used. kLfu: the least frequently used,
+// counting uses with a decay (half-life MemoryBudget::kHalfLifeS), ties to the least recent; it
+// keeps a skewed workload's hot versions through bursts of rare ones, which LRU lets through.
+enum class Eviction { kLru, kLfu };
+// "lru" or "lfu"; InvalidArgument otherwise.
+Eviction EvictionNamed(const std::string& name);
+const char* EvictionName(Eviction e);
+
 class MemoryBudget {
  public:
   using Clock = std::chrono::steady_clock;
+  static constexpr double kHalfLifeS = 60;
 
   // InvalidArgument unless `limit_bytes` > 0.
-  explicit MemoryBudget(int64_t limit_bytes);
+  explicit MemoryBudget(int64_t limit_bytes, Eviction eviction = Eviction::kLru);
   MemoryBudget(const MemoryBudget&) = delete;
   MemoryBudget& operator=(const MemoryBudget&) = delete;
 
   int64_t limit() const { return limit_; }
+  Eviction eviction() const { return eviction_; }
   MemoryBudgetStats stats() const;
 
   void Attach(BudgetItem* item);
@@ -94,6 +107,7 @@ class MemoryBudget {
   bool MakeRoomLocked(int64_t need, const BudgetItem* keep);
 
   const int64_t limit_;
+  const Eviction eviction_;
   mutable std::mutex mu_;
   std::condition_variable idle_;
   std::vector<BudgetItem*> items_;

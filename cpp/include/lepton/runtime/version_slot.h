@@ -149,6 +149,7 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
   // BudgetItem
   std::string budget_name() const override { return config_.model + ":" + config_.version; }
   int64_t last_used_ns() const override { return last_used_.load(std::memory_order_relaxed); }
+  double frequency(int64_t now_ns, double half_life_s) const override;
   bool Evictable() const override;
   bool Required() const override;
   int64_t estimate_bytes() const override;
@@ -176,6 +177,8 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
   Clock::time_point failed_at_{};
   bool transient_ = false;  // the last load found no room: the next request tries again
   std::atomic<int64_t> last_used_{0};
+  double uses_ = 0;  // decayed use count as of uses_at_ (under mu_)
+  int64_t uses_at_ = 0;
   SlotStats stats_;
   ServableStats retired_;  // counters of earlier loads
 };
