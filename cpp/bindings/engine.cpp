@@ -94,8 +94,8 @@ void BindEngine(py::module_& m) {
                        std::vector<std::string> versions, const std::optional<std::string>& alias,
                        const std::string& options_json, std::vector<at::Tensor> example_inputs,
                        std::optional<std::shared_ptr<MemoryBudget>> budget) {
-             DeploymentOptions o = MakeOptions(options_json, std::move(example_inputs),
-                                               budget.value_or(nullptr));
+             DeploymentOptions o =
+                 MakeOptions(options_json, std::move(example_inputs), budget.value_or(nullptr));
              py::gil_scoped_release release;
              if (alias) {
                if (!versions.empty()) {
@@ -109,8 +109,7 @@ void BindEngine(py::module_& m) {
                  new Deployment(std::move(registry), model, std::move(versions), std::move(o)));
            }),
            arg("registry"), arg("model"), arg("versions"), arg("alias"), arg("options") = "{}",
-           arg("example_inputs") = std::vector<at::Tensor>{},
-           arg("memory_budget") = std::nullopt)
+           arg("example_inputs") = std::vector<at::Tensor>{}, arg("memory_budget") = std::nullopt)
       .def(py::init([](const std::string& model,
                        std::vector<std::pair<std::string, std::string>> files,
                        const std::string& options_json, std::vector<at::Tensor> example_inputs) {

@@ -2,6 +2,7 @@
 back, serve from an alias, and print the audit history."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -95,7 +96,37 @@ def run(path: str) -> None:
 
     _serve(reg, data[2][:6])
     _canaries(reg, data)
+    _many(reg, data)
     _http(reg, data[2][:2])
+
+
+def _many(reg: Registry, data) -> None:
+    """Sixty per-customer fine-tunes served from one deployment under a 3 MB memory budget."""
+    customers = 60
+    base, _ = _train(4096, 3, seed=2, data=data)
+    for c in range(customers):
+        tuned = copy.deepcopy(base)
+        with torch.no_grad():
+            tuned[2].bias += 0.01 * c
+        reg.register("per_customer", tuned, version=f"c{c:02d}", tags={"customer": f"c{c:02d}"})
+    size = reg.get("per_customer:c00").size
+    print(f"
+{customers} per-customer versions of {size / 1e3:.0f} kB each, served under a 3 MB memory budget"
+          " (room for about ten):")
+    with Deployment(reg, "per_customer", versions="all", memory_budget="3MB") as d:
+        ranks = torch.distributions.Categorical(
+            probs=torch.tensor([1.0 / (k + 1) ** 1.1 for k in range(customers)]))
+        torch.manual_seed(3)
+        asked = ranks.sample((600,)).tolist()
+        cold = sum(d.predict(data[2][:1], version=f"c{c:02d}").cold_start for c in asked)
+        st = d.status()
+        loaded = [v["version"] for v in st["versions"] if v["state"] == "loaded"]
+        mem = st["memory"]
+        print(f"  600 requests over {len(set(asked))} customers (Zipf): {600 - cold} found their version loaded, "
+              f"{cold} waited for a load")
+        print(f"  loaded now ({len(loaded)}): {', '.join(loaded)}")
+        print(f"  budget: limit {mem['limit_bytes'] / 1e6:.1f} MB, peak {mem['peak_bytes'] / 1e6:.2f} MB, "
+              f"{mem['evictions']} evictions; loader threads now: {st['loader_threads']}")
 
 
 def _show(p, note: str = "") -> None:

@@ -176,9 +176,11 @@ void MemoryBudget::Reserve(const BudgetItem& who, int64_t bytes, Clock::time_poi
       waited = true;
       ++waits_;
     }
+    // In slices: an item can also become evictable with time (a fresh load's grace ends).
     ++waiters_;
-    const bool timed_out = idle_.wait_until(lk, deadline) == std::cv_status::timeout;
+    idle_.wait_until(lk, std::min(deadline, Clock::now() + std::chrono::milliseconds(50)));
     --waiters_;
+    const bool timed_out = Clock::now() >= deadline;
     if (timed_out && !MakeRoomLocked(bytes, &who)) {
       ++exhausted_;
       throw Overloaded("no room to load " + who.budget_name() + " (" + FormatBytes(bytes) +

@@ -305,14 +305,13 @@ std::string BlobStore::Read(const std::string& sha256) const {
     done += static_cast<size_t>(r);
   }
   bytes.resize(done);
-  const std::array<int64_t, 6> identity = {static_cast<int64_t>(st.st_dev),
-                                           static_cast<int64_t>(st.st_ino),
-                                           static_cast<int64_t>(st.st_size),
-                                           static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 +
-                                               st.st_mtim.tv_nsec,
-                                           static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 +
-                                               st.st_ctim.tv_nsec,
-                                           static_cast<int64_t>(done)};
+  const std::array<int64_t, 6> identity = {
+      static_cast<int64_t>(st.st_dev),
+      static_cast<int64_t>(st.st_ino),
+      static_cast<int64_t>(st.st_size),
+      static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
+      static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec,
+      static_cast<int64_t>(done)};
   {
     std::lock_guard<std::mutex> lk(verified_mu_);
     auto it = verified_.find(sha256);

@@ -189,6 +189,7 @@ VersionSlot::Lease VersionSlot::Acquire(std::optional<Clock::time_point> deadlin
     switch (residency_) {
       case Residency::kLoaded: {
         ++active_;
+        fresh_ = false;
         missed ? ++stats_.misses : ++stats_.hits;
         Touch();
         return Lease(shared_from_this(), servable_, missed);
@@ -305,6 +306,8 @@ void VersionSlot::RunLoad() {
       stats_.bytes_loaded += measured;
       stats_.last_load_s = seconds;
       last_used_.store(NowNs(), std::memory_order_relaxed);
+      fresh_ = true;
+      loaded_at_ = Clock::now();
     } else {
       error_ = error;
       failed_at_ = Clock::now();
@@ -347,10 +350,17 @@ bool VersionSlot::pinned() const {
   return pinned_;
 }
 
+// How long a version just loaded is kept for the requests that waited for it.
+constexpr auto kFreshFor = std::chrono::seconds(1);
+
+bool VersionSlot::EvictableLocked() const {
+  return residency_ == Residency::kLoaded && active_ == 0 && !pinned_ && !required_ &&
+         config_.budget != nullptr && !(fresh_ && Clock::now() - loaded_at_ < kFreshFor);
+}
+
 bool VersionSlot::Evictable() const {
   std::lock_guard<std::mutex> lk(mu_);
-  return residency_ == Residency::kLoaded && active_ == 0 && !pinned_ && !required_ &&
-         config_.budget != nullptr;
+  return EvictableLocked();
 }
 
 bool VersionSlot::Required() const {
@@ -374,7 +384,7 @@ int64_t VersionSlot::Evict() {
   int64_t freed;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (residency_ != Residency::kLoaded || active_ > 0 || pinned_ || required_) return 0;
+    if (!EvictableLocked()) return 0;
     gone = std::move(servable_);
     freed = bytes_;
     bytes_ = 0;

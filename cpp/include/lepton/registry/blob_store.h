@@ -3,9 +3,9 @@
 // once.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
-#include <array>
 #include <map>
 #include <mutex>
 #include <string>

@@ -67,9 +67,10 @@ struct DeploymentOptions {
 // version_threads, priorities, adaptive, min_threads, rebalance_interval, drain_timeout,
 // alias_poll_interval, policy_tick, state_save_interval, feedback_window, shadow_queue,
 // anomaly_interval, all_versions, versions_poll_interval, memory_budget (bytes, or a size such as
-// "512MB"; a budget of this deployment's own), eviction ("lru" or "lfu", for that budget), pin, load_threads, load_wait, load_retry
-// (durations in seconds unless named _ms). Absent or null fields keep their
-// defaults above; unknown fields and wrong types raise InvalidArgument naming them.
+// "512MB"; a budget of this deployment's own), eviction ("lru" or "lfu", for that budget), pin,
+// load_threads, load_wait, load_retry (durations in seconds unless named _ms). Absent or null
+// fields keep their defaults above; unknown fields and wrong types raise InvalidArgument naming
+// them.
 DeploymentOptions DeploymentOptionsFromJson(const std::string& json_text);
 
 }  // namespace lepton

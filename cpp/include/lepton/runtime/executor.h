@@ -34,7 +34,7 @@ struct Prediction {
   double latency_s = 0;
   double queue_s = 0;
   double compute_s = 0;
-  int batch_rows = 0;  // rows in the batch it ran in (0 for an ensemble)
+  int batch_rows = 0;       // rows in the batch it ran in (0 for an ensemble)
   bool cold_start = false;  // it waited for a version to load
 };
 

@@ -90,8 +90,8 @@ class Servable {
   // throws.
   static std::shared_ptr<Servable> Load(std::string model, std::string version,
                                         std::string_view bytes, std::string sha256,
-                                        std::optional<Signature> signature,
-                                        ServableOptions options, bool verified = false);
+                                        std::optional<Signature> signature, ServableOptions options,
+                                        bool verified = false);
   ~Servable();
 
   const std::string& model() const;

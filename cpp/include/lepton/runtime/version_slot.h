@@ -162,6 +162,7 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
   void RunLoad();          // the load itself, on whichever thread runs it
   void Touch();
   [[noreturn]] void ThrowFailedLocked() const;
+  bool EvictableLocked() const;
 
   const Config config_;
   const Loader loader_;
@@ -176,6 +177,10 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
   std::exception_ptr error_;
   Clock::time_point failed_at_{};
   bool transient_ = false;  // the last load found no room: the next request tries again
+  // Loaded and not yet used: not evictable for a moment, so that the requests that waited for
+  // the load get it before another load's eviction can take it.
+  bool fresh_ = false;
+  Clock::time_point loaded_at_{};
   std::atomic<int64_t> last_used_{0};
   double uses_ = 0;  // decayed use count as of uses_at_ (under mu_)
   int64_t uses_at_ = 0;
