@@ -5,6 +5,7 @@
 #include "lepton/common/errors.h"
 #include "lepton/common/files.h"
 #include "lepton/common/names.h"
+#include "lepton/registry/blob_store.h"
 
 namespace lepton {
 ArtifactSource::ArtifactSource(std::shared_ptr<Registry> registry, std::string model)
@@ -50,11 +51,17 @@ ArtifactInfo ArtifactSource::Resolve(const std::string& spec) const {
   return ArtifactInfo{spec, "", std::nullopt, ec ? 0 : static_cast<int64_t>(size)};
 }
 
-std::string ArtifactSource::Read(const ArtifactInfo& info) const {
-  if (registry_) return registry_->ReadArtifact(model_ + ":" + info.label);
+ArtifactSource::Bytes ArtifactSource::Read(const ArtifactInfo& info) const {
+  if (registry_) {
+    auto mapped = registry_->MapArtifact(model_ + ":" + info.label);
+    const std::string_view view = mapped->bytes();
+    return {view, std::move(mapped)};
+  }
   auto it = files_.find(info.label);
   if (it == files_.end()) throw NotFound("no model file is known for version '" + info.label + "'");
-  return ReadWholeFile(it->second, "model file");
+  auto bytes = std::make_shared<const std::string>(ReadWholeFile(it->second, "model file"));
+  const std::string_view view = *bytes;
+  return {view, std::move(bytes)};
 }
 
 std::vector<ArtifactInfo> ArtifactSource::All() const {

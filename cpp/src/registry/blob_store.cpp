@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -278,7 +279,7 @@ BlobLease BlobStore::Put(const std::function<void(int, void*, int64_t*)>& write,
   throw StorageError("cannot store artifact " + lease.sha256_ + ": it keeps being removed");
 }
 
-std::string BlobStore::Read(const std::string& sha256) const {
+int BlobStore::OpenForRead(const std::string& sha256, struct stat* st) const {
   const std::string path = PathOf(sha256);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -287,45 +288,101 @@ std::string BlobStore::Read(const std::string& sha256) const {
     }
     ThrowErrno("cannot open artifact " + path);
   }
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) ThrowErrno("cannot stat " + path);
-  std::string bytes(static_cast<size_t>(st.st_size), '\0');
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t r = ::read(fd, bytes.data() + done, bytes.size() - done);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      ThrowErrno("cannot read " + path);
-    }
-    if (r == 0) break;
-    done += static_cast<size_t>(r);
+  if (::fstat(fd, st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    errno = e;
+    ThrowErrno("cannot stat " + path);
   }
-  bytes.resize(done);
+  return fd;
+}
+
+void BlobStore::VerifyOnce(const std::string& sha256, const struct stat& st,
+                           std::string_view bytes) const {
   const std::array<int64_t, 6> identity = {
       static_cast<int64_t>(st.st_dev),
       static_cast<int64_t>(st.st_ino),
       static_cast<int64_t>(st.st_size),
       static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
       static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec,
-      static_cast<int64_t>(done)};
+      static_cast<int64_t>(bytes.size())};
   {
     std::lock_guard<std::mutex> lk(verified_mu_);
     auto it = verified_.find(sha256);
-    if (it != verified_.end() && it->second == identity) return bytes;
+    if (it != verified_.end() && it->second == identity) return;
   }
   const std::string actual = Sha256Hex(bytes);
+  std::lock_guard<std::mutex> lk(verified_mu_);
   if (actual != sha256) {
-    std::lock_guard<std::mutex> lk(verified_mu_);
     verified_.erase(sha256);
     throw IntegrityError("artifact " + sha256 + " is corrupted: its content hashes to " + actual);
   }
-  std::lock_guard<std::mutex> lk(verified_mu_);
   verified_[sha256] = identity;
+}
+
+std::string BlobStore::Read(const std::string& sha256) const {
+  struct stat st {};
+  const int fd = OpenForRead(sha256, &st);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  std::string bytes(static_cast<size_t>(st.st_size), '\0');
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t r = ::read(fd, bytes.data() + done, bytes.size() - done);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      ThrowErrno("cannot read " + PathOf(sha256));
+    }
+    if (r == 0) break;
+    done += static_cast<size_t>(r);
+  }
+  bytes.resize(done);
+  VerifyOnce(sha256, st, bytes);
   return bytes;
+}
+
+MappedBlob::MappedBlob(MappedBlob&& o) noexcept : data_(o.data_), size_(o.size_) {
+  o.data_ = nullptr;
+  o.size_ = 0;
+}
+
+MappedBlob& MappedBlob::operator=(MappedBlob&& o) noexcept {
+  if (this != &o) {
+    if (data_) ::munmap(data_, size_);
+    data_ = o.data_;
+    size_ = o.size_;
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  return *this;
+}
+
+MappedBlob::~MappedBlob() {
+  if (data_) ::munmap(data_, size_);
+}
+
+MappedBlob BlobStore::Map(const std::string& sha256) const {
+  struct stat st {};
+  const int fd = OpenForRead(sha256, &st);
+  MappedBlob m;
+  if (st.st_size > 0) {
+    void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ,
+                     MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    const int e = errno;
+    ::close(fd);
+    if (p == MAP_FAILED) {
+      errno = e;
+      ThrowErrno("cannot map " + PathOf(sha256));
+    }
+    m.data_ = p;
+    m.size_ = static_cast<size_t>(st.st_size);
+  } else {
+    ::close(fd);
+  }
+  VerifyOnce(sha256, st, m.bytes());
+  return m;
 }
 
 BlobStore::Health BlobStore::Check(const std::string& sha256) const {

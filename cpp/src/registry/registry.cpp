@@ -281,6 +281,9 @@ std::map<std::string, std::string> Registry::Aliases(const std::string& model) c
   return Self()->Aliases(model);
 }
 std::string Registry::ReadArtifact(std::string_view ref) const { return Self()->ReadArtifact(ref); }
+std::shared_ptr<const MappedBlob> Registry::MapArtifact(std::string_view ref) const {
+  return Self()->MapArtifact(ref);
+}
 std::string Registry::ArtifactPath(std::string_view ref) const { return Self()->ArtifactPath(ref); }
 ModelVersion Registry::SetAlias(const std::string& model, const std::string& alias,
                                 const std::string& version,

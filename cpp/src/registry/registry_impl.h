@@ -246,7 +246,9 @@ class Registry::Impl {
 
   VerifyReport Verify();
 
+  std::string ArtifactSha(std::string_view text);  // of the version `text` names
   std::string ReadArtifact(std::string_view text);
+  std::shared_ptr<const MappedBlob> MapArtifact(std::string_view text);
 
   std::string ArtifactPath(std::string_view text);
 

@@ -467,17 +467,21 @@ void Registry::Impl::Delete(std::string_view text, bool force, const std::string
   KeepReserve();
 }
 
+std::string Registry::Impl::ArtifactSha(std::string_view text) {
+  const Reference ref = ParseReference(text);
+  std::lock_guard<std::mutex> lock(mu_);
+  sqlite::Transaction tx(db_, /*write=*/false);
+  auto q = db_.Prepare("SELECT sha256 FROM versions WHERE id = ?");
+  q->Bind(1, Resolve(ref)).Step();
+  return q->Text(0);
+}
+
 std::string Registry::Impl::ReadArtifact(std::string_view text) {
-  std::string sha;
-  {
-    const Reference ref = ParseReference(text);
-    std::lock_guard<std::mutex> lock(mu_);
-    sqlite::Transaction tx(db_, /*write=*/false);
-    auto q = db_.Prepare("SELECT sha256 FROM versions WHERE id = ?");
-    q->Bind(1, Resolve(ref)).Step();
-    sha = q->Text(0);
-  }
-  return blobs_.Read(sha);
+  return blobs_.Read(ArtifactSha(text));
+}
+
+std::shared_ptr<const MappedBlob> Registry::Impl::MapArtifact(std::string_view text) {
+  return std::make_shared<const MappedBlob>(blobs_.Map(ArtifactSha(text)));
 }
 
 std::string Registry::Impl::ArtifactPath(std::string_view text) {

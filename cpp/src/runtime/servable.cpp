@@ -594,7 +594,7 @@ std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
       throw IntegrityError(model + ":" + version + " artifact hashes to " + actual + ", expected " +
                            sha256);
     }
-  } else {
+  } else if (sha256.empty()) {
     sha256 = Sha256Hex(bytes);
   }
   auto impl = std::make_shared<Impl>(std::move(model), std::move(version), std::move(sha256),

@@ -50,7 +50,8 @@ std::shared_ptr<Servable> VersionSet::LoadServable(const ArtifactInfo& a) {
   if (p != options_.version_priority.end()) o.priority = p->second;
   const auto t0 = Clock::now();
   try {
-    const std::string bytes = source_.Read(a);
+    const ArtifactSource::Bytes artifact = source_.Read(a);
+    const std::string_view bytes = artifact.bytes;
     // The registry's blob store checked the bytes against their hash as it read them.
     auto s = Servable::Load(model(), a.label, bytes, a.sha256, a.signature, o,
                             /*verified=*/source_.registry() != nullptr);

@@ -39,8 +39,13 @@ class ArtifactSource {
   Artifact Fetch(const std::string& spec) const;
   // The version a spec names, without reading its artifact (NotFound as Fetch).
   ArtifactInfo Resolve(const std::string& spec) const;
-  // The artifact of a resolved version.
-  std::string Read(const ArtifactInfo& info) const;
+  // The artifact of a resolved version: mapped from the registry's blob store, or read from a
+  // file. `bytes` stays valid while `keep` lives.
+  struct Bytes {
+    std::string_view bytes;
+    std::shared_ptr<const void> keep;
+  };
+  Bytes Read(const ArtifactInfo& info) const;
   // Every version of the registry's model, oldest first (the file labels for files).
   std::vector<ArtifactInfo> All() const;
 

@@ -3,6 +3,8 @@
 // once.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -44,6 +46,23 @@ class BlobLease {
   std::string tmp_path_;
 };
 
+// A blob's bytes mapped read-only: the page cache's pages, shared with the file, not a copy.
+class MappedBlob {
+ public:
+  MappedBlob() = default;
+  MappedBlob(MappedBlob&& o) noexcept;
+  MappedBlob& operator=(MappedBlob&& o) noexcept;
+  MappedBlob(const MappedBlob&) = delete;
+  MappedBlob& operator=(const MappedBlob&) = delete;
+  ~MappedBlob();
+  std::string_view bytes() const { return {static_cast<const char*>(data_), size_}; }
+
+ private:
+  friend class BlobStore;
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 class BlobStore {
  public:
   // Checks a freshly written temporary file before it becomes visible; throws to refuse it.
@@ -60,6 +79,8 @@ class BlobStore {
   // store has already verified is not hashed again while its file is the same one, unchanged
   // (device, inode, size, modification time and change time): reloading a version costs a read.
   std::string Read(const std::string& sha256) const;
+  // The same, mapped rather than read: for loading a model straight from the page cache.
+  MappedBlob Map(const std::string& sha256) const;
 
   enum class Health { kOk, kMissing, kCorrupted };
   Health Check(const std::string& sha256) const;
@@ -84,6 +105,11 @@ class BlobStore {
  private:
   BlobLease Put(const std::function<void(int fd, void* hash_ctx, int64_t* size)>& write,
                 const Validator& validate);
+  // Opens a blob for reading (IntegrityError when missing) and says what file it is.
+  int OpenForRead(const std::string& sha256, struct stat* st) const;
+  // IntegrityError unless `bytes` hash to `sha256`; skipped for a file already verified whose
+  // identity `st` has not changed.
+  void VerifyOnce(const std::string& sha256, const struct stat& st, std::string_view bytes) const;
 
   std::string root_;
   std::string tmp_dir_;

@@ -17,6 +17,8 @@
 
 namespace lepton {
 
+class MappedBlob;
+
 struct ModelVersion {
   std::string model;
   std::string version;  // the label, unique within the model
@@ -153,6 +155,8 @@ class Registry {
 
   // The artifact's bytes, rehashed; IntegrityError when they do not match the recorded sha256.
   std::string ReadArtifact(std::string_view ref) const;
+  // The same bytes mapped from the blob store rather than copied (verified the same way).
+  std::shared_ptr<const MappedBlob> MapArtifact(std::string_view ref) const;
   std::string ArtifactPath(std::string_view ref) const;
 
   // Points `alias` at `version` (a label, `@OTHER`, or a full reference). With `expected`, the move
