@@ -314,7 +314,12 @@ class Deployment::Impl {
     auto next_watch = now0 + DeadlineIn(options_.anomaly_interval_s);
     auto next_refresh = now0 + DeadlineIn(options_.versions_poll_s);
     while (!stopping_) {
-      auto wake = std::min({next_tick, next_save, next_watch});
+      // A policy that does not tick (fixed, a split, an ensemble) costs no wake-ups: many
+      // deployments in one process sleep between their slower chores.
+      bool ticking = true;
+      if (const auto st = versions_.Snapshot()) ticking = st->policy->ticks();
+      auto wake = std::min(next_save, next_watch);
+      if (ticking) wake = std::min(wake, next_tick);
       if (follower_) wake = std::min(wake, next_poll);
       if (options_.all_versions) wake = std::min(wake, next_refresh);
       if (options_.adaptive) wake = std::min(wake, next_balance);

@@ -112,6 +112,7 @@ class CanaryPolicy final : public Policy {
   std::vector<std::string> Needs(const LiveVersions& live) const override;
   bool observes() const override { return true; }
   void Observe(const Outcome& outcome) const override;
+  bool ticks() const override { return true; }
   std::vector<PolicyEvent> Tick(const LiveVersions& live, const LoadFn& load,
                                 double now) const override;
   std::optional<std::string> alias() const override { return options_.alias; }
@@ -244,6 +245,7 @@ class BalancedPolicy final : public Policy {
                                         const std::string& to) const override;
   std::string Describe() const override;
   std::vector<std::string> Needs(const LiveVersions& live) const override;
+  bool ticks() const override { return true; }
   std::vector<PolicyEvent> Tick(const LiveVersions& live, const LoadFn& load,
                                 double now) const override;
   std::string Report() const override;
@@ -288,6 +290,7 @@ class ABTestPolicy final : public Policy {
   void Observe(const Outcome& outcome) const override;
   bool takes_feedback() const override { return true; }
   void Feedback(const std::string& version, double reward) const override;
+  bool ticks() const override { return true; }
   std::vector<PolicyEvent> Tick(const LiveVersions& live, const LoadFn& load,
                                 double now) const override;
   std::optional<std::string> alias() const override { return options_.alias; }
@@ -334,6 +337,7 @@ class TimeBasedPolicy final : public Policy {
                                         const std::string& to) const override;
   std::string Describe() const override;
   std::vector<std::string> Needs(const LiveVersions& live) const override;
+  bool ticks() const override { return true; }
   std::vector<PolicyEvent> Tick(const LiveVersions& live, const LoadFn& load,
                                 double now) const override;
   std::optional<std::string> alias() const override { return alias_; }

@@ -129,6 +129,8 @@ class Policy {
   virtual bool takes_feedback() const { return false; }
   // A reward for a request this policy routed to `version`; InvalidArgument for a bad reward.
   virtual void Feedback(const std::string& version, double reward) const;
+  // Whether Tick does anything: a deployment whose policy does not tick never wakes for it.
+  virtual bool ticks() const { return false; }
   // Called by the deployment's controller every few milliseconds with the time (seconds since
   // the epoch); returns the switches decided since the last call.
   virtual std::vector<PolicyEvent> Tick(const LiveVersions& live, const LoadFn& load,
