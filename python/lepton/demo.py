@@ -110,8 +110,7 @@ def _many(reg: Registry, data) -> None:
             tuned[2].bias += 0.01 * c
         reg.register("per_customer", tuned, version=f"c{c:02d}", tags={"customer": f"c{c:02d}"})
     size = reg.get("per_customer:c00").size
-    print(f"
-{customers} per-customer versions of {size / 1e3:.0f} kB each, served under a 3 MB memory budget"
+    print(f"\n{customers} per-customer versions of {size / 1e3:.0f} kB each, served under a 3 MB memory budget"
           " (room for about ten):")
     with Deployment(reg, "per_customer", versions="all", memory_budget="3MB") as d:
         ranks = torch.distributions.Categorical(

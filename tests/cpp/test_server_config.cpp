@@ -63,6 +63,24 @@ TEST(ServerConfig, FieldsModelsAndDeploymentOptionsAreRead) {
   EXPECT_EQ(nlohmann::json::parse(o.models[3].policy)["type"], "weighted");
 }
 
+TEST(ServerConfig, AMemoryBudgetIsOneForEveryModel) {
+  const ServerOptions o = ServerOptionsFromJson(R"({"memory_budget": "2GB", "eviction": "lfu"})");
+  ASSERT_TRUE(o.deployment.memory_budget);
+  EXPECT_EQ(o.deployment.memory_budget->limit(), 2000000000);
+  EXPECT_EQ(o.deployment.memory_budget->eviction(), Eviction::kLfu);
+  // Every deployment the server makes copies these options: they share the one budget.
+  const DeploymentOptions copy = o.deployment;
+  EXPECT_EQ(copy.memory_budget.get(), o.deployment.memory_budget.get());
+  EXPECT_EQ(ServerOptionsFromJson(R"({"memory_budget": 1048576})").deployment.memory_budget->limit(),
+            1048576);
+  EXPECT_FALSE(ServerOptionsFromJson("{}").deployment.memory_budget);
+  for (const char* bad : {R"({"memory_budget": "lots"})", R"({"memory_budget": 0})",
+                          R"({"memory_budget": true})", R"({"eviction": "fifo"})",
+                          R"({"pin": "v1"})", R"({"load_threads": 0})"}) {
+    EXPECT_THROW(ServerOptionsFromJson(bad), InvalidArgument) << bad;
+  }
+}
+
 TEST(ServerConfig, BadConfigurationsAreRefusedByName) {
   for (const char* bad :
        {R"({"hots": "x"})", R"({"port": 70000})", R"({"port": "80"})", R"({"io_threads": 0})",
