@@ -45,7 +45,15 @@ std::shared_ptr<const VersionState> VersionSet::LiveState() const {
 
 std::shared_ptr<Servable> VersionSet::LoadServable(const ArtifactInfo& a) {
   ServableOptions o = options_.servable;
-  o.threads = planner_.InitialThreads(a.label, live_hint_.load());
+  // The cores are shared by the versions loaded now (under a budget, a few of the live ones).
+  size_t sharing = live_hint_.load();
+  if (budget_) {
+    sharing = 1;
+    if (auto st = Snapshot()) {
+      for (const auto& [v, slot] : st->slots) sharing += v != a.label && slot->loaded() != nullptr;
+    }
+  }
+  o.threads = planner_.InitialThreads(a.label, sharing);
   auto p = options_.version_priority.find(a.label);
   if (p != options_.version_priority.end()) o.priority = p->second;
   const auto t0 = Clock::now();
