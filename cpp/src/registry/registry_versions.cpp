@@ -485,12 +485,7 @@ std::shared_ptr<const MappedBlob> Registry::Impl::MapArtifact(std::string_view t
 }
 
 std::string Registry::Impl::ArtifactPath(std::string_view text) {
-  const Reference ref = ParseReference(text);
-  std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_, /*write=*/false);
-  auto q = db_.Prepare("SELECT sha256 FROM versions WHERE id = ?");
-  q->Bind(1, Resolve(ref)).Step();
-  return blobs_.PathOf(q->Text(0));
+  return blobs_.PathOf(ArtifactSha(text));
 }
 
 }  // namespace lepton

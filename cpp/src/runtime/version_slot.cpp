@@ -13,6 +13,18 @@ int64_t NowNs() {
       .count();
 }
 
+// Adds what `from` counted (requests and their outcomes, batches, busy time) to `into`.
+void AddCounters(ServableStats& into, const ServableStats& from) {
+  into.requests += from.requests;
+  into.succeeded += from.succeeded;
+  into.failed += from.failed;
+  into.timed_out += from.timed_out;
+  into.rejected += from.rejected;
+  into.batches += from.batches;
+  into.batched_rows += from.batched_rows;
+  into.busy_s += from.busy_s;
+}
+
 }  // namespace
 
 const char* ResidencyName(Residency r) {
@@ -390,15 +402,7 @@ int64_t VersionSlot::Evict() {
     bytes_ = 0;
     residency_ = Residency::kEvicted;
     ++stats_.evictions;
-    const ServableStats s = gone->stats();
-    retired_.requests += s.requests;
-    retired_.succeeded += s.succeeded;
-    retired_.failed += s.failed;
-    retired_.timed_out += s.timed_out;
-    retired_.rejected += s.rejected;
-    retired_.batches += s.batches;
-    retired_.batched_rows += s.batched_rows;
-    retired_.busy_s += s.busy_s;
+    AddCounters(retired_, gone->stats());
   }
   gone->Drain(0);
   gone.reset();
@@ -450,19 +454,12 @@ ServableStats VersionSlot::servable_stats() const {
     return out;
   }
   const ServableStats now = s->stats();
+  AddCounters(out, now);
   out.health = now.health;
   out.threads = now.threads;
   out.executors = now.executors;
-  out.requests += now.requests;
-  out.succeeded += now.succeeded;
-  out.failed += now.failed;
-  out.timed_out += now.timed_out;
-  out.rejected += now.rejected;
-  out.batches += now.batches;
-  out.batched_rows += now.batched_rows;
   out.in_flight = now.in_flight;
   out.queued = now.queued;
-  out.busy_s += now.busy_s;
   out.weight_bytes = now.weight_bytes;
   return out;
 }
