@@ -196,3 +196,38 @@ def test_a_thousand_versions_over_http_under_one_budget(registry):
         assert requests.post(f"{url}/v2/models/big/versions/v1000/infer", json=body).status_code == 404
     finally:
         server.stop()
+
+
+def test_lepton_serve_memory_budget_flag(many, python_env):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    size = many.get("m:v0").size
+    env = dict(python_env, LEPTON_TOKEN=TOKEN)
+    proc = subprocess.Popen([sys.executable, "-m", "lepton", "serve", "--registry", many.path, "--port", "0",
+                             "--memory-budget", f"{3 * size}B", "--eviction", "lfu", "--threads", "2"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = None
+        for line in proc.stderr:
+            m = re.search(r"on (http://\S+)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, "the server did not say where it listens"
+        body = {"inputs": [{"name": "x", "shape": [1, 128], "datatype": "FP32", "data": [0.0] * 128}]}
+        for n in (3, 5, 7, 9, 3):
+            r = requests.post(f"{url}/v2/models/m/versions/v{n}/infer", json=body)
+            assert r.status_code == 200 and r.json()["outputs"][0]["data"][0] == n
+        stats = requests.get(f"{url}/v2/lepton/models/m/stats", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert stats["memory"]["limit_bytes"] == 3 * size and stats["memory"]["evictions"] > 0
+        assert stats["memory"]["peak_bytes"] <= 3 * size
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
