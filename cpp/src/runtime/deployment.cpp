@@ -12,6 +12,7 @@
 #include "lepton/control/artifact_source.h"
 #include "lepton/control/cpu_planner.h"
 #include "lepton/control/feedback_ledger.h"
+#include "lepton/control/scheduler.h"
 #include "lepton/observe/anomaly_watch.h"
 #include "lepton/observe/events.h"
 #include "lepton/policy/policies.h"
@@ -67,7 +68,7 @@ class Deployment::Impl {
   void Start(const std::vector<std::string>& specs) {
     versions_.Start(specs);
     controller_.Restore(*versions_.Snapshot()->policy);
-    control_thread_ = std::thread([this] { ControlLoop(); });
+    StartControl();
   }
 
   const std::string& model() const { return model_; }
@@ -264,11 +265,8 @@ class Deployment::Impl {
   // --- the control thread ---
 
   void Wake() {
-    {
-      std::lock_guard<std::mutex> lk(control_mu_);
-      wake_ = true;
-    }
-    control_cv_.notify_all();
+    woken_ = true;
+    if (scheduler_) scheduler_->Wake(control_id_);
   }
 
   void NoteError(std::string what) {
@@ -304,64 +302,65 @@ class Deployment::Impl {
     }
   }
 
-  void ControlLoop() {
-    std::unique_lock<std::mutex> lk(control_mu_);
+  // The control chores, run on the process's shared scheduler rather than a thread of the
+  // deployment's own: what is due runs, and the time of the next chore is returned.
+  void StartControl() {
     const auto now0 = Clock::now();
-    auto next_poll = now0;
-    auto next_balance = now0 + DeadlineIn(options_.rebalance_interval_s);
-    auto next_tick = now0;
-    auto next_save = now0 + DeadlineIn(options_.state_save_s);
-    auto next_watch = now0 + DeadlineIn(options_.anomaly_interval_s);
-    auto next_refresh = now0 + DeadlineIn(options_.versions_poll_s);
-    while (!stopping_) {
-      // A policy that does not tick (fixed, a split, an ensemble) costs no wake-ups: many
-      // deployments in one process sleep between their slower chores.
-      bool ticking = true;
-      if (const auto st = versions_.Snapshot()) ticking = st->policy->ticks();
-      auto wake = std::min(next_save, next_watch);
-      if (ticking) wake = std::min(wake, next_tick);
-      if (follower_) wake = std::min(wake, next_poll);
-      if (options_.all_versions) wake = std::min(wake, next_refresh);
-      if (options_.adaptive) wake = std::min(wake, next_balance);
-      control_cv_.wait_until(lk, wake, [&] { return stopping_ || wake_; });
-      if (stopping_) break;
-      const bool woken = wake_;
-      wake_ = false;
-      lk.unlock();
-      const auto now = Clock::now();
-      if (follower_ && now >= next_poll) {
-        FollowAliasOnce();
-        next_poll = now + DeadlineIn(options_.alias_poll_s);
-      }
-      if (options_.all_versions && now >= next_refresh) {
-        try {
-          versions_.Refresh();
-        } catch (const std::exception& e) {
-          NoteError(std::string("looking for new versions: ") + e.what());
-        }
-        next_refresh = now + DeadlineIn(options_.versions_poll_s);
-      }
-      if (options_.adaptive && now >= next_balance) {
-        Rebalance();
-        next_balance = now + DeadlineIn(options_.rebalance_interval_s);
-      }
-      if (woken || now >= next_tick) {
-        TickPolicy();
-        next_tick = now + DeadlineIn(options_.policy_tick_s);
-      }
-      if (now >= next_watch) {
-        if (auto st = versions_.Snapshot(); st && !versions_.closed()) {
-          anomalies_.Check(metrics_.Snapshot(),
-                           [&](const std::string& v) { return st->live.Has(v); });
-        }
-        next_watch = now + DeadlineIn(options_.anomaly_interval_s);
-      }
-      if (now >= next_save) {
-        SaveCurrentState(false);
-        next_save = now + DeadlineIn(options_.state_save_s);
-      }
-      lk.lock();
+    next_.poll = now0;
+    next_.balance = now0 + DeadlineIn(options_.rebalance_interval_s);
+    next_.tick = now0;
+    next_.save = now0 + DeadlineIn(options_.state_save_s);
+    next_.watch = now0 + DeadlineIn(options_.anomaly_interval_s);
+    next_.refresh = now0 + DeadlineIn(options_.versions_poll_s);
+    scheduler_ = &Scheduler::Shared();
+    control_id_ = scheduler_->Add([this] { return ControlOnce(); });
+  }
+
+  Clock::time_point ControlOnce() {
+    if (stopping_) return Clock::now() + std::chrono::hours(1);
+    const bool woken = woken_.exchange(false);
+    const auto now = Clock::now();
+    if (follower_ && now >= next_.poll) {
+      FollowAliasOnce();
+      next_.poll = now + DeadlineIn(options_.alias_poll_s);
     }
+    if (options_.all_versions && now >= next_.refresh) {
+      try {
+        versions_.Refresh();
+      } catch (const std::exception& e) {
+        NoteError(std::string("looking for new versions: ") + e.what());
+      }
+      next_.refresh = now + DeadlineIn(options_.versions_poll_s);
+    }
+    if (options_.adaptive && now >= next_.balance) {
+      Rebalance();
+      next_.balance = now + DeadlineIn(options_.rebalance_interval_s);
+    }
+    if (woken || now >= next_.tick) {
+      TickPolicy();
+      next_.tick = now + DeadlineIn(options_.policy_tick_s);
+    }
+    if (now >= next_.watch) {
+      if (auto st = versions_.Snapshot(); st && !versions_.closed()) {
+        anomalies_.Check(metrics_.Snapshot(),
+                         [&](const std::string& v) { return st->live.Has(v); });
+      }
+      next_.watch = now + DeadlineIn(options_.anomaly_interval_s);
+    }
+    if (now >= next_.save) {
+      SaveCurrentState(false);
+      next_.save = now + DeadlineIn(options_.state_save_s);
+    }
+    // A policy that does not tick (fixed, a split, an ensemble) costs no wake-ups: many
+    // deployments in one process sleep between their slower chores.
+    bool ticking = true;
+    if (const auto st = versions_.Snapshot()) ticking = st->policy->ticks();
+    auto wake = std::min(next_.save, next_.watch);
+    if (ticking) wake = std::min(wake, next_.tick);
+    if (follower_) wake = std::min(wake, next_.poll);
+    if (options_.all_versions) wake = std::min(wake, next_.refresh);
+    if (options_.adaptive) wake = std::min(wake, next_.balance);
+    return wake;
   }
 
   void SaveCurrentState(bool force) {
@@ -407,12 +406,9 @@ class Deployment::Impl {
   }
 
   void Close() {
-    {
-      std::lock_guard<std::mutex> lk(control_mu_);
-      stopping_ = true;
-    }
-    control_cv_.notify_all();
-    if (control_thread_.joinable()) control_thread_.join();
+    stopping_ = true;
+    // Waits for a chore in progress; none runs after.
+    if (scheduler_) scheduler_->Remove(control_id_);
     shadows_.Stop();
     if (!versions_.closed()) SaveCurrentState(true);
     std::shared_ptr<const VersionState> st = versions_.Close();
@@ -504,11 +500,14 @@ class Deployment::Impl {
   std::optional<AliasFollower> follower_;
   RequestMetrics metrics_;
 
-  std::thread control_thread_;
-  std::mutex control_mu_;
-  std::condition_variable control_cv_;
-  bool stopping_ = false;
-  bool wake_ = false;
+  // The control chores' next times: touched only by the chore, which never runs twice at once.
+  struct {
+    Clock::time_point poll, balance, tick, save, watch, refresh;
+  } next_;
+  Scheduler* scheduler_ = nullptr;
+  uint64_t control_id_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> woken_{false};
 
   mutable std::mutex error_mu_;
   std::string last_error_;  // the latest failure of the control thread's work
