@@ -243,11 +243,17 @@ class Deployment::Impl {
 
   // --- changes ---
 
+  // A change that brings a policy wakes the control chores: a policy that ticks (a canary) is
+  // ticked from now on.
   void Add(const std::string& spec, std::shared_ptr<const Policy> policy) {
+    const bool new_policy = policy != nullptr;
     versions_.Add(spec, std::move(policy));
+    if (new_policy) Wake();
   }
   void Remove(const std::string& version, std::shared_ptr<const Policy> policy) {
+    const bool new_policy = policy != nullptr;
     versions_.Remove(version, std::move(policy));
+    if (new_policy) Wake();
   }
   void Swap(const std::string& from, const std::string& to) { versions_.Swap(from, to); }
   void SetPolicy(std::shared_ptr<const Policy> policy) {
