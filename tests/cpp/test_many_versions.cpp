@@ -305,6 +305,64 @@ TEST_F(ManyVersionsTest, ALoadLongerThanTheDeadlineTimesOutThatRequestAndServesT
   EXPECT_EQ(Slot(d, "s1").hits, 1);
 }
 
+TEST_F(ManyVersionsTest, RequestsStayRightWhilePoliciesAndPinsChangeUnderThem) {
+  // Room for 5; requests to every version from 6 threads while another thread keeps setting
+  // canaries and pinning and unpinning. Every answer is the version asked for; no request fails.
+  DeploymentOptions o = Budgeted(5);
+  o.policy_tick_s = 0.001;
+  Deployment d(reg_, "m", {}, o);
+  std::atomic<bool> stop{false};
+  std::atomic<int> wrong{0}, failed{0}, answered{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 6; ++t) {
+    clients.emplace_back([&, t] {
+      std::mt19937 rng(7000 + t);
+      while (!stop) {
+        const int n = 1 + static_cast<int>(rng() % 12);
+        try {
+          (Ask(d, "v" + std::to_string(n), 10.0) == n ? answered : wrong)++;
+        } catch (const std::exception& e) {
+          ++failed;
+          ADD_FAILURE() << e.what();
+        }
+      }
+    });
+  }
+  std::mt19937 rng(99);
+  CanaryOptions c;
+  c.steps = {0.5};
+  c.step_requests = 1000000;
+  for (int round = 0; round < 40; ++round) {
+    const int a = 1 + static_cast<int>(rng() % 12), b = 1 + (a % 12);
+    switch (rng() % 4) {
+      case 0:
+        d.SetPolicy(
+            std::make_shared<CanaryPolicy>("v" + std::to_string(a), "v" + std::to_string(b), c));
+        break;
+      case 1:
+        d.SetPolicy(std::make_shared<FixedPolicy>("v" + std::to_string(a)));
+        break;
+      case 2:
+        try {
+          d.Pin("v" + std::to_string(a));
+        } catch (const InvalidArgument&) {
+          // with the policy's versions and earlier pins it would not fit: refused, as it should
+        }
+        break;
+      default:
+        for (int n = 1; n <= 12; ++n) d.Unpin("v" + std::to_string(n));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  stop = true;
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(failed, 0);
+  EXPECT_GT(answered, 0);
+  const DeploymentStatus s = d.Status();
+  EXPECT_LE(s.memory->peak, s.memory->limit);
+}
+
 TEST_F(ManyVersionsTest, WithoutABudgetEveryVersionLoadsAtStartAndStays) {
   DeploymentOptions o = Budgeted(1);
   o.memory_budget = nullptr;
