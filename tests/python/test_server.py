@@ -64,6 +64,38 @@ def test_health_and_server_metadata(server):
     assert meta["name"] == "lepton" and meta["version"] == lepton.__version__
 
 
+def test_triton_statistics_extension(server):
+    assert "statistics" in requests.get(server.url + "/v2").json()["extensions"]
+    before_ms = time.time() * 1000
+    for _ in range(3):
+        r = requests.post(server.url + "/v2/models/m/infer", json=infer_body(torch.zeros(2, 4)))
+        assert r.status_code == 200
+    r = requests.post(server.url + "/v2/models/fragile/infer", json=infer_body(-torch.ones(1, 2)))
+    assert r.status_code == 500
+    assert requests.get(server.url + "/v2/models/m/stats").status_code == 401
+    stats = requests.get(server.url + "/v2/models/m/stats", headers=auth()).json()["model_stats"]
+    assert [s["version"] for s in stats] == ["v1"]
+    s = stats[0]
+    assert s["name"] == "m" and s["inference_count"] == 6 and s["execution_count"] == 3
+    assert before_ms - 1000 <= s["last_inference"] <= time.time() * 1000 + 1000
+    inf = s["inference_stats"]
+    assert inf["success"]["count"] == 3 and inf["success"]["ns"] > 0
+    assert inf["fail"] == {"count": 0, "ns": 0}
+    assert inf["queue"]["count"] == 3 and inf["compute_infer"]["count"] == 3 and inf["compute_infer"]["ns"] > 0
+    assert inf["compute_infer"]["ns"] <= inf["success"]["ns"]
+    assert inf["cache_hit"] == {"count": 0, "ns": 0} and s["batch_stats"] == []
+    by_alias = requests.get(server.url + "/v2/models/m/versions/prod/stats", headers=auth()).json()
+    assert by_alias["model_stats"][0]["version"] == "v1"
+    fragile = requests.get(server.url + "/v2/models/fragile/stats", headers=auth()).json()["model_stats"][0]
+    assert fragile["inference_stats"]["fail"]["count"] == 1 and fragile["inference_stats"]["fail"]["ns"] > 0
+    everything = requests.get(server.url + "/v2/models/stats", headers=auth()).json()["model_stats"]
+    assert {x["name"] for x in everything} >= {"m", "fragile", "spin", "pair"}
+    # A version that exists but is not deployed, and one that does not exist: 404.
+    assert requests.get(server.url + "/v2/models/m/versions/v2/stats", headers=auth()).status_code == 404
+    assert requests.get(server.url + "/v2/models/m/versions/v9/stats", headers=auth()).status_code == 404
+    assert requests.post(server.url + "/v2/models/m/stats", headers=auth()).status_code == 405
+
+
 def test_model_and_version_metadata_by_label_and_alias(server):
     m = requests.get(server.url + "/v2/models/m").json()
     assert m["name"] == "m" and m["versions"] == ["v1"] and m["platform"] == "pytorch_torchscript"

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -98,9 +99,22 @@ RequestSeries::RequestSeries()
   for (auto& f : failures_) f.store(0);
 }
 
-void RequestSeries::Succeeded(double queue_s, double compute_s, double total_s, int batch_rows) {
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+void RequestSeries::Succeeded(double queue_s, double compute_s, double total_s, int batch_rows,
+                              int64_t rows) {
   requests_.fetch_add(1, std::memory_order_relaxed);
   succeeded_.fetch_add(1, std::memory_order_relaxed);
+  rows_.fetch_add(static_cast<uint64_t>(std::max<int64_t>(rows, 0)), std::memory_order_relaxed);
+  last_ms_.store(NowMs(), std::memory_order_relaxed);
   queue_.Observe(queue_s);
   compute_.Observe(compute_s);
   total_.Observe(total_s);
@@ -111,6 +125,10 @@ void RequestSeries::Failed(FailureReason reason, double total_s) {
   requests_.fetch_add(1, std::memory_order_relaxed);
   failures_[static_cast<size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
   total_.Observe(total_s);
+  double f = failed_s_.load(std::memory_order_relaxed);
+  while (!failed_s_.compare_exchange_weak(f, f + total_s, std::memory_order_relaxed)) {
+  }
+  last_ms_.store(NowMs(), std::memory_order_relaxed);
 }
 
 uint64_t RequestSeries::Snapshot::failed() const {
@@ -129,6 +147,9 @@ RequestSeries::Snapshot RequestSeries::snapshot(const SeriesKey& key) const {
   s.compute = compute_.snapshot();
   s.total = total_.snapshot();
   s.batch = batch_.snapshot();
+  s.rows = rows_.load(std::memory_order_relaxed);
+  s.failed_s = failed_s_.load(std::memory_order_relaxed);
+  s.last_ms = last_ms_.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -165,7 +165,8 @@ class Deployment::Impl {
     try {
       Prediction p = Routed(st, route, members, routed, inputs, o, start);
       for (const auto& l : leases) p.cold_start = p.cold_start || l.waited();
-      series.Succeeded(p.queue_s, p.compute_s, p.latency_s, p.batch_rows);
+      const int64_t rows = !inputs.empty() && inputs[0].dim() > 0 ? inputs[0].size(0) : 1;
+      series.Succeeded(p.queue_s, p.compute_s, p.latency_s, p.batch_rows, rows);
       return p;
     } catch (const Unavailable&) {
       throw;  // counted by Predict unless a retry answers it

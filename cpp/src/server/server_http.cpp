@@ -182,9 +182,10 @@ Reply Server::Impl::Route(const std::string& method, const std::string& path,
   if (n == 0 || p[0] != "v2") throw HttpError{404, "no such endpoint: " + path};
   if (n == 1) {
     Method(method, "GET");
-    return JsonReply(200, {{"name", "lepton"},
-                           {"version", LEPTON_VERSION_STRING},
-                           {"extensions", {"binary_tensor_data", "model_repository", "lepton"}}});
+    return JsonReply(
+        200, {{"name", "lepton"},
+              {"version", LEPTON_VERSION_STRING},
+              {"extensions", {"binary_tensor_data", "model_repository", "statistics", "lepton"}}});
   }
   if (p[1] == "health" && n == 3) {
     Method(method, "GET");
@@ -193,6 +194,10 @@ Reply Server::Impl::Route(const std::string& method, const std::string& path,
       const bool ready = running_ && AllReady();
       return JsonReply(ready ? 200 : 503, {{"ready", ready}});
     }
+  }
+  if (p[1] == "models" && n == 3 && p[2] == "stats") {
+    Method(method, "GET");
+    return StatisticsRoute(std::nullopt, std::nullopt, headers);
   }
   if (p[1] == "models" && n >= 3) return ModelRoute(method, p, body, headers, client);
   if (p[1] == "repository") return RepositoryRoute(method, p, body, headers);

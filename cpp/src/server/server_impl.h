@@ -310,6 +310,12 @@ class Server::Impl {
   // Repository load/unload of a model served under a memory budget: pin/unpin a version.
   std::optional<Reply> PinRoute(const std::string& model, bool load, const std::string& body);
 
+  // Triton's statistics extension (server_statistics.cpp): GET
+  // /v2/models[/{m}[/versions/{v}]]/stats.
+  Reply StatisticsRoute(const std::optional<std::string>& model,
+                        const std::optional<std::string>& version, const Headers& headers);
+  json ModelStatistics(const std::string& model, const std::optional<std::string>& version) const;
+
   // /v2/lepton/...
   Reply LeptonRoute(const std::string& method, const std::vector<std::string>& p,
                     const Query& query, const std::string& body, const Headers& headers,

@@ -38,7 +38,7 @@ oip::WireTensor FromTensor(std::string name, at::Tensor t) {
 
 }  // namespace
 
-// /v2/models/{m}[/versions/{v}][/ready|/infer]
+// /v2/models/{m}[/versions/{v}][/ready|/infer|/stats]
 Reply Server::Impl::ModelRoute(const std::string& method, const std::vector<std::string>& p,
                                const std::string& body, const Headers& headers,
                                const Client& client) {
@@ -57,6 +57,7 @@ Reply Server::Impl::ModelRoute(const std::string& method, const std::vector<std:
     return Infer(model, version, body, headers, client);
   }
   Method(method, "GET");
+  if (action == "stats") return StatisticsRoute(model, version, headers);
   if (action == "ready") {
     bool ready = false;
     const Entry e = Find(model);

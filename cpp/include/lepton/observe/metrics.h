@@ -58,7 +58,9 @@ struct SeriesKey {
 class RequestSeries {
  public:
   RequestSeries();
-  void Succeeded(double queue_s, double compute_s, double total_s, int batch_rows);
+  // `rows`: the request's own rows (its inferences, as Triton's statistics count them).
+  void Succeeded(double queue_s, double compute_s, double total_s, int batch_rows,
+                 int64_t rows = 1);
   void Failed(FailureReason reason, double total_s);
 
   struct Snapshot {
@@ -66,12 +68,17 @@ class RequestSeries {
     uint64_t requests = 0, succeeded = 0;
     std::array<uint64_t, kFailureReasons> failures{};
     Histogram::Snapshot queue, compute, total, batch;
+    uint64_t rows = 0;    // rows of the requests answered
+    double failed_s = 0;  // time the failed requests took, in all
+    int64_t last_ms = 0;  // when the latest request ended, ms since the epoch (0: none yet)
     uint64_t failed() const;
   };
   Snapshot snapshot(const SeriesKey& key) const;
 
  private:
-  std::atomic<uint64_t> requests_{0}, succeeded_{0};
+  std::atomic<uint64_t> requests_{0}, succeeded_{0}, rows_{0};
+  std::atomic<double> failed_s_{0};
+  std::atomic<int64_t> last_ms_{0};
   std::array<std::atomic<uint64_t>, kFailureReasons> failures_{};
   Histogram queue_, compute_, total_, batch_;
 };
