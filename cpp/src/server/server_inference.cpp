@@ -95,7 +95,12 @@ Reply Server::Impl::ModelRoute(const std::string& method, const std::vector<std:
   j["parameters"] = {{"lepton_primary", st.primary},
                      {"lepton_policy", st.policy},
                      {"lepton_sha256", mv.sha256},
-                     {"lepton_aliases", mv.aliases}};
+                     // Parameter values are strings, numbers or booleans: lists are comma-joined.
+                     {"lepton_aliases", [&] {
+                        std::string joined;
+                        for (const auto& a : mv.aliases) joined += (joined.empty() ? "" : ",") + a;
+                        return joined;
+                      }()}};
   if (st.alias) j["parameters"]["lepton_alias"] = *st.alias;
   return JsonReply(200, j);
 }
@@ -237,7 +242,8 @@ std::optional<Reply> Server::Impl::PinRoute(const std::string& model, bool load,
   if (req.contains("parameters")) {
     const json& params = req["parameters"];
     if (!params.is_object()) throw InvalidArgument("'parameters' must be an object");
-    OnlyFields(params, {"version"});
+    // Triton's client sends unload_dependents with every unload; there are no dependents here.
+    OnlyFields(params, {"version", "unload_dependents"});
     if (auto v = OptionalField<std::string>(params, "version", "a string")) {
       version = ResolveVersion(model, *v);
     }
@@ -312,6 +318,20 @@ Reply Server::Impl::RepositoryRoute(const std::string& method, const std::vector
     }
     const json req = ParseBody(body, true);
     OnlyFields(req, {"parameters"});
+    if (!req.contains("parameters") || req["parameters"].is_null()) {
+      // Loading a model that is served, with nothing to change, leaves it as it is (Triton's
+      // clients load before use); a load that asks for another configuration is a conflict.
+      std::shared_ptr<Deployment> served;
+      {
+        std::shared_lock<std::shared_mutex> r(models_mu_);
+        auto it = models_.find(model);
+        if (it != models_.end()) served = it->second.deployment;
+      }
+      if (served) {
+        return JsonReply(
+            200, {{"name", model}, {"state", "READY"}, {"version", served->Status().primary}});
+      }
+    }
     ServedModel m{model, {}, {}, ""};
     if (req.contains("parameters")) {
       const json& params = req["parameters"];
