@@ -254,14 +254,6 @@ void VersionSlot::StartLoadLocked() {
   }
 }
 
-void VersionSlot::Prefetch() {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (residency_ == Residency::kRegistered || residency_ == Residency::kEvicted ||
-      residency_ == Residency::kFailed) {
-    StartLoadLocked();
-  }
-}
-
 void VersionSlot::Load() {
   std::unique_lock<std::mutex> lk(mu_);
   for (;;) {

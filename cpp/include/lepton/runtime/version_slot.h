@@ -125,8 +125,6 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
   // Loads now on the calling thread unless loaded (waits for a load in progress); throws what
   // the load threw.
   void Load();
-  // Starts a load on a loader thread unless loaded or loading.
-  void Prefetch();
   // The servable while loaded, else null; for reading its statistics and input names.
   std::shared_ptr<Servable> loaded() const;
 
