@@ -42,7 +42,7 @@ DeploymentOptions Checked(DeploymentOptions o) {
 
 }  // namespace
 
-// The coordinator: the request path and the control thread. Lock order: a unit's lock is never
+// The coordinator: the request path and the control chores. Lock order: a unit's lock is never
 // held while another unit is called, except the VersionSet's admin lock around a policy change,
 // under which the PolicyController saves and restores state.
 class Deployment::Impl {
@@ -269,7 +269,7 @@ class Deployment::Impl {
   std::vector<ShadowStats> Shadows() const { return shadows_.Stats(); }
   std::vector<AppliedEvent> Events() const { return controller_.Events(); }
 
-  // --- the control thread ---
+  // --- the control chores ---
 
   void Wake() {
     woken_ = true;
@@ -497,7 +497,7 @@ class Deployment::Impl {
   const std::string model_;
   const std::optional<std::string> alias_;
   const DeploymentOptions options_;
-  CpuPlanner planner_;  // used by the control thread only, after start
+  CpuPlanner planner_;  // used by the control chore only, after start
   FeedbackLedger ledger_;
   PolicyController controller_;
   VersionSet versions_;
@@ -517,7 +517,7 @@ class Deployment::Impl {
   std::atomic<bool> woken_{false};
 
   mutable std::mutex error_mu_;
-  std::string last_error_;  // the latest failure of the control thread's work
+  std::string last_error_;  // the latest failure of the control chores
   std::mutex error_event_mu_;
   std::map<std::string, double> last_error_event_;
 };

@@ -6,7 +6,8 @@
 // versions and their lifecycle), the Executor (running a routed request), the ShadowComparator,
 // the FeedbackLedger, the PolicyController (automatic switches, audit, saved state), the
 // CpuPlanner, the AnomalyWatch and the AliasFollower. It owns the request path (route, check,
-// count, run, observe) and one control thread that drives the periodic work.
+// count, run, observe) and its control chores (policy ticks, alias polls, rebalancing, anomaly
+// checks, state saves), which run on the process's shared Scheduler.
 #pragma once
 
 #include <map>
