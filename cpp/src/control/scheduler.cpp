@@ -19,14 +19,14 @@ Scheduler::Scheduler(int threads, int max_threads)
 }
 
 Scheduler::~Scheduler() {
-  std::map<std::thread::id, std::thread> threads;
+  std::vector<std::thread> threads;
   {
     std::lock_guard<std::mutex> lk(mu_);
     stopping_ = true;
-    threads.swap(threads_);
+    threads = threads_.TakeAll();
   }
   work_.notify_all();
-  for (auto& [id, t] : threads) {
+  for (auto& t : threads) {
     if (t.joinable()) t.join();
   }
 }
@@ -54,18 +54,8 @@ void Scheduler::ScheduleLocked(uint64_t id, Clock::time_point due) {
 
 void Scheduler::MaybeAddThreadLocked() {
   if (stopping_ || idle_ > 0 || alive_ >= max_threads_) return;
-  for (const auto& id : finished_) {
-    auto it = threads_.find(id);
-    if (it != threads_.end()) {
-      it->second.join();
-      threads_.erase(it);
-    }
-  }
-  finished_.clear();
   ++alive_;
-  std::thread t([this] { Work(); });
-  const auto id = t.get_id();
-  threads_.emplace(id, std::move(t));
+  threads_.Start([this] { Work(); });
 }
 
 uint64_t Scheduler::Add(Task task) {
@@ -156,7 +146,7 @@ void Scheduler::Work() {
     idle_since = Clock::now();
   }
   --alive_;
-  finished_.push_back(std::this_thread::get_id());
+  threads_.Left();
 }
 
 }  // namespace lepton

@@ -61,18 +61,7 @@ void LoadPool::Submit(std::function<void()> job) {
     cv_.notify_one();
   } else if (alive_ < max_threads_) {
     ++alive_;
-    // Threads that left are joined here: each has let go of the lock for good.
-    for (const auto& id : finished_) {
-      auto it = threads_.find(id);
-      if (it != threads_.end()) {
-        it->second.join();
-        threads_.erase(it);
-      }
-    }
-    finished_.clear();
-    std::thread t([this] { Work(); });
-    const auto id = t.get_id();
-    threads_.emplace(id, std::move(t));
+    threads_.Start([this] { Work(); });
   }
 }
 
@@ -95,19 +84,18 @@ void LoadPool::Work() {
     lk.lock();
   }
   --alive_;
-  finished_.push_back(std::this_thread::get_id());
+  threads_.Left();
 }
 
 void LoadPool::Stop() {
-  std::map<std::thread::id, std::thread> threads;
+  std::vector<std::thread> threads;
   {
     std::lock_guard<std::mutex> lk(mu_);
     stopping_ = true;
-    threads.swap(threads_);
-    finished_.clear();
+    threads = threads_.TakeAll();
   }
   cv_.notify_all();
-  for (auto& [id, t] : threads) {
+  for (auto& t : threads) {
     if (t.joinable()) t.join();
   }
 }

@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "lepton/common/thread_set.h"
+
 namespace lepton {
 
 class Scheduler {
@@ -61,8 +63,7 @@ class Scheduler {
   std::map<uint64_t, Entry> entries_;
   std::set<std::pair<Clock::time_point, uint64_t>> queue_;  // (due, id) of tasks not running
   uint64_t next_id_ = 1;
-  std::map<std::thread::id, std::thread> threads_;
-  std::vector<std::thread::id> finished_;
+  ThreadSet threads_;
   int alive_ = 0, idle_ = 0;
   bool stopping_ = false;
 };

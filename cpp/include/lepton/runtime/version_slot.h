@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "lepton/common/signature.h"
+#include "lepton/common/thread_set.h"
 #include "lepton/control/memory_budget.h"
 #include "lepton/observe/metrics.h"
 #include "lepton/runtime/servable.h"
@@ -50,8 +51,7 @@ class LoadPool {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;
-  std::map<std::thread::id, std::thread> threads_;
-  std::vector<std::thread::id> finished_;  // exited, to be joined
+  ThreadSet threads_;
   int alive_ = 0, idle_ = 0;
   bool stopping_ = false;
 };
