@@ -115,3 +115,14 @@ def assert_releases_gil(call):
     t.join()
     assert end - start > 0.03, "the call was too short to tell"
     assert [s for s in stamps if start + 0.01 < s < end - 0.01], "the GIL was held during the call"
+
+
+def serve_url(proc):
+    """Reads a `lepton serve` child's log until it says where it listens; its URL."""
+    import re
+
+    for line in proc.stderr:
+        m = re.search(r"on (http://\S+)", line)
+        if m:
+            return m.group(1)
+    raise AssertionError("the server did not say where it listens")

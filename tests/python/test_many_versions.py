@@ -10,7 +10,7 @@ import requests
 import torch
 
 import lepton
-from conftest import wait_for
+from conftest import serve_url
 
 TOKEN = "many-token"
 
@@ -199,7 +199,6 @@ def test_a_thousand_versions_over_http_under_one_budget(registry):
 
 
 def test_lepton_serve_memory_budget_flag(many, python_env):
-    import re
     import signal
     import subprocess
     import sys
@@ -210,13 +209,7 @@ def test_lepton_serve_memory_budget_flag(many, python_env):
                              "--memory-budget", f"{3 * size}B", "--eviction", "lfu", "--threads", "2"],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
-        url = None
-        for line in proc.stderr:
-            m = re.search(r"on (http://\S+)", line)
-            if m:
-                url = m.group(1)
-                break
-        assert url, "the server did not say where it listens"
+        url = serve_url(proc)
         body = {"inputs": [{"name": "x", "shape": [1, 128], "datatype": "FP32", "data": [0.0] * 128}]}
         for n in (3, 5, 7, 9, 3):
             r = requests.post(f"{url}/v2/models/m/versions/v{n}/infer", json=body)

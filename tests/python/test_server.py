@@ -15,7 +15,7 @@ import requests
 import torch
 
 import lepton
-from conftest import AddN, FailsOnNegative, Spin, wait_for
+from conftest import AddN, FailsOnNegative, Spin, serve_url, wait_for
 
 TOKEN = "s3cret-token"
 
@@ -452,13 +452,7 @@ def test_lepton_serve_command_serves_and_stops_on_sigterm(reg, tmp_path, python_
                              "--config", str(config), "--log-file", str(log)],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
-        url = None
-        for line in proc.stderr:
-            m = re.search(r"on (http://\S+)", line)
-            if m:
-                url = m.group(1)
-                break
-        assert url, "the server did not say where it listens"
+        url = serve_url(proc)
         r = requests.post(url + "/v2/models/m/infer", json=infer_body(torch.zeros(1, 4)))
         assert r.json()["model_version"] == "v1" and r.json()["parameters"]["lepton_policy"] == "weighted"
         assert requests.get(url + "/v2/lepton/models", headers=auth()).status_code == 200
