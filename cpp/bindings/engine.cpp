@@ -64,19 +64,16 @@ void BindEngine(py::module_& m) {
     }
   };
   py::class_<MemoryBudget, std::shared_ptr<MemoryBudget>>(m, "MemoryBudget")
-      .def(py::init([](const py::object& size, const std::string& eviction) {
-             const Eviction e = EvictionNamed(eviction);
-             if (py::isinstance<py::str>(size)) {
-               return std::make_shared<MemoryBudget>(ParseByteSize(size.cast<std::string>()), e);
-             }
-             if (py::isinstance<py::bool_>(size) || !py::isinstance<py::int_>(size)) {
+      .def(py::init([](const py::object& size, const std::optional<std::string>& eviction) {
+             if (py::isinstance<py::bool_>(size) ||
+                 !(py::isinstance<py::str>(size) || py::isinstance<py::int_>(size))) {
                throw InvalidArgument(
                    "a memory budget is a number of bytes or a size such as "
                    "'512MB'");
              }
-             return std::make_shared<MemoryBudget>(size.cast<int64_t>(), e);
+             return MemoryBudget::Make(py::str(size), eviction);
            }),
-           arg("size"), arg("eviction") = "lru")
+           arg("size"), arg("eviction") = std::nullopt)
       .def_property_readonly("eviction",
                              [](const MemoryBudget& b) { return EvictionName(b.eviction()); })
       .def_property_readonly("limit", &MemoryBudget::limit)

@@ -166,7 +166,7 @@ class MemoryBudget:
     (parameters, buffers and tensor attributes, each storage once).
     """
 
-    def __init__(self, size: Union[int, str], *, eviction: str = "lru"):
+    def __init__(self, size: Union[int, str], *, eviction: Optional[str] = None):
         self._core = _core.MemoryBudget(size, eviction)
 
     @property

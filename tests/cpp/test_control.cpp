@@ -85,12 +85,13 @@ TEST(ArtifactSource, FilesAreReadByLabelAndRefusedWhenListedTwiceOrMissing) {
   std::ofstream(path, std::ios::binary) << "bytes of a";
   ArtifactSource files("clf", {{"a", path}, {"b", dir.str() + "/missing.pt"}});
   EXPECT_EQ(files.labels(), (std::vector<std::string>{"a", "b"}));
-  const Artifact a = files.Fetch("a");
+  const ArtifactInfo a = files.Resolve("a");
   EXPECT_EQ(a.label, "a");
-  EXPECT_EQ(a.bytes, "bytes of a");
+  EXPECT_EQ(files.Read(a).bytes, "bytes of a");
   EXPECT_EQ(a.sha256, "");
-  EXPECT_THROW(files.Fetch("b"), NotFound);
-  EXPECT_THROW(files.Fetch("c"), NotFound);
+  EXPECT_EQ(a.size, 10);
+  EXPECT_THROW(files.Read(files.Resolve("b")), NotFound);
+  EXPECT_THROW(files.Resolve("c"), NotFound);
   EXPECT_THROW(ArtifactSource("clf", {{"a", path}, {"a", path}}), InvalidArgument);
   EXPECT_THROW(ArtifactSource("clf", {{"bad label!", path}}), InvalidArgument);
   EXPECT_THROW(ArtifactSource("bad model!", {{"a", path}}), InvalidArgument);
@@ -103,13 +104,14 @@ TEST(ArtifactSource, RegistryVersionsAreFetchedByLabelAliasOrReference) {
   registry->RegisterBytes("clf", "two", Label("v2"));
   registry->SetAlias("clf", "prod", "v1", std::nullopt, "");
   ArtifactSource source(registry, "clf");
-  EXPECT_EQ(source.Fetch("v2").bytes, "two");
-  const Artifact a = source.Fetch("@prod");
+  EXPECT_EQ(source.Read(source.Resolve("v2")).bytes, "two");
+  const ArtifactInfo a = source.Resolve("@prod");
   EXPECT_EQ(a.label, "v1");
-  EXPECT_EQ(a.bytes, "one");
+  EXPECT_EQ(source.Read(a).bytes, "one");
   EXPECT_EQ(a.sha256, v1.sha256);
-  EXPECT_EQ(source.Fetch("clf:v2").label, "v2");
-  EXPECT_THROW(source.Fetch("v3"), NotFound);
+  EXPECT_EQ(a.size, 3);
+  EXPECT_EQ(source.Resolve("clf:v2").label, "v2");
+  EXPECT_THROW(source.Resolve("v3"), NotFound);
   EXPECT_THROW(ArtifactSource(nullptr, "clf"), InvalidArgument);
 }
 

@@ -71,12 +71,13 @@ TEST(ServerConfig, AMemoryBudgetIsOneForEveryModel) {
   // Every deployment the server makes copies these options: they share the one budget.
   const DeploymentOptions copy = o.deployment;
   EXPECT_EQ(copy.memory_budget.get(), o.deployment.memory_budget.get());
-  EXPECT_EQ(ServerOptionsFromJson(R"({"memory_budget": 1048576})").deployment.memory_budget->limit(),
-            1048576);
+  EXPECT_EQ(
+      ServerOptionsFromJson(R"({"memory_budget": 1048576})").deployment.memory_budget->limit(),
+      1048576);
   EXPECT_FALSE(ServerOptionsFromJson("{}").deployment.memory_budget);
-  for (const char* bad : {R"({"memory_budget": "lots"})", R"({"memory_budget": 0})",
-                          R"({"memory_budget": true})", R"({"eviction": "fifo"})",
-                          R"({"pin": "v1"})", R"({"load_threads": 0})"}) {
+  for (const char* bad :
+       {R"({"memory_budget": "lots"})", R"({"memory_budget": 0})", R"({"memory_budget": true})",
+        R"({"eviction": "fifo"})", R"({"pin": "v1"})", R"({"load_threads": 0})"}) {
     EXPECT_THROW(ServerOptionsFromJson(bad), InvalidArgument) << bad;
   }
 }

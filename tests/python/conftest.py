@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 import threading
@@ -117,12 +118,26 @@ def assert_releases_gil(call):
     assert [s for s in stamps if start + 0.01 < s < end - 0.01], "the GIL was held during the call"
 
 
-def serve_url(proc):
-    """Reads a `lepton serve` child's log until it says where it listens; its URL."""
+@contextlib.contextmanager
+def lepton_serve(args, env):
+    """Runs `python -m lepton serve ARGS` as a child and yields (process, URL) once its log says
+    where it listens. The child is killed on the way out unless the test stopped it."""
     import re
+    import subprocess
 
-    for line in proc.stderr:
-        m = re.search(r"on (http://\S+)", line)
-        if m:
-            return m.group(1)
-    raise AssertionError("the server did not say where it listens")
+    proc = subprocess.Popen([sys.executable, "-m", "lepton", "serve", *args], stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        url = None
+        for line in proc.stderr:
+            m = re.search(r"on (http://\S+)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, "the server did not say where it listens"
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()

@@ -10,7 +10,7 @@ import requests
 import torch
 
 import lepton
-from conftest import serve_url
+from conftest import lepton_serve
 
 TOKEN = "many-token"
 
@@ -200,16 +200,11 @@ def test_a_thousand_versions_over_http_under_one_budget(registry):
 
 def test_lepton_serve_memory_budget_flag(many, python_env):
     import signal
-    import subprocess
-    import sys
 
     size = many.get("m:v0").size
     env = dict(python_env, LEPTON_TOKEN=TOKEN)
-    proc = subprocess.Popen([sys.executable, "-m", "lepton", "serve", "--registry", many.path, "--port", "0",
-                             "--memory-budget", f"{3 * size}B", "--eviction", "lfu", "--threads", "2"],
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        url = serve_url(proc)
+    with lepton_serve(["--registry", many.path, "--port", "0", "--memory-budget", f"{3 * size}B",
+                       "--eviction", "lfu", "--threads", "2"], env) as (proc, url):
         body = {"inputs": [{"name": "x", "shape": [1, 128], "datatype": "FP32", "data": [0.0] * 128}]}
         for n in (3, 5, 7, 9, 3):
             r = requests.post(f"{url}/v2/models/m/versions/v{n}/infer", json=body)
@@ -219,8 +214,3 @@ def test_lepton_serve_memory_budget_flag(many, python_env):
         assert stats["memory"]["peak_bytes"] <= 3 * size
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()

@@ -6,7 +6,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -15,7 +14,7 @@ import requests
 import torch
 
 import lepton
-from conftest import AddN, FailsOnNegative, Spin, serve_url, wait_for
+from conftest import AddN, FailsOnNegative, Spin, lepton_serve, wait_for
 
 TOKEN = "s3cret-token"
 
@@ -448,21 +447,13 @@ def test_lepton_serve_command_serves_and_stops_on_sigterm(reg, tmp_path, python_
                                   "only": True}))
     env = dict(python_env, LEPTON_TOKEN=TOKEN)
     log = tmp_path / "events.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "lepton", "serve", "--registry", reg.path, "--port", "0",
-                             "--config", str(config), "--log-file", str(log)],
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        url = serve_url(proc)
+    with lepton_serve(["--registry", reg.path, "--port", "0", "--config", str(config), "--log-file", str(log)],
+                      env) as (proc, url):
         r = requests.post(url + "/v2/models/m/infer", json=infer_body(torch.zeros(1, 4)))
         assert r.json()["model_version"] == "v1" and r.json()["parameters"]["lepton_policy"] == "weighted"
         assert requests.get(url + "/v2/lepton/models", headers=auth()).status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
     kinds = [json.loads(line)["kind"] for line in log.read_text().splitlines()]
     assert "stop" in kinds and "close" in kinds
 

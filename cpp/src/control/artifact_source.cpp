@@ -27,17 +27,6 @@ ArtifactSource::ArtifactSource(std::string model,
   }
 }
 
-Artifact ArtifactSource::Fetch(const std::string& spec) const {
-  if (registry_) {
-    const Reference ref = ParseVersionIn(model_, spec);
-    ModelVersion v = registry_->Get(ref.ToString());
-    return Artifact{v.version, registry_->ReadArtifact(v.ref()), v.sha256, v.signature};
-  }
-  auto it = files_.find(spec);
-  if (it == files_.end()) throw NotFound("no model file is known for version '" + spec + "'");
-  return Artifact{spec, ReadWholeFile(it->second, "model file"), "", std::nullopt};
-}
-
 ArtifactInfo ArtifactSource::Resolve(const std::string& spec) const {
   if (registry_) {
     const Reference ref = ParseVersionIn(model_, spec);

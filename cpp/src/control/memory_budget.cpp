@@ -94,6 +94,13 @@ MemoryBudget::MemoryBudget(int64_t limit_bytes, Eviction eviction)
 #endif
 }
 
+std::shared_ptr<MemoryBudget> MemoryBudget::Make(const std::string& size,
+                                                 const std::optional<std::string>& eviction) {
+  const int64_t bytes = ParseByteSize(size);
+  return eviction ? std::make_shared<MemoryBudget>(bytes, EvictionNamed(*eviction))
+                  : std::make_shared<MemoryBudget>(bytes);
+}
+
 MemoryBudgetStats MemoryBudget::stats() const {
   std::lock_guard<std::mutex> lk(mu_);
   MemoryBudgetStats s;

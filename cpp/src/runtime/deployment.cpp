@@ -73,6 +73,7 @@ class Deployment::Impl {
 
   const std::string& model() const { return model_; }
   std::shared_ptr<const VersionState> Snapshot() const { return versions_.Snapshot(); }
+  const std::shared_ptr<MemoryBudget>& memory_budget() const { return versions_.budget(); }
 
   // --- requests ---
 
@@ -468,26 +469,8 @@ class Deployment::Impl {
       m.memory_used_bytes = budget->stats().used;
     }
     for (const auto& v : st->live.versions) {
-      const auto& slot = st->slots.at(v);
-      const ServableStats s = slot->servable_stats();
-      const SlotStats r = slot->stats();
-      VersionGauges g;
-      g.model = model_;
-      g.version = v;
-      g.health = HealthName(s.health);
-      g.threads = s.threads;
-      g.in_flight = s.in_flight;
-      g.queued = s.queued;
-      g.weight_bytes = s.weight_bytes;
+      VersionGauges g = st->slots.at(v)->gauges();
       g.anomalous = anomalies_.Anomalous(v);
-      g.residency = ResidencyName(r.residency);
-      g.memory_bytes = r.memory_bytes;
-      g.loads = r.loads;
-      g.load_failures = r.load_failures;
-      g.evictions = r.evictions;
-      g.hits = r.hits;
-      g.misses = r.misses;
-      g.bytes_loaded = r.bytes_loaded;
       m.versions.push_back(std::move(g));
     }
     return m;
@@ -597,6 +580,13 @@ std::shared_ptr<const Policy> Deployment::policy() const {
 std::vector<std::string> Deployment::versions() const {
   auto st = Live()->Snapshot();
   return st ? st->live.versions : std::vector<std::string>{};
+}
+std::string Deployment::primary() const {
+  auto st = Live()->Snapshot();
+  return st ? st->live.primary : "";
+}
+const std::shared_ptr<MemoryBudget>& Deployment::memory_budget() const {
+  return Live()->memory_budget();
 }
 DeploymentStatus Deployment::Status() const { return Live()->Status(); }
 MetricsSnapshot Deployment::Metrics() const { return Live()->Metrics(); }

@@ -71,24 +71,16 @@ void ReadDeploymentOptions(Fields& f, DeploymentOptions& o) {
   o.anomaly_interval_s = SecondsField(f, "anomaly_interval", o.anomaly_interval_s, false);
   o.all_versions = f.get<bool>("all_versions", "true or false", o.all_versions);
   o.versions_poll_s = SecondsField(f, "versions_poll_interval", o.versions_poll_s, false);
-  const Eviction eviction =
-      EvictionNamed(f.get<std::string>("eviction", "\"lru\" or \"lfu\"", "lru"));
+  const auto eviction = f.maybe<std::string>("eviction", "\"lru\" or \"lfu\"");
+  if (eviction) EvictionNamed(*eviction);  // refused even without a budget to apply it to
   if (f.has("memory_budget")) {
     const nlohmann::json& b = f.raw("memory_budget");
-    if (b.is_string()) {
-      o.memory_budget =
-          std::make_shared<MemoryBudget>(ParseByteSize(b.get<std::string>()), eviction);
-    } else if (b.is_number()) {
-      const double bytes = b.get<double>();
-      if (!(bytes >= 1) || bytes > 4.6e18) {
-        throw InvalidArgument(f.where() + ": 'memory_budget' must be at least one byte");
-      }
-      o.memory_budget = std::make_shared<MemoryBudget>(static_cast<int64_t>(bytes), eviction);
-    } else {
+    if (!b.is_string() && !b.is_number()) {
       throw InvalidArgument(f.where() +
                             ": 'memory_budget' must be a number of bytes or a size such as "
                             "\"512MB\"");
     }
+    o.memory_budget = MemoryBudget::Make(b.is_string() ? b.get<std::string>() : b.dump(), eviction);
   }
   if (f.has("pin")) {
     o.pinned = f.get<std::vector<std::string>>("pin", "a list of version labels", {});

@@ -151,35 +151,42 @@ bool VersionSet::Refresh() {
   {
     std::lock_guard<std::mutex> admin(admin_mu_);
     auto st = LiveState();
-    const std::vector<ArtifactInfo> all = source_.All();
     std::set<std::string> present;
-    auto next = std::make_shared<VersionState>(*st);
-    std::vector<std::string> added;
-    for (const auto& a : all) {
+    std::vector<ArtifactInfo> fresh;
+    for (auto& a : source_.All()) {
       present.insert(a.label);
-      if (next->slots.count(a.label)) continue;
+      if (st->slots.count(a.label) || oversized_.count(a.label)) continue;
       if (budget_ && a.size > budget_->limit()) {
+        oversized_.insert(a.label);  // said once, not at every poll
         EmitEvent("warning", "register", model(), a.label,
                   model() + ":" + a.label + " is larger than the memory budget; not served");
         continue;
       }
+      fresh.push_back(std::move(a));
+    }
+    // Deleted from the registry: leaves unless it is the primary or the policy routes to it.
+    const auto needs = st->policy->Needs(st->live);
+    std::vector<std::string> deleted;
+    for (const auto& v : st->live.versions) {
+      if (!present.count(v) && v != st->live.primary &&
+          std::find(needs.begin(), needs.end(), v) == needs.end()) {
+        deleted.push_back(v);
+      }
+    }
+    if (fresh.empty() && deleted.empty()) return false;
+    auto next = std::make_shared<VersionState>(*st);
+    std::vector<std::string> added;
+    for (const auto& a : fresh) {
       next->slots.emplace(a.label, MakeSlot(a));
       next->live.versions.push_back(a.label);
       added.push_back(a.label);
     }
-    // Deleted from the registry: leaves unless it is the primary or the policy routes to it.
-    const auto needs = next->policy->Needs(next->live);
-    for (const auto& v : st->live.versions) {
-      if (present.count(v) || v == next->live.primary ||
-          std::find(needs.begin(), needs.end(), v) != needs.end()) {
-        continue;
-      }
+    for (const auto& v : deleted) {
       gone.push_back(next->slots.at(v));
       next->slots.erase(v);
       auto& lv = next->live.versions;
       lv.erase(std::find(lv.begin(), lv.end(), v));
     }
-    if (added.empty() && gone.empty()) return false;
     next->policy->Validate(next->live);
     if (!budget_) Prepare(*next, "new versions of " + model());
     Publish(next);

@@ -421,6 +421,28 @@ SlotStats VersionSlot::stats() const {
   return s;
 }
 
+VersionGauges VersionSlot::gauges() const {
+  const ServableStats s = servable_stats();
+  const SlotStats r = stats();
+  VersionGauges g;
+  g.model = config_.model;
+  g.version = config_.version;
+  g.health = HealthName(s.health);
+  g.threads = s.threads;
+  g.in_flight = s.in_flight;
+  g.queued = s.queued;
+  g.weight_bytes = s.weight_bytes;
+  g.residency = ResidencyName(r.residency);
+  g.memory_bytes = r.memory_bytes;
+  g.loads = r.loads;
+  g.load_failures = r.load_failures;
+  g.evictions = r.evictions;
+  g.hits = r.hits;
+  g.misses = r.misses;
+  g.bytes_loaded = r.bytes_loaded;
+  return g;
+}
+
 ServableStats VersionSlot::servable_stats() const {
   std::shared_ptr<Servable> s;
   ServableStats out;

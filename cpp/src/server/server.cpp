@@ -88,12 +88,14 @@ void Server::Impl::Unload(const std::string& name) {
 
 // The deployment alone, without copying the model's configuration: for every request.
 std::shared_ptr<Deployment> Server::Impl::FindDeployment(const std::string& name) const {
-  {
-    std::shared_lock<std::shared_mutex> r(models_mu_);
-    auto it = models_.find(name);
-    if (it != models_.end()) return it->second.deployment;
-  }
+  if (auto d = Served(name)) return d;
   return Find(name).deployment;
+}
+
+std::shared_ptr<Deployment> Server::Impl::Served(const std::string& name) const {
+  std::shared_lock<std::shared_mutex> r(models_mu_);
+  auto it = models_.find(name);
+  return it == models_.end() ? nullptr : it->second.deployment;
 }
 
 Server::Impl::Entry Server::Impl::Find(const std::string& name) const {

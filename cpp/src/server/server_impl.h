@@ -228,6 +228,8 @@ class Server::Impl {
 
   // The deployment alone, without copying the model's configuration: for every request.
   std::shared_ptr<Deployment> FindDeployment(const std::string& name) const;
+  // The deployment serving `name`, or null when it is not served.
+  std::shared_ptr<Deployment> Served(const std::string& name) const;
 
   Entry Find(const std::string& name) const;
 

@@ -228,17 +228,11 @@ std::string Server::Impl::JoinVersions(const std::vector<std::string>& v) {
 // Nothing for a model that is not served, or one served without a budget.
 std::optional<Reply> Server::Impl::PinRoute(const std::string& model, bool load,
                                             const std::string& body) {
-  const std::shared_ptr<Deployment> d = [&]() -> std::shared_ptr<Deployment> {
-    std::shared_lock<std::shared_mutex> r(models_mu_);
-    auto it = models_.find(model);
-    return it == models_.end() ? nullptr : it->second.deployment;
-  }();
-  if (!d) return std::nullopt;
-  const DeploymentStatus st = d->Status();
-  if (!st.memory) return std::nullopt;
+  const std::shared_ptr<Deployment> d = Served(model);
+  if (!d || !d->memory_budget()) return std::nullopt;
   const json req = ParseBody(body, true);
   OnlyFields(req, {"parameters"});
-  std::string version = st.primary;
+  std::string version = d->primary();
   if (req.contains("parameters")) {
     const json& params = req["parameters"];
     if (!params.is_object()) throw InvalidArgument("'parameters' must be an object");
@@ -321,15 +315,9 @@ Reply Server::Impl::RepositoryRoute(const std::string& method, const std::vector
     if (!req.contains("parameters") || req["parameters"].is_null()) {
       // Loading a model that is served, with nothing to change, leaves it as it is (Triton's
       // clients load before use); a load that asks for another configuration is a conflict.
-      std::shared_ptr<Deployment> served;
-      {
-        std::shared_lock<std::shared_mutex> r(models_mu_);
-        auto it = models_.find(model);
-        if (it != models_.end()) served = it->second.deployment;
-      }
-      if (served) {
-        return JsonReply(
-            200, {{"name", model}, {"state", "READY"}, {"version", served->Status().primary}});
+      if (auto served = Served(model)) {
+        return JsonReply(200,
+                         {{"name", model}, {"state", "READY"}, {"version", served->primary()}});
       }
     }
     ServedModel m{model, {}, {}, ""};
@@ -343,9 +331,8 @@ Reply Server::Impl::RepositoryRoute(const std::string& method, const std::vector
       if (params.contains("policy")) m.policy = params["policy"].dump();
     }
     Load(m);
-    return JsonReply(200, {{"name", model},
-                           {"state", "READY"},
-                           {"version", Find(model).deployment->Status().primary}});
+    return JsonReply(
+        200, {{"name", model}, {"state", "READY"}, {"version", Find(model).deployment->primary()}});
   }
   throw HttpError{404, "no such repository endpoint"};
 }

@@ -14,13 +14,6 @@
 
 namespace lepton {
 
-struct Artifact {
-  std::string label;
-  std::string bytes;
-  std::string sha256;  // "" for a file outside the registry
-  std::optional<Signature> signature;
-};
-
 // What is known of a version before it is read: enough to list it and to plan its memory.
 struct ArtifactInfo {
   std::string label;
@@ -35,9 +28,8 @@ class ArtifactSource {
   // InvalidArgument for a label that is not a valid name or is listed twice.
   ArtifactSource(std::string model, const std::vector<std::pair<std::string, std::string>>& files);
 
-  // NotFound when the version (or file) does not exist.
-  Artifact Fetch(const std::string& spec) const;
-  // The version a spec names, without reading its artifact (NotFound as Fetch).
+  // The version a spec names, without reading its artifact; NotFound when the version (or file)
+  // is not known.
   ArtifactInfo Resolve(const std::string& spec) const;
   // The artifact of a resolved version: mapped from the registry's blob store, or read from a
   // file. `bytes` stays valid while `keep` lives.

@@ -11,7 +11,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -72,6 +74,10 @@ class MemoryBudget {
 
   // InvalidArgument unless `limit_bytes` > 0.
   explicit MemoryBudget(int64_t limit_bytes, Eviction eviction = Eviction::kLru);
+  // From its written forms, as configurations and Python give them: a size (ParseByteSize; a
+  // number's text too) and an eviction's name (none: LRU).
+  static std::shared_ptr<MemoryBudget> Make(const std::string& size,
+                                            const std::optional<std::string>& eviction);
   MemoryBudget(const MemoryBudget&) = delete;
   MemoryBudget& operator=(const MemoryBudget&) = delete;
 

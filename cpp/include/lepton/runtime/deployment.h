@@ -94,6 +94,10 @@ class Deployment {
 
   std::shared_ptr<const Policy> policy() const;
   std::vector<std::string> versions() const;
+  // The version a plain request goes to ("" once closed).
+  std::string primary() const;
+  // The memory budget its versions load under; null when every version stays loaded.
+  const std::shared_ptr<MemoryBudget>& memory_budget() const;
   DeploymentStatus Status() const;
   // Request counters and histograms per version, alias and policy, and each version's gauges.
   MetricsSnapshot Metrics() const;

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -112,7 +113,9 @@ class VersionSet {
   std::mutex admin_mu_;
   std::atomic<bool> closed_{false};
   std::atomic<int64_t> swaps_{0};
-  std::atomic<size_t> live_hint_{1};  // how many versions share the cores, for a new load
+  std::atomic<size_t> live_hint_{1};
+  std::set<std::string> oversized_;  // registered versions too large for the budget (admin lock) //
+                                     // how many versions share the cores, for a new load
 };
 
 }  // namespace lepton

@@ -143,6 +143,9 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
   // The servable's statistics while loaded, with the slot's state; counters from earlier loads
   // are added in.
   ServableStats servable_stats() const;
+  // What /metrics shows of it: the servable's gauges and the slot's loads (not the anomaly flag,
+  // which the deployment's watch keeps).
+  VersionGauges gauges() const;
 
   // BudgetItem
   std::string budget_name() const override { return config_.model + ":" + config_.version; }
