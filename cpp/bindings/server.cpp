@@ -26,6 +26,7 @@ void BindServer(py::module_& m) {
       .def("start", &Server::Start, py::call_guard<py::gil_scoped_release>())
       .def("stop", &Server::Stop, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("port", &Server::port)
+      .def_property_readonly("grpc_port", &Server::grpc_port)
       .def_property_readonly("host", &Server::host)
       .def_property_readonly("token", &Server::token)
       .def_property_readonly("models", &Server::models)

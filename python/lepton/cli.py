@@ -303,6 +303,8 @@ _SERVE = json.loads(_core.server_config_defaults())
 @click.option("--registry", "serve_registry", default=None, help="Registry directory (as the group option).")
 @click.option("--host", default=None, show_default=_SERVE["host"], help="Address to bind (0.0.0.0: every interface).")
 @click.option("--port", default=None, show_default=str(_SERVE["port"]), type=int, help="Port (0: any free one).")
+@click.option("--grpc-port", default=None, type=click.IntRange(0, 65535),
+              help="Serve the protocol's gRPC service on this port too (0: any free one); none by default.")
 @click.option("--token", envvar="LEPTON_TOKEN", default=None, show_default="$LEPTON_TOKEN or generated",
               help="Bearer token of the management endpoints.")
 @click.option("--token-for-inference", is_flag=True, default=None, help="Inference needs the token too.")
@@ -335,7 +337,7 @@ _SERVE = json.loads(_core.server_config_defaults())
                    "least frequently used.")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append events as JSON lines.")
 @click.pass_context
-def serve(ctx, serve_registry, host, port, token, token_for_inference, open_feedback, max_buffered_bytes,
+def serve(ctx, serve_registry, host, port, grpc_port, token, token_for_inference, open_feedback, max_buffered_bytes,
           model_specs, policies, config_path, only, threads, max_batch_size, max_queue_delay_ms, http_threads,
           io_threads, busy_poll_us, memory_budget, eviction, log_file) -> None:
     """Serve the registry over HTTP (Open Inference Protocol v2) until SIGTERM or Ctrl-C.
@@ -371,6 +373,7 @@ def serve(ctx, serve_registry, host, port, token, token_for_inference, open_feed
         config=config_path,
         host=host,
         port=port,
+        grpc_port=grpc_port,
         token=token,
         token_for_inference=token_for_inference,
         open_feedback=open_feedback,
@@ -387,6 +390,8 @@ def serve(ctx, serve_registry, host, port, token, token_for_inference, open_feed
         **({} if eviction is None else {"eviction": eviction}),
     )
     click.echo(f"lepton: serving {', '.join(server.models) or 'no models'} on {server.url}", err=True)
+    if server.grpc_target:
+        click.echo(f"lepton: gRPC (inference.GRPCInferenceService) on {server.grpc_target}", err=True)
     if not token:
         click.echo(f"lepton: management token (set LEPTON_TOKEN to choose one): {server.token}", err=True)
     server.serve_forever()

@@ -15,6 +15,10 @@ from .logs import _start_log_bridge
 from .policies import _Policy
 from .registry import Registry
 
+#: The definition of lepton's gRPC service (``inference.GRPCInferenceService``), to generate a
+#: client from: ``python -m grpc_tools.protoc -I DIR --python_out=. --grpc_python_out=. PROTO``.
+PROTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inference.proto")
+
 
 def _model_spec(name: str, spec: Any) -> Any:
     """A served model's spec as JSON takes it: policy objects become their specs."""
@@ -52,6 +56,20 @@ class Server:
     @property
     def port(self) -> int:
         return self._core.port
+
+    @property
+    def grpc_port(self) -> Optional[int]:
+        """The port of the protocol's gRPC service, or None when the server speaks no gRPC."""
+        port = self._core.grpc_port
+        return None if port < 0 else port
+
+    @property
+    def grpc_target(self) -> Optional[str]:
+        """``host:port`` of the gRPC service, as ``grpc.insecure_channel`` takes it; None without gRPC."""
+        if self.grpc_port is None:
+            return None
+        host = self._core.host
+        return f"{'[' + host + ']' if ':' in host else host}:{self.grpc_port}"
 
     @property
     def token(self) -> str:
@@ -111,6 +129,7 @@ def serve(
     config: Union[str, os.PathLike, None] = None,
     host: Optional[str] = None,
     port: Optional[int] = None,
+    grpc_port: Optional[int] = None,
     token: Optional[str] = None,
     token_for_inference: Optional[bool] = None,
     open_feedback: Optional[bool] = None,
@@ -138,7 +157,10 @@ def serve(
     serves a version, and ``{"name": {"versions": [...], "alias": ..., "policy": {...}}}`` sets a
     policy (its JSON, as ``PUT /v2/lepton/models/{m}/policy`` takes it, or a policy object). With
     ``only=True`` only ``models`` are served. The host defaults to 127.0.0.1 and the port to 8000
-    (0: any free port). The token defaults to ``$LEPTON_TOKEN``, else one is generated
+    (0: any free port). ``grpc_port`` serves the protocol's gRPC service
+    (``inference.GRPCInferenceService``, ``cpp/src/protocol/inference.proto``) on that port too (0:
+    any free one, ``Server.grpc_port``), over the same models, policies, metrics and token (sent
+    as ``authorization`` metadata); by default there is none. The token defaults to ``$LEPTON_TOKEN``, else one is generated
     (``Server.token``). ``request_timeout`` (seconds) is the deadline of requests that do not set
     their own (``parameters.timeout``); by default they have none. ``io_threads`` event loops (2)
     serve the connections, each polling ``busy_poll_us`` microseconds (100) after its last request
@@ -165,7 +187,7 @@ def serve(
     if token is None and os.environ.get("LEPTON_TOKEN"):
         token = os.environ["LEPTON_TOKEN"]
     text = _config(
-        host=host, port=port, token=token, token_for_inference=token_for_inference, open_feedback=open_feedback,
+        host=host, port=port, grpc_port=grpc_port, token=token, token_for_inference=token_for_inference, open_feedback=open_feedback,
         models=models, only=only, threads=threads, max_batch_size=max_batch_size,
         max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
         max_buffered_bytes=max_buffered_bytes, read_timeout=read_timeout, request_timeout=request_timeout,

@@ -9,6 +9,7 @@
 #include <iterator>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <variant>
 
 #include "lepton/common/errors.h"
 
@@ -279,6 +280,51 @@ bool BoolParameter(Element v, const std::string& what) {
 
 }  // namespace
 
+void ApplyRequestParameter(InferRequest& r, std::string_view key, const ParameterValue& v) {
+  const auto* b = std::get_if<bool>(&v);
+  const auto* i = std::get_if<int64_t>(&v);
+  const auto* u = std::get_if<uint64_t>(&v);
+  const auto* d = std::get_if<double>(&v);
+  const auto* s = std::get_if<std::string_view>(&v);
+  if (key == "key") {
+    if (!s) throw InvalidArgument("parameter 'key' must be a string");
+    r.key = std::string(*s);
+  } else if (key == "timeout" || key == "lepton_timeout") {
+    // Triton's clients send "timeout" in microseconds; lepton's own name takes seconds.
+    const bool micros = key == "timeout";
+    const double x = i ? double(*i) : u ? double(*u) : d ? *d : 0;
+    if (!(x > 0) || !std::isfinite(x)) {
+      throw InvalidArgument("parameter '" + std::string(key) + "' must be a positive number of " +
+                            (micros ? "microseconds" : "seconds"));
+    }
+    r.timeout_s = micros ? x * 1e-6 : x;
+  } else if (key == "priority") {
+    // Triton's meaning: 0 is the default, 1 the highest, larger numbers lower. lepton serves
+    // higher numbers first, so p becomes kTopPriority - p (1 the highest of all).
+    if (!(u || (i && *i >= 0))) {
+      throw InvalidArgument(
+          "parameter 'priority' must be a non-negative integer (1 is the highest; 0 the "
+          "default)");
+    }
+    const uint64_t p = u ? *u : uint64_t(*i);
+    if (p > 0) {
+      r.priority = static_cast<int>(kTopPriority -
+                                    static_cast<int64_t>(std::min<uint64_t>(p, 2 * kTopPriority)));
+    }
+  } else if (key == "lepton_priority") {
+    if (!i || std::abs(*i) > kTopPriority) {
+      throw InvalidArgument("parameter 'lepton_priority' must be an integer in [-" +
+                            std::to_string(kTopPriority) + ", " + std::to_string(kTopPriority) +
+                            "] (higher is served first)");
+    }
+    r.priority = static_cast<int>(*i);
+  } else if (key == "binary_data_output") {
+    if (!b) throw InvalidArgument("parameter 'binary_data_output' must be true or false");
+    r.binary_outputs = *b;
+  }
+  // Other parameters are the protocol's extension point and are ignored, as it asks.
+}
+
 InferRequest DecodeInferRequest(std::string_view body, const Limits& limits,
                                 std::optional<size_t> json_length) {
   std::string_view binary;
@@ -321,43 +367,27 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits,
   if (auto p = Parameters(j, "the request")) {
     for (auto field : *p) {
       const Element v = field.value;
-      if (field.key == "key") {
-        if (!IsString(v)) throw InvalidArgument("parameter 'key' must be a string");
-        r.key = String(v);
-      } else if (field.key == "timeout" || field.key == "lepton_timeout") {
-        // Triton's clients send "timeout" in microseconds; lepton's own name takes seconds.
-        const bool micros = field.key == "timeout";
-        if (!v.is_number() || !(double(v) > 0) || !std::isfinite(double(v))) {
-          throw InvalidArgument("parameter '" + std::string(field.key) +
-                                "' must be a positive number of " +
-                                (micros ? "microseconds" : "seconds"));
-        }
-        r.timeout_s = micros ? double(v) * 1e-6 : double(v);
-      } else if (field.key == "priority") {
-        // Triton's meaning: 0 is the default, 1 the highest, larger numbers lower. lepton serves
-        // higher numbers first, so p becomes kTopPriority - p (1 the highest of all).
-        if ((v.type() != ElementType::INT64 && v.type() != ElementType::UINT64) ||
-            (v.type() == ElementType::INT64 && int64_t(v) < 0)) {
-          throw InvalidArgument(
-              "parameter 'priority' must be a non-negative integer (1 is the "
-              "highest; 0 the default)");
-        }
-        const uint64_t p = v.type() == ElementType::INT64 ? uint64_t(int64_t(v)) : uint64_t(v);
-        if (p > 0) {
-          r.priority = static_cast<int>(
-              kTopPriority - static_cast<int64_t>(std::min<uint64_t>(p, 2 * kTopPriority)));
-        }
-      } else if (field.key == "lepton_priority") {
-        if (v.type() != ElementType::INT64 || std::abs(int64_t(v)) > kTopPriority) {
-          throw InvalidArgument("parameter 'lepton_priority' must be an integer in [-" +
-                                std::to_string(kTopPriority) + ", " + std::to_string(kTopPriority) +
-                                "] (higher is served first)");
-        }
-        r.priority = static_cast<int>(int64_t(v));
-      } else if (field.key == "binary_data_output") {
-        r.binary_outputs = BoolParameter(v, "binary_data_output");
+      ParameterValue value;
+      switch (v.type()) {
+        case ElementType::BOOL:
+          value = bool(v);
+          break;
+        case ElementType::INT64:
+          value = int64_t(v);
+          break;
+        case ElementType::UINT64:
+          value = uint64_t(v);
+          break;
+        case ElementType::DOUBLE:
+          value = double(v);
+          break;
+        case ElementType::STRING:
+          value = std::string_view(v);
+          break;
+        default:
+          break;  // an object, a list or null: some other meaning than lepton's
       }
-      // Other parameters are the protocol's extension point and are ignored, as it asks.
+      ApplyRequestParameter(r, field.key, value);
     }
   }
   auto inputs_field = Field(j, "inputs");

@@ -15,6 +15,9 @@ Server::Impl::Impl(std::shared_ptr<Registry> registry, ServerOptions options)
   if (options_.port < 0 || options_.port > 65535) {
     throw InvalidArgument("port must be in [0, 65535]");
   }
+  if (options_.grpc_port && (*options_.grpc_port < 0 || *options_.grpc_port > 65535)) {
+    throw InvalidArgument("grpc_port must be in [0, 65535]");
+  }
   if (options_.http_threads < 1) throw InvalidArgument("http_threads must be >= 1");
   if (options_.max_buffered_bytes < options_.max_body_bytes) {
     throw InvalidArgument("max_buffered_bytes (" + std::to_string(options_.max_buffered_bytes) +
@@ -179,11 +182,23 @@ int Server::Impl::Start() {
     CloseAll();
     throw Unavailable(e.what());
   }
+  if (options_.grpc_port) {
+    grpc_ = std::make_unique<GrpcFrontend>(*this);
+    try {
+      grpc_port_ = grpc_->Start();
+    } catch (...) {
+      grpc_.reset();
+      http_.reset();
+      CloseAll();
+      throw;
+    }
+  }
   http_->Start();
   running_ = true;
   EmitEvent("info", "serve", "", "",
             "serving " + std::to_string(Names().size()) + " models on http://" + options_.host +
-                ":" + std::to_string(port_));
+                ":" + std::to_string(port_) +
+                (grpc_ ? " and gRPC on port " + std::to_string(grpc_port_) : std::string()));
   return port_;
 }
 
@@ -193,6 +208,7 @@ void Server::Impl::Stop() {
   stopped_ = true;
   // Stops accepting; requests being handled finish and answer first.
   if (http_) http_->Stop();
+  if (grpc_) grpc_->Stop();
   CloseAll();
   running_ = false;
   stop_cv_.notify_all();
@@ -233,6 +249,7 @@ int Server::Start() { return Live()->Start(); }
 void Server::Stop() { Live()->Stop(); }
 void Server::Wait() { Live()->Wait(); }
 int Server::port() const { return Live()->port_; }
+int Server::grpc_port() const { return Live()->grpc_port_; }
 const std::string& Server::host() const { return Live()->options_.host; }
 const std::string& Server::token() const { return Live()->options_.token; }
 std::vector<std::string> Server::models() const { return Live()->Names(); }

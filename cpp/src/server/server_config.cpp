@@ -88,6 +88,10 @@ ServerOptions FromObject(const json& j) {
   const int64_t port = f.get<int64_t>("port", "an integer", o.port);
   if (port < 0 || port > 65535) throw InvalidArgument("'port' must be in [0, 65535]");
   o.port = static_cast<int>(port);
+  if (const auto grpc = f.maybe<int64_t>("grpc_port", "an integer")) {
+    if (*grpc < 0 || *grpc > 65535) throw InvalidArgument("'grpc_port' must be in [0, 65535]");
+    o.grpc_port = static_cast<int>(*grpc);
+  }
   o.token = f.get<std::string>("token", "a string", o.token);
   o.token_for_inference = f.get<bool>("token_for_inference", "true or false", false);
   o.open_feedback = f.get<bool>("open_feedback", "true or false", false);
@@ -150,6 +154,7 @@ std::string ServerConfigDefaults() {
   const DeploymentOptions& d = o.deployment;
   return json{{"host", o.host},
               {"port", o.port},
+              {"grpc_port", nullptr},
               {"token_for_inference", o.token_for_inference},
               {"open_feedback", o.open_feedback},
               {"max_body_bytes", o.max_body_bytes},

@@ -175,7 +175,7 @@ Reply Server::Impl::Route(const std::string& method, const std::string& path,
     for (const auto& e : entries) all.push_back(e.deployment->Metrics());
     Reply r;
     r.body = RenderPrometheus(all) + AliasMetricsText(entries) + HttpMetricsText() +
-             ProcessMetricsText();
+             (grpc_ ? grpc_->MetricsText() : std::string()) + ProcessMetricsText();
     r.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8";
     return r;
   }

@@ -31,6 +31,7 @@
 #include "lepton/runtime/deployment_json.h"
 #include "lepton/runtime/tensor_types.h"
 #include "lepton/server/server.h"
+#include "server_grpc.h"
 
 namespace lepton {
 namespace server_detail {
@@ -295,6 +296,15 @@ class Server::Impl {
   Reply Infer(const std::string& model, const std::optional<std::string>& version,
               const std::string& body, const Headers& headers, const Client& client);
 
+  // A decoded request (HTTP or gRPC) through its deployment; outputs as the request asked.
+  struct Inferred {
+    oip::InferResponse response;
+    std::string request_id, route;
+  };
+  Inferred InferDecoded(Deployment& deployment, const std::string& model,
+                        const std::optional<std::string>& version, oip::InferRequest& req,
+                        const std::optional<std::string>& key, std::optional<double> deadline_s);
+
   // Decoding a large JSON body holds several times its size for a while: a padded copy, the
   // parser's tape (16 bytes a number) and the tensors (up to 8 bytes a number). That is reserved
   // against the transport's budget first, so that the budget bounds what requests cost, not only
@@ -343,6 +353,8 @@ class Server::Impl {
   std::map<std::string, std::vector<std::string>> output_names_;
   std::unique_ptr<http::Transport> http_;
   int port_ = -1;
+  std::unique_ptr<GrpcFrontend> grpc_;
+  int grpc_port_ = -1;
   std::atomic<bool> running_{false};
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;

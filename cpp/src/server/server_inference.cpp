@@ -119,6 +119,34 @@ Reply Server::Impl::Infer(const std::string& model, const std::optional<std::str
     json_length = std::stoull(v);
   }
   oip::InferRequest req = oip::DecodeInferRequest(body, {}, json_length);
+  std::optional<std::string> key;
+  if (auto k = headers.find("x-lepton-key"); k != headers.end()) key = k->second;
+  Inferred done = InferDecoded(*deployment, model, version, req, key, std::nullopt);
+  oip::InferResponse& resp = done.response;
+  for (auto& out : resp.outputs) out.binary = oip::WantsBinary(req, out.name);
+  Reply r;
+  std::optional<size_t> header_length;
+  r.body = oip::EncodeInferResponse(resp, &header_length);
+  if (header_length) {
+    r.headers["Content-Type"] = "application/octet-stream";
+    r.headers["Inference-Header-Content-Length"] = std::to_string(*header_length);
+  } else {
+    r.headers["Content-Type"] = "application/json";
+  }
+  r.headers["X-Lepton-Request-Id"] = done.request_id;
+  r.headers["X-Lepton-Version"] = HeaderSafe(resp.version);
+  r.headers["X-Lepton-Route"] = HeaderSafe(done.route);
+  return r;
+}
+
+// A decoded request, from HTTP or gRPC, through the deployment: the routing key from the
+// request's parameters, else the transport's (X-Lepton-Key); the deadline from the request's
+// parameters, else the transport's, else the server's default.
+Server::Impl::Inferred Server::Impl::InferDecoded(Deployment& deployment, const std::string& model,
+                                                  const std::optional<std::string>& version,
+                                                  oip::InferRequest& req,
+                                                  const std::optional<std::string>& key,
+                                                  std::optional<double> deadline_s) {
   if (req.model_name && *req.model_name != model) {
     throw InvalidArgument("the body names model '" + *req.model_name + "' but the URL names '" +
                           model + "'");
@@ -132,18 +160,15 @@ Reply Server::Impl::Infer(const std::string& model, const std::optional<std::str
     inputs.push_back(ToTensor(std::move(w)));
   }
   if (version) o.context.version = ResolveVersion(model, *version);
-  o.context.key = req.key;
-  if (!o.context.key) {
-    auto k = headers.find("x-lepton-key");
-    if (k != headers.end()) o.context.key = k->second;
-  }
-  o.timeout_s = req.timeout_s;
+  o.context.key = req.key ? req.key : key;
+  o.timeout_s = req.timeout_s ? req.timeout_s : deadline_s;
   if (!o.timeout_s && options_.request_timeout_s > 0) o.timeout_s = options_.request_timeout_s;
   o.priority = req.priority;
-  Prediction pred = deployment->Predict(inputs, o);
+  Prediction pred = deployment.Predict(inputs, o);
   // Output names: the signature's when it has them, else output_0, output_1, ...
   const std::vector<std::string> names = OutputNames(model, pred.versions.front());
-  oip::InferResponse resp;
+  Inferred done;
+  oip::InferResponse& resp = done.response;
   resp.model = model;
   resp.version = pred.versions.size() == 1 ? pred.versions[0] : JoinVersions(pred.versions);
   // Every response has an id: the request's, else lepton's request id.
@@ -155,9 +180,7 @@ Reply Server::Impl::Infer(const std::string& model, const std::optional<std::str
         std::find(req.outputs.begin(), req.outputs.end(), name) == req.outputs.end()) {
       continue;
     }
-    const bool binary = oip::WantsBinary(req, name);
     resp.outputs.push_back(FromTensor(std::move(name), pred.outputs[i]));
-    resp.outputs.back().binary = binary;
   }
   for (const auto& want : req.outputs) {
     if (std::none_of(resp.outputs.begin(), resp.outputs.end(),
@@ -165,19 +188,9 @@ Reply Server::Impl::Infer(const std::string& model, const std::optional<std::str
       throw InvalidArgument("the model has no output named '" + want + "'");
     }
   }
-  Reply r;
-  std::optional<size_t> header_length;
-  r.body = oip::EncodeInferResponse(resp, &header_length);
-  if (header_length) {
-    r.headers["Content-Type"] = "application/octet-stream";
-    r.headers["Inference-Header-Content-Length"] = std::to_string(*header_length);
-  } else {
-    r.headers["Content-Type"] = "application/json";
-  }
-  r.headers["X-Lepton-Request-Id"] = pred.request_id;
-  r.headers["X-Lepton-Version"] = HeaderSafe(resp.version);
-  r.headers["X-Lepton-Route"] = HeaderSafe(pred.route);
-  return r;
+  done.request_id = std::move(pred.request_id);
+  done.route = std::move(pred.route);
+  return done;
 }
 
 // Decoding a large JSON body holds several times its size for a while: a padded copy, the

@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "lepton/common/dtypes.h"
@@ -56,6 +57,15 @@ struct InferRequest {
   std::optional<double> timeout_s;
   std::optional<int> priority;
 };
+
+// A request parameter's value as a transport carries it; monostate for values lepton never
+// reads (objects, lists, null).
+using ParameterValue =
+    std::variant<std::monostate, bool, int64_t, uint64_t, double, std::string_view>;
+
+// Reads one request-level parameter into `r` when lepton knows its name (see InferRequest);
+// others are ignored. Throws InvalidArgument for a known name with a value of the wrong kind.
+void ApplyRequestParameter(InferRequest& r, std::string_view key, const ParameterValue& value);
 
 struct Limits {
   size_t max_inputs = 64;

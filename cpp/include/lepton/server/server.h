@@ -1,7 +1,8 @@
 // lepton's HTTP server: the Open Inference Protocol v2 REST API (KServe / Triton clients work
 // unchanged) over every model of a registry, plus lepton's management endpoints (aliases,
 // rollback, policies, feedback, statistics, events) and Prometheus metrics. Built on
-// Boost.Beast (HTTP/1.1 parsing) over Boost.Asio (event-driven sockets).
+// Boost.Beast (HTTP/1.1 parsing) over Boost.Asio (event-driven sockets). Optionally the
+// protocol's gRPC service too (grpc++), over the same models.
 #pragma once
 
 #include <map>
@@ -51,6 +52,9 @@ struct ServerOptions {
   // Default deadline of an inference request; 0: none unless the request sets one. A request
   // without a deadline runs on its caller's thread when its version is idle, saving a hand-off.
   double request_timeout_s = 0;
+  // The protocol's gRPC service (inference.GRPCInferenceService) on this port as well, on the
+  // same host; 0: any free port; none: no gRPC.
+  std::optional<int> grpc_port;
   bool serve_all = true;            // serve every model of the registry
   std::vector<ServedModel> models;  // overrides (and, without serve_all, the whole list)
   DeploymentOptions deployment;
@@ -71,6 +75,8 @@ class Server {
   void Wait();
 
   int port() const;
+  // The gRPC port, or -1 when the server speaks no gRPC.
+  int grpc_port() const;
   const std::string& host() const;
   const std::string& token() const;
   std::vector<std::string> models() const;
@@ -88,6 +94,7 @@ class Server {
 
  private:
   class Impl;
+  friend class GrpcFrontend;
   // The implementation, or Unavailable in a child forked after the server was made.
   Impl* Live() const;
   std::unique_ptr<Impl> impl_;
