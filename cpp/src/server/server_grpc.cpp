@@ -8,6 +8,7 @@
 #include <grpcpp/resource_quota.h>
 
 #include <climits>
+#include <mutex>
 
 #include "inference.grpc.pb.h"
 #include "lepton/protocol/oip_grpc.h"
@@ -337,6 +338,10 @@ GrpcFrontend::GrpcFrontend(Server::Impl& server) : service_(std::make_unique<Ser
 GrpcFrontend::~GrpcFrontend() { Stop(); }
 
 int GrpcFrontend::Start() {
+  // protobuf would log every message a client sends with a string that is not UTF-8 (the call
+  // fails all the same): one line per message is a way to flood the server's log.
+  static std::once_flag quiet;
+  std::call_once(quiet, [] { google::protobuf::SetLogHandler(nullptr); });
   const ServerOptions& o = service_->s_.options_;
   const std::string host = o.host.find(':') != std::string::npos ? "[" + o.host + "]" : o.host;
   const std::string address = host + ":" + std::to_string(o.grpc_port.value_or(0));
