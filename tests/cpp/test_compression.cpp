@@ -32,6 +32,21 @@ TEST(Compression, RoundTripsBothCodings) {
   }
 }
 
+TEST(Compression, SkipsBodiesThatBarelyShrink) {
+  std::string numbers;
+  while (numbers.size() < (1 << 20)) numbers += std::to_string(numbers.size()) + ",";
+  EXPECT_TRUE(WorthCompressing(numbers));
+  // A JSON header followed by a megabyte of pseudo-random floats' bytes (fixed seed).
+  std::string binary = R"({"model_name":"m","outputs":[]})";
+  uint64_t x = 20261201;
+  while (binary.size() < (1 << 20)) {
+    x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    binary.push_back(static_cast<char>(x >> 56));
+  }
+  EXPECT_FALSE(WorthCompressing(binary));
+  EXPECT_TRUE(WorthCompressing(binary.substr(0, 1000)));  // small: cheap either way
+}
+
 TEST(Compression, StopsAtTheLimitAndRefusesCorruptBodies) {
   const std::string big(8 << 20, 'a');
   const std::string bomb = Compress(big, Coding::kGzip);

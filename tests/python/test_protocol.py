@@ -215,3 +215,21 @@ def test_the_repository_index_lists_every_live_version(registry):
     with lepton.serve(registry, port=0, token=TOKEN, models=models, only=True) as s:
         index = requests.post(s.url + "/v2/repository/index", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert sorted((x["name"], x["version"], x["state"]) for x in index) == [("m", "v1", "READY"), ("m", "v2", "READY")]
+
+
+def test_binary_floats_go_back_uncompressed_where_compressing_saves_little(server):
+    """Deflating a megabyte of floats costs tens of milliseconds to save a few percent: a client
+    that accepts gzip gets binary floats as they are, and JSON compressed."""
+    x = np.random.default_rng(0).standard_normal((1, 100_000)).astype(np.float32)
+    header = {"inputs": [{"name": "x", "shape": [1, 100_000], "datatype": "FP32",
+                          "parameters": {"binary_data_size": x.nbytes}}],
+              "parameters": {"binary_data_output": True}}
+    body, headers = binary_request(header, x)
+    r = requests.post(server.url + "/v2/models/twice/infer", data=body,
+                      headers={**headers, "Accept-Encoding": "gzip"})
+    assert r.status_code == 200 and "Content-Encoding" not in r.headers
+    meta, rest = split_binary(r)
+    assert np.array_equal(np.frombuffer(rest, dtype=np.float32), x.ravel() * 2)
+    small = np.arange(4000, dtype=np.float32).reshape(1, 4000)
+    r = requests.post(server.url + "/v2/models/twice/infer", json=infer_body(small), headers={"Accept-Encoding": "gzip"})
+    assert r.status_code == 200 and r.headers["Content-Encoding"] == "gzip"

@@ -122,4 +122,16 @@ std::string Compress(std::string_view in, Coding coding) {
   return out;
 }
 
+bool WorthCompressing(std::string_view body) {
+  constexpr size_t kProbe = 8 << 10, kFrom = 64 << 10;
+  if (body.size() < kFrom) return true;
+  // Samples from the start, the middle and the end: a binary response starts with its JSON.
+  std::string sample;
+  sample.reserve(3 * kProbe);
+  for (const size_t at : {size_t{0}, body.size() / 2, body.size() - kProbe}) {
+    sample.append(body.substr(at, kProbe));
+  }
+  return Compress(sample, Coding::kDeflate).size() < sample.size() * 9 / 10;
+}
+
 }  // namespace lepton::http

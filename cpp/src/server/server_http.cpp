@@ -58,7 +58,7 @@ Reply Server::Impl::HandleHttp(http::Request& req) {
   auto accept = req.headers.find("accept-encoding");
   if (accept != req.headers.end() && r.body.size() >= kCompressFrom) {
     const http::Coding coding = http::PreferredCoding(accept->second);
-    if (coding != http::Coding::kIdentity) {
+    if (coding != http::Coding::kIdentity && http::WorthCompressing(r.body)) {
       r.body = http::Compress(r.body, coding);
       r.headers["Content-Encoding"] = http::CodingName(coding);
       r.headers["Vary"] = "Accept-Encoding";

@@ -258,7 +258,8 @@ class Server::Impl {
   void RequireToken(const Headers& headers) const;
 
   // A request from a socket: its body inflated when compressed (Content-Encoding), the reply
-  // compressed when the client accepts it (Accept-Encoding) and it is worth it.
+  // compressed when the client accepts it (Accept-Encoding) and it is worth it (larger than
+  // kCompressFrom, and not data that barely shrinks, such as floats as binary data).
   Reply HandleHttp(http::Request& req);
 
   // Smaller replies go uncompressed: the header would eat the saving.

@@ -28,6 +28,11 @@ bool Inflate(std::string_view in, size_t limit, const std::function<bool(size_t)
 // Compresses `in` with the coding (not kIdentity).
 std::string Compress(std::string_view in, Coding coding);
 
+// Whether compressing `body` would save a tenth of it, judged from three samples of a large
+// body: floating-point tensors as binary data barely shrink, and deflating a megabyte of them
+// costs tens of milliseconds to save a few percent.
+bool WorthCompressing(std::string_view body);
+
 const char* CodingName(Coding coding);
 
 }  // namespace lepton::http
