@@ -233,3 +233,15 @@ def test_binary_floats_go_back_uncompressed_where_compressing_saves_little(serve
     small = np.arange(4000, dtype=np.float32).reshape(1, 4000)
     r = requests.post(server.url + "/v2/models/twice/infer", json=infer_body(small), headers={"Accept-Encoding": "gzip"})
     assert r.status_code == 200 and r.headers["Content-Encoding"] == "gzip"
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_a_shared_memory_region_is_refused_rather_than_answered_elsewhere(server, where):
+    body = infer_body(torch.zeros(1, 4))
+    region = {"shared_memory_region": "r0", "shared_memory_byte_size": 16}
+    if where == "input":
+        body["inputs"][0]["parameters"] = region
+    else:
+        body["outputs"] = [{"name": "output_0", "parameters": region}]
+    r = requests.post(server.url + "/v2/models/m/infer", json=body)
+    assert r.status_code == 400 and "shared memory region" in r.json()["error"], r.text

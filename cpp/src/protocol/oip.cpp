@@ -272,6 +272,16 @@ std::optional<simdjson::dom::object> Parameters(simdjson::dom::object j, const s
   return simdjson::dom::object(*p);
 }
 
+// Triton's shared-memory extension puts a tensor in a region named by parameters; lepton
+// carries tensors in the request only, and says so rather than answer somewhere else.
+void RefuseSharedMemory(simdjson::dom::object parameters, const std::string& where) {
+  if (Field(parameters, "shared_memory_region")) {
+    throw InvalidArgument(where +
+                          " names a shared memory region; lepton carries tensors in the "
+                          "request only");
+  }
+}
+
 bool BoolParameter(Element v, const std::string& what) {
   if (v.type() != ElementType::BOOL)
     throw InvalidArgument("parameter '" + what + "' must be true or false");
@@ -454,6 +464,7 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits,
     }
     std::optional<int64_t> binary_size;
     if (auto p = Parameters(in, where)) {
+      RefuseSharedMemory(*p, where);
       if (auto size = Field(*p, "binary_data_size")) {
         if (size->type() != ElementType::INT64 || int64_t(*size) < 0) {
           throw InvalidArgument(where + ": binary_data_size must be a non-negative integer");
@@ -516,6 +527,7 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits,
       CheckFields(simdjson::dom::object(o), {"name", "parameters"}, "requested output");
       r.outputs.push_back(String(*name));
       if (auto p = Parameters(simdjson::dom::object(o), "requested output")) {
+        RefuseSharedMemory(*p, "requested output '" + r.outputs.back() + "'");
         if (auto b = Field(*p, "binary_data")) {
           r.binary_output.emplace_back(r.outputs.back(), BoolParameter(*b, "binary_data"));
         }
