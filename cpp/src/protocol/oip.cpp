@@ -4,6 +4,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <iterator>
@@ -72,6 +73,17 @@ void AppendInteger(std::string& out, Element x, const At& where) {
   }
 }
 
+// JSON has no NaN or infinity: they travel as the strings "NaN", "Infinity" and "-Infinity"
+// (as JavaScript and Python spell them; "nan", "inf" and "-inf" are read too).
+std::optional<double> NonFinite(std::string_view s) {
+  std::string lower(s);
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower == "nan") return std::numeric_limits<double>::quiet_NaN();
+  if (lower == "infinity" || lower == "inf") return std::numeric_limits<double>::infinity();
+  if (lower == "-infinity" || lower == "-inf") return -std::numeric_limits<double>::infinity();
+  return std::nullopt;
+}
+
 void AppendElement(std::string& out, DataType t, Element x, const At& where) {
   switch (t) {
     case DataType::kBool:
@@ -93,14 +105,20 @@ void AppendElement(std::string& out, DataType t, Element x, const At& where) {
     case DataType::kBf16:
     case DataType::kFp32:
     case DataType::kFp64: {
-      if (!x.is_number()) throw InvalidArgument(where + ": expected a number, got " + Text(x));
-      const double d = double(x);
+      double d;
+      if (x.is_number()) {
+        d = double(x);
+      } else if (auto special = IsString(x) ? NonFinite(std::string_view(x)) : std::nullopt) {
+        d = *special;
+      } else {
+        throw InvalidArgument(where + ": expected a number, got " + Text(x));
+      }
       if (t == DataType::kFp64) {
         Append<double>(out, d);
         return;
       }
       const double max = t == DataType::kFp16 ? 65504.0 : std::numeric_limits<float>::max();
-      if (std::fabs(d) > max) {
+      if (std::isfinite(d) && std::fabs(d) > max) {
         throw InvalidArgument(where + ": " + Text(x) + " is out of " + DataTypeName(t) + " range");
       }
       const float f = static_cast<float>(d);
@@ -553,11 +571,13 @@ void AppendNumber(std::string& out, T v) {
 }
 
 // Finite floats in their shortest form that reads back exactly, and always as a float ("1.0",
-// not "1", which clients would read as an integer); JSON has no NaN or infinity.
+// not "1", which clients would read as an integer); JSON has no NaN or infinity, which are
+// written as the strings "NaN", "Infinity" and "-Infinity" (the protocol's tensor data may hold
+// strings, and numpy reads these back as the values).
 template <typename T>
 void AppendFloat(std::string& out, T v) {
   if (!std::isfinite(v)) {
-    out += "null";
+    out += std::isnan(v) ? "\"NaN\"" : v > 0 ? "\"Infinity\"" : "\"-Infinity\"";
     return;
   }
   const size_t start = out.size();
