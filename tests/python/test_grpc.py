@@ -393,3 +393,25 @@ def test_lepton_serve_grpc_port(registry, python_env, pb):
         x = np.ones((1, 4), dtype=np.float32)
         assert np.array_equal(output(stub.ModelInfer(raw_request(pb, "m", x, names=["x"])), 0, np.float32), x + 1)
         channel.close()
+
+
+def test_model_statistics_as_over_http(stub, pb, served):
+    m = pb[0]
+    x = np.zeros((1, 4), dtype=np.float32)
+    for _ in range(3):
+        stub.ModelInfer(raw_request(pb, "m", x, names=["x"]))
+    code, _ = code_of(lambda: stub.ModelStatistics(m.ModelStatisticsRequest(name="m")))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    stats = stub.ModelStatistics(m.ModelStatisticsRequest(name="m"), metadata=AUTH).model_stats
+    assert [(s.name, s.version) for s in stats] == [("m", "v1"), ("m", "v2")]
+    v1 = stats[0]
+    assert v1.inference_count == 3 and v1.inference_stats.success.count == 3 and v1.inference_stats.success.ns > 0
+    assert v1.last_inference > 0 and stats[1].inference_count == 0
+    http = served.request("GET", "/v2/models/m/versions/v1/stats", headers={"Authorization": f"Bearer {TOKEN}"})[1]
+    assert http["model_stats"][0]["inference_count"] == 3
+    one = stub.ModelStatistics(m.ModelStatisticsRequest(name="m", version="v1"), metadata=AUTH).model_stats
+    assert [s.version for s in one] == ["v1"]
+    every = stub.ModelStatistics(m.ModelStatisticsRequest(), metadata=AUTH).model_stats
+    assert {s.name for s in every} == {"m", "pair", "spin", "twice"}
+    code, _ = code_of(lambda: stub.ModelStatistics(m.ModelStatisticsRequest(name="m", version="v9"), metadata=AUTH))
+    assert code == grpc.StatusCode.NOT_FOUND

@@ -326,6 +326,42 @@ class GrpcFrontend::Service final : public inference::GRPCInferenceService::Serv
     return Call("RepositoryModelLoad", [&] { LoadOrUnload(ctx, *in, "load"); });
   }
 
+  static void Duration(const json& j, inference::StatisticDuration* out) {
+    out->set_count(j.value("count", uint64_t{0}));
+    out->set_ns(j.value("ns", uint64_t{0}));
+  }
+
+  grpc::Status ModelStatistics(grpc::ServerContext* ctx,
+                               const inference::ModelStatisticsRequest* in,
+                               inference::ModelStatisticsResponse* out) override {
+    return Call("ModelStatistics", [&] {
+      std::vector<std::string> path = {"v2", "models"};
+      if (!in->name().empty()) path = ModelPath(in->name(), in->version());
+      if (in->name().empty() && !in->version().empty()) {
+        throw InvalidArgument("a version needs a model name");
+      }
+      path.push_back("stats");
+      const json j = Ask("GET", path, "", HeadersOf(*ctx));
+      for (const auto& m : j["model_stats"]) {
+        auto* x = out->add_model_stats();
+        x->set_name(m["name"].get<std::string>());
+        x->set_version(m["version"].get<std::string>());
+        x->set_last_inference(m["last_inference"].get<uint64_t>());
+        x->set_inference_count(m["inference_count"].get<uint64_t>());
+        x->set_execution_count(m["execution_count"].get<uint64_t>());
+        const json& s = m["inference_stats"];
+        auto* stats = x->mutable_inference_stats();
+        Duration(s["success"], stats->mutable_success());
+        Duration(s["fail"], stats->mutable_fail());
+        Duration(s["queue"], stats->mutable_queue());
+        Duration(s["compute_input"], stats->mutable_compute_input());
+        Duration(s["compute_infer"], stats->mutable_compute_infer());
+        Duration(s["compute_output"], stats->mutable_compute_output());
+        Duration(s["cache_hit"], stats->mutable_cache_hit());
+      }
+    });
+  }
+
   grpc::Status RepositoryModelUnload(grpc::ServerContext* ctx,
                                      const inference::RepositoryModelUnloadRequest* in,
                                      inference::RepositoryModelUnloadResponse*) override {
