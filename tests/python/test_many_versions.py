@@ -160,10 +160,16 @@ def test_a_thousand_versions_over_http_under_one_budget(registry):
         body = {"inputs": [{"name": "x", "shape": [1, 128], "datatype": "FP32", "data": [0.0] * 128}]}
         rng = random.Random(7)
         asked = [f"v{rng.randrange(1000)}" for _ in range(40)]
+        colds = []
         for v in asked:
             r = requests.post(f"{url}/v2/models/big/versions/{v}/infer", json=body)
             assert r.status_code == 200, r.text
             assert r.json()["model_version"] == v and r.json()["outputs"][0]["data"][0] == 7.0
+            colds.append(r.json()["parameters"]["lepton_cold_start"])
+        # The answer says whether it waited for its version to load: the first of each did.
+        assert colds[0] is True and colds.count(True) >= len(set(asked)) - 10
+        again = requests.post(f"{url}/v2/models/big/versions/{asked[-1]}/infer", json=body).json()
+        assert again["parameters"]["lepton_cold_start"] is False
         index = requests.post(f"{url}/v2/repository/index", headers={"Authorization": f"Bearer {TOKEN}"}).json()
         mine = [e for e in index if e["name"] == "big"]
         assert len(mine) == 1000

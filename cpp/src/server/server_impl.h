@@ -192,9 +192,9 @@ inline std::string PredictionParameters(const Prediction& p) {
   return fmt::format(
       "{{\"lepton_request_id\":{},\"lepton_versions\":{},\"lepton_skipped\":{},"
       "\"lepton_policy\":{},\"lepton_route\":{},\"lepton_latency_ms\":{},"
-      "\"lepton_queue_ms\":{},\"lepton_compute_ms\":{}}}",
+      "\"lepton_queue_ms\":{},\"lepton_compute_ms\":{},\"lepton_cold_start\":{}}}",
       str(p.request_id), list(p.versions), list(p.skipped), str(p.policy), str(p.route),
-      p.latency_s * 1e3, p.queue_s * 1e3, p.compute_s * 1e3);
+      p.latency_s * 1e3, p.queue_s * 1e3, p.compute_s * 1e3, p.cold_start ? "true" : "false");
 }
 
 inline std::string HeaderSafe(std::string s) {
