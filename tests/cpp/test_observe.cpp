@@ -189,6 +189,24 @@ TEST(Oip, DecodesTypedFlatAndNestedTensors) {
             0u);
 }
 
+TEST(Oip, ReadsNonFiniteFloatsFromTheirNames) {
+  const auto r = oip::DecodeInferRequest(R"({"inputs": [{"name": "x", "shape": [4],
+      "datatype": "FP32", "data": ["NaN", "Infinity", "-inf", 2]}]})");
+  float f[4];
+  ASSERT_EQ(r.inputs[0].data.size(), sizeof f);
+  std::memcpy(f, r.inputs[0].data.data(), sizeof f);
+  EXPECT_TRUE(std::isnan(f[0]));
+  EXPECT_EQ(f[1], INFINITY);
+  EXPECT_EQ(f[2], -INFINITY);
+  EXPECT_EQ(f[3], 2.0f);
+  EXPECT_THROW(oip::DecodeInferRequest(R"({"inputs": [{"name": "x", "shape": [1],
+      "datatype": "FP32", "data": ["one"]}]})"),
+               InvalidArgument);
+  EXPECT_THROW(oip::DecodeInferRequest(R"({"inputs": [{"name": "x", "shape": [1],
+      "datatype": "INT32", "data": ["NaN"]}]})"),
+               InvalidArgument);
+}
+
 TEST(Oip, RefusesMalformedRequestsNamingTheFault) {
   const std::pair<const char*, const char*> cases[] = {
       {"", "not valid JSON"},
@@ -245,7 +263,7 @@ TEST(Oip, EncodesResponses) {
   const auto j = nlohmann::json::parse(oip::EncodeInferResponse(r));
   EXPECT_EQ(j["model_version"], "v1");
   EXPECT_EQ(j["outputs"][0]["data"][0], 1.5);
-  EXPECT_TRUE(j["outputs"][0]["data"][1].is_null());
+  EXPECT_EQ(j["outputs"][0]["data"][1], "NaN");  // JSON has no NaN; the protocol allows strings
   EXPECT_EQ(j["parameters"]["lepton_route"], "why");
 }
 
@@ -313,7 +331,7 @@ TEST(Oip, EncodesEveryDatatype) {
   EXPECT_EQ(o[5]["data"][0].get<int64_t>(), INT64_MIN);
   EXPECT_EQ(o[5]["data"][1].get<int64_t>(), INT64_MAX);
   EXPECT_EQ(o[6]["data"][0].get<double>(), 0.1);
-  EXPECT_TRUE(o[6]["data"][1].is_null());
+  EXPECT_EQ(o[6]["data"][1], "Infinity");
   EXPECT_EQ(o[6]["shape"], nlohmann::json({1, 2}));
   EXPECT_EQ(o[6]["datatype"], "FP64");
 }

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -257,7 +258,7 @@ def test_unknown_model_and_version(stub, pb):
     assert code == grpc.StatusCode.NOT_FOUND
 
 
-def test_messages_past_the_limit_and_compressed_messages_are_refused(stub, pb):
+def test_messages_past_the_limit_and_compressed_messages_are_refused(served, stub, pb):
     big = np.zeros((1, 300_000), dtype=np.float32)  # 1.2 MB against a 1 MiB limit
     code, details = code_of(lambda: stub.ModelInfer(raw_request(pb, "twice", big)))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
@@ -272,6 +273,12 @@ def test_messages_past_the_limit_and_compressed_messages_are_refused(stub, pb):
     x = np.ones((100, 4), dtype=np.float32)
     code, _ = code_of(lambda: stub.ModelInfer(raw_request(pb, "m", x, names=["x"]), compression=grpc.Compression.Gzip))
     assert code == grpc.StatusCode.UNIMPLEMENTED
+    # gRPC logs each refusal; the event log takes at most one such line a second.
+    start = time.monotonic()
+    for _ in range(50):
+        code_of(lambda: stub.ServerLive(pb[0].ServerLiveRequest(), compression=grpc.Compression.Gzip))
+    events = served.request("GET", "/v2/lepton/events", headers={"Authorization": f"Bearer {TOKEN}"})[1]
+    assert len([e for e in events if e["kind"] == "grpc"]) <= 3 + (time.monotonic() - start)
     resp = stub.ModelInfer(raw_request(pb, "m", x, names=["x"]))
     assert np.array_equal(output(resp, 0, np.float32), x + 1)
 

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/resource_quota.h>
 
+#include <atomic>
 #include <climits>
 #include <mutex>
 
@@ -135,6 +136,17 @@ json RepositoryParameter(const std::string& key, const inference::ModelRepositor
       break;
   }
   return nullptr;
+}
+
+void GrpcLog(gpr_log_func_args* args) {
+  if (args->severity != GPR_LOG_SEVERITY_ERROR) return;
+  static std::atomic<int64_t> last_ms{-1000};
+  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  int64_t previous = last_ms.load();
+  if (now - previous < 1000 || !last_ms.compare_exchange_strong(previous, now)) return;
+  EmitEvent("warning", "grpc", "", "", std::string("gRPC: ") + args->message);
 }
 
 }  // namespace
@@ -376,8 +388,13 @@ GrpcFrontend::~GrpcFrontend() { Stop(); }
 int GrpcFrontend::Start() {
   // protobuf would log every message a client sends with a string that is not UTF-8 (the call
   // fails all the same): one line per message is a way to flood the server's log.
+  // gRPC core's errors (a refused compressed call, say) go to the event log, at most one a
+  // second for the same reason.
   static std::once_flag quiet;
-  std::call_once(quiet, [] { google::protobuf::SetLogHandler(nullptr); });
+  std::call_once(quiet, [] {
+    google::protobuf::SetLogHandler(nullptr);
+    gpr_set_log_function(GrpcLog);
+  });
   const ServerOptions& o = service_->s_.options_;
   const std::string host = o.host.find(':') != std::string::npos ? "[" + o.host + "]" : o.host;
   const std::string address = host + ":" + std::to_string(o.grpc_port.value_or(0));
