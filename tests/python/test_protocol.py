@@ -245,3 +245,18 @@ def test_a_shared_memory_region_is_refused_rather_than_answered_elsewhere(server
         body["outputs"] = [{"name": "output_0", "parameters": region}]
     r = requests.post(server.url + "/v2/models/m/infer", json=body)
     assert r.status_code == 400 and "shared memory region" in r.json()["error"], r.text
+
+
+def test_model_configuration_in_tritons_shape(server, registry):
+    cfg = requests.get(server.url + "/v2/models/m/config").json()
+    assert cfg["name"] == "m" and cfg["max_batch_size"] == 0 and "dynamic_batching" not in cfg
+    assert cfg["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 4]}]
+    assert cfg["output"][0]["data_type"] == "TYPE_FP32"
+    assert cfg["version_policy"] == {"specific": {"versions": ["v1"]}}
+    assert requests.get(server.url + "/v2/models/m/versions/v1/config").status_code == 200
+    assert requests.get(server.url + "/v2/models/m/versions/v9/config").status_code == 404
+    assert requests.get(server.url + "/v2/models/nope/config").status_code == 404
+    with lepton.serve(registry, port=0, max_batch_size=8, max_queue_delay_ms=2) as batching:
+        cfg = requests.get(batching.url + "/v2/models/pair/config").json()
+        assert cfg["max_batch_size"] == 8 and cfg["dynamic_batching"] == {"max_queue_delay_microseconds": 2000}
+        assert [i["dims"] for i in cfg["input"]] == [[2], [2]]  # the batch dimension left out

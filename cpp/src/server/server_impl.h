@@ -297,6 +297,9 @@ class Server::Impl {
   Reply Infer(const std::string& model, const std::optional<std::string>& version,
               const std::string& body, const Headers& headers, const Client& client);
 
+  // Triton's model configuration, GET /v2/models/{m}[/versions/{v}]/config.
+  Reply ConfigRoute(const std::string& model, const std::optional<std::string>& version);
+
   // A decoded request (HTTP or gRPC) through its deployment; outputs as the request asked.
   struct Inferred {
     oip::InferResponse response;

@@ -38,7 +38,7 @@ oip::WireTensor FromTensor(std::string name, at::Tensor t) {
 
 }  // namespace
 
-// /v2/models/{m}[/versions/{v}][/ready|/infer|/stats]
+// /v2/models/{m}[/versions/{v}][/ready|/infer|/stats|/config]
 Reply Server::Impl::ModelRoute(const std::string& method, const std::vector<std::string>& p,
                                const std::string& body, const Headers& headers,
                                const Client& client) {
@@ -58,6 +58,7 @@ Reply Server::Impl::ModelRoute(const std::string& method, const std::vector<std:
   }
   Method(method, "GET");
   if (action == "stats") return StatisticsRoute(model, version, headers);
+  if (action == "config") return ConfigRoute(model, version);
   if (action == "ready") {
     bool ready = false;
     const Entry e = Find(model);
@@ -102,6 +103,54 @@ Reply Server::Impl::ModelRoute(const std::string& method, const std::vector<std:
                         return joined;
                       }()}};
   if (st.alias) j["parameters"]["lepton_alias"] = *st.alias;
+  return JsonReply(200, j);
+}
+
+// Triton's model configuration (GET /v2/models/{m}[/versions/{v}]/config), in its JSON form,
+// from the version's signature and the deployment's batching. With batching on, max_batch_size
+// is its row limit and dims leave out the batch dimension; with it off, max_batch_size is 0 and
+// dims are the whole shape. Types are Triton's names (TYPE_FP32, ..., TYPE_STRING for BYTES).
+Reply Server::Impl::ConfigRoute(const std::string& model,
+                                const std::optional<std::string>& version) {
+  const Entry e = Find(model);
+  const DeploymentStatus st = e.deployment->Status();
+  const std::string label = version ? ResolveVersion(model, *version) : st.primary;
+  if (std::none_of(st.versions.begin(), st.versions.end(),
+                   [&](const ServableStats& v) { return v.version == label; })) {
+    registry_->Get(model + ":" + label);  // 404 when the version does not exist at all
+    throw NotFound("version '" + label + "' of " + model + " is not deployed");
+  }
+  const ModelVersion mv = registry_->Get(model + ":" + label);
+  const int batch = options_.deployment.servable.max_batch_size;
+  auto tensors = [&](const std::vector<TensorSpec>& specs) {
+    json a = json::array();
+    for (const auto& s : specs) {
+      std::vector<int64_t> dims = s.shape;
+      if (batch > 1 && !dims.empty() && dims.front() == -1) dims.erase(dims.begin());
+      const std::string wire = OipType(s.dtype);
+      a.push_back({{"name", s.name},
+                   {"data_type", "TYPE_" + (wire == "BYTES" ? std::string("STRING") : wire)},
+                   {"dims", dims}});
+    }
+    return a;
+  };
+  json versions = json::array();
+  for (const auto& v : st.versions) versions.push_back(v.version);
+  json j = {{"name", model},
+            {"platform", "pytorch_torchscript"},
+            {"backend", "lepton"},
+            {"max_batch_size", batch > 1 ? batch : 0},
+            {"input", mv.signature ? tensors(mv.signature->inputs) : json::array()},
+            {"output", mv.signature ? tensors(mv.signature->outputs) : json::array()},
+            {"version_policy", {{"specific", {{"versions", versions}}}}},
+            {"parameters",
+             {{"lepton_version", {{"string_value", label}}},
+              {"lepton_policy", {{"string_value", st.policy}}}}}};
+  if (batch > 1) {
+    j["dynamic_batching"] = {
+        {"max_queue_delay_microseconds",
+         static_cast<int64_t>(options_.deployment.servable.max_queue_delay_s * 1e6)}};
+  }
   return JsonReply(200, j);
 }
 
