@@ -334,7 +334,9 @@ def test_repository_calls_need_the_token(stub, pb):
 def test_repository_unload_and_load(stub, pb):
     m = pb[0]
     stub.RepositoryModelUnload(m.RepositoryModelUnloadRequest(model_name="twice"), metadata=AUTH)
-    assert code_of(lambda: stub.ModelReady(m.ModelReadyRequest(name="twice")))[0] == grpc.StatusCode.NOT_FOUND
+    assert not stub.ModelReady(m.ModelReadyRequest(name="twice")).ready  # known, not served
+    code, _ = code_of(lambda: stub.ModelMetadata(m.ModelMetadataRequest(name="twice")))
+    assert code == grpc.StatusCode.NOT_FOUND
     index = stub.RepositoryIndex(m.RepositoryIndexRequest(), metadata=AUTH)
     assert [x.state for x in index.models if x.name == "twice"] == ["UNAVAILABLE"]
     load = m.RepositoryModelLoadRequest(model_name="twice")

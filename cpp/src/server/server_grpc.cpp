@@ -221,6 +221,12 @@ class GrpcFrontend::Service final : public inference::GRPCInferenceService::Serv
                           inference::ModelReadyResponse* out) override {
     return Call("ModelReady", [&] {
       auto path = ModelPath(in->name(), in->version());
+      // A model of the registry that is not served (unloaded) is not ready, as Triton answers;
+      // a name the registry does not know is NOT_FOUND.
+      if (!s_.Served(in->name()) && !s_.registry_->Versions(in->name()).empty()) {
+        out->set_ready(false);
+        return;
+      }
       path.push_back("ready");
       const json j = Ask("GET", path, "", HeadersOf(*ctx), 503);
       out->set_ready(j.value("ready", false));
