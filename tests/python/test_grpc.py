@@ -424,3 +424,14 @@ def test_model_statistics_as_over_http(stub, pb, served):
     assert {s.name for s in every} == {"m", "pair", "spin", "twice"}
     code, _ = code_of(lambda: stub.ModelStatistics(m.ModelStatisticsRequest(name="m", version="v9"), metadata=AUTH))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_standard_health_service_answers_for_probes(served):
+    channel = grpc.insecure_channel(served.grpc_target)
+    check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=lambda b: b,
+                                response_deserializer=lambda b: b)
+    assert check(b"") == b"\x08\x01"  # HealthCheckResponse{status: SERVING}
+    with pytest.raises(grpc.RpcError) as e:
+        check(b"\x0a\x05other")  # a service name it does not know
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    channel.close()

@@ -5,6 +5,7 @@
 #include "server_grpc.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
 
 #include <atomic>
@@ -404,6 +405,9 @@ int GrpcFrontend::Start() {
   const ServerOptions& o = service_->s_.options_;
   const std::string host = o.host.find(':') != std::string::npos ? "[" + o.host + "]" : o.host;
   const std::string address = host + ":" + std::to_string(o.grpc_port.value_or(0));
+  // The standard health service (grpc.health.v1.Health) beside the protocol's, for probes such
+  // as Kubernetes' gRPC ones: SERVING while the server runs, NOT_SERVING once it stops.
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
@@ -432,6 +436,7 @@ int GrpcFrontend::Start() {
 void GrpcFrontend::Stop() {
   if (!service_->server_) return;
   const double wait_s = service_->s_.options_.write_timeout_s;
+  if (auto* health = service_->server_->GetHealthCheckService()) health->Shutdown();
   service_->server_->Shutdown(std::chrono::system_clock::now() +
                               std::chrono::microseconds(static_cast<int64_t>(wait_s * 1e6)));
   service_->server_->Wait();
