@@ -410,3 +410,22 @@ def test_threads_do_not_grow_with_versions(registry):
         assert all(v["executors"] == 0 for v in d.status()["versions"])
     finally:
         d.close()
+
+
+def test_an_idle_deployment_sleeps_until_a_request_wakes_it(registry):
+    """A thousand idle deployments in one process cost little: after a few seconds without
+    requests, a deployment's control chores sleep until the next request (or change) wakes them,
+    unless something must be polled or ticked."""
+    registry.register("m", AddN(1), version="v1", example_inputs=torch.zeros(1, 4))
+    registry.register("m", AddN(2), version="v2", example_inputs=torch.zeros(1, 4))
+    d = lepton.Deployment(registry, "m", ["v1"])
+    canary = lepton.Deployment(registry, "m", ["v1", "v2"], policy=lepton.Canary("v1", "v2", steps=[0.1, 1.0]))
+    try:
+        wait_for(lambda: d.status()["idle"], timeout=30)
+        assert d.predict(torch.zeros(1, 4)).output[0, 0] == 1
+        assert not d.status()["idle"]  # the request woke its chores
+        wait_for(lambda: d.status()["idle"], timeout=30)  # and they sleep again
+        assert not canary.status()["idle"]  # a canary's clock keeps its chores awake
+    finally:
+        d.close()
+        canary.close()

@@ -79,6 +79,7 @@ class Deployment::Impl {
 
   Prediction Predict(const Tensors& inputs, const PredictOptions& o) {
     const auto start = Clock::now();
+    Touch();
     for (int attempt = 0;; ++attempt) {
       std::shared_ptr<const VersionState> st = versions_.Snapshot();
       if (!st || versions_.closed()) throw Unavailable("deployment of " + model_ + " is closed");
@@ -239,6 +240,7 @@ class Deployment::Impl {
   }
 
   void Feedback(const std::string& request_id, double reward, const std::string& source) {
+    Touch();
     ledger_.Reward(request_id, reward, source);
     Wake();
   }
@@ -275,6 +277,12 @@ class Deployment::Impl {
   void Wake() {
     woken_ = true;
     if (scheduler_) scheduler_->Wake(control_id_);
+  }
+
+  // Activity (a request, feedback) for the control chores; wakes them when they sleep.
+  void Touch() {
+    activity_.fetch_add(1);
+    if (dormant_.load(std::memory_order_relaxed) && dormant_.exchange(false)) Wake();
   }
 
   void NoteError(std::string what) {
@@ -363,6 +371,19 @@ class Deployment::Impl {
     // deployments in one process sleep between their slower chores.
     bool ticking = true;
     if (const auto st = versions_.Snapshot()) ticking = st->policy->ticks();
+    // With no requests for a while, nothing the chores watch changes (no load to rebalance,
+    // nothing for the anomaly watch, no policy state to save): they sleep until the next request
+    // or change wakes them, unless something must be polled (a followed alias, new versions, a
+    // policy's clock). The flag is set before activity is read again, and a request counts
+    // before it reads the flag, so one of the two always sees the other.
+    const uint64_t seen = activity_.load();
+    if (woken || seen != activity_seen_) last_active_ = now;
+    activity_seen_ = seen;
+    if (!ticking && !follower_ && !options_.all_versions && now - last_active_ >= kDormantAfter) {
+      dormant_.store(true);
+      if (activity_.load() == seen) return now + kDormantFor;
+      dormant_.store(false);
+    }
     auto wake = std::min(next_.save, next_.watch);
     if (ticking) wake = std::min(wake, next_.tick);
     if (follower_) wake = std::min(wake, next_.poll);
@@ -436,6 +457,7 @@ class Deployment::Impl {
     out.threads = options_.threads;
     out.adaptive = options_.adaptive;
     out.swaps = versions_.swaps();
+    out.idle = dormant_.load();
     {
       std::lock_guard<std::mutex> lk(error_mu_);
       out.last_error = last_error_;
@@ -498,6 +520,15 @@ class Deployment::Impl {
   uint64_t control_id_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> woken_{false};
+  // Requests and feedback so far, what the control chores last saw of them and when, and
+  // whether the chores sleep until the next.
+  std::atomic<uint64_t> activity_{0};
+  uint64_t activity_seen_ = 0;
+  Clock::time_point last_active_ = Clock::now();
+  std::atomic<bool> dormant_{false};
+  static constexpr auto kDormantAfter = std::chrono::seconds(3);
+  // A safety net: a sleeping deployment still looks once a minute.
+  static constexpr auto kDormantFor = std::chrono::seconds(60);
 
   mutable std::mutex error_mu_;
   std::string last_error_;  // the latest failure of the control chores

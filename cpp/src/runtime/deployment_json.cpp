@@ -55,6 +55,7 @@ json StatusJson(const DeploymentStatus& s) {
           {"adaptive", s.adaptive},
           {"swaps", s.swaps},
           {"last_error", s.last_error},
+          {"idle", s.idle},
           {"alias_target_failed", Optional(s.alias_target_failed)},
           {"alias_follow_failures", s.alias_follow_failures},
           {"loader_threads", s.loader_threads},

@@ -42,6 +42,9 @@ struct DeploymentStatus {
   std::optional<MemoryBudgetStats> memory;  // the budget it loads under, if any
   int loader_threads = 0;
   std::string last_error;  // the latest failure of the alias watcher, if any
+  // Whether its control chores sleep until the next request: nothing to watch after a few idle
+  // seconds, and nothing to poll (no followed alias, no new versions, no policy clock).
+  bool idle = false;
   // The followed alias's target when it cannot be loaded (the previous version keeps serving),
   // and how many attempts to load a target have failed.
   std::optional<std::string> alias_target_failed;
