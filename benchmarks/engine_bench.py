@@ -312,17 +312,48 @@ def bench_many(reg, runs, versions=1000):
           f"{0.2} s idle, +{threads_idle:.0f} threads (executors leave idle versions)")
 
 
+def _cpu_seconds():
+    fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_idle(reg, runs, models=1000):
+    """What idle deployments cost: 1,000 of them (one per model) in one process, the CPU they use
+    while nothing is asked of them, once their control chores have gone to sleep."""
+    model = torch.jit.script(torch.nn.Linear(4, 2).eval())
+    buf = io.BytesIO()
+    torch.jit.save(model, buf)
+    for i in range(models):
+        reg.register(f"idle{i}", buf.getvalue(), version="v1")
+    ds = [lepton.Deployment(reg, f"idle{i}", ["v1"]) for i in range(models)]
+    try:
+        time.sleep(4)  # chores sleep after 3 s without requests
+        deadline = time.monotonic() + 30
+        while not all(d.status().get("idle", True) for d in ds[:: models // 10]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        shares = []
+        for _ in range(max(1, runs // 2)):
+            c0, w0 = _cpu_seconds(), time.monotonic()
+            time.sleep(5)
+            shares.append((_cpu_seconds() - c0) / (time.monotonic() - w0))
+        print(f"idle      {models} idle deployments in one process: {100 * statistics.median(shares):.1f}% of a core "
+              f"(median of {len(shares)} 5 s windows)")
+    finally:
+        for d in ds:
+            d.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", default="ensemble,overhead,batching,swap,shadow,many")
+    ap.add_argument("--only", default="ensemble,overhead,batching,swap,shadow,many,idle")
     args = ap.parse_args()
     print(f"lepton {lepton.__version__}, torch {torch.__version__}, {CORES} cores")
     with tempfile.TemporaryDirectory() as tmp:
         reg = lepton.Registry(os.path.join(tmp, "reg"))
         for name in args.only.split(","):
             {"ensemble": bench_ensemble, "overhead": bench_overhead, "batching": bench_batching, "swap": bench_swap,
-             "shadow": bench_shadow, "many": bench_many}[
+             "shadow": bench_shadow, "many": bench_many, "idle": bench_idle}[
                 name
             ](reg, args.runs)
 
