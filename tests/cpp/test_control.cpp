@@ -270,6 +270,26 @@ TEST(PolicyController, StateIsSavedWhenItChangesAndRestoredForTheNextPolicy) {
 
 // --- AliasFollower ---
 
+TEST(AliasFollower, AFailureStopsShowingOnceTheAliasMovesOn) {
+  AliasFollower follower("clf", "prod");
+  ModelVersion bad;
+  bad.model = "clf";
+  bad.version = "v9";
+  bad.sha256 = "aa";
+  follower.Attempting(bad);
+  follower.Failed(bad, "v1", "corrupt archive");
+  EXPECT_EQ(follower.failed_target(), "v9");
+  follower.Attempting(bad);  // tried again: still the alias's target
+  EXPECT_EQ(follower.failed_target(), "v9");
+  ModelVersion good = bad;
+  good.version = "v2";
+  good.sha256 = "bb";
+  follower.Attempting(good);  // the alias moved; v2 is loading, not yet published
+  EXPECT_EQ(follower.failed_target(), std::nullopt);
+  follower.Failed(good, "v1", "out of memory");
+  EXPECT_EQ(follower.failed_target(), "v2");
+}
+
 TEST(AliasFollower, AnUnloadableTargetIsSaidOnceAndRetriedAfterAGrowingPause) {
   AliasFollower follower("clf", "prod");
   ModelVersion bad;

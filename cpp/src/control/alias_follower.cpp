@@ -21,6 +21,11 @@ bool AliasFollower::BackingOff(const ModelVersion& target) const {
   return SteadyClock::now() < unfollowable_->retry_at;
 }
 
+void AliasFollower::Attempting(const ModelVersion& target) {
+  std::lock_guard<std::mutex> lk(mu_);
+  attempting_.emplace(target.version, target.sha256);
+}
+
 void AliasFollower::Followed() {
   std::lock_guard<std::mutex> lk(mu_);
   unfollowable_.reset();
@@ -50,6 +55,10 @@ std::string AliasFollower::Failed(const std::optional<ModelVersion>& target,
 std::optional<std::string> AliasFollower::failed_target() const {
   std::lock_guard<std::mutex> lk(mu_);
   if (!unfollowable_) return std::nullopt;
+  if (attempting_ && (attempting_->first != unfollowable_->version ||
+                      attempting_->second != unfollowable_->sha256)) {
+    return std::nullopt;  // the alias has moved on from the target that failed
+  }
   return unfollowable_->version;
 }
 

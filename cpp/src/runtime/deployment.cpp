@@ -409,6 +409,7 @@ class Deployment::Impl {
       target = versions_.registry()->Get(model_ + "@" + follower_->alias());
       if (follower_->BackingOff(*target)) return;
       if (auto st = versions_.Snapshot()) from = st->live.primary;
+      follower_->Attempting(*target);
       versions_.Follow(target->version);
       follower_->Followed();
       NoteError("");

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "lepton/common/process.h"
 #include "lepton/registry/registry.h"
@@ -20,6 +21,9 @@ class AliasFollower {
   const std::string& alias() const { return alias_; }
   // Whether `target` failed to load and its pause has not ended.
   bool BackingOff(const ModelVersion& target) const;
+  // Following `target` begins: a failure of another target is no longer the alias's (the
+  // alias moved), and the status stops showing it before the new target is published.
+  void Attempting(const ModelVersion& target);
   // The alias's target now serves: any failure is forgotten.
   void Followed();
   // Following failed: `target` is null when the registry could not be read. Returns the account
@@ -40,6 +44,7 @@ class AliasFollower {
   const std::string model_, alias_;
   mutable std::mutex mu_;
   std::optional<Unfollowable> unfollowable_;
+  std::optional<std::pair<std::string, std::string>> attempting_;  // version, sha256
   int64_t failures_ = 0;
 };
 
