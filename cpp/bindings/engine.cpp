@@ -33,6 +33,21 @@ DeploymentOptions MakeOptions(const std::string& options_json,
   return o;
 }
 
+// Python's strings, or bytes where they are not UTF-8.
+py::list StringValues(const StringTensor& s) {
+  py::list out;
+  for (const auto& v : s.values) {
+    PyObject* text = PyUnicode_DecodeUTF8(v.data(), static_cast<Py_ssize_t>(v.size()), nullptr);
+    if (text) {
+      out.append(py::reinterpret_steal<py::object>(text));
+    } else {
+      PyErr_Clear();
+      out.append(py::bytes(v));
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void BindEngine(py::module_& m) {
@@ -45,6 +60,14 @@ void BindEngine(py::module_& m) {
 
   py::class_<Prediction>(m, "Prediction")
       .def_readonly("outputs", &Prediction::outputs)
+      // String outputs by position ({position: [str or bytes, ...]}); None in `outputs` there.
+      .def_property_readonly("strings",
+                             [](const Prediction& p) {
+                               py::dict out;
+                               for (const auto& [i, s] : p.strings)
+                                 out[py::int_(i)] = StringValues(s);
+                               return out;
+                             })
       .def_readonly("versions", &Prediction::versions)
       .def_readonly("skipped", &Prediction::skipped)
       .def_readonly("policy", &Prediction::policy)
@@ -119,11 +142,23 @@ void BindEngine(py::module_& m) {
            arg("example_inputs") = std::vector<at::Tensor>{})
       .def(
           "predict",
+          // String inputs come in `strings` by position ({position: (shape, values)}), with any
+          // tensor in their place in `inputs`.
           [](Deployment& d, std::vector<at::Tensor> inputs, std::optional<std::string> version,
              std::optional<std::string> key,
              std::optional<std::map<std::string, std::string>> headers,
-             std::optional<double> timeout_s, std::optional<int> priority) {
+             std::optional<double> timeout_s, std::optional<int> priority,
+             std::map<size_t, std::pair<std::vector<int64_t>, std::vector<std::string>>> strings) {
             PredictOptions o;
+            if (!strings.empty()) {
+              auto text = std::make_shared<StringTensors>();
+              for (auto& [i, s] : strings) {
+                if (i >= inputs.size()) throw InvalidArgument("a string input past the last input");
+                inputs[i] = at::Tensor();
+                (*text)[i] = StringTensor{std::move(s.first), std::move(s.second)};
+              }
+              o.strings = std::move(text);
+            }
             o.context.version = std::move(version);
             o.context.key = std::move(key);
             if (headers) o.context.headers = std::move(*headers);
@@ -133,7 +168,9 @@ void BindEngine(py::module_& m) {
             return d.Predict(inputs, o);
           },
           arg("inputs"), arg("version"), arg("key"), arg("headers"), arg("timeout"),
-          arg("priority"))
+          arg("priority"),
+          arg("strings") =
+              std::map<size_t, std::pair<std::vector<int64_t>, std::vector<std::string>>>{})
       .def("add", &Deployment::Add, arg("version"), arg("policy"), Release())
       .def("remove", &Deployment::Remove, arg("version"), arg("policy"), Release())
       .def("swap", &Deployment::Swap, arg("old"), arg("new"), Release())

@@ -15,7 +15,9 @@ from .errors import InvalidArgument, NotFound
 from .policies import _Policy
 from .registry import ModelVersion, Registry
 
-Inputs = Union[torch.Tensor, np.ndarray, Sequence[Union[torch.Tensor, np.ndarray]]]
+Inputs = Union[
+    torch.Tensor, np.ndarray, Sequence[str], Sequence[Union[torch.Tensor, np.ndarray, Sequence[str]]]
+]
 
 
 class Fixed(_Policy):
@@ -84,8 +86,19 @@ class Prediction:
 
     @property
     def outputs(self) -> List[Any]:
+        """The outputs: tensors (numpy arrays when the inputs were numpy), and lists of ``str``
+        for a model that returns ``List[str]`` (a numpy array of objects in numpy mode; an element
+        that is not UTF-8 comes as ``bytes``)."""
         outs = self._p.outputs
-        return [o.numpy() for o in outs] if self._numpy else list(outs)
+        if not self._numpy:
+            outs = list(outs)
+        else:
+            outs = [None if o is None else o.numpy() for o in outs]
+        strings = self._p.strings
+        if strings:
+            for i, values in strings.items():
+                outs[i] = np.array(values, dtype=object) if self._numpy else values
+        return outs
 
     @property
     def output(self) -> Any:
@@ -117,17 +130,43 @@ class Prediction:
         )
 
 
-def _to_inputs(x: Inputs) -> Tuple[List[torch.Tensor], bool]:
-    """Tensors for the core (numpy arrays are wrapped without copying) and whether to answer numpy."""
+def _strings(item: Any) -> Optional[Tuple[List[int], List[Union[str, bytes]]]]:
+    """A string input's shape and elements: a list of ``str`` or ``bytes``, or a numpy array of
+    them (dtype ``str``, ``bytes`` or ``object``); None for anything else."""
+    if isinstance(item, np.ndarray):
+        if item.dtype.kind not in "USO":
+            return None
+        values = item.reshape(-1).tolist()
+        shape = list(item.shape)
+    elif isinstance(item, (list, tuple)) and item and all(isinstance(v, (str, bytes)) for v in item):
+        values, shape = list(item), [len(item)]
+    else:
+        return None
+    for v in values:
+        if not isinstance(v, (str, bytes)):
+            raise InvalidArgument(f"a string input holds {type(v).__name__}; expected str or bytes")
+    return shape, values
+
+
+def _to_inputs(x: Inputs) -> Tuple[List[torch.Tensor], bool, Dict[int, Any]]:
+    """Tensors for the core (numpy arrays are wrapped without copying), whether to answer numpy,
+    and the string inputs by position (a list of ``str`` or a numpy array of strings)."""
     if type(x) is torch.Tensor:  # the common case, kept cheap
-        return [x], False
-    items = list(x) if isinstance(x, (list, tuple)) else [x]
+        return [x], False, {}
+    single = _strings(x)
+    items = [x] if single is not None else list(x) if isinstance(x, (list, tuple)) else [x]
     if not items:
         raise InvalidArgument("no inputs given")
-    tensors, numpy_in = [], False
+    tensors, numpy_in, strings = [], False, {}
     for i, item in enumerate(items):
         if isinstance(item, torch.Tensor):
             tensors.append(item)
+            continue
+        text = _strings(item)
+        if text is not None:
+            numpy_in = numpy_in or isinstance(item, np.ndarray)
+            strings[i] = text
+            tensors.append(_PLACEHOLDER)
         elif isinstance(item, np.ndarray):
             numpy_in = True
             try:
@@ -137,8 +176,14 @@ def _to_inputs(x: Inputs) -> Tuple[List[torch.Tensor], bool]:
             except ValueError as e:  # negative strides
                 raise InvalidArgument(f"input {i}: {e}; pass np.ascontiguousarray(x)") from e
         else:
-            raise InvalidArgument(f"input {i} is {type(item).__name__}; expected a torch.Tensor or numpy.ndarray")
-    return tensors, numpy_in
+            raise InvalidArgument(
+                f"input {i} is {type(item).__name__}; expected a torch.Tensor, a numpy.ndarray or a list of str"
+            )
+    return tensors, numpy_in, strings
+
+
+# Stands in the tensor list where a string input goes (the core reads it from `strings`).
+_PLACEHOLDER = torch.empty(0)
 
 
 def _threads(threads: Optional[int]) -> int:
@@ -150,7 +195,12 @@ def _threads(threads: Optional[int]) -> int:
 
 
 def _example(example_inputs: Any) -> List[torch.Tensor]:
-    return [] if example_inputs is None else _to_inputs(example_inputs)[0]
+    if example_inputs is None:
+        return []
+    tensors, _, strings = _to_inputs(example_inputs)
+    if strings:
+        raise InvalidArgument("example_inputs hold tensors only; give string inputs in the signature")
+    return tensors
 
 
 class MemoryBudget:
@@ -296,11 +346,11 @@ class Deployment:
         or tuple of them for multi-input models. ``version`` pins a version; ``key`` routes
         sticky policies; ``timeout`` (seconds) raises ``lepton.Timeout`` when passed. The GIL is
         released while the request runs."""
-        tensors, numpy_in = _to_inputs(x)
-        return Prediction(
-            self._core.predict(tensors, version, key, None if headers is None else dict(headers), timeout, priority),
-            numpy_in,
-        )
+        tensors, numpy_in, strings = _to_inputs(x)
+        h = None if headers is None else dict(headers)
+        if strings:
+            return Prediction(self._core.predict(tensors, version, key, h, timeout, priority, strings), numpy_in)
+        return Prediction(self._core.predict(tensors, version, key, h, timeout, priority), numpy_in)
 
     def __call__(self, x: Inputs, **kwargs: Any) -> Any:
         """The output alone: ``deployment(x)`` is ``deployment.predict(x).output``."""

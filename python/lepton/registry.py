@@ -279,14 +279,23 @@ def _load(source: Any, map_location: Any = "cpu") -> Any:
     return module
 
 
+def _is_strings(x: Any) -> bool:
+    """A list of ``str``: what a TorchScript model takes and returns for a string tensor."""
+    return isinstance(x, list) and bool(x) and all(isinstance(v, str) for v in x)
+
+
 def _as_tuple(example_inputs: Any) -> tuple:
+    if _is_strings(example_inputs):  # one string input
+        return (example_inputs,)
     return tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
 
 
 def infer_signature(module: Any, example_inputs: Any) -> Signature:
     """Runs ``module`` on ``example_inputs`` and records names, dtypes and shapes.
 
-    The first dimension is recorded as dynamic (-1): it is the batch dimension.
+    The first dimension is recorded as dynamic (-1): it is the batch dimension. A list of ``str``
+    (``List[str]`` in TorchScript) is a one-dimensional string tensor (dtype ``"string"``, the
+    protocol's BYTES).
     """
     import torch
 
@@ -299,8 +308,10 @@ def infer_signature(module: Any, example_inputs: Any) -> Signature:
         names = [f"input_{i}" for i in range(len(inputs))]
 
     def spec(name: str, t: Any) -> TensorSpec:
+        if _is_strings(t):
+            return TensorSpec(name, "string", [-1])
         if not isinstance(t, torch.Tensor):
-            raise InvalidArgument(f"{name} is {type(t).__name__}; signatures describe tensors")
+            raise InvalidArgument(f"{name} is {type(t).__name__}; signatures describe tensors and lists of str")
         shape = list(t.shape)
         if shape:
             shape[0] = -1
@@ -308,7 +319,7 @@ def infer_signature(module: Any, example_inputs: Any) -> Signature:
 
     with torch.no_grad():
         result = module(*inputs)
-    outputs = list(result) if isinstance(result, (list, tuple)) else [result]
+    outputs = list(result) if isinstance(result, (list, tuple)) and not _is_strings(result) else [result]
     out_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     return Signature(
         [spec(n, t) for n, t in zip(names, inputs)],

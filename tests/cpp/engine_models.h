@@ -64,4 +64,11 @@ inline std::string Labels(double n) {
   return ScriptBytes("def forward(self, x):\n  return (x + self.n).argmax(1)\n", n);
 }
 
+// Strings in, strings out: each string's length, and the strings in capitals.
+inline std::string Shout() {
+  return ScriptBytes(
+      "def forward(self, text: List[str]) -> Tuple[Tensor, List[str]]:\n"
+      "  return torch.tensor([len(t) for t in text]), [t.upper() for t in text]\n");
+}
+
 }  // namespace lepton::testing

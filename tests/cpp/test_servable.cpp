@@ -299,5 +299,55 @@ TEST(Servable, AnIdleVersionHoldsNoThreadAndQueuedWorkStartsThem) {
   EXPECT_THROW(Load(AddN(1), bad), InvalidArgument);
 }
 
+std::shared_ptr<const StringTensors> Strings(std::vector<std::string> values) {
+  auto s = std::make_shared<StringTensors>();
+  (*s)[0] = StringTensor{{static_cast<int64_t>(values.size())}, std::move(values)};
+  return s;
+}
+
+TEST(Servable, StringsInAndStringsOut) {
+  // A signature with a string input: the warm-up gives it empty strings.
+  const Signature sig{{{"text", "string", {-1}}}, {{"n", "int64", {-1}}, {"up", "string", {-1}}}};
+  auto s = Load(testing::Shout(), Opts(), sig);
+  RunOptions o;
+  o.strings = Strings({"ab", "xyz"});
+  const RunResult r = s->Run({at::Tensor()}, o);
+  ASSERT_EQ(r.outputs.size(), 2u);
+  EXPECT_TRUE(torch::equal(r.outputs[0], torch::tensor({2, 3})));
+  EXPECT_FALSE(r.outputs[1].defined());
+  ASSERT_EQ(r.strings.count(1), 1u);
+  EXPECT_EQ(r.strings.at(1).values, (std::vector<std::string>{"AB", "XYZ"}));
+  EXPECT_EQ(r.strings.at(1).shape, (std::vector<int64_t>{2}));
+  // A tensor where the signature says strings, and strings where the model takes a tensor.
+  EXPECT_THROW(s->Run({torch::ones({2})}), InvalidArgument);
+  auto add = Load(AddN(1));
+  EXPECT_THROW(add->Run({at::Tensor()}, o), InvalidArgument);
+  // Without a signature, the forward's types decide.
+  auto plain = Load(testing::Shout());
+  EXPECT_THROW(plain->Run({torch::ones({2})}), InvalidArgument);
+  EXPECT_EQ(plain->Run({at::Tensor()}, o).strings.at(1).values[0], "AB");
+}
+
+TEST(Servable, RequestsWithStringsAreNeverBatched) {
+  ServableOptions opts = Opts(1);
+  opts.max_batch_size = 8;
+  opts.max_queue_delay_s = 0.02;
+  auto s = Load(testing::Shout(), opts);
+  std::vector<std::shared_ptr<Servable::Ticket>> tickets;
+  for (int i = 0; i < 8; ++i) {
+    RunOptions o;
+    o.strings =
+        Strings(std::vector<std::string>(static_cast<size_t>(1 + i % 3), "w" + std::to_string(i)));
+    tickets.push_back(s->Submit({at::Tensor()}, o));
+  }
+  for (int i = 0; i < 8; ++i) {
+    const RunResult r = s->Wait(tickets[static_cast<size_t>(i)]);
+    EXPECT_EQ(r.strings.at(1).values,
+              std::vector<std::string>(static_cast<size_t>(1 + i % 3), "W" + std::to_string(i)));
+    EXPECT_EQ(r.batch_rows, 1 + i % 3);
+  }
+  EXPECT_EQ(s->stats().batches, 8);
+}
+
 }  // namespace
 }  // namespace lepton

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "fuzz_checks.h"
 #include "inference.pb.h"
 #include "lepton/common/errors.h"
 #include "lepton/protocol/oip_grpc.h"
@@ -24,15 +25,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   limits.max_elements = 1 << 16;
   try {
     const auto r = lepton::oip::DecodeGrpcInferRequest(message, limits);
-    int64_t total = 0;
-    for (const auto& t : r.inputs) {
-      if (t.data.size() !=
-          static_cast<size_t>(t.elements()) * lepton::oip::ElementSize(t.datatype)) {
-        std::abort();  // a decoded tensor whose bytes disagree with its shape
-      }
-      total += t.elements();
-    }
-    if (total > limits.max_elements) std::abort();
+    lepton::fuzz::CheckDecoded(r, limits);
     lepton::oip::InferResponse response;
     response.model = r.id;
     response.version = r.key.value_or("");

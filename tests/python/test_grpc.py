@@ -6,8 +6,10 @@ import importlib
 import os
 import re
 import subprocess
+import struct
 import sys
 import time
+from typing import List, Tuple
 
 import numpy as np
 import pytest
@@ -48,6 +50,11 @@ class Twice(torch.nn.Module):
         return x * 2
 
 
+class Shout(torch.nn.Module):
+    def forward(self, text: List[str]) -> Tuple[torch.Tensor, List[str]]:
+        return torch.tensor([len(t) for t in text]), [t.upper() for t in text]
+
+
 @pytest.fixture
 def served(registry):
     registry.register("m", AddN(1), version="v1", example_inputs=torch.zeros(1, 4))
@@ -56,6 +63,7 @@ def served(registry):
     registry.register("twice", Twice(), version="t1")  # no signature: any dtype
     registry.register("pair", Pair(), version="p1", example_inputs=(torch.zeros(1, 2), torch.zeros(1, 2)))
     registry.register("spin", Spin(), version="s1")
+    registry.register("shout", Shout(), version="v1", example_inputs=["hi"])
     s = lepton.serve(registry, port=0, grpc_port=0, token=TOKEN, max_body_bytes=1 << 20,
                      models={"m": {"versions": ["v1", "v2"], "policy": {"type": "weighted",
                                                                          "weights": {"v1": 1, "v2": 0}}}})
@@ -421,7 +429,7 @@ def test_model_statistics_as_over_http(stub, pb, served):
     one = stub.ModelStatistics(m.ModelStatisticsRequest(name="m", version="v1"), metadata=AUTH).model_stats
     assert [s.version for s in one] == ["v1"]
     every = stub.ModelStatistics(m.ModelStatisticsRequest(), metadata=AUTH).model_stats
-    assert {s.name for s in every} == {"m", "pair", "spin", "twice"}
+    assert {s.name for s in every} == {"m", "pair", "shout", "spin", "twice"}
     code, _ = code_of(lambda: stub.ModelStatistics(m.ModelStatisticsRequest(name="m", version="v9"), metadata=AUTH))
     assert code == grpc.StatusCode.NOT_FOUND
 
@@ -435,3 +443,27 @@ def test_the_standard_health_service_answers_for_probes(served):
         check(b"\x0a\x05other")  # a service name it does not know
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     channel.close()
+
+
+def test_bytes_as_bytes_contents_and_as_raw_contents(stub, pb):
+    req = pb[0].ModelInferRequest(model_name="shout")
+    req.inputs.add(name="text", datatype="BYTES", shape=[2]).contents.bytes_contents.extend([b"ab", "\u00e9".encode()])
+    resp = stub.ModelInfer(req)
+    assert [o.datatype for o in resp.outputs] == ["INT64", "BYTES"]
+    assert output(resp, 0, np.int64).tolist() == [2, 2]
+    # Outputs go back as raw contents: each element a 4-byte little-endian length, then its bytes.
+    raw = resp.raw_output_contents[1]
+    assert raw == struct.pack("<I", 2) + b"AB" + struct.pack("<I", 2) + "\u00e9".encode()
+    # Raw contents in, as Triton's client sends them; a length that runs past the end is refused.
+    req = pb[0].ModelInferRequest(model_name="shout")
+    req.inputs.add(name="text", datatype="BYTES", shape=[1])
+    req.raw_input_contents.append(struct.pack("<I", 3) + b"xyz")
+    assert stub.ModelInfer(req).raw_output_contents[1] == struct.pack("<I", 3) + b"XYZ"
+    req.raw_input_contents[0] = struct.pack("<I", 9) + b"xyz"
+    code, details = code_of(lambda: stub.ModelInfer(req))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "says 9 bytes but 3 are left" in details
+    # BYTES elements belong in bytes_contents.
+    req = pb[0].ModelInferRequest(model_name="shout")
+    req.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.int_contents.append(1)
+    code, details = code_of(lambda: stub.ModelInfer(req))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "bytes_contents" in details

@@ -155,7 +155,7 @@ def test_infer_on_a_pinned_version_nested_data_and_multiple_typed_io(server, reg
     ("{not json", "not valid JSON"),
     ("[1, 2]", "JSON object"),
     (json.dumps({"inputs": []}), "non-empty"),
-    (json.dumps(infer_body(torch.zeros(1, 4), datatype="BYTES")), "not supported"),
+    (json.dumps(infer_body(torch.zeros(1, 4), datatype="UINT64")), "not supported"),
     (json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ["a", "b", "c", "d"]}]}),
      "expected a number"),
     (json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3]}]}),

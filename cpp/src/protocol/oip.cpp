@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 
 #include "lepton/common/errors.h"
@@ -76,13 +77,55 @@ float FloatFromBf16(uint16_t b) {
 
 std::optional<DataType> ParseDataType(std::string_view n) {
   const DTypeInfo* d = DTypeOnWire(n);
-  if (!d || !d->numeric_on_wire) return std::nullopt;
+  if (!d || !(d->numeric_on_wire || d->type == DataType::kString)) return std::nullopt;
   return d->type;
 }
 
 const char* DataTypeName(DataType t) { return InfoOf(t).wire; }
 
 size_t ElementSize(DataType t) { return InfoOf(t).size; }
+
+void AppendBytesElement(std::string& out, std::string_view element) {
+  if (element.size() > std::numeric_limits<uint32_t>::max()) {
+    throw InvalidArgument("a BYTES element of " + std::to_string(element.size()) +
+                          " bytes is longer than its 4-byte length can say");
+  }
+  const uint32_t n = static_cast<uint32_t>(element.size());
+  char b[4];
+  std::memcpy(b, &n, 4);
+  out.append(b, 4);
+  out.append(element);
+}
+
+std::vector<std::string_view> SplitBytesElements(std::string_view data, int64_t count,
+                                                 const std::string& where) {
+  std::vector<std::string_view> out;
+  // Every element takes at least its 4-byte length: a count beyond that is a lie, not a reserve.
+  out.reserve(static_cast<size_t>(std::min<int64_t>(count, int64_t(data.size() / 4))));
+  size_t at = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    if (data.size() - at < 4) {
+      throw InvalidArgument(where + ": BYTES data ends before element " + std::to_string(i) +
+                            " of " + std::to_string(count) + " (each takes a 4-byte length)");
+    }
+    uint32_t n;
+    std::memcpy(&n, data.data() + at, 4);
+    at += 4;
+    if (n > data.size() - at) {
+      throw InvalidArgument(where + ": BYTES element " + std::to_string(i) + " says " +
+                            std::to_string(n) + " bytes but " + std::to_string(data.size() - at) +
+                            " are left");
+    }
+    out.push_back(data.substr(at, n));
+    at += n;
+  }
+  if (at != data.size()) {
+    throw InvalidArgument(where + ": " + std::to_string(data.size() - at) +
+                          " bytes of BYTES data follow the " + std::to_string(count) +
+                          " elements the shape holds");
+  }
+  return out;
+}
 
 int64_t WireTensor::elements() const {
   int64_t n = 1;

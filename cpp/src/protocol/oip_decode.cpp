@@ -117,9 +117,12 @@ void AppendElement(std::string& out, DataType t, Element x, const At& where) {
       }
       return;
     }
+    case DataType::kString:
+      if (!IsString(x)) throw InvalidArgument(where + ": expected a string, got " + Text(x));
+      AppendBytesElement(out, std::string_view(x));
+      return;
     case DataType::kComplex64:
     case DataType::kComplex128:
-    case DataType::kString:
       break;
   }
   throw InvalidArgument(where + ": datatype " + DataTypeName(t) + " is not carried");
@@ -293,7 +296,7 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits,
     if (!parsed) {
       throw InvalidArgument(where + ": datatype '" + dt +
                             "' is not supported (BOOL, UINT8, INT8, INT16, INT32, INT64, FP16, "
-                            "BF16, FP32, FP64)");
+                            "BF16, FP32, FP64, BYTES)");
     }
     t.datatype = *parsed;
     auto shape_field = Field(in, "shape");
@@ -343,8 +346,9 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits,
                               " has binary_data_size but the request has no "
                               "Inference-Header-Content-Length header");
       }
+      const bool bytes = t.datatype == DataType::kString;
       const int64_t want = expected * static_cast<int64_t>(ElementSize(t.datatype));
-      if (*binary_size != want) {
+      if (!bytes && *binary_size != want) {
         throw InvalidArgument(where + ": binary_data_size is " + std::to_string(*binary_size) +
                               " bytes but shape " + Text(*shape_field) + " of " + dt + " takes " +
                               std::to_string(want));
@@ -356,6 +360,7 @@ InferRequest DecodeInferRequest(std::string_view body, const Limits& limits,
       }
       t.data.assign(binary.substr(cursor, static_cast<size_t>(*binary_size)));
       cursor += static_cast<size_t>(*binary_size);
+      if (bytes) SplitBytesElements(t.data, expected, where);  // well-formed, or refused here
       if (t.datatype == DataType::kBool) {
         for (char& c : t.data) {
           if (c != 0 && c != 1) throw InvalidArgument(where + ": BOOL bytes must be 0 or 1");

@@ -45,7 +45,23 @@ void AppendFloat(std::string& out, T v) {
   if (out.find_first_of(".e", start) == std::string::npos) out += ".0";
 }
 
+// JSON strings hold text: bytes that are not UTF-8 are refused rather than altered.
+void AppendBytesData(std::string& out, const WireTensor& t) {
+  const auto elements = SplitBytesElements(t.data, t.elements(), "output '" + t.name + "'");
+  for (size_t i = 0; i < elements.size(); ++i) {
+    if (i) out += ',';
+    try {
+      out += json(elements[i]).dump(-1, ' ', false, json::error_handler_t::strict);
+    } catch (const json::exception&) {
+      throw InvalidArgument("output '" + t.name + "' element " + std::to_string(i) +
+                            " holds bytes that are not UTF-8, which JSON cannot carry; ask for "
+                            "the output as binary data (parameter binary_data)");
+    }
+  }
+}
+
 void AppendData(std::string& out, const WireTensor& t) {
+  if (t.datatype == DataType::kString) return AppendBytesData(out, t);
   if (!InfoOf(t.datatype).numeric_on_wire) {
     throw InvalidArgument(std::string("output datatype ") + DataTypeName(t.datatype) +
                           " is not carried");

@@ -95,6 +95,10 @@ void FromContents(const Contents& c, int64_t expected, const std::string& where,
       field = "fp64_contents";
       count = c.fp64_contents_size();
       break;
+    case DataType::kString:
+      field = "bytes_contents";
+      count = c.bytes_contents_size();
+      break;
     default:
       throw InvalidArgument(where + ": " + DataTypeName(t.datatype) +
                             " elements travel only as raw_input_contents");
@@ -130,6 +134,9 @@ void FromContents(const Contents& c, int64_t expected, const std::string& where,
       break;
     case DataType::kFp64:
       Pack<double>(c.fp64_contents(), where, t.data);
+      break;
+    case DataType::kString:
+      for (const std::string& e : c.bytes_contents()) AppendBytesElement(t.data, e);
       break;
     default:
       break;
@@ -174,7 +181,7 @@ InferRequest DecodeGrpcInferRequest(inference::ModelInferRequest& m, const Limit
     if (!parsed) {
       throw InvalidArgument(where + ": datatype '" + in.datatype() +
                             "' is not supported (BOOL, UINT8, INT8, INT16, INT32, INT64, FP16, "
-                            "BF16, FP32, FP64)");
+                            "BF16, FP32, FP64, BYTES)");
     }
     t.datatype = *parsed;
     RefuseSharedMemory(in.parameters(), where);
@@ -202,7 +209,9 @@ InferRequest DecodeGrpcInferRequest(inference::ModelInferRequest& m, const Limit
       }
       std::string* bytes = m.mutable_raw_input_contents(i);
       const int64_t want = expected * static_cast<int64_t>(ElementSize(t.datatype));
-      if (static_cast<int64_t>(bytes->size()) != want) {
+      if (t.datatype == DataType::kString) {
+        SplitBytesElements(*bytes, expected, where);  // length-prefixed elements, as Triton's
+      } else if (static_cast<int64_t>(bytes->size()) != want) {
         throw InvalidArgument(where + ": raw_input_contents has " + std::to_string(bytes->size()) +
                               " bytes but shape " + ShapeText(in) + " of " + in.datatype() +
                               " takes " + std::to_string(want));

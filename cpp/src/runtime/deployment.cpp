@@ -161,13 +161,18 @@ class Deployment::Impl {
     CheckRequest(
         [&] {
           const std::vector<std::string>* names = o.input_names.empty() ? nullptr : &o.input_names;
-          for (const auto& m : members) m->CheckInputs(inputs, names);
+          for (const auto& m : members) m->CheckInputs(inputs, names, o.strings.get());
         },
         route, start);
     try {
       Prediction p = Routed(st, route, members, routed, inputs, o, start);
       for (const auto& l : leases) p.cold_start = p.cold_start || l.waited();
-      const int64_t rows = !inputs.empty() && inputs[0].dim() > 0 ? inputs[0].size(0) : 1;
+      int64_t rows = 1;
+      if (o.strings && o.strings->count(0)) {
+        rows = o.strings->at(0).shape.at(0);
+      } else if (!inputs.empty() && inputs[0].defined() && inputs[0].dim() > 0) {
+        rows = inputs[0].size(0);
+      }
       series.Succeeded(p.queue_s, p.compute_s, p.latency_s, p.batch_rows, rows);
       return p;
     } catch (const Unavailable&) {
@@ -206,7 +211,7 @@ class Deployment::Impl {
                     const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
                     const PredictOptions& o, Clock::time_point start) {
     Prediction p = executor_.Run(st, route, members, inputs, o, start);
-    if (!route.mirrors.empty()) shadows_.Mirror(st, route, inputs, p);
+    if (!route.mirrors.empty()) shadows_.Mirror(st, route, inputs, o.strings, p);
     return p;
   }
 

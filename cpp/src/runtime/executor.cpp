@@ -20,7 +20,7 @@ namespace {
 int64_t SharedRows(const Tensors& inputs) {
   if (inputs.empty()) return -1;
   for (const auto& t : inputs) {
-    if (t.dim() == 0 || t.size(0) != inputs[0].size(0)) return -1;
+    if (!t.defined() || t.dim() == 0 || t.size(0) != inputs[0].size(0)) return -1;
   }
   return inputs[0].size(0);
 }
@@ -37,6 +37,10 @@ void CombineMembers(const Route& route, const VersionState& st,
       if (route.on_error == OnError::kFail) std::rethrow_exception(errors[i]);
       p.skipped.push_back(v);
       continue;
+    }
+    if (!results[i].strings.empty()) {
+      throw ModelError("ensemble member " + v +
+                       " returned strings; an ensemble combines tensors only");
     }
     outputs.push_back(std::move(results[i].outputs));
     weights.push_back(route.targets[i].weight);
@@ -85,6 +89,7 @@ Prediction Executor::Run(const VersionState& st, const Route& route,
     run.deadline = start + DeadlineIn(*o.timeout_s);
   }
   run.priority = o.priority;
+  run.strings = o.strings;
 
   Prediction p;
   p.policy = route.policy;
@@ -93,6 +98,7 @@ Prediction Executor::Run(const VersionState& st, const Route& route,
   if (!route.combine) {
     RunResult r = members[0]->Run(inputs, run);
     p.outputs = std::move(r.outputs);
+    p.strings = std::move(r.strings);
     p.versions.push_back(route.targets[0].version);
     p.queue_s = r.queue_s;
     p.compute_s = r.compute_s;

@@ -23,20 +23,24 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 }
 
 InputCheck::InputCheck(std::string who, const std::optional<Signature>& signature,
-                       std::vector<std::string> forward_names, size_t forward_required)
+                       std::vector<std::string> forward_names, size_t forward_required,
+                       std::vector<bool> forward_strings)
     : who_(std::move(who)), signature_(signature) {
   if (signature_ && !signature_->inputs.empty()) {
     for (const auto& spec : signature_->inputs) {
       names_.push_back(spec.name);
       const DTypeInfo* d = DTypeNamed(spec.dtype);
       if (!d) throw InvalidArgument("dtype '" + spec.dtype + "' is not a dtype lepton knows");
-      types_.push_back(ScalarTypeOf(d->type));
+      types_.push_back(d->type == DType::kString ? at::ScalarType::Undefined
+                                                 : ScalarTypeOf(d->type));
+      strings_.push_back(d->type == DType::kString);
     }
     required_ = names_.size();
     return;
   }
   names_ = std::move(forward_names);
   required_ = forward_required;
+  strings_ = std::move(forward_strings);
 }
 
 std::string InputCheck::List() const {
@@ -51,7 +55,8 @@ std::string InputCheck::Name(size_t i) const {
 }
 
 // Messages are built only on failure: this runs on every request.
-void InputCheck::Check(const Tensors& inputs, const std::vector<std::string>* names) const {
+void InputCheck::Check(const Tensors& inputs, const std::vector<std::string>* names,
+                       const StringTensors* strings) const {
   auto fail = [&](size_t i, const std::string& what) {
     throw InvalidArgument(who_ + ": " + Name(i) + " " + what);
   };
@@ -75,8 +80,42 @@ void InputCheck::Check(const Tensors& inputs, const std::vector<std::string>* na
       }
     }
   }
+  auto check_shape = [&](size_t i, at::IntArrayRef shape) {
+    if (!signature_ || i >= signature_->inputs.size()) return;
+    const TensorSpec& spec = signature_->inputs[i];
+    if (spec.shape.empty()) return;
+    bool fits = shape.size() == spec.shape.size();
+    for (size_t d = 0; fits && d < spec.shape.size(); ++d) {
+      fits = spec.shape[d] < 0 || spec.shape[d] == shape[d];
+    }
+    if (!fits) {
+      fail(i, "has shape " + ShapeString(shape) + ", expected " + ShapeString(spec.shape) +
+                  " (-1: any size)");
+    }
+  };
+  auto typed = [&](size_t i) { return signature_ && i < signature_->inputs.size(); };
   for (size_t i = 0; i < inputs.size(); ++i) {
+    const StringTensor* text = nullptr;
+    if (strings) {
+      if (auto it = strings->find(i); it != strings->end()) text = &it->second;
+    }
+    if (text) {
+      const std::vector<int64_t>& shape = text->shape;
+      if (shape.empty()) fail(i, "is a scalar; inputs need a batch dimension first");
+      if (shape[0] == 0) fail(i, "is an empty batch (0 rows)");
+      if (i < strings_.size() && !strings_[i]) {
+        fail(i, "is a string tensor, expected " +
+                    (typed(i) ? signature_->inputs[i].dtype : std::string("a tensor")));
+      }
+      check_shape(i, shape);
+      continue;
+    }
     const at::Tensor& t = inputs[i];
+    if (i < strings_.size() && strings_[i]) {
+      fail(i, "takes strings (List[str]), got " +
+                  (t.defined() ? "a tensor of dtype " + DTypeName(t.scalar_type())
+                               : std::string("an undefined tensor")));
+    }
     if (!t.defined()) fail(i, "is an undefined tensor");
     if (!t.device().is_cpu()) {
       fail(i, "is on " + t.device().str() + "; lepton serves on CPU, move it with .cpu()");
@@ -87,19 +126,16 @@ void InputCheck::Check(const Tensors& inputs, const std::vector<std::string>* na
       fail(i,
            "of shape " + ShapeString(t.sizes()) + " is not contiguous; call .contiguous() first");
     }
-    if (!signature_ || i >= signature_->inputs.size()) continue;
-    const TensorSpec& spec = signature_->inputs[i];
+    if (!typed(i)) continue;
     if (t.scalar_type() != types_[i]) {
-      fail(i, "has dtype " + DTypeName(t.scalar_type()) + ", expected " + spec.dtype);
+      fail(i,
+           "has dtype " + DTypeName(t.scalar_type()) + ", expected " + signature_->inputs[i].dtype);
     }
-    if (spec.shape.empty()) continue;
-    bool fits = static_cast<size_t>(t.dim()) == spec.shape.size();
-    for (size_t d = 0; fits && d < spec.shape.size(); ++d) {
-      fits = spec.shape[d] < 0 || spec.shape[d] == t.size(static_cast<int64_t>(d));
-    }
-    if (!fits) {
-      fail(i, "has shape " + ShapeString(t.sizes()) + ", expected " + ShapeString(spec.shape) +
-                  " (-1: any size)");
+    check_shape(i, t.sizes());
+  }
+  if (strings) {
+    for (const auto& [i, text] : *strings) {
+      if (i >= inputs.size()) fail(i, "is a string tensor past the last input");
     }
   }
 }

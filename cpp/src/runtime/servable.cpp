@@ -30,22 +30,42 @@ at::ScalarType DtypeFromName(const std::string& name) {
   return ScalarTypeOf(d->type);
 }
 
-Tensors ToTensors(const c10::IValue& value, const std::string& who) {
-  if (value.isTensor()) return {value.toTensor()};
-  Tensors out;
-  if (value.isTuple()) {
-    for (const auto& e : value.toTupleRef().elements()) {
-      if (!e.isTensor()) throw ModelError(who + " returned a tuple holding a non-tensor");
-      out.push_back(e.toTensor());
+// A List[str] (returned by a model) as a one-dimensional string tensor.
+std::optional<StringTensor> StringsOf(const c10::IValue& value) {
+  if (!value.isList()) return std::nullopt;
+  const auto list = value.toListRef();
+  StringTensor out;
+  out.values.reserve(list.size());
+  for (const c10::IValue& e : list) {
+    if (!e.isString()) return std::nullopt;
+    out.values.push_back(e.toStringRef());
+  }
+  out.shape = {static_cast<int64_t>(out.values.size())};
+  return out;
+}
+
+// A forward's result as outputs: a tensor, a List[str], or a tuple or list of them.
+void ToOutputs(const c10::IValue& value, const std::string& who, RunResult& r) {
+  auto add = [&](const c10::IValue& e) {
+    if (e.isTensor()) {
+      r.outputs.push_back(e.toTensor());
+    } else if (auto text = StringsOf(e)) {
+      r.strings.emplace(r.outputs.size(), std::move(*text));
+      r.outputs.emplace_back();
+    } else {
+      throw ModelError(
+          who + " returned " + (value.isTuple() ? "a tuple holding " : "") + e.tagKind() +
+          "; lepton serves models that return tensors or lists of strings (List[str]), "
+          "alone or in a tuple");
     }
-    return out;
+  };
+  if (value.isTuple()) {
+    for (const auto& e : value.toTupleRef().elements()) add(e);
+  } else if (value.isTensorList()) {
+    for (const at::Tensor& t : value.toTensorVector()) r.outputs.push_back(t);
+  } else {
+    add(value);
   }
-  if (value.isTensorList()) {
-    for (const at::Tensor& t : value.toTensorVector()) out.push_back(t);
-    return out;
-  }
-  throw ModelError(who + " returned " + value.tagKind() +
-                   "; lepton serves models that return a tensor or a tuple of tensors");
 }
 
 // Requests batch together when they agree on everything but the number of rows.
@@ -80,6 +100,7 @@ class Servable::Ticket {
  public:
   enum class State { kQueued, kRunning, kDone };
   Tensors inputs;
+  std::shared_ptr<const StringTensors> strings;  // never batched with others
   int64_t rows = 0;
   int priority = 0;
   std::optional<Clock::time_point> deadline;
@@ -147,25 +168,33 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     return bytes;
   }
 
-  Tensors WarmupInputs() const {
+  // Zeros (empty strings) of the signature's shapes, with 1 for every free dimension.
+  Tensors WarmupInputs(StringTensors& strings) const {
     if (!options_.example_inputs.empty()) return options_.example_inputs;
     Tensors out;
     if (!signature_ || signature_->inputs.empty()) return out;
     for (const auto& spec : signature_->inputs) {
       std::vector<int64_t> shape = spec.shape;
-      for (auto& d : shape) d = d < 0 ? 1 : d;
+      int64_t n = 1;
+      for (auto& d : shape) n *= (d = d < 0 ? 1 : d);
+      if (spec.dtype == InfoOf(DType::kString).name) {
+        strings[out.size()] = StringTensor{shape, std::vector<std::string>(n)};
+        out.emplace_back();
+        continue;
+      }
       out.push_back(at::zeros(shape, at::TensorOptions().dtype(DtypeFromName(spec.dtype))));
     }
     return out;
   }
 
   void Warmup() {
-    const Tensors inputs = WarmupInputs();
+    StringTensors strings;
+    const Tensors inputs = WarmupInputs(strings);
     if (inputs.empty()) return;
-    CheckInputs(inputs, nullptr);
+    CheckInputs(inputs, nullptr, &strings);
     for (int i = 0; i < options_.warmup_runs; ++i) {
       try {
-        Forward(inputs);
+        Forward(inputs, &strings);
       } catch (const Error& e) {
         throw ModelError(Who() + " failed its warm-up: " + e.what());
       }
@@ -175,22 +204,27 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   // What requests must give: the signature's inputs, else the forward's parameters.
   void ResolveInputNames() {
     std::vector<std::string> names;
+    std::vector<bool> strings;
     size_t required = 0;
     if (forward_) {
       const auto& args = forward_->function().getSchema().arguments();
+      const c10::TypePtr list_of_strings = c10::ListType::ofStrings();
       for (size_t i = 1; i < args.size(); ++i) {  // 0 is self
         names.push_back(args[i].name());
+        strings.push_back(args[i].type()->isSubtypeOf(*list_of_strings));
         if (!args[i].default_value()) required = names.size();
       }
     }
-    inputs_ = InputCheck(Who(), signature_, std::move(names), required);
+    inputs_ = InputCheck(Who(), signature_, std::move(names), required, std::move(strings));
   }
 
-  void CheckInputs(const Tensors& inputs, const std::vector<std::string>* names) const {
-    inputs_.Check(inputs, names);
+  void CheckInputs(const Tensors& inputs, const std::vector<std::string>* names,
+                   const StringTensors* strings) const {
+    inputs_.Check(inputs, names, strings);
   }
 
-  Tensors Forward(const Tensors& inputs, int intra_op_threads = 0) {
+  RunResult Forward(const Tensors& inputs, const StringTensors* strings = nullptr,
+                    int intra_op_threads = 0) {
     // Touch ATen's per-thread pool set-up first so that it does not undo the count set next.
     // The count is per thread; the caller's own setting comes back when the forward ends.
     (void)at::get_num_threads();
@@ -201,9 +235,19 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     } intra_op(intra_op_threads > 0 ? intra_op_threads : options_.intra_op_threads);
     c10::InferenceMode guard;
     std::vector<c10::IValue> args(inputs.begin(), inputs.end());
+    if (strings) {
+      for (const auto& [i, text] : *strings) {
+        c10::List<std::string> list;
+        list.reserve(text.values.size());
+        for (const auto& v : text.values) list.push_back(v);
+        args.at(i) = c10::IValue(std::move(list));
+      }
+    }
     try {
-      return ToTensors(forward_ ? (*forward_)(std::move(args)) : module_.forward(std::move(args)),
-                       Who());
+      RunResult r;
+      ToOutputs(forward_ ? (*forward_)(std::move(args)) : module_.forward(std::move(args)), Who(),
+                r);
+      return r;
     } catch (const Error&) {
       throw;
     } catch (const c10::Error& e) {
@@ -220,7 +264,10 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     for (const auto& t : batch) rows += t->rows;
     try {
       if (batch.size() == 1) {
-        batch[0]->result.outputs = Forward(batch[0]->inputs, intra_op_threads);
+        RunResult& r = batch[0]->result;
+        RunResult out = Forward(batch[0]->inputs, batch[0]->strings.get(), intra_op_threads);
+        r.outputs = std::move(out.outputs);
+        r.strings = std::move(out.strings);
       } else {
         Tensors joined;
         for (size_t i = 0; i < batch[0]->inputs.size(); ++i) {
@@ -229,9 +276,9 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
           for (const auto& t : batch) parts.push_back(t->inputs[i]);
           joined.push_back(at::cat(parts, 0));
         }
-        Tensors out = Forward(joined);
+        Tensors out = Forward(joined).outputs;
         bool splittable = true;
-        for (const auto& o : out) splittable &= o.dim() > 0 && o.size(0) == rows;
+        for (const auto& o : out) splittable &= o.defined() && o.dim() > 0 && o.size(0) == rows;
         if (splittable) {
           std::vector<int64_t> sizes;
           for (const auto& t : batch) sizes.push_back(t->rows);
@@ -242,7 +289,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
         } else {
           // The outputs do not follow the batch dimension: this model cannot be batched.
           rows_independent_ = false;
-          for (const auto& t : batch) t->result.outputs = Forward(t->inputs);
+          for (const auto& t : batch) t->result = Forward(t->inputs);
         }
       }
     } catch (...) {
@@ -260,7 +307,12 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   std::shared_ptr<Ticket> MakeTicket(const Tensors& inputs, const RunOptions& o) {
     auto t = std::make_shared<Ticket>();
     t->inputs = inputs;
-    t->rows = inputs.empty() ? 0 : inputs[0].size(0);
+    t->strings = o.strings && !o.strings->empty() ? o.strings : nullptr;
+    if (t->strings && t->strings->count(0)) {
+      t->rows = t->strings->at(0).shape.at(0);
+    } else {
+      t->rows = inputs.empty() ? 0 : inputs[0].size(0);
+    }
     t->priority = o.priority.value_or(options_.priority);
     t->deadline = o.deadline;
     t->enqueued = Clock::now();
@@ -374,7 +426,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
       if (batching) {
         for (auto it = queue_.begin(); it != queue_.end() && rows < options_.max_batch_size;) {
           const auto& t = it->second;
-          if (rows + t->rows <= options_.max_batch_size &&
+          if (rows + t->rows <= options_.max_batch_size && !t->strings && !batch[0]->strings &&
               SameBatchShape(t->inputs, batch[0]->inputs)) {
             rows += t->rows;
             batch.push_back(t);
@@ -423,7 +475,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   RunResult Run(const Tensors& inputs, const RunOptions& o) {
-    CheckInputs(inputs, nullptr);
+    CheckInputs(inputs, nullptr, o.strings.get());
     std::unique_lock<std::mutex> lk(mu_);
     RequireServing();
     const bool inline_ok = options_.max_batch_size == 1 && !o.deadline && !o.force_async &&
@@ -441,11 +493,14 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     });
   }
 
-  RunResult RunHere(const Tensors& inputs, int intra_op_threads) {
-    CheckInputs(inputs, nullptr);
+  RunResult RunHere(const Tensors& inputs, int intra_op_threads,
+                    std::shared_ptr<const StringTensors> strings) {
+    CheckInputs(inputs, nullptr, strings.get());
     std::unique_lock<std::mutex> lk(mu_);
     RequireServing();
-    return RunOnCaller(lk, MakeTicket(inputs, RunOptions{}),
+    RunOptions o;
+    o.strings = std::move(strings);
+    return RunOnCaller(lk, MakeTicket(inputs, o),
                        [&](const std::shared_ptr<Ticket>& t) { Execute({t}, intra_op_threads); });
   }
 
@@ -467,7 +522,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   std::shared_ptr<Ticket> Submit(const Tensors& inputs, const RunOptions& o) {
-    CheckInputs(inputs, nullptr);
+    CheckInputs(inputs, nullptr, o.strings.get());
     std::unique_lock<std::mutex> lk(mu_);
     RequireServing();
     auto t = MakeTicket(inputs, o);
@@ -619,15 +674,17 @@ const std::string& Servable::version() const { return impl_->version_; }
 const std::string& Servable::sha256() const { return impl_->sha256_; }
 const std::optional<Signature>& Servable::signature() const { return impl_->signature_; }
 const ServableOptions& Servable::options() const { return impl_->options_; }
-void Servable::CheckInputs(const Tensors& inputs, const std::vector<std::string>* names) const {
-  impl_->CheckInputs(inputs, names);
+void Servable::CheckInputs(const Tensors& inputs, const std::vector<std::string>* names,
+                           const StringTensors* strings) const {
+  impl_->CheckInputs(inputs, names, strings);
 }
 const std::vector<std::string>& Servable::input_names() const { return impl_->inputs_.names(); }
 RunResult Servable::Run(const Tensors& inputs, const RunOptions& options) {
   return impl_->Run(inputs, options);
 }
-RunResult Servable::RunHere(const Tensors& inputs, int intra_op_threads) {
-  return impl_->RunHere(inputs, intra_op_threads);
+RunResult Servable::RunHere(const Tensors& inputs, int intra_op_threads,
+                            std::shared_ptr<const StringTensors> strings) {
+  return impl_->RunHere(inputs, intra_op_threads, std::move(strings));
 }
 bool Servable::rows_independent() const { return impl_->rows_independent_; }
 void Servable::MarkRowsDependent() { impl_->rows_independent_ = false; }

@@ -14,12 +14,27 @@ struct Comparison {
   std::optional<double> agreement, kl;
 };
 
-Comparison Compare(const Tensors& a, const Tensors& b) {
+Comparison Compare(const Tensors& a, const StringTensors& a_text, const RunResult& mirror) {
+  const Tensors& b = mirror.outputs;
   if (a.size() != b.size()) throw ModelError("mirror gave a different number of outputs");
   Comparison c;
   int64_t elements = 0;
   double abs_sum = 0;
   for (size_t i = 0; i < a.size(); ++i) {
+    const auto x_text = a_text.find(i), y_text = mirror.strings.find(i);
+    if ((x_text == a_text.end()) != (y_text == mirror.strings.end())) {
+      throw ModelError("mirror output is strings where the primary's is not, or the other way");
+    }
+    if (x_text != a_text.end()) {
+      const StringTensor &x = x_text->second, &y = y_text->second;
+      if (x.shape != y.shape) throw ModelError("mirror output shape differs");
+      int64_t differ = 0;
+      for (size_t k = 0; k < x.values.size(); ++k) differ += x.values[k] != y.values[k];
+      if (differ) c.max_abs = 1;
+      abs_sum += double(differ);
+      elements += static_cast<int64_t>(x.values.size());
+      continue;
+    }
     if (!a[i].sizes().equals(b[i].sizes())) throw ModelError("mirror output shape differs");
     const at::Tensor x = a[i].to(at::kDouble), y = b[i].to(at::kDouble);
     const at::Tensor d = (x - y).abs();
@@ -29,7 +44,7 @@ Comparison Compare(const Tensors& a, const Tensors& b) {
     elements += d.numel();
   }
   c.mean_abs = elements ? abs_sum / double(elements) : 0;
-  if (!a.empty() && a[0].dim() >= 1 && a[0].size(-1) > 1 && a[0].numel() > 0) {
+  if (!a.empty() && a[0].defined() && a[0].dim() >= 1 && a[0].size(-1) > 1 && a[0].numel() > 0) {
     const at::Tensor x = a[0].to(at::kDouble), y = b[0].to(at::kDouble);
     c.agreement = x.argmax(-1).eq(y.argmax(-1)).to(at::kDouble).mean().item<double>();
     auto is_probability = [](const at::Tensor& t) {
@@ -50,6 +65,7 @@ ShadowComparator::ShadowComparator(size_t queue) : queue_(queue) {}
 ShadowComparator::~ShadowComparator() { Stop(); }
 
 void ShadowComparator::Mirror(const VersionState& st, const Route& route, const Tensors& inputs,
+                              const std::shared_ptr<const StringTensors>& strings,
                               const Prediction& p) {
   for (const auto& v : route.mirrors) {
     auto it = st.slots.find(v);
@@ -67,6 +83,7 @@ void ShadowComparator::Mirror(const VersionState& st, const Route& route, const 
     try {
       RunOptions o;
       o.force_async = true;
+      o.strings = strings;
       ticket = mirror->Submit(inputs, o);
     } catch (const Error&) {
       lk.lock();
@@ -76,7 +93,7 @@ void ShadowComparator::Mirror(const VersionState& st, const Route& route, const 
       continue;
     }
     lk.lock();
-    jobs_.push_back({mirror, ticket, p.outputs, primary, v});
+    jobs_.push_back({mirror, ticket, p.outputs, p.strings, primary, v});
     if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
     lk.unlock();
     cv_.notify_one();
@@ -105,7 +122,7 @@ void ShadowComparator::Loop() {
     bool ok = false;
     try {
       RunResult r = job.servable->Wait(job.ticket);
-      c = Compare(job.primary_outputs, r.outputs);
+      c = Compare(job.primary_outputs, job.primary_strings, r);
       ok = true;
     } catch (const std::exception&) {
     }

@@ -36,6 +36,26 @@ oip::WireTensor FromTensor(std::string name, at::Tensor t) {
   return w;
 }
 
+StringTensor ToStrings(const oip::WireTensor& w) {
+  StringTensor s;
+  s.shape = w.shape;
+  const auto elements = oip::SplitBytesElements(w.data, w.elements(), "input '" + w.name + "'");
+  s.values.assign(elements.begin(), elements.end());
+  return s;
+}
+
+oip::WireTensor FromStrings(std::string name, const StringTensor& s) {
+  oip::WireTensor w;
+  w.name = std::move(name);
+  w.datatype = DType::kString;
+  w.shape = s.shape;
+  size_t size = 0;
+  for (const auto& v : s.values) size += 4 + v.size();
+  w.data.reserve(size);
+  for (const auto& v : s.values) oip::AppendBytesElement(w.data, v);
+  return w;
+}
+
 }  // namespace
 
 // /v2/models/{m}[/versions/{v}][/ready|/infer|/stats|/config]
@@ -204,10 +224,18 @@ Server::Impl::Inferred Server::Impl::InferDecoded(Deployment& deployment, const 
   inputs.reserve(req.inputs.size());
   PredictOptions o;
   o.input_names.reserve(req.inputs.size());
+  std::shared_ptr<StringTensors> strings;
   for (auto& w : req.inputs) {
     o.input_names.push_back(w.name);
+    if (w.datatype == DType::kString) {
+      if (!strings) strings = std::make_shared<StringTensors>();
+      strings->emplace(inputs.size(), ToStrings(w));
+      inputs.emplace_back();
+      continue;
+    }
     inputs.push_back(ToTensor(std::move(w)));
   }
+  o.strings = std::move(strings);
   if (version) o.context.version = ResolveVersion(model, *version);
   o.context.key = req.key ? req.key : key;
   o.timeout_s = req.timeout_s ? req.timeout_s : deadline_s;
@@ -229,7 +257,11 @@ Server::Impl::Inferred Server::Impl::InferDecoded(Deployment& deployment, const 
         std::find(req.outputs.begin(), req.outputs.end(), name) == req.outputs.end()) {
       continue;
     }
-    resp.outputs.push_back(FromTensor(std::move(name), pred.outputs[i]));
+    if (auto text = pred.strings.find(i); text != pred.strings.end()) {
+      resp.outputs.push_back(FromStrings(std::move(name), text->second));
+    } else {
+      resp.outputs.push_back(FromTensor(std::move(name), pred.outputs[i]));
+    }
   }
   for (const auto& want : req.outputs) {
     if (std::none_of(resp.outputs.begin(), resp.outputs.end(),

@@ -16,9 +16,11 @@
 namespace lepton::oip {
 
 // The protocol's datatypes that lepton carries: BOOL, UINT8, INT8, INT16, INT32, INT64, FP16,
-// BF16, FP32, FP64. FP16 and BF16 travel as their 2-byte bit patterns (binary data) or as JSON
-// numbers rounded to the nearest representable value.
-// The datatypes are the dtype table's rows (common/dtypes.h) whose numeric_on_wire is set.
+// BF16, FP32, FP64 and BYTES. FP16 and BF16 travel as their 2-byte bit patterns (binary data) or
+// as JSON numbers rounded to the nearest representable value. BYTES elements are byte strings:
+// JSON strings, or in binary data each a 4-byte little-endian length followed by its bytes.
+// The datatypes are the dtype table's rows (common/dtypes.h) whose numeric_on_wire is set, and
+// BYTES.
 using DataType = ::lepton::DType;
 
 // IEEE half and bfloat16 from and to float, rounding to nearest even.
@@ -28,13 +30,23 @@ uint16_t Bf16FromFloat(float f);
 float FloatFromBf16(uint16_t b);
 std::optional<DataType> ParseDataType(std::string_view name);
 const char* DataTypeName(DataType t);
-size_t ElementSize(DataType t);
+size_t ElementSize(DataType t);  // 0 for BYTES, whose elements vary
+
+// BYTES data as the codec holds it (and as binary data and gRPC raw contents carry it): each
+// element a 4-byte little-endian length followed by its bytes.
+void AppendBytesElement(std::string& out, std::string_view element);
+// The elements of BYTES data; InvalidArgument (naming `where`) unless `data` is exactly `count`
+// well-formed elements.
+std::vector<std::string_view> SplitBytesElements(std::string_view data, int64_t count,
+                                                 const std::string& where);
 
 struct WireTensor {
   std::string name;
   std::vector<int64_t> shape;
   DataType datatype = DataType::kFp32;
-  std::string data;  // elements in row-major order, native byte order, ElementSize each
+  // Elements in row-major order, native byte order, ElementSize each (BYTES: length-prefixed,
+  // see AppendBytesElement).
+  std::string data;
   // In a response: sent as binary data after the JSON (Triton's binary tensor data extension)
   // rather than as a JSON list.
   bool binary = false;

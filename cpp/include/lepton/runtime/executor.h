@@ -22,10 +22,13 @@ struct PredictOptions {
   // The request's names for its inputs, in order (the HTTP API's); checked against the answering
   // version's input names. Empty: inputs are positional.
   std::vector<std::string> input_names;
+  // String inputs by position (their tensors in `inputs` are undefined); null: none.
+  std::shared_ptr<const StringTensors> strings;
 };
 
 struct Prediction {
   Tensors outputs;
+  StringTensors strings;              // string outputs; their positions in `outputs` are undefined
   std::vector<std::string> versions;  // which versions answered (ensemble: every member used)
   std::vector<std::string> skipped;   // ensemble members left out after an error
   std::string policy;

@@ -11,19 +11,24 @@
 #include <vector>
 
 #include "lepton/common/signature.h"
+#include "lepton/runtime/string_tensor.h"
 
 namespace lepton {
 
 class InputCheck {
  public:
   InputCheck() = default;
-  // `who` names the version in messages; `forward_names` and `forward_required` (those without a
-  // default value) are used when the signature lists no inputs.
+  // `who` names the version in messages; `forward_names`, `forward_required` (those without a
+  // default value) and `forward_strings` (which take List[str]) are used when the signature
+  // lists no inputs.
   InputCheck(std::string who, const std::optional<Signature>& signature,
-             std::vector<std::string> forward_names, size_t forward_required);
+             std::vector<std::string> forward_names, size_t forward_required,
+             std::vector<bool> forward_strings = {});
 
-  // InvalidArgument when `inputs` (named `names`, if given) do not fit.
-  void Check(const std::vector<at::Tensor>& inputs, const std::vector<std::string>* names) const;
+  // InvalidArgument when `inputs` (named `names`, if given) do not fit. `strings` holds the
+  // string inputs by position (their tensors are undefined).
+  void Check(const std::vector<at::Tensor>& inputs, const std::vector<std::string>* names,
+             const StringTensors* strings = nullptr) const;
   const std::vector<std::string>& names() const { return names_; }
 
  private:
@@ -32,9 +37,11 @@ class InputCheck {
 
   std::string who_;
   std::optional<Signature> signature_;
-  std::vector<at::ScalarType> types_;  // the signature's input dtypes, resolved once
-  std::vector<std::string> names_;     // in order
-  size_t required_ = 0;                // inputs without a default value
+  // The signature's input dtypes, resolved once; Undefined for strings.
+  std::vector<at::ScalarType> types_;
+  std::vector<std::string> names_;  // in order
+  size_t required_ = 0;             // inputs without a default value
+  std::vector<bool> strings_;       // which inputs take strings, when known
 };
 
 // "[2, 3]"

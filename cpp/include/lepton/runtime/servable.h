@@ -16,10 +16,12 @@
 
 #include "lepton/common/process.h"
 #include "lepton/common/signature.h"
+#include "lepton/runtime/string_tensor.h"
 
 namespace lepton {
 
 using Tensors = std::vector<at::Tensor>;
+
 using Clock = std::chrono::steady_clock;
 
 inline double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -71,10 +73,13 @@ struct RunOptions {
   std::optional<int> priority;
   // Run on the servable's arena even when the caller could run it itself (ensemble members).
   bool force_async = false;
+  // The request's string inputs (null: none).
+  std::shared_ptr<const StringTensors> strings;
 };
 
 struct RunResult {
   Tensors outputs;
+  StringTensors strings;  // string outputs; their positions in `outputs` are undefined
   double queue_s = 0;
   double compute_s = 0;
   int batch_rows = 0;  // rows in the batch this request ran in
@@ -103,9 +108,11 @@ class Servable {
   // The names of the inputs in order: the signature's, else the forward's parameter names.
   const std::vector<std::string>& input_names() const;
 
-  // Throws InvalidArgument naming what was expected when inputs do not fit the signature (or
-  // the forward's parameter count), or when `names` are not the input names in order.
-  void CheckInputs(const Tensors& inputs, const std::vector<std::string>* names = nullptr) const;
+  // Throws InvalidArgument naming what was expected when inputs (with their string inputs) do
+  // not fit the signature (or the forward's parameter count), or when `names` are not the input
+  // names in order.
+  void CheckInputs(const Tensors& inputs, const std::vector<std::string>* names = nullptr,
+                   const StringTensors* strings = nullptr) const;
 
   // Runs one request and blocks until its outputs are ready. Throws Overloaded when the queue is
   // full, Timeout at the deadline, ModelError when the forward fails, Unavailable when unloaded.
@@ -114,7 +121,8 @@ class Servable {
   // Runs one request on the calling thread at once, whatever the budget, with `intra_op_threads`
   // (0: the servable's own setting): for work already inside a bounded pool (an ensemble's TBB
   // arena). Counted in the statistics like any other.
-  RunResult RunHere(const Tensors& inputs, int intra_op_threads = 0);
+  RunResult RunHere(const Tensors& inputs, int intra_op_threads = 0,
+                    std::shared_ptr<const StringTensors> strings = nullptr);
 
   // Whether the model's outputs follow the batch dimension (one output row per input row), so
   // that requests can be batched together and one request split by rows. True until a batch

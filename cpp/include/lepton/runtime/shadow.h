@@ -26,6 +26,7 @@ struct ShadowStats {
   int64_t compared = 0;  // requests whose outputs were compared
   int64_t failed = 0;    // the mirror failed or its outputs could not be compared
   int64_t dropped = 0;   // not mirrored: the mirror or the comparison queue was full
+  // String outputs count each element that differs as a difference of 1, each equal one as 0.
   double max_abs_diff = 0;
   double mean_abs_diff = 0;                // mean over requests of the mean |difference|
   std::optional<double> argmax_agreement;  // share of rows whose argmax agrees
@@ -39,7 +40,7 @@ class ShadowComparator {
 
   // Sends the request to each of the route's mirrors in `st`, to be compared with `p`.
   void Mirror(const VersionState& st, const Route& route, const Tensors& inputs,
-              const Prediction& p);
+              const std::shared_ptr<const StringTensors>& strings, const Prediction& p);
   std::vector<ShadowStats> Stats() const;
   // Compares what is queued, then stops the thread; later requests are not mirrored.
   void Stop();
@@ -49,6 +50,7 @@ class ShadowComparator {
     std::shared_ptr<Servable> servable;
     std::shared_ptr<Servable::Ticket> ticket;
     Tensors primary_outputs;
+    StringTensors primary_strings;
     std::string primary, mirror;
   };
   ShadowStats& StatsFor(const std::string& primary, const std::string& mirror);
