@@ -2,6 +2,7 @@
 required fields of its published definition, written out here as JSON Schema), and KServe's rule
 that a parameter's value is a string, a number or a boolean."""
 import math
+from typing import List
 
 import jsonschema
 import numpy as np
@@ -53,11 +54,17 @@ class Mixed(torch.nn.Module):
         return x * 2, x.to(torch.int64), x > 0, x.to(torch.float16), torch.log(x)
 
 
+class Words(torch.nn.Module):
+    def forward(self, text: List[str]) -> List[str]:
+        return [t + "?" for t in text]
+
+
 @pytest.fixture
 def server(registry):
     registry.register("m", AddN(1), version="v1", example_inputs=torch.zeros(1, 4))
     registry.register("m", AddN(2), version="v2", example_inputs=torch.zeros(1, 4))
     registry.register("mixed", Mixed(), version="x1", example_inputs=torch.ones(1, 4))
+    registry.register("words", Words(), version="w1", example_inputs=["a"])
     s = lepton.serve(registry, port=0, token="t", models={"m": {"versions": ["v1", "v2"]}})
     yield s
     s.stop()
@@ -93,6 +100,11 @@ def test_inference_responses_validate_for_every_datatype_and_non_finite_values(s
     bad = requests.post(server.url + "/v2/models/m/infer",
                         json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ["one", 1, 1, 1]}]})
     assert bad.status_code == 400 and valid("error", bad.json())
+    # BYTES: strings.
+    valid("model_metadata", requests.get(server.url + "/v2/models/words").json())
+    r = requests.post(server.url + "/v2/models/words/infer",
+                      json={"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}]})
+    assert valid("inference_response", r.json())["outputs"][0]["data"] == ["a?", "b?"]
 
 
 def test_error_answers_validate(server):
