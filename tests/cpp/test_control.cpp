@@ -9,11 +9,13 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <thread>
 
 #include "lepton/common/errors.h"
 #include "lepton/control/alias_follower.h"
 #include "lepton/control/artifact_source.h"
 #include "lepton/control/cpu_planner.h"
+#include "lepton/control/dormancy.h"
 #include "lepton/control/feedback_ledger.h"
 #include "lepton/control/policy_controller.h"
 #include "lepton/observe/anomaly_watch.h"
@@ -78,6 +80,52 @@ class RecordingPolicy final : public Policy {
 };
 
 // --- ArtifactSource ---
+
+TEST(Dormancy, ChoresSleepAfterQuietAndTheNextActivityWakesThemOnce) {
+  using namespace std::chrono_literals;
+  Dormancy d(3s, 60s);
+  const auto t0 = Dormancy::Clock::now();
+  EXPECT_FALSE(d.Settle(t0, false, true));  // just started: active
+  EXPECT_FALSE(d.Settle(t0 + 2s, false, true));
+  // Quiet for 3 s, but something must be polled: no sleep.
+  EXPECT_FALSE(d.Settle(t0 + 4s, false, false));
+  const auto until = d.Settle(t0 + 4s, false, true);
+  ASSERT_TRUE(until);
+  EXPECT_EQ(*until, t0 + 64s);
+  EXPECT_TRUE(d.asleep());
+  EXPECT_TRUE(d.Touch());  // the one request that wakes them
+  EXPECT_FALSE(d.Touch());
+  EXPECT_FALSE(d.asleep());
+  // The activity counts: quiet starts again from the next round.
+  EXPECT_FALSE(d.Settle(t0 + 5s, false, true));
+  EXPECT_FALSE(d.Settle(t0 + 7s, false, true));
+  EXPECT_TRUE(d.Settle(t0 + 8s, false, true));
+  d.Touch();
+  // A change that woke the chores counts as activity too.
+  EXPECT_FALSE(d.Settle(t0 + 20s, true, true));
+  EXPECT_FALSE(d.Settle(t0 + 22s, false, true));
+}
+
+TEST(Dormancy, ARequestRacingTheSleepIsNeverLeftBehind) {
+  using namespace std::chrono_literals;
+  for (int round = 0; round < 500; ++round) {
+    Dormancy d(1h, 60s);
+    std::atomic<bool> go{false};
+    std::atomic<bool> woke{false};
+    std::thread request([&] {
+      while (!go.load()) {
+      }
+      woke = d.Touch();
+    });
+    go = true;
+    const auto slept = d.Settle(Dormancy::Clock::now() + 2h, false, true);
+    request.join();
+    // Either the chores saw the request and stayed awake, or they slept and the request woke
+    // them: never asleep with a request unseen.
+    EXPECT_FALSE(d.asleep());
+    if (slept) EXPECT_TRUE(woke.load());
+  }
+}
 
 TEST(ArtifactSource, FilesAreReadByLabelAndRefusedWhenListedTwiceOrMissing) {
   TempDir dir;

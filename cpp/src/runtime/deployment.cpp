@@ -11,6 +11,7 @@
 #include "lepton/control/alias_follower.h"
 #include "lepton/control/artifact_source.h"
 #include "lepton/control/cpu_planner.h"
+#include "lepton/control/dormancy.h"
 #include "lepton/control/feedback_ledger.h"
 #include "lepton/control/scheduler.h"
 #include "lepton/observe/anomaly_watch.h"
@@ -286,8 +287,7 @@ class Deployment::Impl {
 
   // Activity (a request, feedback) for the control chores; wakes them when they sleep.
   void Touch() {
-    activity_.fetch_add(1);
-    if (dormant_.load(std::memory_order_relaxed) && dormant_.exchange(false)) Wake();
+    if (dormancy_.Touch()) Wake();
   }
 
   void NoteError(std::string what) {
@@ -376,18 +376,11 @@ class Deployment::Impl {
     // deployments in one process sleep between their slower chores.
     bool ticking = true;
     if (const auto st = versions_.Snapshot()) ticking = st->policy->ticks();
-    // With no requests for a while, nothing the chores watch changes (no load to rebalance,
-    // nothing for the anomaly watch, no policy state to save): they sleep until the next request
-    // or change wakes them, unless something must be polled (a followed alias, new versions, a
-    // policy's clock). The flag is set before activity is read again, and a request counts
-    // before it reads the flag, so one of the two always sees the other.
-    const uint64_t seen = activity_.load();
-    if (woken || seen != activity_seen_) last_active_ = now;
-    activity_seen_ = seen;
-    if (!ticking && !follower_ && !options_.all_versions && now - last_active_ >= kDormantAfter) {
-      dormant_.store(true);
-      if (activity_.load() == seen) return now + kDormantFor;
-      dormant_.store(false);
+    // With no requests for a while the chores sleep until the next request or change wakes them,
+    // unless something must be polled (a followed alias, new versions, a policy's clock).
+    if (auto until =
+            dormancy_.Settle(now, woken, !ticking && !follower_ && !options_.all_versions)) {
+      return *until;
     }
     auto wake = std::min(next_.save, next_.watch);
     if (ticking) wake = std::min(wake, next_.tick);
@@ -463,7 +456,7 @@ class Deployment::Impl {
     out.threads = options_.threads;
     out.adaptive = options_.adaptive;
     out.swaps = versions_.swaps();
-    out.idle = dormant_.load();
+    out.idle = dormancy_.asleep();
     {
       std::lock_guard<std::mutex> lk(error_mu_);
       out.last_error = last_error_;
@@ -526,15 +519,7 @@ class Deployment::Impl {
   uint64_t control_id_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> woken_{false};
-  // Requests and feedback so far, what the control chores last saw of them and when, and
-  // whether the chores sleep until the next.
-  std::atomic<uint64_t> activity_{0};
-  uint64_t activity_seen_ = 0;
-  Clock::time_point last_active_ = Clock::now();
-  std::atomic<bool> dormant_{false};
-  static constexpr auto kDormantAfter = std::chrono::seconds(3);
-  // A safety net: a sleeping deployment still looks once a minute.
-  static constexpr auto kDormantFor = std::chrono::seconds(60);
+  Dormancy dormancy_;  // whether the chores sleep until the next request
 
   mutable std::mutex error_mu_;
   std::string last_error_;  // the latest failure of the control chores
