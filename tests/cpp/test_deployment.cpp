@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "engine_models.h"
+#include "engine_registry.h"
 #include "lepton/common/errors.h"
 #include "lepton/policy/policies.h"
 #include "lepton/runtime/deployment.h"
@@ -21,15 +22,9 @@ using testing::TempDir;
 class DeploymentTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    Registry::Options o;
-    o.actor = "tester";
-    o.format = TorchScriptFormat();
-    reg_ = std::make_shared<Registry>(dir_ / "reg", o);
-    for (int n = 1; n <= 4; ++n) {
-      RegisterOptions r;
-      r.version = "v" + std::to_string(n);
-      reg_->RegisterBytes("m", AddN(n), r);
-    }
+    reg_ = testing::EngineRegistry(dir_ / "reg");
+    for (int n = 1; n <= 4; ++n)
+      testing::RegisterLabelled(*reg_, "m", "v" + std::to_string(n), AddN(n));
   }
   static DeploymentOptions Opts() {
     DeploymentOptions o;

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "engine_models.h"
+#include "engine_registry.h"
 #include "lepton/common/errors.h"
 #include "lepton/policy/policies.h"
 #include "lepton/runtime/deployment.h"
@@ -37,17 +38,12 @@ constexpr int64_t kFloats = 10000;  // 40 kB of weights a version
 class ManyVersionsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    Registry::Options o;
-    o.actor = "tester";
-    o.format = TorchScriptFormat();
-    reg_ = std::make_shared<Registry>(dir_ / "reg", o);
+    reg_ = testing::EngineRegistry(dir_ / "reg");
     for (int n = 1; n <= 12; ++n) Register(n);
     size_ = reg_->Get("m:v1").size;
   }
   void Register(int n) {
-    RegisterOptions r;
-    r.version = "v" + std::to_string(n);
-    reg_->RegisterBytes("m", Heavy(n, kFloats), r);
+    testing::RegisterLabelled(*reg_, "m", "v" + std::to_string(n), Heavy(n, kFloats));
   }
   // Room for `versions` loaded versions (by their artifacts' size, which is above what they hold).
   DeploymentOptions Budgeted(int versions) const {

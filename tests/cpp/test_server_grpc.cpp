@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine_models.h"
+#include "engine_registry.h"
 #include "inference.grpc.pb.h"
 #include "lepton/registry/artifact_format.h"
 #include "lepton/server/server.h"
@@ -25,13 +26,8 @@ constexpr const char* kToken = "grpc-test-token";
 class ServerGrpcTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    Registry::Options o;
-    o.actor = "tester";
-    o.format = TorchScriptFormat();
-    reg_ = std::make_shared<Registry>(dir_ / "reg", o);
-    RegisterOptions r;
-    r.version = "v1";
-    reg_->RegisterBytes("m", AddN(1), r);
+    reg_ = testing::EngineRegistry(dir_ / "reg");
+    testing::RegisterLabelled(*reg_, "m", "v1", AddN(1));
   }
 
   std::unique_ptr<Server> Start() {
@@ -50,9 +46,8 @@ class ServerGrpcTest : public ::testing::Test {
   static std::unique_ptr<inference::GRPCInferenceService::Stub> Stub(const Server& s) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    return inference::GRPCInferenceService::NewStub(
-        grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(s.grpc_port()),
-                                  grpc::InsecureChannelCredentials(), args));
+    return inference::GRPCInferenceService::NewStub(grpc::CreateCustomChannel(
+        "127.0.0.1:" + std::to_string(s.grpc_port()), grpc::InsecureChannelCredentials(), args));
   }
 
   static inference::ModelInferRequest Request() {

@@ -28,4 +28,14 @@ inline void CheckDecoded(const oip::InferRequest& r, const oip::Limits& limits) 
   if (total > limits.max_elements) std::abort();
 }
 
+// A response that echoes the decoded request's inputs as its outputs.
+inline oip::InferResponse EchoResponse(const oip::InferRequest& r) {
+  oip::InferResponse response;
+  response.model = r.id;
+  response.version = r.key.value_or("");
+  response.id = r.id;
+  response.outputs = r.inputs;
+  return response;
+}
+
 }  // namespace lepton::fuzz

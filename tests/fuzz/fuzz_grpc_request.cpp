@@ -26,11 +26,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const auto r = lepton::oip::DecodeGrpcInferRequest(message, limits);
     lepton::fuzz::CheckDecoded(r, limits);
-    lepton::oip::InferResponse response;
-    response.model = r.id;
-    response.version = r.key.value_or("");
-    response.id = r.id;
-    response.outputs = r.inputs;
+    lepton::oip::InferResponse response = lepton::fuzz::EchoResponse(r);
     response.parameters = "{\"lepton_request_id\":\"x\",\"lepton_latency_ms\":1.5,\"n\":3}";
     inference::ModelInferResponse out;
     lepton::oip::EncodeGrpcInferResponse(std::move(response), &out);

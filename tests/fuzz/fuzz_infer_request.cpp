@@ -29,11 +29,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const auto r = lepton::oip::DecodeInferRequest(
         std::string_view(reinterpret_cast<const char*>(data), size), limits, json_length);
     lepton::fuzz::CheckDecoded(r, limits);
-    lepton::oip::InferResponse response;
-    response.model = r.id;
-    response.version = r.key.value_or("");
-    response.id = r.id;
-    response.outputs = r.inputs;
+    lepton::oip::InferResponse response = lepton::fuzz::EchoResponse(r);
     for (size_t k = 0; k < response.outputs.size(); ++k) response.outputs[k].binary = k % 2;
     std::optional<size_t> header;
     std::string encoded;

@@ -44,6 +44,18 @@ class Spin(torch.nn.Module):
         return y
 
 
+class Pair(torch.nn.Module):
+    """Two inputs; their sum and their product as integers."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor):
+        return a + b, (a * b).to(torch.int64)
+
+
+class Twice(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
 class FailsOnNegative(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool((x < 0).any()):

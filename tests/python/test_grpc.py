@@ -17,7 +17,7 @@ import requests
 import torch
 
 import lepton
-from conftest import AddN, Spin, lepton_serve
+from conftest import AddN, Pair, Spin, Twice, lepton_serve
 
 grpc = pytest.importorskip("grpc")
 
@@ -38,16 +38,6 @@ def pb(tmp_path_factory):
     finally:
         sys.path.remove(str(out))
     return messages, service
-
-
-class Pair(torch.nn.Module):
-    def forward(self, a: torch.Tensor, b: torch.Tensor):
-        return a + b, (a * b).to(torch.int64)
-
-
-class Twice(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 2
 
 
 class Shout(torch.nn.Module):

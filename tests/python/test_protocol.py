@@ -10,19 +10,9 @@ import requests
 import torch
 
 import lepton
-from conftest import AddN
+from conftest import AddN, Pair, Twice
 
 TOKEN = "s3cret-token"
-
-
-class Pair(torch.nn.Module):
-    def forward(self, a: torch.Tensor, b: torch.Tensor):
-        return a + b, (a * b).to(torch.int64)
-
-
-class Twice(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 2
 
 
 class Complex(torch.nn.Module):
