@@ -119,14 +119,17 @@ void BindRegistry(py::module_& m) {
       .def_readonly("dry_run", &GcReport::dry_run);
 
   py::class_<Registry, std::shared_ptr<Registry>>(m, "Registry")
-      .def(py::init([](const std::string& root, const std::string& actor) {
-             Registry::Options options;
-             options.actor = actor;
-             options.format = TorchScriptFormat();
-             return std::make_shared<Registry>(root, std::move(options));
-           }),
-           arg("root"), arg("actor") = "", Release())
+      .def(py::init(
+               [](const std::string& root, const std::string& actor, const std::string& blob_root) {
+                 Registry::Options options;
+                 options.actor = actor;
+                 options.format = TorchScriptFormat();
+                 options.blob_root = blob_root;
+                 return std::make_shared<Registry>(root, std::move(options));
+               }),
+           arg("root"), arg("actor") = "", arg("blob_root") = "", Release())
       .def_property_readonly("root", &Registry::root)
+      .def_property_readonly("location", &Registry::location)
       .def_property_readonly("actor", &Registry::actor)
       .def("create_model", &Registry::CreateModel, arg("name"), arg("description"), arg("exist_ok"),
            Release())

@@ -1,6 +1,7 @@
 """The ``lepton`` command: manage a registry from the shell.
 
-The registry path comes from ``--registry``, else ``$LEPTON_HOME``, else ``~/.lepton``.
+The registry comes from ``--registry``, else ``$LEPTON_HOME``, else ``~/.lepton``: a directory, or a
+``postgresql://`` URL (its artifact directory as ``?blobs=/path`` or ``$LEPTON_BLOBS``).
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ class _Group(click.Group):
     envvar="LEPTON_HOME",
     default=default_registry_path,
     show_default="$LEPTON_HOME or ~/.lepton",
-    help="Registry directory.",
+    help="Registry directory, or postgresql:// URL.",
 )
 @click.option("--actor", default=None, help="Name recorded in the audit log (default: login name).")
 @click.pass_context
@@ -74,7 +75,7 @@ def _registry(ctx: click.Context) -> Registry:
 def init(ctx: click.Context) -> None:
     """Create the registry directory (opening it does the same)."""
     reg = _registry(ctx)
-    click.echo(f"registry ready at {reg.path}")
+    click.echo(f"registry ready at {reg.location}")
 
 
 @cli.command()
@@ -300,7 +301,7 @@ _SERVE = json.loads(_core.server_config_defaults())
 
 
 @cli.command()
-@click.option("--registry", "serve_registry", default=None, help="Registry directory (as the group option).")
+@click.option("--registry", "serve_registry", default=None, help="Registry directory or postgresql:// URL (as the group option).")
 @click.option("--host", default=None, show_default=_SERVE["host"], help="Address to bind (0.0.0.0: every interface).")
 @click.option("--port", default=None, show_default=str(_SERVE["port"]), type=int, help="Port (0: any free one).")
 @click.option("--grpc-port", default=None, type=click.IntRange(0, 65535),

@@ -328,21 +328,34 @@ def infer_signature(module: Any, example_inputs: Any) -> Signature:
 
 
 class Registry:
-    """A registry of model versions stored in a local directory.
+    """A registry of model versions: in a local directory, or on a PostgreSQL server.
 
-    Metadata lives in SQLite and artifacts in a content-addressed blob store beside it; several
+    ``path`` is a directory (metadata in SQLite, artifacts in a content-addressed blob store beside
+    it), or a URL ``postgresql://user@host:port/dbname`` (metadata in PostgreSQL, shared by every
+    process and machine that opens it; artifacts in the directory ``blobs`` names, which they all
+    must reach: a shared volume; else the URL's ``?blobs=/path``, else ``$LEPTON_BLOBS``). A
+    password comes from the URL, ``PGPASSWORD`` or a password file, and is never shown. Several
     processes may use one registry at once.
 
     References name a version: ``"name"`` (the latest), ``"name:LABEL"`` or ``"name@ALIAS"``.
     """
 
-    def __init__(self, path: Optional[PathLike] = None, *, actor: Optional[str] = None):
+    def __init__(
+        self, path: Optional[PathLike] = None, *, actor: Optional[str] = None, blobs: Optional[PathLike] = None
+    ):
         self._path = os.fspath(path) if path is not None else default_registry_path()
-        self._core = _core.Registry(self._path, actor or "")
+        self._core = _core.Registry(self._path, actor or "", "" if blobs is None else os.fspath(blobs))
 
     @property
     def path(self) -> str:
+        """The directory of the artifacts (and, for SQLite, of the database)."""
         return self._core.root
+
+    @property
+    def location(self) -> str:
+        """What opens this registry again, from any process: its directory, or its PostgreSQL URL
+        (without the password, with the artifact directory as ``?blobs=``)."""
+        return self._core.location
 
     @property
     def actor(self) -> str:
@@ -512,7 +525,7 @@ class Registry:
         )
 
     def __repr__(self) -> str:
-        return f"Registry({self.path!r})"
+        return f"Registry({self.location!r})"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lepton
+import pg_server
 
 torch.manual_seed(0)
 
@@ -86,6 +87,25 @@ def _seeded():
 @pytest.fixture
 def registry(tmp_path):
     return lepton.Registry(tmp_path / "reg", actor="tester")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (see pg_server.py)."""
+    assert pg_server.available(), "PostgreSQL's server is not installed (scripts/bootstrap installs it)"
+    server = pg_server.PostgresServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_location(request, tmp_path):
+    """Where a registry lives, once for each backend: a directory, or a fresh PostgreSQL database
+    with its artifacts in a directory of this test's own. The conformance tests take it."""
+    if request.param == "sqlite":
+        return str(tmp_path / "reg")
+    server = request.getfixturevalue("postgres")
+    return f"{server.url(server.create_database())}?blobs={tmp_path / 'shared'}"
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Several processes on one registry: gap-free seqs under contention, and SIGKILL safety."""
+"""Several processes on one registry, on each backend: gap-free seqs under contention, and SIGKILL
+safety."""
 import os
 import random
 import signal
@@ -23,8 +24,8 @@ def spawn(path, model, count, offset, env):
     )
 
 
-def test_four_processes_register_1000_versions_without_gaps(tmp_path, python_env):
-    path = tmp_path / "reg"
+def test_four_processes_register_1000_versions_without_gaps(registry_location, python_env):
+    path = registry_location
     lepton.Registry(path).create_model("shared")
     procs = [spawn(path, "shared", 250, 10_000 * p, python_env) for p in range(4)]
     for p in procs:
@@ -42,8 +43,8 @@ def test_four_processes_register_1000_versions_without_gaps(tmp_path, python_env
     assert report.ok and report.orphan_blobs == []
 
 
-def test_sigkill_while_registering_never_leaves_partial_state(tmp_path, python_env):
-    path = tmp_path / "reg"
+def test_sigkill_while_registering_never_leaves_partial_state(registry_location, python_env):
+    path = registry_location
     lepton.Registry(path).create_model("crash")
     rng = random.Random(7)
     seen = 0
@@ -65,6 +66,6 @@ def test_sigkill_while_registering_never_leaves_partial_state(tmp_path, python_e
         report = reg.verify()
         assert report.ok, report.problems
         assert report.orphan_blobs == []
-        assert os.listdir(os.path.join(path, "blobs", "tmp")) == []
+        assert os.listdir(os.path.join(reg.path, "blobs", "tmp")) == []
     assert seen > 0
     reg.load("crash")  # the newest survivor loads

@@ -11,6 +11,12 @@ import lepton
 from conftest import AddN, Untraceable, assert_releases_gil, save_scripted
 
 
+# The conformance suite: every test that takes `registry` runs on both backends.
+@pytest.fixture
+def registry(registry_location):
+    return lepton.Registry(registry_location, actor="tester")
+
+
 def test_register_module_and_load_back(registry, mlp):
     x = torch.randn(3, 4)
     v = registry.register("clf", mlp, version="v1.0", metrics={"accuracy": 0.9}, tags={"team": "ml"})

@@ -1,5 +1,7 @@
 // The registry's aliases (moved by compare-and-swap, rolled back), its audit trail and the policy
 // state it keeps.
+#include <limits>
+
 #include "registry_impl.h"
 
 namespace lepton {
@@ -7,10 +9,10 @@ namespace lepton {
 std::map<std::string, std::string> Registry::Impl::Aliases(const std::string& model) {
   ValidateName(model, "model name");
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_, /*write=*/false);
+  sql::Transaction tx(*db_, /*write=*/false);
   const int64_t model_id = ModelId(model);
   std::map<std::string, std::string> out;
-  auto q = db_.Prepare(
+  auto q = db_->Prepare(
       "SELECT a.name, v.label FROM aliases a JOIN versions v ON v.id = a.version_id "
       "WHERE a.model_id = ?");
   q->Bind(1, model_id);
@@ -29,7 +31,7 @@ ModelVersion Registry::Impl::SetAlias(const std::string& model, const std::strin
   }
   const Reference target_ref = ParseVersionIn(model, version);
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_);
+  sql::Transaction tx(*db_);
   const int64_t model_id = ModelId(model);
   const int64_t target = Resolve(target_ref);
   const std::optional<int64_t> current =
@@ -54,7 +56,7 @@ ModelVersion Registry::Impl::SetAlias(const std::string& model, const std::strin
   }
   if (current && *current == target) return LoadVersion(target);
   if (current) {
-    db_.Prepare("INSERT INTO alias_history(model_id, alias, version_id) VALUES (?, ?, ?)")
+    db_->Prepare("INSERT INTO alias_history(model_id, alias, version_id) VALUES (?, ?, ?)")
         ->Bind(1, model_id)
         .Bind(2, alias)
         .Bind(3, *current)
@@ -70,7 +72,7 @@ ModelVersion Registry::Impl::SetAlias(const std::string& model, const std::strin
 }
 
 void Registry::Impl::MoveAlias(int64_t model_id, const std::string& alias, int64_t target) {
-  db_.Prepare(
+  db_->Prepare(
          "INSERT INTO aliases(model_id, name, version_id, updated_at) VALUES (?, ?, ?, ?) "
          "ON CONFLICT(model_id, name) DO UPDATE SET version_id = excluded.version_id, "
          "updated_at = excluded.updated_at")
@@ -86,15 +88,15 @@ void Registry::Impl::RemoveAlias(const std::string& model, const std::string& al
   ValidateName(model, "model name");
   ValidateName(alias, "alias");
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_);
+  sql::Transaction tx(*db_);
   const int64_t model_id = ModelId(model);
   const int64_t current = Resolve({model, Reference::Kind::kAlias, alias});
   const std::string label = LabelOf(current);
-  db_.Prepare("DELETE FROM aliases WHERE model_id = ? AND name = ?")
+  db_->Prepare("DELETE FROM aliases WHERE model_id = ? AND name = ?")
       ->Bind(1, model_id)
       .Bind(2, alias)
       .Run();
-  db_.Prepare("DELETE FROM alias_history WHERE model_id = ? AND alias = ?")
+  db_->Prepare("DELETE FROM alias_history WHERE model_id = ? AND alias = ?")
       ->Bind(1, model_id)
       .Bind(2, alias)
       .Run();
@@ -107,12 +109,12 @@ ModelVersion Registry::Impl::Rollback(const std::string& model, const std::strin
   ValidateName(model, "model name");
   ValidateName(alias, "alias");
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_);
+  sql::Transaction tx(*db_);
   const int64_t model_id = ModelId(model);
   const int64_t current = Resolve({model, Reference::Kind::kAlias, alias});
   int64_t history_id = 0, previous = 0;
   {
-    auto q = db_.Prepare(
+    auto q = db_->Prepare(
         "SELECT id, version_id FROM alias_history WHERE model_id = ? AND alias = ? "
         "ORDER BY id DESC LIMIT 1");
     if (!q->Bind(1, model_id).Bind(2, alias).Step()) {
@@ -121,7 +123,7 @@ ModelVersion Registry::Impl::Rollback(const std::string& model, const std::strin
     history_id = q->Int(0);
     previous = q->Int(1);
   }
-  db_.Prepare("DELETE FROM alias_history WHERE id = ?")->Bind(1, history_id).Run();
+  db_->Prepare("DELETE FROM alias_history WHERE id = ?")->Bind(1, history_id).Run();
   MoveAlias(model_id, alias, previous);
   const std::string from = LabelOf(current), to = LabelOf(previous);
   Audit(model, "rollback", to, alias, from, to, reason, json::object());
@@ -142,7 +144,7 @@ void Registry::Impl::Record(const std::string& model, const std::string& action,
     throw InvalidArgument("audit details must be a JSON object");
   }
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_);
+  sql::Transaction tx(*db_);
   ModelId(model);
   Audit(model, action, version, std::nullopt, from, to, reason, parsed);
   tx.Commit();
@@ -153,8 +155,8 @@ void Registry::Impl::PutState(const std::string& model, const std::string& key,
   ValidateName(model, "model name");
   if (key.empty()) throw InvalidArgument("state key must not be empty");
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_);
-  db_.Prepare(
+  sql::Transaction tx(*db_);
+  db_->Prepare(
          "INSERT INTO policy_state(model, key, value, updated_at) VALUES (?, ?, ?, ?) "
          "ON CONFLICT(model, key) DO UPDATE SET value = excluded.value, "
          "updated_at = excluded.updated_at")
@@ -169,7 +171,7 @@ void Registry::Impl::PutState(const std::string& model, const std::string& key,
 std::optional<std::string> Registry::Impl::GetState(const std::string& model,
                                                     const std::string& key) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto q = db_.Prepare("SELECT value FROM policy_state WHERE model = ? AND key = ?");
+  auto q = db_->Prepare("SELECT value FROM policy_state WHERE model = ? AND key = ?");
   if (!q->Bind(1, model).Bind(2, key).Step()) return std::nullopt;
   return q->Text(0);
 }
@@ -178,13 +180,13 @@ std::vector<AuditEntry> Registry::Impl::History(const std::string& model, int64_
   ValidateName(model, "model name");
   if (limit < 0) throw InvalidArgument("history limit must be >= 0");
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_, /*write=*/false);
+  sql::Transaction tx(*db_, /*write=*/false);
   std::vector<AuditEntry> out;
-  auto q = db_.Prepare(
+  auto q = db_->Prepare(
       "SELECT * FROM (SELECT id, time, model, actor, action, version, alias, from_version, "
-      "to_version, reason, details FROM audit WHERE model = ? ORDER BY id DESC LIMIT ?) "
+      "to_version, reason, details FROM audit WHERE model = ? ORDER BY id DESC LIMIT ?) AS recent "
       "ORDER BY id");
-  q->Bind(1, model).Bind(2, limit > 0 ? limit : int64_t{-1});
+  q->Bind(1, model).Bind(2, limit > 0 ? limit : std::numeric_limits<int64_t>::max());
   while (q->Step()) {
     AuditEntry e;
     e.id = q->Int(0);

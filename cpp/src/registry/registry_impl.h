@@ -26,7 +26,7 @@
 #include "lepton/common/process.h"
 #include "lepton/registry/blob_store.h"
 #include "lepton/registry/registry.h"
-#include "sqlite_db.h"
+#include "sql_db.h"
 
 namespace lepton {
 
@@ -133,8 +133,18 @@ using namespace registry_detail;
 
 class Registry::Impl {
  public:
+  // `location`: a directory (SQLite), or a PostgreSQL URL whose artifacts are in BlobRoot.
   // `adopt_lost_database`: open even a database that lost its metadata (Recover's case).
-  Impl(const std::string& root, Options options, bool adopt_lost_database = false);
+  Impl(const std::string& location, Options options, bool adopt_lost_database = false);
+
+  // A PostgreSQL registry's artifact directory: the blob_root option, the URL's `blobs`
+  // parameter, or $LEPTON_BLOBS.
+  static std::string BlobRoot(const std::string& url, const Options& options);
+  // The URL without the `blobs` parameter, for libpq.
+  static std::string WithoutBlobs(const std::string& url);
+  // Where the registry is: its directory, or its URL without the password and with the blob
+  // directory (what another process opens it by).
+  std::string where() const;
 
   // --- helpers used under mu_ ---
 
@@ -178,7 +188,7 @@ class Registry::Impl {
 
   std::string LabelOf(int64_t version_id);
 
-  static ModelVersion RowToVersion(sqlite::Statement& s);
+  static ModelVersion RowToVersion(sql::Statement& s);
 
   ModelVersion LoadVersion(int64_t id);
 
@@ -252,11 +262,12 @@ class Registry::Impl {
 
   std::string ArtifactPath(std::string_view text);
 
-  std::string root_;
+  std::string location_;  // as opened: a directory or a PostgreSQL URL
+  std::string root_;      // the directory of the artifacts (and the database, for SQLite)
   Options options_;
   std::unique_ptr<OpenLock> open_lock_;  // held while the constructor sets the database up
   BlobStore blobs_;
-  sqlite::Database db_;
+  std::unique_ptr<sql::Database> db_;
   mutable std::mutex mu_;
 };
 

@@ -18,14 +18,15 @@ GcReport Registry::Impl::Gc(int64_t keep_latest, const std::optional<std::string
   FreeingSpace([&] {
     report.deleted_versions.clear();
     std::lock_guard<std::mutex> lock(mu_);
-    sqlite::Transaction tx(db_);
+    sql::Transaction tx(*db_);
     if (model) ModelId(*model);
     std::vector<std::pair<int64_t, std::string>> doomed;
     {
-      auto q = db_.Prepare(
+      auto q = db_->Prepare(
           "SELECT id, name FROM (SELECT v.id AS id, m.name AS name, ROW_NUMBER() OVER "
           "(PARTITION BY v.model_id ORDER BY v.seq DESC) AS rank FROM versions v JOIN models m "
-          "ON m.id = v.model_id WHERE (?1 IS NULL OR m.name = ?1)) r WHERE rank > ?2 AND NOT "
+          "ON m.id = v.model_id WHERE (CAST(?1 AS TEXT) IS NULL OR m.name = ?1)) r WHERE rank > ?2 "
+          "AND NOT "
           "EXISTS (SELECT 1 FROM aliases a WHERE a.version_id = r.id) ORDER BY id");
       q->Bind(1, model).Bind(2, keep_latest);
       while (q->Step()) doomed.emplace_back(q->Int(0), q->Text(1));
@@ -46,7 +47,7 @@ GcReport Registry::Impl::Gc(int64_t keep_latest, const std::optional<std::string
     std::lock_guard<std::mutex> lock(mu_);
     std::set<std::string> doomed(report.deleted_versions.begin(), report.deleted_versions.end());
     std::map<std::string, bool> kept_by_sha;
-    auto q = db_.Prepare(
+    auto q = db_->Prepare(
         "SELECT m.name || ':' || v.label, v.sha256 FROM versions v JOIN models m "
         "ON m.id = v.model_id");
     while (q->Step()) kept_by_sha[q->Text(1)] |= !doomed.count(q->Text(0));
@@ -77,8 +78,8 @@ VerifyReport Registry::Impl::Verify() {
   std::vector<std::string> stored = blobs_.List();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    sqlite::Transaction tx(db_, /*write=*/false);
-    auto q = db_.Prepare(
+    sql::Transaction tx(*db_, /*write=*/false);
+    auto q = db_->Prepare(
         "SELECT m.name, v.label, v.sha256 FROM versions v JOIN models m ON m.id = v.model_id "
         "ORDER BY m.name, v.seq");
     while (q->Step()) {

@@ -4,7 +4,7 @@
 namespace lepton {
 
 std::optional<int64_t> Registry::Impl::FindModel(const std::string& name) {
-  auto q = db_.Prepare("SELECT id FROM models WHERE name = ?");
+  auto q = db_->Prepare("SELECT id FROM models WHERE name = ?");
   if (q->Bind(1, name).Step()) return q->Int(0);
   return std::nullopt;
 }
@@ -15,7 +15,7 @@ int64_t Registry::Impl::ModelId(const std::string& name) {
 }
 
 std::string Registry::Impl::AliasList(int64_t model_id) {
-  auto q = db_.Prepare("SELECT name FROM aliases WHERE model_id = ? ORDER BY name");
+  auto q = db_->Prepare("SELECT name FROM aliases WHERE model_id = ? ORDER BY name");
   q->Bind(1, model_id);
   std::string out;
   while (q->Step()) out += (out.empty() ? "" : ", ") + q->Text(0);
@@ -25,17 +25,17 @@ std::string Registry::Impl::AliasList(int64_t model_id) {
 std::optional<int64_t> Registry::Impl::FindVersion(int64_t model_id, const Reference& ref) {
   switch (ref.kind) {
     case Reference::Kind::kLatest: {
-      auto q = db_.Prepare("SELECT id FROM versions WHERE model_id = ? ORDER BY seq DESC LIMIT 1");
+      auto q = db_->Prepare("SELECT id FROM versions WHERE model_id = ? ORDER BY seq DESC LIMIT 1");
       if (q->Bind(1, model_id).Step()) return q->Int(0);
       return std::nullopt;
     }
     case Reference::Kind::kLabel: {
-      auto q = db_.Prepare("SELECT id FROM versions WHERE model_id = ? AND label = ?");
+      auto q = db_->Prepare("SELECT id FROM versions WHERE model_id = ? AND label = ?");
       if (q->Bind(1, model_id).Bind(2, ref.value).Step()) return q->Int(0);
       return std::nullopt;
     }
     case Reference::Kind::kAlias: {
-      auto q = db_.Prepare("SELECT version_id FROM aliases WHERE model_id = ? AND name = ?");
+      auto q = db_->Prepare("SELECT version_id FROM aliases WHERE model_id = ? AND name = ?");
       if (q->Bind(1, model_id).Bind(2, ref.value).Step()) return q->Int(0);
       return std::nullopt;
     }
@@ -59,12 +59,12 @@ int64_t Registry::Impl::Resolve(const Reference& ref) {
 }
 
 std::string Registry::Impl::LabelOf(int64_t version_id) {
-  auto q = db_.Prepare("SELECT label FROM versions WHERE id = ?");
+  auto q = db_->Prepare("SELECT label FROM versions WHERE id = ?");
   if (q->Bind(1, version_id).Step()) return q->Text(0);
   throw NotFound("version id " + std::to_string(version_id));
 }
 
-ModelVersion Registry::Impl::RowToVersion(sqlite::Statement& s) {
+ModelVersion Registry::Impl::RowToVersion(sql::Statement& s) {
   ModelVersion v;
   v.model = s.Text(1);
   v.version = s.Text(2);
@@ -83,22 +83,22 @@ ModelVersion Registry::Impl::RowToVersion(sqlite::Statement& s) {
 ModelVersion Registry::Impl::LoadVersion(int64_t id) {
   ModelVersion v;
   {
-    auto q = db_.Prepare(std::string(kVersionColumns) + "WHERE v.id = ?");
+    auto q = db_->Prepare(std::string(kVersionColumns) + "WHERE v.id = ?");
     if (!q->Bind(1, id).Step()) throw NotFound("version id " + std::to_string(id));
     v = RowToVersion(*q);
   }
   {
-    auto q = db_.Prepare("SELECT key, value FROM tags WHERE version_id = ?");
+    auto q = db_->Prepare("SELECT key, value FROM tags WHERE version_id = ?");
     q->Bind(1, id);
     while (q->Step()) v.tags.emplace(q->Text(0), q->Text(1));
   }
   {
-    auto q = db_.Prepare("SELECT key, value FROM metrics WHERE version_id = ?");
+    auto q = db_->Prepare("SELECT key, value FROM metrics WHERE version_id = ?");
     q->Bind(1, id);
     while (q->Step()) v.metrics.emplace(q->Text(0), q->Real(1));
   }
   {
-    auto q = db_.Prepare("SELECT name FROM aliases WHERE version_id = ? ORDER BY name");
+    auto q = db_->Prepare("SELECT name FROM aliases WHERE version_id = ? ORDER BY name");
     q->Bind(1, id);
     while (q->Step()) v.aliases.push_back(q->Text(0));
   }
@@ -111,7 +111,7 @@ void Registry::Impl::Audit(const std::string& model, const std::string& action,
                            const std::optional<std::string>& from,
                            const std::optional<std::string>& to, const std::string& reason,
                            const json& details) {
-  db_.Prepare(
+  db_->Prepare(
          "INSERT INTO audit(time, model, actor, action, version, alias, from_version, "
          "to_version, reason, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
       ->Bind(1, Now())
@@ -128,7 +128,9 @@ void Registry::Impl::Audit(const std::string& model, const std::string& action,
 }
 
 int64_t Registry::Impl::EnsureModel(const std::string& name, const std::string& description) {
-  db_.Prepare("INSERT OR IGNORE INTO models(name, description, created_at) VALUES (?, ?, ?)")
+  db_->Prepare(
+         "INSERT INTO models(name, description, created_at) VALUES (?, ?, ?) ON CONFLICT DO "
+         "NOTHING")
       ->Bind(1, name)
       .Bind(2, description)
       .Bind(3, Now())
@@ -187,11 +189,11 @@ Conflict Registry::Impl::LabelTaken(const std::string& model, const std::string&
 ModelVersion Registry::Impl::Commit(const std::string& model, const RegisterOptions& opts,
                                     const std::optional<Reference>& parent_ref, BlobLease& lease) {
   const auto& format = options_.format;
-  sqlite::Transaction tx(db_);
+  sql::Transaction tx(*db_);
   const int64_t model_id = EnsureModel(model, "");
   int64_t seq = 0;
   {
-    auto q = db_.Prepare("SELECT last_seq FROM models WHERE id = ?");
+    auto q = db_->Prepare("SELECT last_seq FROM models WHERE id = ?");
     q->Bind(1, model_id).Step();
     seq = q->Int(0) + 1;
   }
@@ -211,11 +213,12 @@ ModelVersion Registry::Impl::Commit(const std::string& model, const RegisterOpti
   if (parent_ref) parent_id = Resolve(*parent_ref);
 
   const double now = Now();
+  int64_t id = 0;
   {
-    auto q = db_.Prepare(
+    auto q = db_->Prepare(
         "INSERT INTO versions(model_id, seq, label, sha256, size, format, created_at, "
         "updated_at, description, parent_id, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-        "?)");
+        "?) RETURNING id");
     q->Bind(1, model_id)
         .Bind(2, seq)
         .Bind(3, label)
@@ -235,19 +238,19 @@ ModelVersion Registry::Impl::Commit(const std::string& model, const RegisterOpti
     } else {
       q->BindNull(11);
     }
-    q->Run();
+    q->Step();
+    id = q->Int(0);
   }
-  const int64_t id = db_.LastInsertRowId();
-  db_.Prepare("UPDATE models SET last_seq = ? WHERE id = ?")->Bind(1, seq).Bind(2, model_id).Run();
+  db_->Prepare("UPDATE models SET last_seq = ? WHERE id = ?")->Bind(1, seq).Bind(2, model_id).Run();
   for (const auto& [k, v] : opts.tags) {
-    db_.Prepare("INSERT INTO tags(version_id, key, value) VALUES (?, ?, ?)")
+    db_->Prepare("INSERT INTO tags(version_id, key, value) VALUES (?, ?, ?)")
         ->Bind(1, id)
         .Bind(2, k)
         .Bind(3, v)
         .Run();
   }
   for (const auto& [k, v] : opts.metrics) {
-    db_.Prepare("INSERT INTO metrics(version_id, key, value) VALUES (?, ?, ?)")
+    db_->Prepare("INSERT INTO metrics(version_id, key, value) VALUES (?, ?, ?)")
         ->Bind(1, id)
         .Bind(2, k)
         .Bind(3, v)
@@ -268,7 +271,7 @@ void Registry::Impl::CreateModel(const std::string& name, const std::string& des
                                  bool exist_ok) {
   ValidateName(name, "model name");
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_);
+  sql::Transaction tx(*db_);
   if (FindModel(name)) {
     if (!exist_ok) throw Conflict("model '" + name + "' already exists");
     return;
@@ -281,9 +284,9 @@ void Registry::Impl::CreateModel(const std::string& name, const std::string& des
 
 void Registry::Impl::SetModelDescription(const std::string& name, const std::string& description) {
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_);
+  sql::Transaction tx(*db_);
   const int64_t id = ModelId(name);
-  db_.Prepare("UPDATE models SET description = ? WHERE id = ?")
+  db_->Prepare("UPDATE models SET description = ? WHERE id = ?")
       ->Bind(1, description)
       .Bind(2, id)
       .Run();
@@ -295,19 +298,19 @@ void Registry::Impl::SetModelDescription(const std::string& name, const std::str
 ModelVersion Registry::Impl::Get(std::string_view text) {
   const Reference ref = ParseReference(text);
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_, /*write=*/false);
+  sql::Transaction tx(*db_, /*write=*/false);
   return LoadVersion(Resolve(ref));
 }
 
 std::vector<ModelVersion> Registry::Impl::Versions(const std::string& model) {
   ValidateName(model, "model name");
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_, /*write=*/false);
+  sql::Transaction tx(*db_, /*write=*/false);
   const int64_t model_id = ModelId(model);
   std::vector<ModelVersion> out;
   std::unordered_map<int64_t, size_t> index;
   {
-    auto q = db_.Prepare(std::string(kVersionColumns) + "WHERE v.model_id = ? ORDER BY v.seq");
+    auto q = db_->Prepare(std::string(kVersionColumns) + "WHERE v.model_id = ? ORDER BY v.seq");
     q->Bind(1, model_id);
     while (q->Step()) {
       index.emplace(q->Int(0), out.size());
@@ -315,21 +318,21 @@ std::vector<ModelVersion> Registry::Impl::Versions(const std::string& model) {
     }
   }
   {
-    auto q = db_.Prepare(
+    auto q = db_->Prepare(
         "SELECT t.version_id, t.key, t.value FROM tags t JOIN versions v ON v.id = t.version_id "
         "WHERE v.model_id = ?");
     q->Bind(1, model_id);
     while (q->Step()) out[index.at(q->Int(0))].tags.emplace(q->Text(1), q->Text(2));
   }
   {
-    auto q = db_.Prepare(
+    auto q = db_->Prepare(
         "SELECT t.version_id, t.key, t.value FROM metrics t JOIN versions v ON v.id = "
         "t.version_id WHERE v.model_id = ?");
     q->Bind(1, model_id);
     while (q->Step()) out[index.at(q->Int(0))].metrics.emplace(q->Text(1), q->Real(2));
   }
   {
-    auto q = db_.Prepare("SELECT version_id, name FROM aliases WHERE model_id = ? ORDER BY name");
+    auto q = db_->Prepare("SELECT version_id, name FROM aliases WHERE model_id = ? ORDER BY name");
     q->Bind(1, model_id);
     while (q->Step()) out[index.at(q->Int(0))].aliases.push_back(q->Text(1));
   }
@@ -338,11 +341,11 @@ std::vector<ModelVersion> Registry::Impl::Versions(const std::string& model) {
 
 std::vector<ModelSummary> Registry::Impl::Models() {
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_, /*write=*/false);
+  sql::Transaction tx(*db_, /*write=*/false);
   std::vector<ModelSummary> out;
   std::unordered_map<std::string, size_t> index;
   {
-    auto q = db_.Prepare(
+    auto q = db_->Prepare(
         "SELECT m.name, m.description, m.created_at, COUNT(v.id), "
         "(SELECT label FROM versions WHERE model_id = m.id ORDER BY seq DESC LIMIT 1) "
         "FROM models m LEFT JOIN versions v ON v.model_id = m.id GROUP BY m.id ORDER BY m.name");
@@ -358,7 +361,7 @@ std::vector<ModelSummary> Registry::Impl::Models() {
     }
   }
   {
-    auto q = db_.Prepare(
+    auto q = db_->Prepare(
         "SELECT m.name, a.name, v.label FROM aliases a JOIN models m ON m.id = a.model_id "
         "JOIN versions v ON v.id = a.version_id");
     while (q->Step()) out[index.at(q->Text(0))].aliases.emplace(q->Text(1), q->Text(2));
@@ -381,12 +384,12 @@ ModelVersion Registry::Impl::Update(std::string_view text, const MetadataUpdate&
   }
   ValidateMetadata(set_tags, set_metrics);
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_);
+  sql::Transaction tx(*db_);
   const int64_t id = Resolve(ref);
   json details = json::object();
   for (const auto& [k, v] : update.tags) {
     if (v) {
-      db_.Prepare(
+      db_->Prepare(
              "INSERT INTO tags(version_id, key, value) VALUES (?, ?, ?) "
              "ON CONFLICT(version_id, key) DO UPDATE SET value = excluded.value")
           ->Bind(1, id)
@@ -395,7 +398,7 @@ ModelVersion Registry::Impl::Update(std::string_view text, const MetadataUpdate&
           .Run();
       details["tags"][k] = *v;
     } else {
-      db_.Prepare("DELETE FROM tags WHERE version_id = ? AND key = ?")
+      db_->Prepare("DELETE FROM tags WHERE version_id = ? AND key = ?")
           ->Bind(1, id)
           .Bind(2, k)
           .Run();
@@ -404,7 +407,7 @@ ModelVersion Registry::Impl::Update(std::string_view text, const MetadataUpdate&
   }
   for (const auto& [k, v] : update.metrics) {
     if (v) {
-      db_.Prepare(
+      db_->Prepare(
              "INSERT INTO metrics(version_id, key, value) VALUES (?, ?, ?) "
              "ON CONFLICT(version_id, key) DO UPDATE SET value = excluded.value")
           ->Bind(1, id)
@@ -413,7 +416,7 @@ ModelVersion Registry::Impl::Update(std::string_view text, const MetadataUpdate&
           .Run();
       details["metrics"][k] = *v;
     } else {
-      db_.Prepare("DELETE FROM metrics WHERE version_id = ? AND key = ?")
+      db_->Prepare("DELETE FROM metrics WHERE version_id = ? AND key = ?")
           ->Bind(1, id)
           .Bind(2, k)
           .Run();
@@ -421,13 +424,13 @@ ModelVersion Registry::Impl::Update(std::string_view text, const MetadataUpdate&
     }
   }
   if (update.description) {
-    db_.Prepare("UPDATE versions SET description = ? WHERE id = ?")
+    db_->Prepare("UPDATE versions SET description = ? WHERE id = ?")
         ->Bind(1, *update.description)
         .Bind(2, id)
         .Run();
     details["description"] = *update.description;
   }
-  db_.Prepare("UPDATE versions SET updated_at = ? WHERE id = ?")->Bind(1, Now()).Bind(2, id).Run();
+  db_->Prepare("UPDATE versions SET updated_at = ? WHERE id = ?")->Bind(1, Now()).Bind(2, id).Run();
   Audit(ref.model, "update", LabelOf(id), std::nullopt, std::nullopt, std::nullopt, reason,
         details);
   ModelVersion result = LoadVersion(id);
@@ -446,8 +449,8 @@ std::string Registry::Impl::DeleteRow(int64_t id, const std::string& model,
     throw Conflict("version '" + v.ref() + "' is the target of alias " + list +
                    "; move the alias first or delete with force");
   }
-  db_.Prepare("DELETE FROM aliases WHERE version_id = ?")->Bind(1, id).Run();
-  db_.Prepare("DELETE FROM versions WHERE id = ?")->Bind(1, id).Run();
+  db_->Prepare("DELETE FROM aliases WHERE version_id = ?")->Bind(1, id).Run();
+  db_->Prepare("DELETE FROM versions WHERE id = ?")->Bind(1, id).Run();
   json details = {{"seq", v.seq}, {"sha256", v.sha256}};
   if (!v.aliases.empty()) details["aliases_removed"] = v.aliases;
   Audit(model, action, v.version, std::nullopt, std::nullopt, std::nullopt, reason, details);
@@ -458,7 +461,7 @@ void Registry::Impl::Delete(std::string_view text, bool force, const std::string
   const Reference ref = ParseReference(text);
   const std::string sha = FreeingSpace([&] {
     std::lock_guard<std::mutex> lock(mu_);
-    sqlite::Transaction tx(db_);
+    sql::Transaction tx(*db_);
     std::string digest = DeleteRow(Resolve(ref), ref.model, "delete", reason, force);
     tx.Commit();
     return digest;
@@ -470,8 +473,8 @@ void Registry::Impl::Delete(std::string_view text, bool force, const std::string
 std::string Registry::Impl::ArtifactSha(std::string_view text) {
   const Reference ref = ParseReference(text);
   std::lock_guard<std::mutex> lock(mu_);
-  sqlite::Transaction tx(db_, /*write=*/false);
-  auto q = db_.Prepare("SELECT sha256 FROM versions WHERE id = ?");
+  sql::Transaction tx(*db_, /*write=*/false);
+  auto q = db_->Prepare("SELECT sha256 FROM versions WHERE id = ?");
   q->Bind(1, Resolve(ref)).Step();
   return q->Text(0);
 }

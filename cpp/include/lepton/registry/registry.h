@@ -118,10 +118,14 @@ class Registry {
     // Checks artifacts at registration and names their format; none accepts any file as "opaque".
     std::shared_ptr<const ArtifactFormat> format;
     int busy_timeout_ms = 60000;
+    // For a registry on PostgreSQL: the directory of its artifacts, shared by every process and
+    // machine that uses the registry (else the URL's `blobs` parameter, else $LEPTON_BLOBS).
+    std::string blob_root;
   };
 
-  // Opens (creating if needed) the registry in directory `root`, and cleans up what writers that
-  // died part-way left behind.
+  // Opens (creating if needed) the registry in directory `root`, or on the PostgreSQL server a
+  // URL names ("postgresql://user@host:port/dbname?blobs=/shared/dir"), and cleans up what
+  // writers that died part-way left behind.
   // Refuses (IntegrityError) a registry whose database is missing or empty while its blob store
   // holds artifacts. An object used in a child after fork opens its own database connection.
   explicit Registry(const std::string& root);
@@ -136,7 +140,11 @@ class Registry {
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
 
+  // The directory of the artifacts (and, for SQLite, of the database).
   const std::string& root() const;
+  // What opens this registry again: its directory, or its PostgreSQL URL (without the password,
+  // with the artifact directory as its `blobs` parameter).
+  std::string location() const;
   const std::string& actor() const;
 
   void CreateModel(const std::string& name, const std::string& description, bool exist_ok);

@@ -1,0 +1,306 @@
+// The registry's database on PostgreSQL, through libpq.
+#include <libpq-fe.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "lepton/common/errors.h"
+#include "sql_db.h"
+
+namespace lepton::sql {
+namespace {
+
+// Every registry writer in one database takes this transaction-level advisory lock first, as
+// SQLite's writers take its write lock: read-then-write sequences stay atomic across machines.
+constexpr const char* kWriteLock = "SELECT pg_advisory_xact_lock(7809567493486895982)";
+
+// `?` and `?N` placeholders as PostgreSQL's `$N`, outside quoted strings.
+std::string Translate(std::string_view sql) {
+  std::string out;
+  out.reserve(sql.size() + 16);
+  int next = 0;
+  bool quoted = false;
+  for (size_t i = 0; i < sql.size(); ++i) {
+    const char c = sql[i];
+    if (c == '\'') quoted = !quoted;
+    if (c != '?' || quoted) {
+      out += c;
+      continue;
+    }
+    size_t j = i + 1;
+    while (j < sql.size() && sql[j] >= '0' && sql[j] <= '9') ++j;
+    out += '$';
+    out += j > i + 1 ? std::string(sql.substr(i + 1, j - i - 1)) : std::to_string(++next);
+    i = j - 1;
+  }
+  return out;
+}
+
+std::string Trimmed(const char* message) {
+  std::string s = message ? message : "";
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+// Maps a failed result to lepton's errors by its SQLSTATE.
+[[noreturn]] void Throw(PGconn* conn, const PGresult* result, std::string_view context) {
+  const char* state = result ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
+  const std::string code = state ? state : "";
+  const std::string msg = std::string(context) + ": " +
+                          Trimmed(result ? PQresultErrorMessage(result) : PQerrorMessage(conn));
+  if (code.rfind("23", 0) == 0) throw Conflict(msg);  // integrity constraint violation
+  if (code == "53100") throw StorageError(msg, ENOSPC);
+  if (code == "XX001" || code == "XX002") throw IntegrityError(msg);
+  throw StorageError(msg);
+}
+
+class PgDatabase;
+
+class PgStatement final : public Statement {
+ public:
+  PgStatement(PgDatabase& db, std::string sql, std::string name)
+      : db_(db), sql_(std::move(sql)), name_(std::move(name)) {}
+  ~PgStatement() override { PQclear(result_); }
+
+  using Statement::Bind;
+  Statement& Bind(int index, int64_t value) override { return Set(index, std::to_string(value)); }
+  Statement& Bind(int index, double value) override {
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, "%.17g", value);
+    return Set(index, buffer);
+  }
+  Statement& Bind(int index, std::string_view value) override {
+    return Set(index, std::string(value));
+  }
+  Statement& BindNull(int index) override { return Set(index, std::nullopt); }
+
+  bool Step() override;
+  void Reset() override {
+    PQclear(result_);
+    result_ = nullptr;
+    params_.clear();
+    row_ = -1;
+  }
+
+  bool IsNull(int col) const override { return PQgetisnull(result_, row_, col); }
+  int64_t Int(int col) const override {
+    const char* v = PQgetvalue(result_, row_, col);
+    if (v[0] == 't' || v[0] == 'f') return v[0] == 't';  // booleans
+    return std::strtoll(v, nullptr, 10);
+  }
+  double Real(int col) const override {
+    return std::strtod(PQgetvalue(result_, row_, col), nullptr);
+  }
+  std::string Text(int col) const override {
+    return std::string(PQgetvalue(result_, row_, col),
+                       static_cast<size_t>(PQgetlength(result_, row_, col)));
+  }
+
+  const std::string& sql() const { return sql_; }
+  const std::string& name() const { return name_; }
+  uint64_t prepared_on = 0;  // the connection (by number) this was prepared on; 0: none
+
+ private:
+  Statement& Set(int index, std::optional<std::string> value) {
+    if (index < 1) throw InvalidArgument("SQL parameters count from 1");
+    if (params_.size() < static_cast<size_t>(index)) params_.resize(static_cast<size_t>(index));
+    params_[static_cast<size_t>(index) - 1] = std::move(value);
+    return *this;
+  }
+
+  PgDatabase& db_;
+  const std::string sql_, name_;
+  std::vector<std::optional<std::string>> params_;
+  PGresult* result_ = nullptr;
+  int row_ = -1;
+};
+
+class PgDatabase final : public Database {
+ public:
+  PgDatabase(const std::string& url, int lock_timeout_ms)
+      : url_(url), lock_timeout_ms_(lock_timeout_ms) {
+    Connect();
+  }
+  ~PgDatabase() override {
+    cache_.clear();
+    PQfinish(conn_);
+  }
+
+  Dialect dialect() const override { return Dialect::kPostgres; }
+
+  void Exec(std::string_view sql) override {
+    const std::string text(sql);
+    PGresult* r = Retrying([&] { return PQexec(conn_, text.c_str()); });
+    struct Clear {
+      PGresult* r;
+      ~Clear() { PQclear(r); }
+    } clear{r};
+    if (sql == "COMMIT" || sql == "ROLLBACK") in_transaction_ = false;
+    if (Failed(r)) Throw(conn_, r, "database error");
+  }
+
+  Query Prepare(std::string_view sql) override {
+    auto it = cache_.find(std::string(sql));
+    if (it == cache_.end()) {
+      auto stmt = std::make_unique<PgStatement>(*this, Translate(sql),
+                                                "lepton_" + std::to_string(cache_.size()));
+      it = cache_.emplace(std::string(sql), std::move(stmt)).first;
+    }
+    return Query(*it->second);
+  }
+
+  bool HasTable(std::string_view name) override {
+    auto q = Prepare(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND "
+        "table_name = ? LIMIT 1");
+    return q->Bind(1, name).Step();
+  }
+
+  void Begin(bool write) override {
+    Exec(write ? "BEGIN" : "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    in_transaction_ = true;
+    if (write) Exec(kWriteLock);
+  }
+
+  // Runs a statement, preparing it first on this connection; returns the result, failed or not.
+  PGresult* Run(PgStatement& s, const std::vector<std::optional<std::string>>& params) {
+    std::vector<const char*> values;
+    values.reserve(params.size());
+    for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
+    return Retrying([&]() -> PGresult* {
+      if (s.prepared_on != connection_) {
+        PGresult* p = PQprepare(conn_, s.name().c_str(), s.sql().c_str(), 0, nullptr);
+        if (Failed(p)) return p;
+        PQclear(p);
+        s.prepared_on = connection_;
+      }
+      return PQexecPrepared(conn_, s.name().c_str(), static_cast<int>(values.size()), values.data(),
+                            nullptr, nullptr, 0);
+    });
+  }
+
+  static bool Failed(const PGresult* r) {
+    const auto status = PQresultStatus(r);
+    return status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK;
+  }
+
+  PGconn* conn() { return conn_; }
+
+ private:
+  void Connect() {
+    conn_ = PQconnectdb(url_.c_str());
+    if (PQstatus(conn_) != CONNECTION_OK) {
+      const std::string msg = Trimmed(PQerrorMessage(conn_));
+      PQfinish(conn_);
+      conn_ = nullptr;
+      throw StorageError("cannot connect to PostgreSQL at " + RedactedUrl(url_) + ": " + msg);
+    }
+    PQsetNoticeProcessor(
+        conn_, [](void*, const char*) {}, nullptr);  // CREATE ... IF NOT EXISTS
+    Configure();
+  }
+
+  void Configure() {
+    ++connection_;
+    in_transaction_ = false;
+    PGresult* r = PQexec(conn_, ("SET lock_timeout = " + std::to_string(lock_timeout_ms_) +
+                                 "; SET client_min_messages = warning")
+                                    .c_str());
+    PQclear(r);
+  }
+
+  // A connection found lost between transactions (a restarted server, a dropped link) is opened
+  // again and the statement tried once more. One lost inside a transaction fails that
+  // transaction, whose work the server has rolled back; the next statement after it connects
+  // again.
+  template <class Attempt>
+  PGresult* Retrying(Attempt&& attempt) {
+    Reconnect();
+    PGresult* r = attempt();
+    if (Failed(r) && PQstatus(conn_) == CONNECTION_BAD) {
+      if (in_transaction_) {
+        in_transaction_ = false;
+        return r;  // reported by the caller; the transaction is gone
+      }
+      PQclear(r);
+      Reconnect();
+      r = attempt();
+    }
+    return r;
+  }
+
+  void Reconnect() {
+    if (PQstatus(conn_) == CONNECTION_OK) return;
+    const bool lost_transaction = in_transaction_;
+    PQreset(conn_);
+    if (PQstatus(conn_) != CONNECTION_OK) {
+      throw StorageError("lost the connection to PostgreSQL at " + RedactedUrl(url_) + ": " +
+                         Trimmed(PQerrorMessage(conn_)));
+    }
+    Configure();
+    if (lost_transaction) {
+      throw StorageError("lost the connection to PostgreSQL at " + RedactedUrl(url_) +
+                         " inside a transaction; the server rolled it back");
+    }
+  }
+
+  const std::string url_;
+  const int lock_timeout_ms_;
+  PGconn* conn_ = nullptr;
+  uint64_t connection_ = 0;  // counts connections, so that statements know to prepare again
+  bool in_transaction_ = false;
+  std::unordered_map<std::string, std::unique_ptr<PgStatement>> cache_;
+};
+
+bool PgStatement::Step() {
+  if (!result_) {
+    result_ = db_.Run(*this, params_);
+    if (PgDatabase::Failed(result_)) Throw(db_.conn(), result_, "database error");
+  }
+  ++row_;
+  return row_ < PQntuples(result_);
+}
+
+}  // namespace
+
+std::unique_ptr<Database> OpenPostgres(const std::string& url, int lock_timeout_ms) {
+  return std::make_unique<PgDatabase>(url, lock_timeout_ms);
+}
+
+bool IsPostgresUrl(std::string_view location) {
+  return location.rfind("postgresql://", 0) == 0 || location.rfind("postgres://", 0) == 0;
+}
+
+std::string RedactedUrl(std::string_view url) {
+  std::string out(url);
+  // postgresql://user:password@host/...
+  const size_t scheme = out.find("://");
+  if (scheme != std::string::npos) {
+    const size_t start = scheme + 3;
+    const size_t at = out.find('@', start);
+    const size_t slash = out.find('/', start);
+    if (at != std::string::npos && (slash == std::string::npos || at < slash)) {
+      const size_t colon = out.find(':', start);
+      if (colon != std::string::npos && colon < at) out.erase(colon, at - colon);
+    }
+  }
+  // ...?password=secret&...
+  const size_t query = out.find('?');
+  if (query == std::string::npos) return out;
+  std::string kept;
+  for (size_t p = query; p != std::string::npos;) {
+    const size_t end = out.find('&', p + 1);
+    const std::string part =
+        out.substr(p + 1, (end == std::string::npos ? out.size() : end) - p - 1);
+    if (!part.empty() && part.rfind("password=", 0) != 0) {
+      kept += (kept.empty() ? "?" : "&") + part;
+    }
+    p = end;
+  }
+  return out.substr(0, query) + kept;
+}
+
+}  // namespace lepton::sql

@@ -1,0 +1,92 @@
+"""What only a registry on PostgreSQL has: a URL and a shared artifact directory, passwords that
+never show, other processes opening it by its location, and a server that restarts under it. (The
+conformance suite, test_registry.py and test_processes.py, runs everything else on both
+backends.)"""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lepton
+import pg_server
+from conftest import AddN, wait_for
+
+
+@pytest.fixture
+def url(postgres):
+    return postgres.url(postgres.create_database())
+
+
+def test_the_artifact_directory_must_be_named(url, tmp_path, monkeypatch):
+    monkeypatch.delenv("LEPTON_BLOBS", raising=False)
+    with pytest.raises(lepton.InvalidArgument, match=r"\?blobs=/path.*LEPTON_BLOBS"):
+        lepton.Registry(url)
+    # Any of the three ways names it.
+    a = lepton.Registry(url, blobs=tmp_path / "a")
+    assert a.path == str(tmp_path / "a")
+    monkeypatch.setenv("LEPTON_BLOBS", str(tmp_path / "b"))
+    assert lepton.Registry(url).path == str(tmp_path / "b")
+    assert lepton.Registry(f"{url}?blobs={tmp_path / 'c'}").path == str(tmp_path / "c")
+
+
+def test_a_password_is_never_shown(postgres, tmp_path):
+    secret = "pw-9f3c1d"
+    good = f"postgresql://{postgres.user}:{secret}@127.0.0.1:{postgres.port}/{postgres.create_database()}"
+    reg = lepton.Registry(f"{good}?blobs={tmp_path}")  # the test server trusts local connections
+    assert secret not in reg.location and secret not in repr(reg)
+    assert reg.location.startswith(f"postgresql://{postgres.user}@127.0.0.1:")
+    for bad in (f"postgresql://{postgres.user}:{secret}@127.0.0.1:{postgres.port}/no_such_db",
+                f"postgresql://127.0.0.1:{postgres.port}/no_such_db?user={postgres.user}&password={secret}"):
+        with pytest.raises(lepton.StorageError) as e:
+            lepton.Registry(bad, blobs=tmp_path)
+        assert "no_such_db" in str(e.value) and secret not in str(e.value)
+
+
+def test_other_processes_open_it_by_its_location(url, tmp_path, python_env):
+    reg = lepton.Registry(url, blobs=tmp_path / "shared")
+    reg.register("m", AddN(1), example_inputs=torch.zeros(1, 4))
+    out = subprocess.run([sys.executable, "-m", "lepton", "--registry", reg.location, "versions", "m"],
+                         env=python_env, capture_output=True, text=True, check=True).stdout
+    assert "v1" in out
+    env = {**python_env, "LEPTON_HOME": reg.location}
+    subprocess.run([sys.executable, "-m", "lepton", "alias", "set", "m", "prod", "v1"], env=env, check=True,
+                   capture_output=True)
+    assert reg.aliases("m") == {"prod": "v1"}
+    assert [e.action for e in reg.history("m")][-1] == "set_alias"
+
+
+def test_a_deployment_follows_an_alias_moved_through_another_connection(url, tmp_path):
+    serving = lepton.Registry(url, blobs=tmp_path / "shared")
+    for n in (1, 2):
+        serving.register("m", AddN(n), example_inputs=torch.zeros(1, 4))
+    serving.set_alias("m", "prod", "v1")
+    elsewhere = lepton.Registry(serving.location, actor="release-bot")
+    with lepton.Deployment(serving, "m", alias="prod") as d:
+        assert d.predict(torch.zeros(1, 4)).version == "v1"
+        elsewhere.set_alias("m", "prod", "v2", expected="v1")
+        wait_for(lambda: d.predict(torch.zeros(1, 4)).version == "v2", timeout=10)
+
+
+def test_a_restarted_server_loses_nothing_and_the_registry_carries_on(tmp_path):
+    server = pg_server.PostgresServer().start()
+    try:
+        reg = lepton.Registry(server.url(server.create_database()), blobs=tmp_path)
+        reg.register("m", AddN(1), example_inputs=torch.zeros(1, 4))
+        server.restart()
+        # The lost connection is found, opened again, and the call goes through.
+        reg.register("m", AddN(2), example_inputs=torch.zeros(1, 4))
+        assert [v.seq for v in reg.versions("m")] == [1, 2]
+        server.stop()
+        with pytest.raises(lepton.StorageError, match="PostgreSQL"):
+            reg.versions("m")
+        server.start_again()
+        assert [v.version for v in reg.versions("m")] == ["v1", "v2"]
+        assert reg.verify().ok
+    finally:
+        server.close()
+
+
+def test_recover_is_for_directories(url):
+    with pytest.raises(lepton.InvalidArgument, match="PostgreSQL's own backups"):
+        lepton.recover(url)
