@@ -90,3 +90,26 @@ def test_a_restarted_server_loses_nothing_and_the_registry_carries_on(tmp_path):
 def test_recover_is_for_directories(url):
     with pytest.raises(lepton.InvalidArgument, match="PostgreSQL's own backups"):
         lepton.recover(url)
+
+
+def test_a_replica_that_loses_the_database_keeps_serving_and_catches_up(tmp_path):
+    server = pg_server.PostgresServer().start()
+    try:
+        reg = lepton.Registry(server.url(server.create_database()), blobs=tmp_path)
+        for n in (1, 2):
+            reg.register("m", AddN(n), example_inputs=torch.zeros(1, 4))
+        reg.set_alias("m", "prod", "v1")
+        with lepton.Deployment(reg, "m", alias="prod") as d:
+            x = torch.zeros(1, 4)
+            assert d.predict(x).version == "v1"
+            server.stop()
+            # The request path never touches the database; the alias's poll fails and says so.
+            wait_for(lambda: "PostgreSQL" in d.status()["last_error"], timeout=30)
+            for _ in range(50):
+                assert d.predict(x).version == "v1"
+            server.start_again()
+            lepton.Registry(reg.location).set_alias("m", "prod", "v2")
+            wait_for(lambda: d.predict(x).version == "v2", timeout=30)
+            wait_for(lambda: d.status()["last_error"] == "", timeout=30)
+    finally:
+        server.close()

@@ -191,7 +191,11 @@ class PgDatabase final : public Database {
 
  private:
   void Connect() {
-    conn_ = PQconnectdb(url_.c_str());
+    // A server that does not answer is given up after 10 s (unless the URL says otherwise), so
+    // that an unreachable database holds a background poll up, never forever.
+    const char* keywords[] = {"connect_timeout", "dbname", nullptr};
+    const char* values[] = {"10", url_.c_str(), nullptr};
+    conn_ = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
     if (PQstatus(conn_) != CONNECTION_OK) {
       const std::string msg = Trimmed(PQerrorMessage(conn_));
       PQfinish(conn_);
