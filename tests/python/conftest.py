@@ -150,26 +150,63 @@ def assert_releases_gil(call):
     assert [s for s in stamps if start + 0.01 < s < end - 0.01], "the GIL was held during the call"
 
 
+class ServerLog:
+    """A child's log, read as it comes (so that a chatty child never blocks on a full pipe)."""
+
+    def __init__(self, stream):
+        self.lines = []
+        self._ended = False
+        self._cv = threading.Condition()
+        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream):
+        for line in stream:
+            with self._cv:
+                self.lines.append(line)
+                self._cv.notify_all()
+        with self._cv:
+            self._ended = True
+            self._cv.notify_all()
+
+    def wait_for(self, pattern, timeout=120.0):
+        """The first match of `pattern` in a line so far or to come; AssertionError if the log ends
+        or `timeout` passes without one."""
+        import re
+
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cv:
+            while True:
+                for line in self.lines[seen:]:
+                    m = re.search(pattern, line)
+                    if m:
+                        return m
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                assert not self._ended and left > 0, f"no {pattern!r} in the log:\n{''.join(self.lines)[-3000:]}"
+                self._cv.wait(left)
+
+    def join(self):
+        self._reader.join(timeout=10)
+
+
 @contextlib.contextmanager
 def lepton_serve(args, env):
     """Runs `python -m lepton serve ARGS` as a child and yields (process, URL) once its log says
-    where it listens. The child is killed on the way out unless the test stopped it."""
-    import re
+    where it listens; `process.log` (a ServerLog) has the rest. The child is killed on the way out
+    unless the test stopped it."""
     import subprocess
 
     proc = subprocess.Popen([sys.executable, "-m", "lepton", "serve", *args], stderr=subprocess.PIPE,
                             text=True, env=env)
+    proc.log = ServerLog(proc.stderr)
     try:
-        url = None
-        for line in proc.stderr:
-            m = re.search(r"on (http://\S+)", line)
-            if m:
-                url = m.group(1)
-                break
-        assert url, "the server did not say where it listens"
+        url = proc.log.wait_for(r"on (http://\S+)").group(1)
         yield proc, url
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.log.join()
         proc.stderr.close()

@@ -4,7 +4,6 @@ token, deadlines, refused compression and metrics."""
 import gzip
 import importlib
 import os
-import re
 import subprocess
 import struct
 import sys
@@ -387,14 +386,8 @@ def test_no_grpc_unless_asked(registry):
 
 def test_lepton_serve_grpc_port(registry, python_env, pb):
     registry.register("m", AddN(1), version="v1", example_inputs=torch.zeros(1, 4))
-    with lepton_serve(["--registry", registry.path, "--port", "0", "--grpc-port", "0"], python_env) as (proc, _):
-        target = None
-        for line in proc.stderr:
-            found = re.search(r"gRPC \(inference.GRPCInferenceService\) on (\S+)", line)
-            if found:
-                target = found.group(1)
-                break
-        assert target
+    with lepton_serve(["--registry", registry.location, "--port", "0", "--grpc-port", "0"], python_env) as (proc, _):
+        target = proc.log.wait_for(r"gRPC \(inference.GRPCInferenceService\) on (\S+)").group(1)
         channel = grpc.insecure_channel(target)
         stub = pb[1].GRPCInferenceServiceStub(channel)
         x = np.ones((1, 4), dtype=np.float32)
