@@ -113,3 +113,29 @@ def test_a_replica_that_loses_the_database_keeps_serving_and_catches_up(tmp_path
             wait_for(lambda: d.status()["last_error"] == "", timeout=30)
     finally:
         server.close()
+
+
+def test_alias_moves_are_pushed_to_deployments_that_follow_them(tmp_path):
+    server = pg_server.PostgresServer().start()
+    try:
+        reg = lepton.Registry(server.url(server.create_database()), blobs=tmp_path)
+        for n in (1, 2, 3):
+            reg.register("m", AddN(n), example_inputs=torch.zeros(1, 4))
+        reg.set_alias("m", "prod", "v1")
+        other = lepton.Registry(reg.location, actor="elsewhere")
+        x = torch.zeros(1, 4)
+        # A poll once a minute: only the push (LISTEN/NOTIFY) can make these moves arrive in time.
+        with lepton.Deployment(reg, "m", alias="prod", alias_poll_interval=60) as d:
+            assert d.predict(x).version == "v1"
+            wait_for(lambda: d.status()["alias_pushed"], timeout=20)  # its connection is up
+            other.set_alias("m", "prod", "v2")
+            wait_for(lambda: d.predict(x).version == "v2", timeout=20)
+            other.rollback("m", "prod")
+            wait_for(lambda: d.predict(x).version == "v1", timeout=20)
+            # The listening connection is lost and made again: what it may have missed is
+            # looked up, and later moves are pushed again.
+            server.restart()
+            other.set_alias("m", "prod", "v3")
+            wait_for(lambda: d.predict(x).version == "v3", timeout=30)
+    finally:
+        server.close()

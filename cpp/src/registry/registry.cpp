@@ -364,6 +364,13 @@ RecoverReport Registry::Recover(const std::string& root, const std::string& mode
 
 const std::string& Registry::root() const { return Self()->root_; }
 std::string Registry::location() const { return Self()->where(); }
+std::shared_ptr<void> Registry::WatchAliases(std::function<void(const std::string&)> moved) {
+  return Self()->WatchAliases(std::move(moved));
+}
+bool Registry::AliasesPushed() const {
+  const sql::Listener* listener = Self()->listening_.load();
+  return listener && listener->live();
+}
 const std::string& Registry::actor() const { return Self()->options_.actor; }
 
 void Registry::CreateModel(const std::string& name, const std::string& description, bool exist_ok) {

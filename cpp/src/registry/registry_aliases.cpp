@@ -63,6 +63,7 @@ ModelVersion Registry::Impl::SetAlias(const std::string& model, const std::strin
         .Run();
   }
   MoveAlias(model_id, alias, target);
+  AliasMoved(model);
   const std::string target_label = LabelOf(target);
   Audit(model, "set_alias", target_label, alias, current_label, target_label, reason,
         json::object());
@@ -100,6 +101,7 @@ void Registry::Impl::RemoveAlias(const std::string& model, const std::string& al
       ->Bind(1, model_id)
       .Bind(2, alias)
       .Run();
+  AliasMoved(model);
   Audit(model, "remove_alias", label, alias, label, std::nullopt, reason, json::object());
   tx.Commit();
 }
@@ -125,6 +127,7 @@ ModelVersion Registry::Impl::Rollback(const std::string& model, const std::strin
   }
   db_->Prepare("DELETE FROM alias_history WHERE id = ?")->Bind(1, history_id).Run();
   MoveAlias(model_id, alias, previous);
+  AliasMoved(model);
   const std::string from = LabelOf(current), to = LabelOf(previous);
   Audit(model, "rollback", to, alias, from, to, reason, json::object());
   ModelVersion result = LoadVersion(previous);
@@ -206,6 +209,46 @@ std::vector<AuditEntry> Registry::Impl::History(const std::string& model, int64_
     throw NotFound("model '" + model + "' has no history in the registry at '" + root_ + "'");
   }
   return out;
+}
+
+// --- alias moves pushed by PostgreSQL ---
+
+namespace {
+constexpr const char* kAliasChannel = "lepton_aliases";
+}  // namespace
+
+// Delivered by PostgreSQL when the transaction commits, to every connection listening; nothing
+// is sent when it rolls back.
+void Registry::Impl::AliasMoved(const std::string& model) {
+  if (db_->dialect() != sql::Dialect::kPostgres) return;
+  auto q = db_->Prepare("SELECT pg_notify(?, ?)");
+  q->Bind(1, kAliasChannel).Bind(2, model).Run();
+}
+
+std::shared_ptr<void> Registry::Impl::WatchAliases(std::function<void(const std::string&)> moved) {
+  if (db_->dialect() != sql::Dialect::kPostgres) return nullptr;
+  std::lock_guard<std::mutex> lk(watch_mu_);
+  const uint64_t id = next_watcher_++;
+  watchers_.emplace(id, std::move(moved));
+  if (!listener_) {
+    listener_ = sql::ListenPostgres(
+        WithoutBlobs(location_), kAliasChannel, [this](const std::string& m) { Dispatch(m); },
+        [this] { Dispatch(""); });
+    listening_ = listener_.get();
+  }
+  return std::shared_ptr<void>(new uint64_t(id), [this](void* p) {
+    auto* token = static_cast<uint64_t*>(p);
+    {
+      std::lock_guard<std::mutex> lk(watch_mu_);
+      watchers_.erase(*token);
+    }
+    delete token;
+  });
+}
+
+void Registry::Impl::Dispatch(const std::string& model) {
+  std::lock_guard<std::mutex> lk(watch_mu_);
+  for (const auto& [id, moved] : watchers_) moved(model);
 }
 
 }  // namespace lepton

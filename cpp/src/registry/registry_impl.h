@@ -269,6 +269,17 @@ class Registry::Impl {
   BlobStore blobs_;
   std::unique_ptr<sql::Database> db_;
   mutable std::mutex mu_;
+
+  // --- alias moves pushed by PostgreSQL ---
+  // Tells listeners, when the transaction commits, that an alias of `model` moved.
+  void AliasMoved(const std::string& model);
+  std::shared_ptr<void> WatchAliases(std::function<void(const std::string&)> moved);
+  void Dispatch(const std::string& model);
+  std::mutex watch_mu_;  // held while watchers are called, so that removing one waits for them
+  std::map<uint64_t, std::function<void(const std::string&)>> watchers_;
+  uint64_t next_watcher_ = 0;
+  std::unique_ptr<sql::Listener> listener_;               // started by the first watch
+  std::atomic<const sql::Listener*> listening_{nullptr};  // the same, read without the lock
 };
 
 }  // namespace lepton

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -113,6 +114,22 @@ std::unique_ptr<Database> OpenSqlite(const std::string& path, int busy_timeout_m
 // password may come from the URI, PGPASSWORD or a password file. Messages never repeat the
 // password. Statements wait on each other's locks up to `lock_timeout_ms`.
 std::unique_ptr<Database> OpenPostgres(const std::string& url, int lock_timeout_ms);
+
+// Notifications on one channel (PostgreSQL's LISTEN), on a connection and a thread of their own,
+// until destroyed. A lost connection is made again (after 0.5 s, doubling to 5 s).
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  // Whether it is listening now.
+  virtual bool live() const = 0;
+};
+
+// `notified(payload)` for each notification; `resync()` when listening starts again after the
+// connection was lost (notifications may have been missed meanwhile). Both run on the listener's
+// thread. Connection failures are retried, never thrown.
+std::unique_ptr<Listener> ListenPostgres(const std::string& url, const std::string& channel,
+                                         std::function<void(const std::string&)> notified,
+                                         std::function<void()> resync);
 
 // Whether `location` names a PostgreSQL database rather than a directory.
 bool IsPostgresUrl(std::string_view location);

@@ -1,9 +1,15 @@
 // The registry's database on PostgreSQL, through libpq.
 #include <libpq-fe.h>
+#include <poll.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -55,6 +61,18 @@ std::string Trimmed(const char* message) {
   if (code == "53100") throw StorageError(msg, ENOSPC);
   if (code == "XX001" || code == "XX002") throw IntegrityError(msg);
   throw StorageError(msg);
+}
+
+// A server that does not answer is given up after 10 s (unless the URL says otherwise), so that
+// an unreachable database holds a background poll up, never forever.
+PGconn* ConnectTo(const std::string& url) {
+  const char* keywords[] = {"connect_timeout", "dbname", nullptr};
+  const char* values[] = {"10", url.c_str(), nullptr};
+  PGconn* conn = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
+  if (conn)
+    PQsetNoticeProcessor(
+        conn, [](void*, const char*) {}, nullptr);
+  return conn;
 }
 
 class PgDatabase;
@@ -191,11 +209,7 @@ class PgDatabase final : public Database {
 
  private:
   void Connect() {
-    // A server that does not answer is given up after 10 s (unless the URL says otherwise), so
-    // that an unreachable database holds a background poll up, never forever.
-    const char* keywords[] = {"connect_timeout", "dbname", nullptr};
-    const char* values[] = {"10", url_.c_str(), nullptr};
-    conn_ = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
+    conn_ = ConnectTo(url_);
     if (PQstatus(conn_) != CONNECTION_OK) {
       const std::string msg = Trimmed(PQerrorMessage(conn_));
       PQfinish(conn_);
@@ -268,7 +282,92 @@ bool PgStatement::Step() {
   return row_ < PQntuples(result_);
 }
 
+class PgListener final : public Listener {
+ public:
+  PgListener(std::string url, std::string channel, std::function<void(const std::string&)> notified,
+             std::function<void()> resync)
+      : url_(std::move(url)),
+        channel_(std::move(channel)),
+        notified_(std::move(notified)),
+        resync_(std::move(resync)),
+        thread_([this] { Run(); }) {}
+
+  ~PgListener() override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  bool live() const override { return live_.load(); }
+
+ private:
+  void Run() {
+    auto pause = std::chrono::milliseconds(500);
+    bool first = true;
+    while (!Stopping()) {
+      PGconn* conn = ConnectTo(url_);
+      if (PQstatus(conn) == CONNECTION_OK) {
+        PGresult* r = PQexec(conn, ("LISTEN " + channel_).c_str());
+        const bool listening = PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        if (listening) {
+          live_ = true;
+          pause = std::chrono::milliseconds(500);
+          if (!first) resync_();
+          first = false;
+          Listen(conn);
+          live_ = false;
+        }
+      }
+      PQfinish(conn);
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait_for(lk, pause, [&] { return stopping_; });
+      pause = std::min(pause * 2, std::chrono::milliseconds(5000));
+    }
+  }
+
+  // Delivers notifications until the connection is lost or the listener stops.
+  void Listen(PGconn* conn) {
+    while (!Stopping()) {
+      pollfd fd{PQsocket(conn), POLLIN, 0};
+      if (fd.fd < 0) return;
+      const int ready = ::poll(&fd, 1, 250);  // wakes to see whether it must stop
+      if (ready < 0 && errno != EINTR) return;
+      if (ready > 0 && !PQconsumeInput(conn)) return;  // the connection is gone
+      while (PGnotify* n = PQnotifies(conn)) {
+        const std::string payload = n->extra ? n->extra : "";
+        PQfreemem(n);
+        notified_(payload);
+      }
+      if (PQstatus(conn) != CONNECTION_OK) return;
+    }
+  }
+
+  bool Stopping() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return stopping_;
+  }
+
+  const std::string url_, channel_;
+  const std::function<void(const std::string&)> notified_;
+  const std::function<void()> resync_;
+  std::atomic<bool> live_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;  // last: starts once everything above is ready
+};
+
 }  // namespace
+
+std::unique_ptr<Listener> ListenPostgres(const std::string& url, const std::string& channel,
+                                         std::function<void(const std::string&)> notified,
+                                         std::function<void()> resync) {
+  return std::make_unique<PgListener>(url, channel, std::move(notified), std::move(resync));
+}
 
 std::unique_ptr<Database> OpenPostgres(const std::string& url, int lock_timeout_ms) {
   return std::make_unique<PgDatabase>(url, lock_timeout_ms);

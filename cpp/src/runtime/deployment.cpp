@@ -70,6 +70,15 @@ class Deployment::Impl {
     versions_.Start(specs);
     controller_.Restore(*versions_.Snapshot()->policy);
     StartControl();
+    // A registry that pushes alias moves (PostgreSQL) wakes the chores to follow at once; the
+    // poll stays, less often, for what a lost connection may have missed.
+    if (follower_ && versions_.registry()) {
+      alias_watch_ = versions_.registry()->WatchAliases([this](const std::string& model) {
+        if (!model.empty() && model != model_) return;
+        alias_pushed_ = true;
+        Wake();
+      });
+    }
   }
 
   const std::string& model() const { return model_; }
@@ -341,9 +350,11 @@ class Deployment::Impl {
     if (stopping_) return Clock::now() + std::chrono::hours(1);
     const bool woken = woken_.exchange(false);
     const auto now = Clock::now();
-    if (follower_ && now >= next_.poll) {
+    if (follower_ && (now >= next_.poll || alias_pushed_.exchange(false))) {
       FollowAliasOnce();
-      next_.poll = now + DeadlineIn(options_.alias_poll_s);
+      const bool pushed = alias_watch_ && versions_.registry()->AliasesPushed();
+      next_.poll = now + DeadlineIn(pushed ? std::max(options_.alias_poll_s, kPushedPollS)
+                                           : options_.alias_poll_s);
     }
     if (options_.all_versions && now >= next_.refresh) {
       try {
@@ -435,6 +446,7 @@ class Deployment::Impl {
 
   void Close() {
     stopping_ = true;
+    alias_watch_.reset();  // waits for a call in progress; none comes after
     // Waits for a chore in progress; none runs after.
     if (scheduler_) scheduler_->Remove(control_id_);
     shadows_.Stop();
@@ -463,6 +475,7 @@ class Deployment::Impl {
     }
     if (follower_) {
       out.alias_follow_failures = follower_->failures();
+      out.alias_pushed = alias_watch_ && versions_.registry()->AliasesPushed();
       out.alias_target_failed = follower_->failed_target();
     }
     if (!st) return out;
@@ -520,6 +533,10 @@ class Deployment::Impl {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> woken_{false};
   Dormancy dormancy_;  // whether the chores sleep until the next request
+  // Alias moves pushed by the registry, and how often the alias is still polled meanwhile.
+  std::shared_ptr<void> alias_watch_;
+  std::atomic<bool> alias_pushed_{false};
+  static constexpr double kPushedPollS = 5.0;
 
   mutable std::mutex error_mu_;
   std::string last_error_;  // the latest failure of the control chores

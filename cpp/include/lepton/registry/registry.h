@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -145,6 +146,15 @@ class Registry {
   // What opens this registry again: its directory, or its PostgreSQL URL (without the password,
   // with the artifact directory as its `blobs` parameter).
   std::string location() const;
+
+  // Alias moves made by any process or machine, as they happen: `moved(model)` after each move
+  // of one of `model`'s aliases, and moved("") when some may have been missed (the connection
+  // that hears them was lost and made again). A registry on PostgreSQL pushes them
+  // (LISTEN/NOTIFY); a directory does not, and returns null: poll it instead. The calls run on a
+  // thread of the registry's, one at a time, and stop once the returned handle is destroyed.
+  std::shared_ptr<void> WatchAliases(std::function<void(const std::string& model)> moved);
+  // Whether alias moves are being pushed now (a watch exists and its connection is up).
+  bool AliasesPushed() const;
   const std::string& actor() const;
 
   void CreateModel(const std::string& name, const std::string& description, bool exist_ok);

@@ -49,6 +49,9 @@ struct DeploymentStatus {
   // and how many attempts to load a target have failed.
   std::optional<std::string> alias_target_failed;
   int64_t alias_follow_failures = 0;
+  // The registry pushes the followed alias's moves now (PostgreSQL's LISTEN/NOTIFY); otherwise
+  // they are seen by polling.
+  bool alias_pushed = false;
 };
 
 class Deployment {
