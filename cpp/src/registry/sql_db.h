@@ -131,6 +131,9 @@ std::unique_ptr<Listener> ListenPostgres(const std::string& url, const std::stri
                                          std::function<void(const std::string&)> notified,
                                          std::function<void()> resync);
 
+// The URL without its query parameters called `name` ("...?a=1&name=x&b=2" -> "...?a=1&b=2").
+std::string WithoutParameter(std::string_view url, std::string_view name);
+
 // Whether `location` names a PostgreSQL database rather than a directory.
 bool IsPostgresUrl(std::string_view location);
 

@@ -390,20 +390,25 @@ std::string RedactedUrl(std::string_view url) {
       if (colon != std::string::npos && colon < at) out.erase(colon, at - colon);
     }
   }
-  // ...?password=secret&...
-  const size_t query = out.find('?');
-  if (query == std::string::npos) return out;
+  return WithoutParameter(out, "password");
+}
+
+std::string WithoutParameter(std::string_view url, std::string_view name) {
+  const size_t query = url.find('?');
+  if (query == std::string_view::npos) return std::string(url);
+  const std::string prefix = std::string(name) + "=";
   std::string kept;
-  for (size_t p = query; p != std::string::npos;) {
-    const size_t end = out.find('&', p + 1);
-    const std::string part =
-        out.substr(p + 1, (end == std::string::npos ? out.size() : end) - p - 1);
-    if (!part.empty() && part.rfind("password=", 0) != 0) {
-      kept += (kept.empty() ? "?" : "&") + part;
+  for (size_t p = query; p != std::string_view::npos;) {
+    const size_t end = url.find('&', p + 1);
+    const std::string_view part =
+        url.substr(p + 1, (end == std::string_view::npos ? url.size() : end) - p - 1);
+    if (!part.empty() && part.rfind(prefix, 0) != 0) {
+      kept += kept.empty() ? "?" : "&";
+      kept += part;
     }
     p = end;
   }
-  return out.substr(0, query) + kept;
+  return std::string(url.substr(0, query)) + kept;
 }
 
 }  // namespace lepton::sql
