@@ -128,9 +128,9 @@ def _register_file_50_times(path, artifact, queue):
     queue.put(failures)
 
 
-def test_forked_workers_register_with_the_parents_registry(tmp_path):
+def test_forked_workers_register_with_the_parents_registry(tmp_path, registry_location):
     global _inherited_registry
-    path = tmp_path / "reg"
+    path = registry_location  # both backends: a child must never use the parent's connection
     artifact = str(tmp_path / "m.pt")
     torch.jit.script(AddN(1.0)).save(artifact)
     _inherited_registry = lepton.Registry(path, actor="parent")
