@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -85,10 +86,11 @@ class PgStatement final : public Statement {
 
   using Statement::Bind;
   Statement& Bind(int index, int64_t value) override { return Set(index, std::to_string(value)); }
+  // Numbers as text, in the shortest form that reads back exactly, whatever the locale.
   Statement& Bind(int index, double value) override {
     char buffer[32];
-    std::snprintf(buffer, sizeof buffer, "%.17g", value);
-    return Set(index, buffer);
+    const auto end = std::to_chars(buffer, buffer + sizeof buffer, value).ptr;
+    return Set(index, std::string(buffer, end));
   }
   Statement& Bind(int index, std::string_view value) override {
     return Set(index, std::string(value));
@@ -110,7 +112,10 @@ class PgStatement final : public Statement {
     return std::strtoll(v, nullptr, 10);
   }
   double Real(int col) const override {
-    return std::strtod(PQgetvalue(result_, row_, col), nullptr);
+    const char* v = PQgetvalue(result_, row_, col);
+    double out = 0;
+    std::from_chars(v, v + PQgetlength(result_, row_, col), out);
+    return out;
   }
   std::string Text(int col) const override {
     return std::string(PQgetvalue(result_, row_, col),
@@ -180,7 +185,16 @@ class PgDatabase final : public Database {
   void Begin(bool write) override {
     Exec(write ? "BEGIN" : "BEGIN ISOLATION LEVEL REPEATABLE READ");
     in_transaction_ = true;
-    if (write) Exec(kWriteLock);
+    if (!write) return;
+    try {
+      Exec(kWriteLock);  // may time out (lock_timeout): the transaction must not stay open
+    } catch (...) {
+      try {
+        Exec("ROLLBACK");
+      } catch (...) {
+      }
+      throw;
+    }
   }
 
   // Runs a statement, preparing it first on this connection; returns the result, failed or not.
