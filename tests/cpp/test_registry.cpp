@@ -11,6 +11,7 @@
 #include "lepton/common/errors.h"
 #include "lepton/registry/blob_store.h"
 #include "lepton/registry/registry.h"
+#include "pg_test_server.h"
 #include "test_util.h"
 
 namespace lepton {
@@ -30,13 +31,25 @@ RegisterOptions Label(const std::string& label) {
   return o;
 }
 
-class RegistryTest : public ::testing::Test {
+// The conformance suite: every RegistryTest runs on both backends, a directory (SQLite) and a
+// database on a real PostgreSQL server with its artifacts in a directory of the test's own.
+class RegistryTest : public ::testing::TestWithParam<std::string> {
  protected:
+  std::string Location() {
+    if (GetParam() == "sqlite") return dir_ / "reg";
+    return testing::NewPostgresDatabase() + "?blobs=" + (dir_ / "reg");
+  }
   TempDir dir_;
-  Registry reg_{dir_ / "reg", Opts()};
+  const std::string location_ = Location();
+  Registry reg_{location_, Opts()};
 };
 
-TEST_F(RegistryTest, RegisterAssignsSeqAndDefaultLabels) {
+INSTANTIATE_TEST_SUITE_P(Backends, RegistryTest, ::testing::Values("sqlite", "postgresql"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
+
+TEST_P(RegistryTest, RegisterAssignsSeqAndDefaultLabels) {
   ModelVersion a = reg_.RegisterBytes("clf", "a", {});
   ModelVersion b = reg_.RegisterBytes("clf", "b", {});
   EXPECT_EQ(a.seq, 1);
@@ -50,7 +63,7 @@ TEST_F(RegistryTest, RegisterAssignsSeqAndDefaultLabels) {
   EXPECT_EQ(a.created_at, a.updated_at);
 }
 
-TEST_F(RegistryTest, LabelsAreUniqueAndArtifactsImmutable) {
+TEST_P(RegistryTest, LabelsAreUniqueAndArtifactsImmutable) {
   reg_.RegisterBytes("clf", "a", Label("v1.0"));
   EXPECT_THROW(reg_.RegisterBytes("clf", "b", Label("v1.0")), Conflict);
   // The refused registration consumed no seq and left the store as it was.
@@ -59,12 +72,12 @@ TEST_F(RegistryTest, LabelsAreUniqueAndArtifactsImmutable) {
   EXPECT_EQ(reg_.Verify().orphan_blobs.size(), 0u);
 }
 
-TEST_F(RegistryTest, DefaultLabelAvoidsAUserLabel) {
+TEST_P(RegistryTest, DefaultLabelAvoidsAUserLabel) {
   reg_.RegisterBytes("clf", "a", Label("v2"));
   EXPECT_EQ(reg_.RegisterBytes("clf", "b", {}).version, "v2-2");
 }
 
-TEST_F(RegistryTest, ReferencesResolveLatestLabelAndAlias) {
+TEST_P(RegistryTest, ReferencesResolveLatestLabelAndAlias) {
   reg_.RegisterBytes("clf", "a", Label("v1.0"));
   reg_.RegisterBytes("clf", "b", Label("v1.1"));
   reg_.SetAlias("clf", "production", "v1.0", std::nullopt, "first release");
@@ -85,7 +98,7 @@ TEST_F(RegistryTest, ReferencesResolveLatestLabelAndAlias) {
   }
 }
 
-TEST_F(RegistryTest, MetadataTagsMetricsSignatureAndLineage) {
+TEST_P(RegistryTest, MetadataTagsMetricsSignatureAndLineage) {
   RegisterOptions o = Label("v1");
   o.description = "baseline";
   o.tags = {{"dataset", "digits"}, {"owner", "ml"}};
@@ -121,7 +134,7 @@ TEST_F(RegistryTest, MetadataTagsMetricsSignatureAndLineage) {
   EXPECT_EQ(reg_.Versions("clf").size(), 2u);
 }
 
-TEST_F(RegistryTest, UpdateChangesMetadataAndUpdatedAt) {
+TEST_P(RegistryTest, UpdateChangesMetadataAndUpdatedAt) {
   RegisterOptions o;
   o.tags = {{"a", "1"}, {"b", "2"}};
   o.metrics = {{"acc", 0.5}};
@@ -141,7 +154,7 @@ TEST_F(RegistryTest, UpdateChangesMetadataAndUpdatedAt) {
   EXPECT_EQ(reg_.History("clf").back().action, "update");
 }
 
-TEST_F(RegistryTest, AliasCompareAndSwap) {
+TEST_P(RegistryTest, AliasCompareAndSwap) {
   reg_.RegisterBytes("clf", "a", {});
   reg_.RegisterBytes("clf", "b", {});
   reg_.RegisterBytes("clf", "c", {});
@@ -160,7 +173,7 @@ TEST_F(RegistryTest, AliasCompareAndSwap) {
   EXPECT_THROW(reg_.SetAlias("nope", "prod", "v1", std::nullopt, ""), NotFound);
 }
 
-TEST_F(RegistryTest, ConcurrentCompareAndSwapHasOneWinner) {
+TEST_P(RegistryTest, ConcurrentCompareAndSwapHasOneWinner) {
   reg_.RegisterBytes("clf", "a", {});
   reg_.RegisterBytes("clf", "b", {});
   reg_.SetAlias("clf", "production", "v1", std::nullopt, "");
@@ -168,7 +181,7 @@ TEST_F(RegistryTest, ConcurrentCompareAndSwapHasOneWinner) {
   std::vector<std::thread> threads;
   for (int t = 0; t < 6; ++t) {
     threads.emplace_back([&, t] {
-      Registry mine(dir_ / "reg", Opts());
+      Registry mine(location_, Opts());
       try {
         mine.SetAlias("clf", "production", "v2", std::string("v1"), "racer " + std::to_string(t));
         ++wins;
@@ -182,7 +195,7 @@ TEST_F(RegistryTest, ConcurrentCompareAndSwapHasOneWinner) {
   EXPECT_EQ(conflicts.load(), 5);
 }
 
-TEST_F(RegistryTest, RollbackWalksBackThroughPreviousTargets) {
+TEST_P(RegistryTest, RollbackWalksBackThroughPreviousTargets) {
   for (const char* b : {"a", "b", "c"}) reg_.RegisterBytes("clf", b, {});
   reg_.SetAlias("clf", "production", "v1", std::nullopt, "");
   reg_.SetAlias("clf", "production", "v2", std::nullopt, "");
@@ -201,7 +214,7 @@ TEST_F(RegistryTest, RollbackWalksBackThroughPreviousTargets) {
   EXPECT_EQ(last.actor, "tester");
 }
 
-TEST_F(RegistryTest, HistoryRecordsEveryChange) {
+TEST_P(RegistryTest, HistoryRecordsEveryChange) {
   reg_.RegisterBytes("clf", "a", {});
   reg_.RegisterBytes("clf", "b", {});
   reg_.SetAlias("clf", "production", "v1", std::nullopt, "go");
@@ -218,7 +231,7 @@ TEST_F(RegistryTest, HistoryRecordsEveryChange) {
   EXPECT_THROW(reg_.History("never"), NotFound);
 }
 
-TEST_F(RegistryTest, DeleteRefusesAliasedUnlessForced) {
+TEST_P(RegistryTest, DeleteRefusesAliasedUnlessForced) {
   ModelVersion a = reg_.RegisterBytes("clf", "a", {});
   reg_.RegisterBytes("clf", "b", {});
   reg_.SetAlias("clf", "production", "v1", std::nullopt, "");
@@ -232,7 +245,7 @@ TEST_F(RegistryTest, DeleteRefusesAliasedUnlessForced) {
   EXPECT_EQ(reg_.RegisterBytes("clf", "c", {}).seq, 3);
 }
 
-TEST_F(RegistryTest, SharedBlobSurvivesDeletionOfOneVersion) {
+TEST_P(RegistryTest, SharedBlobSurvivesDeletionOfOneVersion) {
   ModelVersion a = reg_.RegisterBytes("clf", "same", {});
   ModelVersion b = reg_.RegisterBytes("clf", "same", {});
   EXPECT_EQ(a.sha256, b.sha256);
@@ -240,7 +253,7 @@ TEST_F(RegistryTest, SharedBlobSurvivesDeletionOfOneVersion) {
   EXPECT_EQ(reg_.ReadArtifact("clf:v2"), "same");
 }
 
-TEST_F(RegistryTest, GcKeepsLatestAndAliased) {
+TEST_P(RegistryTest, GcKeepsLatestAndAliased) {
   for (int i = 0; i < 6; ++i) reg_.RegisterBytes("clf", "blob" + std::to_string(i), {});
   reg_.RegisterBytes("other", "o1", {});
   reg_.SetAlias("clf", "production", "v2", std::nullopt, "");
@@ -260,7 +273,7 @@ TEST_F(RegistryTest, GcKeepsLatestAndAliased) {
   EXPECT_TRUE(reg_.Verify().ok());
 }
 
-TEST_F(RegistryTest, VerifyReportsMissingAndCorruptedArtifacts) {
+TEST_P(RegistryTest, VerifyReportsMissingAndCorruptedArtifacts) {
   ModelVersion a = reg_.RegisterBytes("clf", "alpha", {});
   ModelVersion b = reg_.RegisterBytes("clf", "beta", {});
   reg_.RegisterBytes("clf", "gamma", {});
@@ -284,7 +297,7 @@ TEST_F(RegistryTest, VerifyReportsMissingAndCorruptedArtifacts) {
   EXPECT_EQ(reg_.Versions("clf").size(), 3u);
 }
 
-TEST_F(RegistryTest, RejectsBadInputWithoutLosingAnything) {
+TEST_P(RegistryTest, RejectsBadInputWithoutLosingAnything) {
   reg_.RegisterBytes("clf", "a", {});
   EXPECT_THROW(reg_.RegisterBytes("../evil", "x", {}), InvalidArgument);
   EXPECT_THROW(reg_.RegisterBytes("clf", "x", Label("a:b")), InvalidArgument);
@@ -296,7 +309,7 @@ TEST_F(RegistryTest, RejectsBadInputWithoutLosingAnything) {
   EXPECT_TRUE(reg_.Verify().orphan_blobs.empty());
 }
 
-TEST_F(RegistryTest, ModelsSummarises) {
+TEST_P(RegistryTest, ModelsSummarises) {
   reg_.CreateModel("empty", "nothing yet", false);
   EXPECT_THROW(reg_.CreateModel("empty", "", false), Conflict);
   EXPECT_NO_THROW(reg_.CreateModel("empty", "", true));
@@ -316,20 +329,21 @@ TEST_F(RegistryTest, ModelsSummarises) {
   EXPECT_THROW(reg_.Get("empty"), NotFound);
 }
 
-TEST_F(RegistryTest, PathThatIsAFileIsRefused) {
-  testing::WriteFile(dir_ / "file", "x");
-  EXPECT_THROW(Registry(dir_ / "file", Opts()), InvalidArgument);
+TEST(RegistryPaths, PathThatIsAFileIsRefused) {
+  TempDir dir;
+  testing::WriteFile(dir / "file", "x");
+  EXPECT_THROW(Registry(dir / "file", Opts()), InvalidArgument);
 }
 
-TEST_F(RegistryTest, DataSurvivesReopen) {
+TEST_P(RegistryTest, DataSurvivesReopen) {
   reg_.RegisterBytes("clf", "a", Label("keep"));
   reg_.SetAlias("clf", "production", "keep", std::nullopt, "");
-  Registry again(dir_ / "reg", Opts());
+  Registry again(location_, Opts());
   EXPECT_EQ(again.Get("clf@production").version, "keep");
   EXPECT_EQ(again.ReadArtifact("clf@production"), "a");
 }
 
-TEST_F(RegistryTest, ThreadsRegisteringConcurrentlyGetGapFreeSeqs) {
+TEST_P(RegistryTest, ThreadsRegisteringConcurrentlyGetGapFreeSeqs) {
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
@@ -342,8 +356,8 @@ TEST_F(RegistryTest, ThreadsRegisteringConcurrentlyGetGapFreeSeqs) {
   for (size_t i = 0; i < versions.size(); ++i) EXPECT_EQ(versions[i].seq, int64_t(i + 1));
 }
 
-TEST_F(RegistryTest, ProcessesRegisteringConcurrentlyGetGapFreeSeqs) {
-  const std::string root = dir_ / "reg";
+TEST_P(RegistryTest, ProcessesRegisteringConcurrentlyGetGapFreeSeqs) {
+  const std::string root = location_;
   std::vector<pid_t> children;
   for (int p = 0; p < 4; ++p) {
     const pid_t pid = ::fork();
@@ -378,9 +392,18 @@ TEST_F(RegistryTest, ProcessesRegisteringConcurrentlyGetGapFreeSeqs) {
 // Kills a registering process with SIGKILL at random moments, many times, and checks after each
 // kill that the registry holds only whole versions, every row has its blob, every blob matches
 // its hash, and reopening removes what the dead writer left.
-TEST(RegistryCrash, SigkillNeverLeavesPartialState) {
+class RegistryCrash : public ::testing::TestWithParam<std::string> {};
+
+INSTANTIATE_TEST_SUITE_P(Backends, RegistryCrash, ::testing::Values("sqlite", "postgresql"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
+
+TEST_P(RegistryCrash, SigkillNeverLeavesPartialState) {
   TempDir dir;
-  const std::string root = dir / "reg";
+  const std::string root = GetParam() == "sqlite"
+                               ? dir / "reg"
+                               : testing::NewPostgresDatabase() + "?blobs=" + (dir / "reg");
   std::mt19937 rng(1234);
   int64_t last_count = 0;
   Registry(root, Opts()).CreateModel("crash", "killed while registering", true);
@@ -406,7 +429,7 @@ TEST(RegistryCrash, SigkillNeverLeavesPartialState) {
     const VerifyReport report = reg.Verify();
     EXPECT_TRUE(report.ok()) << report.problems.size() << " problems after round " << round;
     EXPECT_TRUE(report.orphan_blobs.empty()) << report.orphan_blobs.size() << " orphans";
-    EXPECT_TRUE(std::filesystem::is_empty(root + "/blobs/tmp"));
+    EXPECT_TRUE(std::filesystem::is_empty(reg.root() + "/blobs/tmp"));
   }
   EXPECT_GT(last_count, 0);
 }
@@ -476,7 +499,7 @@ TEST(RegistryIntegrity, ALostDatabaseBesideBlobsIsRefusedUntilRecovered) {
   EXPECT_TRUE(reg.Verify().ok());
 }
 
-TEST_F(RegistryTest, VerifyFailsOnBlobsNoVersionRefersTo) {
+TEST_P(RegistryTest, VerifyFailsOnBlobsNoVersionRefersTo) {
   reg_.RegisterBytes("m", "kept", {});
   EXPECT_TRUE(reg_.Verify().ok());
   {
