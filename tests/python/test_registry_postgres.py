@@ -93,6 +93,7 @@ def test_recover_is_for_directories(url):
 
 
 def test_a_replica_that_loses_the_database_keeps_serving_and_catches_up(tmp_path):
+    mark = max([e["seq"] for e in lepton.logs.recent_events(1)], default=0)
     server = pg_server.PostgresServer().start()
     try:
         reg = lepton.Registry(server.url(server.create_database()), blobs=tmp_path)
@@ -105,12 +106,16 @@ def test_a_replica_that_loses_the_database_keeps_serving_and_catches_up(tmp_path
             server.stop()
             # The request path never touches the database; the alias's poll fails and says so.
             wait_for(lambda: "PostgreSQL" in d.status()["last_error"], timeout=30)
+            assert d.status()["registry_unreachable"]
             for _ in range(50):
                 assert d.predict(x).version == "v1"
             server.start_again()
             lepton.Registry(reg.location).set_alias("m", "prod", "v2")
             wait_for(lambda: d.predict(x).version == "v2", timeout=30)
             wait_for(lambda: d.status()["last_error"] == "", timeout=30)
+            assert not d.status()["registry_unreachable"]
+            said = [e["kind"] for e in lepton.logs.events(mark, model="m")]
+            assert said.count("registry_unreachable") == 1 and said.count("registry_reachable") == 1
     finally:
         server.close()
 

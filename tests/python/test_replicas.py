@@ -31,6 +31,14 @@ def version_at(url):
     return r.json()["model_version"]
 
 
+def unreachable(url):
+    """The replica's lepton_registry_unreachable gauge for m@prod."""
+    for line in requests.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith('lepton_registry_unreachable{model="m",alias="prod"}'):
+            return int(line.split()[-1])
+    raise AssertionError("no lepton_registry_unreachable gauge for m@prod")
+
+
 class Traffic:
     """Client threads sending requests through the balancer until stopped, each answer kept."""
 
@@ -145,10 +153,14 @@ def test_replicas_behind_a_balancer_act_on_one_registry(tmp_path, python_env, ha
                 server.stop()
                 seen = len(traffic.answers)
                 wait_for(lambda: len(traffic.answers) > seen + 50, timeout=60)
+                # Each replica says so in its metrics, and keeps answering.
+                for url in replicas:
+                    wait_for(lambda: unreachable(url) == 1, timeout=30)
                 server.start_again()
                 lepton.Registry(reg.location, actor="release").set_alias("m", "prod", "v1", expected="v2")
                 for url in replicas:
                     wait_for(lambda: version_at(url) == "v1", timeout=60)
+                    assert unreachable(url) == 0
                 seen = len(traffic.answers)
                 wait_for(lambda: len(traffic.answers) > seen + 50, timeout=60)
             finally:

@@ -33,8 +33,17 @@ void AliasFollower::Followed() {
 
 std::string AliasFollower::Failed(const std::optional<ModelVersion>& target,
                                   const std::string& from, const std::string& what) {
-  if (!target) return what;  // the registry could not be read: tried again at the next poll
   std::lock_guard<std::mutex> lk(mu_);
+  if (!target) {  // the registry could not be read: tried again at the next poll
+    if (!unreachable_) {
+      unreachable_ = true;
+      EmitEvent("error", "registry_unreachable", model_, "",
+                model_ + "@" + alias_ + " cannot be read from the registry (" + what +
+                    "); the loaded versions keep serving",
+                nlohmann::json({{"alias", alias_}, {"error", what}}).dump());
+    }
+    return what;
+  }
   const bool same = unfollowable_ && unfollowable_->version == target->version &&
                     unfollowable_->sha256 == target->sha256;
   if (!same) unfollowable_ = Unfollowable{target->version, target->sha256, 0.5, {}};
@@ -50,6 +59,20 @@ std::string AliasFollower::Failed(const std::optional<ModelVersion>& target,
               nlohmann::json({{"alias", alias_}, {"to", target->version}, {"error", what}}).dump());
   }
   return account;
+}
+
+void AliasFollower::Reached() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!unreachable_) return;
+  unreachable_ = false;
+  EmitEvent("info", "registry_reachable", model_, "",
+            model_ + "@" + alias_ + " can be read from the registry again",
+            nlohmann::json({{"alias", alias_}}).dump());
+}
+
+bool AliasFollower::registry_unreachable() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return unreachable_;
 }
 
 std::optional<std::string> AliasFollower::failed_target() const {

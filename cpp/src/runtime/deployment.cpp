@@ -416,6 +416,7 @@ class Deployment::Impl {
     std::string from;
     try {
       target = versions_.registry()->Get(model_ + "@" + follower_->alias());
+      follower_->Reached();
       if (follower_->BackingOff(*target)) return;
       if (auto st = versions_.Snapshot()) from = st->live.primary;
       follower_->Attempting(*target);
@@ -476,6 +477,7 @@ class Deployment::Impl {
     if (follower_) {
       out.alias_follow_failures = follower_->failures();
       out.alias_pushed = alias_watch_ && versions_.registry()->AliasesPushed();
+      out.registry_unreachable = follower_->registry_unreachable();
       out.alias_target_failed = follower_->failed_target();
     }
     if (!st) return out;

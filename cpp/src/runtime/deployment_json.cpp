@@ -59,6 +59,7 @@ json StatusJson(const DeploymentStatus& s) {
           {"alias_target_failed", Optional(s.alias_target_failed)},
           {"alias_follow_failures", s.alias_follow_failures},
           {"alias_pushed", s.alias_pushed},
+          {"registry_unreachable", s.registry_unreachable},
           {"loader_threads", s.loader_threads},
           {"memory", s.memory ? json{{"limit_bytes", s.memory->limit},
                                      {"used_bytes", s.memory->used},

@@ -111,7 +111,7 @@ void Server::Impl::CountHttp(const std::vector<std::string>& parts, int status, 
 // Deployments that follow an alias: whether its target cannot be loaded, and how often it
 // failed to.
 std::string Server::Impl::AliasMetricsText(const std::vector<Entry>& entries) {
-  std::ostringstream unloadable, failures;
+  std::ostringstream unloadable, failures, unreachable;
   for (const auto& e : entries) {
     const DeploymentStatus st = e.deployment->Status();
     if (!st.alias) continue;
@@ -121,6 +121,8 @@ std::string Server::Impl::AliasMetricsText(const std::vector<Entry>& entries) {
                << (st.alias_target_failed ? 1 : 0) << '\n';
     failures << "lepton_alias_follow_failures_total" << labels << ' ' << st.alias_follow_failures
              << '\n';
+    unreachable << "lepton_registry_unreachable" << labels << ' '
+                << (st.registry_unreachable ? 1 : 0) << '\n';
   }
   return "# HELP lepton_alias_target_unloadable 1 while a followed alias points to a version "
          "that cannot be loaded (the previous version keeps serving).\n"
@@ -129,7 +131,11 @@ std::string Server::Impl::AliasMetricsText(const std::vector<Entry>& entries) {
          "# HELP lepton_alias_follow_failures_total Failed attempts to load a followed alias's "
          "target.\n"
          "# TYPE lepton_alias_follow_failures_total counter\n" +
-         failures.str();
+         failures.str() +
+         "# HELP lepton_registry_unreachable 1 while the registry cannot be read to follow the "
+         "alias (the loaded versions keep serving).\n"
+         "# TYPE lepton_registry_unreachable gauge\n" +
+         unreachable.str();
 }
 
 std::string Server::Impl::HttpMetricsText() const {

@@ -26,6 +26,9 @@ class AliasFollower {
   void Attempting(const ModelVersion& target);
   // The alias's target now serves: any failure is forgotten.
   void Followed();
+  // The registry was read. After a time it could not be (said once, as an error event), that it
+  // can again is said once too.
+  void Reached();
   // Following failed: `target` is null when the registry could not be read. Returns the account
   // of it for the deployment's status.
   std::string Failed(const std::optional<ModelVersion>& target, const std::string& from,
@@ -34,6 +37,8 @@ class AliasFollower {
   // The target that cannot be loaded while the alias points to it, and the failures so far.
   std::optional<std::string> failed_target() const;
   int64_t failures() const;
+  // The registry could not be read at the last try (the versions loaded keep serving).
+  bool registry_unreachable() const;
 
  private:
   struct Unfollowable {
@@ -46,6 +51,7 @@ class AliasFollower {
   std::optional<Unfollowable> unfollowable_;
   std::optional<std::pair<std::string, std::string>> attempting_;  // version, sha256
   int64_t failures_ = 0;
+  bool unreachable_ = false;
 };
 
 }  // namespace lepton

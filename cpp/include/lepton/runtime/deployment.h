@@ -52,6 +52,9 @@ struct DeploymentStatus {
   // The registry pushes the followed alias's moves now (PostgreSQL's LISTEN/NOTIFY); otherwise
   // they are seen by polling.
   bool alias_pushed = false;
+  // The registry could not be read at the last look at the followed alias; the loaded versions
+  // keep serving.
+  bool registry_unreachable = false;
 };
 
 class Deployment {
