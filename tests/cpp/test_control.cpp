@@ -318,20 +318,23 @@ TEST(PolicyController, StateIsSavedWhenItChangesAndRestoredForTheNextPolicy) {
 
 // --- AliasFollower ---
 
+ModelVersion Target(const std::string& version, const std::string& sha256) {
+  ModelVersion v;
+  v.model = "clf";
+  v.version = version;
+  v.sha256 = sha256;
+  return v;
+}
+
 TEST(AliasFollower, AFailureStopsShowingOnceTheAliasMovesOn) {
   AliasFollower follower("clf", "prod");
-  ModelVersion bad;
-  bad.model = "clf";
-  bad.version = "v9";
-  bad.sha256 = "aa";
+  ModelVersion bad = Target("v9", "aa");
   follower.Attempting(bad);
   follower.Failed(bad, "v1", "corrupt archive");
   EXPECT_EQ(follower.failed_target(), "v9");
   follower.Attempting(bad);  // tried again: still the alias's target
   EXPECT_EQ(follower.failed_target(), "v9");
-  ModelVersion good = bad;
-  good.version = "v2";
-  good.sha256 = "bb";
+  const ModelVersion good = Target("v2", "bb");
   follower.Attempting(good);  // the alias moved; v2 is loading, not yet published
   EXPECT_EQ(follower.failed_target(), std::nullopt);
   follower.Failed(good, "v1", "out of memory");
@@ -340,10 +343,7 @@ TEST(AliasFollower, AFailureStopsShowingOnceTheAliasMovesOn) {
 
 TEST(AliasFollower, AnUnloadableTargetIsSaidOnceAndRetriedAfterAGrowingPause) {
   AliasFollower follower("clf", "prod");
-  ModelVersion bad;
-  bad.model = "clf";
-  bad.version = "v2";
-  bad.sha256 = "aa";
+  const ModelVersion bad = Target("v2", "aa");
   const int64_t seq = EventLog::Global().last_seq();
   EXPECT_FALSE(follower.BackingOff(bad));
   const std::string account = follower.Failed(bad, "v1", "corrupt archive");

@@ -116,13 +116,7 @@ constexpr std::string_view kBlobsParameter = "blobs";
 
 std::string Registry::Impl::BlobRoot(const std::string& url, const Options& options) {
   if (!options.blob_root.empty()) return options.blob_root;
-  const std::string prefix = std::string(kBlobsParameter) + "=";
-  for (size_t p = url.find('?'); p != std::string::npos; p = url.find('&', p + 1)) {
-    if (url.compare(p + 1, prefix.size(), prefix) != 0) continue;
-    const size_t begin = p + 1 + prefix.size();
-    const size_t end = url.find('&', begin);
-    return url.substr(begin, (end == std::string::npos ? url.size() : end) - begin);
-  }
+  if (auto blobs = sql::QueryParameter(url, kBlobsParameter)) return *blobs;
   if (const char* env = std::getenv("LEPTON_BLOBS"); env && *env) return env;
   throw InvalidArgument(
       "a registry on PostgreSQL keeps its artifacts in a directory that every process using it "

@@ -131,6 +131,8 @@ std::unique_ptr<Listener> ListenPostgres(const std::string& url, const std::stri
                                          std::function<void(const std::string&)> notified,
                                          std::function<void()> resync);
 
+// The value of the URL's query parameter `name`, if it has one.
+std::optional<std::string> QueryParameter(std::string_view url, std::string_view name);
 // The URL without its query parameters called `name` ("...?a=1&name=x&b=2" -> "...?a=1&b=2").
 std::string WithoutParameter(std::string_view url, std::string_view name);
 

@@ -407,6 +407,18 @@ std::string RedactedUrl(std::string_view url) {
   return WithoutParameter(out, "password");
 }
 
+std::optional<std::string> QueryParameter(std::string_view url, std::string_view name) {
+  const std::string prefix = std::string(name) + "=";
+  for (size_t p = url.find('?'); p != std::string_view::npos; p = url.find('&', p + 1)) {
+    if (url.compare(p + 1, prefix.size(), prefix) != 0) continue;
+    const size_t begin = p + 1 + prefix.size();
+    const size_t end = url.find('&', begin);
+    return std::string(
+        url.substr(begin, (end == std::string_view::npos ? url.size() : end) - begin));
+  }
+  return std::nullopt;
+}
+
 std::string WithoutParameter(std::string_view url, std::string_view name) {
   const size_t query = url.find('?');
   if (query == std::string_view::npos) return std::string(url);

@@ -18,6 +18,7 @@
 #include "lepton/common/errors.h"
 #include "lepton/common/process.h"
 #include "lepton/registry/blob_store.h"
+#include "lepton/runtime/forward_values.h"
 #include "lepton/runtime/input_check.h"
 #include "lepton/runtime/tensor_types.h"
 
@@ -28,44 +29,6 @@ at::ScalarType DtypeFromName(const std::string& name) {
   const DTypeInfo* d = DTypeNamed(name);
   if (!d) throw InvalidArgument("dtype '" + name + "' is not a dtype lepton knows");
   return ScalarTypeOf(d->type);
-}
-
-// A List[str] (returned by a model) as a one-dimensional string tensor.
-std::optional<StringTensor> StringsOf(const c10::IValue& value) {
-  if (!value.isList()) return std::nullopt;
-  const auto list = value.toListRef();
-  StringTensor out;
-  out.values.reserve(list.size());
-  for (const c10::IValue& e : list) {
-    if (!e.isString()) return std::nullopt;
-    out.values.push_back(e.toStringRef());
-  }
-  out.shape = {static_cast<int64_t>(out.values.size())};
-  return out;
-}
-
-// A forward's result as outputs: a tensor, a List[str], or a tuple or list of them.
-void ToOutputs(const c10::IValue& value, const std::string& who, RunResult& r) {
-  auto add = [&](const c10::IValue& e) {
-    if (e.isTensor()) {
-      r.outputs.push_back(e.toTensor());
-    } else if (auto text = StringsOf(e)) {
-      r.strings.emplace(r.outputs.size(), std::move(*text));
-      r.outputs.emplace_back();
-    } else {
-      throw ModelError(
-          who + " returned " + (value.isTuple() ? "a tuple holding " : "") + e.tagKind() +
-          "; lepton serves models that return tensors or lists of strings (List[str]), "
-          "alone or in a tuple");
-    }
-  };
-  if (value.isTuple()) {
-    for (const auto& e : value.toTupleRef().elements()) add(e);
-  } else if (value.isTensorList()) {
-    for (const at::Tensor& t : value.toTensorVector()) r.outputs.push_back(t);
-  } else {
-    add(value);
-  }
 }
 
 // Requests batch together when they agree on everything but the number of rows.
@@ -234,19 +197,11 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
       ~IntraOpThreads() { omp_set_num_threads(saved); }
     } intra_op(intra_op_threads > 0 ? intra_op_threads : options_.intra_op_threads);
     c10::InferenceMode guard;
-    std::vector<c10::IValue> args(inputs.begin(), inputs.end());
-    if (strings) {
-      for (const auto& [i, text] : *strings) {
-        c10::List<std::string> list;
-        list.reserve(text.values.size());
-        for (const auto& v : text.values) list.push_back(v);
-        args.at(i) = c10::IValue(std::move(list));
-      }
-    }
+    std::vector<c10::IValue> args = ForwardArguments(inputs, strings);
     try {
       RunResult r;
       ToOutputs(forward_ ? (*forward_)(std::move(args)) : module_.forward(std::move(args)), Who(),
-                r);
+                r.outputs, r.strings);
       return r;
     } catch (const Error&) {
       throw;
