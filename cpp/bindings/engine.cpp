@@ -216,7 +216,7 @@ void BindEngine(py::module_& m) {
              return StatusJson(d.Status()).dump();
            })
       .def("feedback", &Deployment::Feedback, arg("request_id"), arg("reward"), arg("source") = "",
-           Release())
+           arg("version") = std::nullopt, Release())
       .def("tick_policy", &Deployment::TickPolicy, Release())
       .def("shadows",
            [](const Deployment& d) {

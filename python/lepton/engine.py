@@ -267,6 +267,13 @@ class Deployment:
     the least frequently used; see ``MemoryBudget``). What the policy
     routes to, the followed alias's target and the versions in ``pin`` stay loaded; a change
     that would need more than the budget holds is refused with ``InvalidArgument``.
+
+    A policy that keeps state (``Canary``, ``ABTest``, ``Bandit``) is shared with every process
+    that serves the model with the same policy from the same registry when ``share_policies``
+    (default: when the registry is on PostgreSQL): one of them, the leader, decides on everyone's
+    outcomes and rewards, and the others route by the state it stores. ``replica`` names this
+    process among them (default: ``$LEPTON_REPLICA``, else host:pid); ``status()["policy_sync"]``
+    says its role.
     """
 
     def __init__(
@@ -293,6 +300,8 @@ class Deployment:
         drain_timeout: Optional[float] = None,
         alias_poll_interval: Optional[float] = None,
         idle_thread_timeout: Optional[float] = None,
+        share_policies: Optional[bool] = None,
+        replica: Optional[str] = None,
         example_inputs: Any = None,
     ):
         if not isinstance(registry, Registry):
@@ -315,7 +324,7 @@ class Deployment:
             "version_threads": None if version_threads is None else dict(version_threads),
             "priorities": None if priorities is None else dict(priorities), "adaptive": adaptive,
             "min_threads": min_threads, "drain_timeout": drain_timeout, "alias_poll_interval": alias_poll_interval,
-            "idle_thread_timeout": idle_thread_timeout,
+            "idle_thread_timeout": idle_thread_timeout, "share_policies": share_policies, "replica": replica,
             "all_versions": True if every else None, "memory_budget": own_budget, "eviction": eviction,
             "pin": None if pin is None else [str(v) for v in pin], "load_threads": load_threads,
         }.items() if v is not None}
@@ -409,17 +418,22 @@ class Deployment:
         """Versions with their health, CPU budget and counters; the policy; the swaps so far."""
         return json.loads(self._core.status())
 
-    def feedback(self, request_id: Union[str, "Prediction"], reward: float, *, source: str = "") -> None:
+    def feedback(self, request_id: Union[str, "Prediction"], reward: float, *, source: str = "",
+                 version: Optional[str] = None) -> None:
         """A reward (binary or continuous) for an earlier request, for policies that learn
         (``Bandit``, ``ABTest``). Raises ``NotFound`` for an unknown or already rewarded request,
         ``InvalidArgument`` for a reward the policy cannot take. ``source`` names the sender; the
-        senders are recorded in the audit entry of the automatic switch their rewards lead to."""
+        senders are recorded in the audit entry of the automatic switch their rewards lead to.
+        A request that another replica answered is taken with the ``version`` that answered it
+        when the policy is shared between replicas (``share_policies``)."""
+        if isinstance(request_id, Prediction) and version is None and isinstance(request_id.version, str):
+            version = request_id.version
         rid = request_id.request_id if isinstance(request_id, Prediction) else request_id
         try:
             value = float(reward)
         except (TypeError, ValueError):
             raise InvalidArgument(f"reward must be a number, got {reward!r}") from None
-        self._core.feedback(rid, value, str(source))
+        self._core.feedback(rid, value, str(source), version)
 
     def metrics(self) -> Dict[str, Any]:
         """Request metrics as plain dicts: ``series`` (one per version, alias and policy: requests,

@@ -127,7 +127,10 @@ class Canary(_Policy):
     ``step_seconds`` seconds (neither: 1,000 requests). A guardrail breach rolls back at once: every request goes to
     ``stable``, and ``alias`` (default: the alias the deployment follows) is moved back if it
     points at the candidate. Completing the last step promotes: ``alias`` moves to the candidate.
-    Both are written to the registry's audit log with their evidence."""
+    Both are written to the registry's audit log with their evidence. Where it is (phase, step,
+    requests in the step) is saved in the registry: a canary with the same ``name`` (default: the
+    two versions) set on the same model again resumes there, after a restart too, and replicas
+    that share a registry ramp it as one."""
 
     def __init__(
         self,
@@ -140,12 +143,13 @@ class Canary(_Policy):
         guardrails: Optional[Guardrails] = None,
         alias: Optional[str] = None,
         sticky: Optional[bool] = None,
+        name: Optional[str] = None,
     ):
         self._build({
             "type": "canary", "stable": stable, "candidate": candidate,
             "steps": None if steps is None else list(steps), "step_requests": step_requests,
             "step_seconds": step_seconds, "guardrails": None if guardrails is None else guardrails.spec,
-            "alias": alias, "sticky": sticky,
+            "alias": alias, "sticky": sticky, "name": name,
         })
 
     @property

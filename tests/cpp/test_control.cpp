@@ -209,6 +209,28 @@ TEST(FeedbackLedger, SendersAreCountedBoundedAndTakenOnce) {
   EXPECT_TRUE(ledger.TakeSources().empty());
 }
 
+TEST(FeedbackLedger, ARequestRoutedElsewhereIsRewardedOnceThroughTheDeliverer) {
+  auto policy = std::make_shared<RecordingPolicy>();
+  std::vector<std::string> delivered;
+  FeedbackLedger ledger("clf", 2, [&](const Policy& p, const std::string& v, double r) {
+    delivered.push_back(v);
+    p.Feedback(v, r);
+  });
+  ledger.RewardElsewhere("r1", 1, "peer", *policy, "v2");
+  EXPECT_EQ(delivered, (std::vector<std::string>{"v2"}));
+  EXPECT_EQ(policy->rewards["v2"], 1);
+  EXPECT_THROW(ledger.RewardElsewhere("r1", 1, "peer", *policy, "v2"), NotFound);
+  // A request rewarded the usual way is not taken again the other way.
+  ledger.Remember("r2", policy, {"v1"});
+  ledger.Reward("r2", 1, "");
+  EXPECT_THROW(ledger.RewardElsewhere("r2", 1, "peer", *policy, "v1"), NotFound);
+  EXPECT_THROW(ledger.RewardElsewhere("r3", std::nan(""), "peer", *policy, "v1"), InvalidArgument);
+  // The memory of rewarded requests is as long as the window.
+  ledger.RewardElsewhere("r4", 1, "peer", *policy, "v1");
+  ledger.RewardElsewhere("r1", 1, "peer", *policy, "v1");
+  EXPECT_EQ(ledger.TakeSources().at("peer"), 3);
+}
+
 // --- CpuPlanner ---
 
 TEST(CpuPlanner, ApportionIsProportionalWithAFloorAndSumsToTheTotal) {

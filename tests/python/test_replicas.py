@@ -1,6 +1,8 @@
 """Three `lepton serve` replicas on one PostgreSQL registry behind a real load balancer (Debian's
-haproxy): an alias moved anywhere reaches every replica, and no client request fails through the
-balancer, not when a replica is killed, not while the database restarts."""
+haproxy): an alias moved anywhere reaches every replica, a canary ramps as one and outlives its
+leader, and no client request fails through the balancer, not when a replica is killed, not
+while the database restarts."""
+import json
 import os
 import shutil
 import socket
@@ -112,6 +114,173 @@ backend replicas
     for p in procs:
         p.kill()
         p.wait()
+
+
+TOKEN = "replicas-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def sync_report(url):
+    """The replica's view of its shared policy: its role and the leader it follows."""
+    r = requests.get(url + "/v2/lepton/models/m/stats", headers=AUTH, timeout=30)
+    r.raise_for_status()
+    return r.json()["policy_sync"]
+
+
+def canary_report(url):
+    r = requests.get(url + "/v2/lepton/models/m/policy", headers=AUTH, timeout=30)
+    r.raise_for_status()
+    return r.json()["report"]
+
+
+class Watch:
+    """Polls each replica's canary report until stopped: (step, phase) as each replica saw them."""
+
+    def __init__(self, urls):
+        self.urls, self.seen = dict(urls), {name: [] for name in urls}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.1):
+            for name, url in list(self.urls.items()):
+                try:
+                    r = canary_report(url)
+                except requests.RequestException:
+                    continue
+                if not self.seen[name] or self.seen[name][-1] != (r["step"], r["phase"]):
+                    self.seen[name].append((r["step"], r["phase"]))
+
+    def forget(self, name):
+        self.urls.pop(name)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def test_a_canary_ramps_as_one_and_outlives_its_leader(tmp_path, python_env, haproxy):
+    """Every replica routes by the one ramp its leader decides from all replicas' outcomes; the
+    leader killed mid-ramp is replaced within its lease, and the ramp goes on from where it was:
+    one promotion, no rollback, no step taken twice or back."""
+    server = pg_server.PostgresServer().start()
+    try:
+        reg = lepton.Registry(server.url(server.create_database()), blobs=tmp_path / "shared", actor="ci")
+        for n in (1, 2):
+            reg.register("m", AddN(n), example_inputs=torch.zeros(1, 4))
+        reg.set_alias("m", "prod", "v1")
+        # Guardrails on errors only: a loaded two-core machine's latency says nothing here.
+        canary = {"type": "canary", "stable": "v1", "candidate": "v2", "steps": [0.2, 0.5, 1.0],
+                  "step_seconds": 3, "alias": "prod",
+                  "guardrails": {"max_latency_ratio": 1000, "latency_slack_s": 10, "min_requests": 20}}
+        config = tmp_path / "lepton.json"
+        config.write_text(json.dumps({"models": {"m": {"versions": ["v1", "v2"], "policy": canary}},
+                                      "only": True, "policy_sync_interval": 0.2, "policy_lease": 2}))
+        args = ["--registry", reg.location, "--port", "0", "--config", str(config)]
+        names = ["r0", "r1", "r2"]
+        serves = [lepton_serve(args, {**python_env, "LEPTON_REPLICA": n, "LEPTON_TOKEN": TOKEN}) for n in names]
+        started = [s.__enter__() for s in serves]
+        try:
+            urls = {n: url for n, (_, url) in zip(names, started)}
+            procs = {n: proc for n, (proc, _) in zip(names, started)}
+            balancer = haproxy(list(urls.values()))
+            watch = Watch(urls)
+            traffic = Traffic(balancer)
+            try:
+                # One leader, followed by the others.
+                wait_for(lambda: [sync_report(u).get("role") for u in urls.values()].count("leader") == 1,
+                         timeout=30)
+                leader = next(n for n, u in urls.items() if sync_report(u).get("role") == "leader")
+                for n, u in urls.items():
+                    if n != leader:
+                        wait_for(lambda: sync_report(u).get("leader") == leader, timeout=30)
+                # Mid-ramp, the leader dies.
+                wait_for(lambda: canary_report(urls[leader])["step"] >= 2, timeout=60)
+                assert canary_report(urls[leader])["phase"] == "ramping"
+                procs[leader].kill()
+                procs[leader].wait()
+                killed_at = time.monotonic()
+                watch.forget(leader)
+                survivors = {n: u for n, u in urls.items() if n != leader}
+                wait_for(lambda: [sync_report(u).get("role") for u in survivors.values()].count("leader") == 1,
+                         timeout=30)
+                takeover = time.monotonic() - killed_at
+                # The ramp goes on and completes as one.
+                for u in survivors.values():
+                    wait_for(lambda: canary_report(u)["phase"] == "promoted", timeout=90)
+                seen = len(traffic.answers)
+                wait_for(lambda: len(traffic.answers) > seen + 50, timeout=60)
+            finally:
+                traffic.stop()
+                watch.stop()
+        finally:
+            for s in reversed(serves):
+                s.__exit__(None, None, None)
+        assert traffic.failures == []
+        assert {"v1", "v2"} <= set(traffic.answers)
+        assert takeover < 15
+        # No replica ever saw the ramp go back or take another way.
+        for name, steps in watch.seen.items():
+            ranked = [(step, phase != "ramping") for step, phase in steps]
+            assert ranked == sorted(ranked), (name, steps)
+            assert all(phase != "rolled_back" for _, phase in steps), (name, steps)
+        history = reg.history("m")
+        promotions = [e for e in history if e.action == "canary_promote"]
+        assert len(promotions) == 1, [(e.action, e.details) for e in history]
+        assert not [e for e in history if e.action == "canary_rollback"]
+        decided = promotions[0].details
+        assert decided["decided_by"] in names and decided["decided_by"] != leader
+        assert decided["term"] >= 2
+        assert len(decided["evidence_from"]) >= 2  # the outcomes of more than one replica
+        assert reg.get("m@prod").version == "v2"
+    finally:
+        server.close()
+
+
+def test_feedback_reaches_a_shared_bandit_through_any_replica(tmp_path, python_env):
+    """A reward sent to the replica that did not answer the request, with the version that did,
+    reaches the bandit that both replicas share; only with that version, and once per replica."""
+    server = pg_server.PostgresServer().start()
+    try:
+        reg = lepton.Registry(server.url(server.create_database()), blobs=tmp_path / "shared", actor="ci")
+        for n in (1, 2):
+            reg.register("m", AddN(n), example_inputs=torch.zeros(1, 4))
+        config = tmp_path / "lepton.json"
+        config.write_text(json.dumps({
+            "models": {"m": {"versions": ["v1", "v2"],
+                             "policy": {"type": "bandit", "versions": ["v1", "v2"], "seed": 3}}},
+            "only": True, "policy_sync_interval": 0.1}))
+        args = ["--registry", reg.location, "--port", "0", "--config", str(config)]
+        env = {**python_env, "LEPTON_TOKEN": TOKEN}
+        with lepton_serve(args, {**env, "LEPTON_REPLICA": "a"}) as (_, a), \
+                lepton_serve(args, {**env, "LEPTON_REPLICA": "b"}) as (_, b):
+            wait_for(lambda: sorted(sync_report(u).get("role", "") for u in (a, b)) == ["follower", "leader"],
+                     timeout=30)
+
+            def feedback(url, body):
+                return requests.post(url + "/v2/lepton/models/m/feedback", json=body, headers=AUTH, timeout=30)
+
+            rewards = {"v1": 0, "v2": 0}
+            for i in range(20):
+                answer = requests.post(a + "/v2/models/m/infer", json=BODY, timeout=30).json()
+                rid, version = answer["parameters"]["lepton_request_id"], answer["model_version"]
+                if i == 0:
+                    # Unknown at b without the version that answered it.
+                    assert feedback(b, {"request_id": rid, "reward": 1}).status_code == 404
+                assert feedback(b, {"request_id": rid, "reward": 1, "version": version}).status_code == 200
+                rewards[version] += 1
+                # Once: the replica that took it refuses it again.
+                assert feedback(b, {"request_id": rid, "reward": 1, "version": version}).status_code == 404
+
+            def arms(url):
+                return {v: (arm["n"], arm["sum"]) for v, arm in canary_report(url)["arms"].items()}
+
+            expected = {v: (n, float(n)) for v, n in rewards.items()}
+            for url in (a, b):
+                wait_for(lambda: arms(url) == expected, timeout=30)
+    finally:
+        server.close()
 
 
 def _answers(url):

@@ -2,9 +2,12 @@
 
 #include <pthread.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <new>
 #include <system_error>
 
@@ -61,6 +64,13 @@ std::string RandomHex(size_t bytes) {
     out += kHex[c & 0xf];
   }
   return out;
+}
+
+std::string ReplicaName() {
+  if (const char* env = std::getenv("LEPTON_REPLICA"); env && *env) return env;
+  char host[256] = {0};
+  if (::gethostname(host, sizeof(host) - 1) != 0 || !host[0]) std::snprintf(host, 8, "host");
+  return std::string(host) + ":" + std::to_string(::getpid());
 }
 
 }  // namespace lepton

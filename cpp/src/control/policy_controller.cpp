@@ -8,11 +8,13 @@
 namespace lepton {
 
 PolicyController::PolicyController(std::shared_ptr<Registry> registry, std::string model,
-                                   std::optional<std::string> alias, FeedbackLedger& ledger)
+                                   std::optional<std::string> alias, FeedbackLedger& ledger,
+                                   std::function<bool(const Policy&)> shared)
     : registry_(std::move(registry)),
       model_(std::move(model)),
       alias_(std::move(alias)),
-      ledger_(ledger) {}
+      ledger_(ledger),
+      shared_(std::move(shared)) {}
 
 void PolicyController::Apply(const Policy& policy, const PolicyEvent& e,
                              const std::function<void(const std::string&)>& move_primary) {
@@ -94,7 +96,7 @@ void PolicyController::Restore(const Policy& policy) {
 
 void PolicyController::Save(const Policy& policy, bool force) {
   const std::string key = policy.state_key();
-  if (!registry_ || key.empty()) return;
+  if (!registry_ || key.empty() || (shared_ && shared_(policy))) return;
   const std::string state = policy.SaveState();
   std::lock_guard<std::mutex> lk(saved_mu_);
   if (!force && saved_state_[key] == state) return;

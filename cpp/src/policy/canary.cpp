@@ -36,6 +36,11 @@ bool GuardrailMonitor::ready() const {
          cand_.size() >= static_cast<size_t>(g_.min_requests);
 }
 
+int64_t GuardrailMonitor::observed() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return base_.total() + cand_.total();
+}
+
 std::optional<std::string> GuardrailMonitor::Breach() const {
   std::lock_guard<std::mutex> lk(mu_);
   const size_t need = static_cast<size_t>(g_.min_requests);
@@ -233,14 +238,82 @@ std::vector<PolicyEvent> CanaryPolicy::Tick(const LiveVersions& live, const Load
   return events;
 }
 
+namespace {
+
+const char* PhaseName(CanaryPolicy::Phase p) {
+  switch (p) {
+    case CanaryPolicy::Phase::kRamping:
+      return "ramping";
+    case CanaryPolicy::Phase::kPromoted:
+      return "promoted";
+    case CanaryPolicy::Phase::kRolledBack:
+      return "rolled_back";
+  }
+  return "?";
+}
+
+}  // namespace
+
+std::string CanaryPolicy::state_key() const {
+  return "canary/" + (options_.name.empty() ? stable_ + ":" + candidate_ : options_.name);
+}
+
+std::string CanaryPolicy::SaveState() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  json j{{"phase", PhaseName(phase_.load())},
+         {"step", step_.load()},
+         {"step_requests", step_count_.load()},
+         {"step_started", step_started_},
+         {"waiting", waiting_for_evidence_},
+         {"breach", breach_ ? json(*breach_) : json(nullptr)},
+         {"evidence",
+          json::parse(monitor_.observed() > 0 || stored_evidence_.empty() ? monitor_.EvidenceJson()
+                                                                          : stored_evidence_)}};
+  return j.dump();
+}
+
+void CanaryPolicy::LoadState(const std::string& state) const {
+  try {
+    const json j = json::parse(state);
+    const std::string phase = j.at("phase").get<std::string>();
+    Phase p;
+    if (phase == "ramping") {
+      p = Phase::kRamping;
+    } else if (phase == "promoted") {
+      p = Phase::kPromoted;
+    } else if (phase == "rolled_back") {
+      p = Phase::kRolledBack;
+    } else {
+      throw InvalidArgument("unknown phase '" + phase + "'");
+    }
+    const auto step = j.at("step").get<size_t>();
+    const auto count = j.at("step_requests").get<int64_t>();
+    const double started = j.at("step_started").get<double>();
+    if (step >= choosers_.size())
+      throw InvalidArgument("step " + std::to_string(step) + " of " +
+                            std::to_string(choosers_.size()));
+    if (count < 0 || !std::isfinite(started)) throw InvalidArgument("negative counts");
+    std::lock_guard<std::mutex> lk(mu_);
+    step_ = step;
+    step_count_ = count;
+    step_started_ = started;
+    waiting_for_evidence_ = j.value("waiting", false);
+    breach_.reset();
+    if (j.contains("breach") && !j["breach"].is_null()) breach_ = j["breach"].get<std::string>();
+    if (j.contains("evidence") && j["evidence"].is_object())
+      stored_evidence_ = j["evidence"].dump();
+    phase_ = p;
+  } catch (const std::exception& e) {
+    throw InvalidArgument("the stored state of " + state_key() + " is not valid: " + e.what());
+  }
+}
+
 std::string CanaryPolicy::Report() const {
   const Phase p = phase_.load();
   const size_t step = std::min(step_.load(), choosers_.size() - 1);
   json j{{"stable", stable_},
          {"candidate", candidate_},
-         {"phase", p == Phase::kRamping    ? "ramping"
-                   : p == Phase::kPromoted ? "promoted"
-                                           : "rolled_back"},
+         {"phase", PhaseName(p)},
          {"step", step + 1},
          {"steps", options_.steps},
          {"share", p == Phase::kPromoted     ? 1.0
@@ -248,6 +321,9 @@ std::string CanaryPolicy::Report() const {
                                              : options_.steps[step]},
          {"evidence", json::parse(monitor_.EvidenceJson())}};
   std::lock_guard<std::mutex> lk(mu_);
+  if (monitor_.observed() == 0 && !stored_evidence_.empty()) {
+    j["evidence"] = json::parse(stored_evidence_);
+  }
   if (breach_) j["breach"] = *breach_;
   if (waiting_for_evidence_ && p == Phase::kRamping) {
     j["waiting"] = "for " + std::to_string(options_.guardrails.min_requests) +

@@ -119,16 +119,20 @@ std::string BanditPolicy::Describe() const {
          ")";
 }
 
-void BanditPolicy::Feedback(const std::string& version, double reward) const {
+void BanditPolicy::CheckReward(const std::string& version, double reward) const {
   if (!std::isfinite(reward)) throw InvalidArgument("a reward must be a finite number");
   if (options_.algorithm != BanditAlgorithm::kEpsilonGreedy && (reward < 0 || reward > 1)) {
     throw InvalidArgument(std::string("the ") + AlgorithmName(options_.algorithm) +
                           " bandit takes rewards in [0, 1]; got " + std::to_string(reward));
   }
-  auto it = std::find(versions_.begin(), versions_.end(), version);
-  if (it == versions_.end()) {
+  if (!Contains(versions_, version)) {
     throw NotFound("version '" + version + "' is not an arm of the bandit");
   }
+}
+
+void BanditPolicy::Feedback(const std::string& version, double reward) const {
+  CheckReward(version, reward);
+  auto it = std::find(versions_.begin(), versions_.end(), version);
   std::lock_guard<std::mutex> lk(mu_);
   auto& arm = arms_[static_cast<size_t>(it - versions_.begin())];
   ++arm.n;
@@ -245,15 +249,16 @@ void ABTestPolicy::Observe(const Outcome& outcome) const {
   if (monitor_) monitor_->Observe(outcome);
 }
 
-void ABTestPolicy::Feedback(const std::string& version, double reward) const {
-  int arm;
-  if (version == control_) {
-    arm = 0;
-  } else if (version == treatment_) {
-    arm = 1;
-  } else {
+void ABTestPolicy::CheckReward(const std::string& version, double reward) const {
+  if (!std::isfinite(reward)) throw InvalidArgument("a reward must be a finite number");
+  if (version != control_ && version != treatment_) {
     throw NotFound("version '" + version + "' is not an arm of the A/B test");
   }
+}
+
+void ABTestPolicy::Feedback(const std::string& version, double reward) const {
+  CheckReward(version, reward);
+  const int arm = version == control_ ? 0 : 1;
   std::lock_guard<std::mutex> lk(mu_);
   test_.Add(arm, reward);
   dirty_ = true;

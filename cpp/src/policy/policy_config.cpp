@@ -108,6 +108,7 @@ std::shared_ptr<const Policy> Build(const json& j, const PolicyJsonOptions& opti
     if (f.has("guardrails")) o.guardrails = GuardrailsOf(f.raw("guardrails"));
     o.alias = f.maybe<std::string>("alias", "a string");
     o.sticky = f.get<bool>("sticky", "true or false", false);
+    o.name = f.get<std::string>("name", "a string", "");
     return std::make_shared<CanaryPolicy>(f.get<std::string>("stable", "a string"),
                                           f.get<std::string>("candidate", "a string"), o);
   }

@@ -147,6 +147,12 @@ void Policy::Feedback(const std::string& version, double reward) const {
   throw InvalidArgument("policy " + name() + " takes no feedback");
 }
 
+void Policy::CheckReward(const std::string& version, double reward) const {
+  (void)version;
+  (void)reward;
+  if (!takes_feedback()) throw InvalidArgument("policy " + name() + " takes no feedback");
+}
+
 std::vector<PolicyEvent> Policy::Tick(const LiveVersions& live, const LoadFn& load,
                                       double now) const {
   (void)live;

@@ -1,5 +1,4 @@
-// The registry's aliases (moved by compare-and-swap, rolled back), its audit trail and the policy
-// state it keeps.
+// The registry's aliases (moved by compare-and-swap, rolled back) and its audit trail.
 #include <limits>
 
 #include "registry_impl.h"
@@ -151,32 +150,6 @@ void Registry::Impl::Record(const std::string& model, const std::string& action,
   ModelId(model);
   Audit(model, action, version, std::nullopt, from, to, reason, parsed);
   tx.Commit();
-}
-
-void Registry::Impl::PutState(const std::string& model, const std::string& key,
-                              const std::string& value) {
-  ValidateName(model, "model name");
-  if (key.empty()) throw InvalidArgument("state key must not be empty");
-  std::lock_guard<std::mutex> lock(mu_);
-  sql::Transaction tx(*db_);
-  db_->Prepare(
-         "INSERT INTO policy_state(model, key, value, updated_at) VALUES (?, ?, ?, ?) "
-         "ON CONFLICT(model, key) DO UPDATE SET value = excluded.value, "
-         "updated_at = excluded.updated_at")
-      ->Bind(1, model)
-      .Bind(2, key)
-      .Bind(3, value)
-      .Bind(4, Now())
-      .Run();
-  tx.Commit();
-}
-
-std::optional<std::string> Registry::Impl::GetState(const std::string& model,
-                                                    const std::string& key) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto q = db_->Prepare("SELECT value FROM policy_state WHERE model = ? AND key = ?");
-  if (!q->Bind(1, model).Bind(2, key).Step()) return std::nullopt;
-  return q->Text(0);
 }
 
 std::vector<AuditEntry> Registry::Impl::History(const std::string& model, int64_t limit) {

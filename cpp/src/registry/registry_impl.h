@@ -1,6 +1,7 @@
 // The registry's implementation, shared by its files: registry.cpp (opening, the schema, the
 // reserve), registry_versions.cpp (models and versions), registry_aliases.cpp (aliases, the audit
-// trail, policy state) and registry_maintenance.cpp (gc, verify). Private to the registry library.
+// trail), registry_policies.cpp (policy state, shared policies' evidence and leads) and
+// registry_maintenance.cpp (gc, verify). Private to the registry library.
 #pragma once
 
 #include <fcntl.h>
@@ -238,6 +239,21 @@ class Registry::Impl {
   void PutState(const std::string& model, const std::string& key, const std::string& value);
 
   std::optional<std::string> GetState(const std::string& model, const std::string& key);
+
+  void AddEvidence(const std::string& model, const std::string& key, const std::string& replica,
+                   const std::string& payload);
+  std::vector<EvidenceBatch> Evidence(const std::string& model, const std::string& key,
+                                      int64_t after, int64_t limit);
+  std::optional<PolicyLead> Lead(const std::string& model, const std::string& key);
+  std::optional<PolicyLead> TakeLead(const std::string& model, const std::string& key,
+                                     const std::string& replica,
+                                     const std::optional<PolicyLead>& seen);
+  bool KeepLead(const std::string& model, const std::string& key, int64_t term, int64_t cursor,
+                const std::optional<std::string>& state);
+  void LeaveLead(const std::string& model, const std::string& key, int64_t term);
+  // Under mu_, inside the caller's transaction.
+  std::optional<PolicyLead> ReadLead(const std::string& model, const std::string& key);
+  void WriteState(const std::string& model, const std::string& key, const std::string& value);
 
   std::vector<AuditEntry> History(const std::string& model, int64_t limit);
 

@@ -13,6 +13,7 @@
 #include "lepton/control/cpu_planner.h"
 #include "lepton/control/dormancy.h"
 #include "lepton/control/feedback_ledger.h"
+#include "lepton/control/policy_sync.h"
 #include "lepton/control/scheduler.h"
 #include "lepton/observe/anomaly_watch.h"
 #include "lepton/observe/events.h"
@@ -54,14 +55,25 @@ class Deployment::Impl {
         options_(Checked(std::move(options))),
         planner_(options_.threads, options_.min_threads, options_.version_threads,
                  options_.rebalance_interval_s),
-        ledger_(model_, options_.feedback_window),
-        controller_(source.registry(), model_, alias_, ledger_),
+        ledger_(model_, options_.feedback_window,
+                [this](const Policy& p, const std::string& v, double reward) {
+                  if (sync_) return sync_->Feedback(p, v, reward);
+                  p.Feedback(v, reward);
+                }),
+        controller_(source.registry(), model_, alias_, ledger_,
+                    [this](const Policy& p) { return sync_ && PolicySync::Shares(p); }),
         versions_(std::move(source), options_, planner_, alias_,
                   [this](const Policy& out, const Policy& in) { controller_.Replacing(out, in); }),
         executor_(options_.threads),
         shadows_(options_.shadow_queue),
         anomalies_(model_) {
     if (alias_) follower_.emplace(model_, *alias_);
+    const auto& registry = versions_.registry();
+    if (registry && options_.share_policies.value_or(registry->networked())) {
+      sync_ = std::make_unique<PolicySync>(
+          registry, model_, options_.replica.empty() ? ReplicaName() : options_.replica,
+          PolicySyncOptions{options_.policy_sync_s, options_.policy_lease_s});
+    }
   }
 
   ~Impl() { Close(); }
@@ -69,6 +81,8 @@ class Deployment::Impl {
   void Start(const std::vector<std::string>& specs) {
     versions_.Start(specs);
     controller_.Restore(*versions_.Snapshot()->policy);
+    // A replica that joins a shared policy routes by its stored state from the first request.
+    if (sync_) sync_->Sync(versions_.Snapshot()->policy, Clock::now());
     StartControl();
     // A registry that pushes alias moves (PostgreSQL) wakes the chores to follow at once; the
     // poll stays, less often, for what a lost connection may have missed.
@@ -238,25 +252,43 @@ class Deployment::Impl {
     const std::string& version = route.targets[0].version;
     try {
       Prediction p = Answer(*st, route, members, inputs, o, start);
-      policy.Observe({version, p.latency_s, false});
+      Observe(policy, {version, p.latency_s, false});
       if (policy.takes_feedback()) ledger_.Remember(p.request_id, st->policy, p.versions);
       return p;
     } catch (const ModelError&) {
-      policy.Observe({version, Seconds(Clock::now() - start), true});
+      Observe(policy, {version, Seconds(Clock::now() - start), true});
       throw;
     } catch (const Timeout&) {
-      policy.Observe({version, Seconds(Clock::now() - start), true});
+      Observe(policy, {version, Seconds(Clock::now() - start), true});
       throw;
     } catch (...) {
       // Bad input or a version that left: not the version's fault, but the request is over.
-      policy.Observe({version, Seconds(Clock::now() - start), false});
+      Observe(policy, {version, Seconds(Clock::now() - start), false});
       throw;
     }
   }
 
-  void Feedback(const std::string& request_id, double reward, const std::string& source) {
+  // A shared policy's outcomes on a replica that does not lead wait for the next sync.
+  void Observe(const Policy& policy, const Outcome& outcome) {
+    if (sync_) return sync_->Observe(policy, outcome);
+    policy.Observe(outcome);
+  }
+
+  // A request another replica routed is unknown here: given the version that answered it (the
+  // answer's model_version), its reward goes to the policy that replicas share.
+  void Feedback(const std::string& request_id, double reward, const std::string& source,
+                const std::optional<std::string>& version) {
     Touch();
-    ledger_.Reward(request_id, reward, source);
+    try {
+      ledger_.Reward(request_id, reward, source);
+    } catch (const NotFound&) {
+      const auto st = versions_.Snapshot();
+      if (!version || !sync_ || !st || !PolicySync::Shares(*st->policy) ||
+          !st->policy->takes_feedback()) {
+        throw;
+      }
+      ledger_.RewardElsewhere(request_id, reward, source, *st->policy, *version);
+    }
     Wake();
   }
 
@@ -307,6 +339,10 @@ class Deployment::Impl {
   void TickPolicy() {
     auto st = versions_.Snapshot();
     if (!st || versions_.closed()) return;
+    // A shared policy decides on the replica that leads it, which stores its state before what
+    // it decided is applied.
+    const bool shared = sync_ && PolicySync::Shares(*st->policy);
+    if (shared && !sync_->Decides(*st->policy)) return;
     const LoadFn load = [&](const std::string& v) {
       VersionLoad l;
       auto it = st->slots.find(v);
@@ -327,9 +363,38 @@ class Deployment::Impl {
       NoteError(std::string("policy controller: ") + e.what());
       return;
     }
+    if (shared && !events.empty()) events = sync_->Commit(std::move(events));
+    ApplyEvents(*st, events);
+  }
+
+  void ApplyEvents(const VersionState& st, const std::vector<PolicyEvent>& events) {
     for (const auto& e : events) {
-      controller_.Apply(*st->policy, e, [this](const std::string& v) { versions_.SetPrimary(v); });
+      controller_.Apply(*st.policy, e, [this](const std::string& v) { versions_.SetPrimary(v); });
     }
+  }
+
+  // Sends or takes in a shared policy's evidence, keeps or seeks its lead; the leader then
+  // decides and stores the state.
+  void SyncPolicy() {
+    auto st = versions_.Snapshot();
+    if (!st || versions_.closed()) return;
+    sync_->Sync(st->policy, Clock::now());
+    synced_ = st->policy.get();
+    if (!PolicySync::Shares(*st->policy) || !sync_->Decides(*st->policy)) return;
+    TickPolicy();
+    ApplyEvents(*st, sync_->Commit({}));
+  }
+
+  // A new policy is synced at once: joined, or its predecessor's lead handed on.
+  bool PolicyChanged() const {
+    const auto st = versions_.Snapshot();
+    return st && st->policy.get() != synced_;
+  }
+
+  bool SharesPolicy() const {
+    if (!sync_) return false;
+    const auto st = versions_.Snapshot();
+    return st && PolicySync::Shares(*st->policy);
   }
 
   // The control chores, run on the process's shared scheduler rather than a thread of the
@@ -342,6 +407,7 @@ class Deployment::Impl {
     next_.save = now0 + DeadlineIn(options_.state_save_s);
     next_.watch = now0 + DeadlineIn(options_.anomaly_interval_s);
     next_.refresh = now0 + DeadlineIn(options_.versions_poll_s);
+    next_.sync = now0 + DeadlineIn(options_.policy_sync_s);
     scheduler_ = &Scheduler::Shared();
     control_id_ = scheduler_->Add([this] { return ControlOnce(); });
   }
@@ -368,6 +434,10 @@ class Deployment::Impl {
       Rebalance();
       next_.balance = now + DeadlineIn(options_.rebalance_interval_s);
     }
+    if (sync_ && (now >= next_.sync || PolicyChanged())) {
+      SyncPolicy();
+      next_.sync = now + DeadlineIn(options_.policy_sync_s);
+    }
     if (woken || now >= next_.tick) {
       TickPolicy();
       next_.tick = now + DeadlineIn(options_.policy_tick_s);
@@ -387,14 +457,18 @@ class Deployment::Impl {
     // deployments in one process sleep between their slower chores.
     bool ticking = true;
     if (const auto st = versions_.Snapshot()) ticking = st->policy->ticks();
+    // A shared policy syncs whether or not this replica serves requests: its lead is kept, and
+    // the others' decisions are followed.
+    const bool sharing = SharesPolicy();
     // With no requests for a while the chores sleep until the next request or change wakes them,
     // unless something must be polled (a followed alias, new versions, a policy's clock).
-    if (auto until =
-            dormancy_.Settle(now, woken, !ticking && !follower_ && !options_.all_versions)) {
+    if (auto until = dormancy_.Settle(
+            now, woken, !ticking && !sharing && !follower_ && !options_.all_versions)) {
       return *until;
     }
     auto wake = std::min(next_.save, next_.watch);
     if (ticking) wake = std::min(wake, next_.tick);
+    if (sharing) wake = std::min(wake, next_.sync);
     if (follower_) wake = std::min(wake, next_.poll);
     if (options_.all_versions) wake = std::min(wake, next_.refresh);
     if (options_.adaptive) wake = std::min(wake, next_.balance);
@@ -452,6 +526,8 @@ class Deployment::Impl {
     if (scheduler_) scheduler_->Remove(control_id_);
     shadows_.Stop();
     if (!versions_.closed()) SaveCurrentState(true);
+    // A leader hands its shared policy on at once rather than after its lease.
+    if (sync_) sync_->Leave();
     std::shared_ptr<const VersionState> st = versions_.Close();
     if (!st) return;
     for (const auto& [v, slot] : st->slots) slot->Retire(options_.drain_timeout_s);
@@ -481,6 +557,7 @@ class Deployment::Impl {
       out.alias_target_failed = follower_->failed_target();
     }
     if (!st) return out;
+    if (sync_ && PolicySync::Shares(*st->policy)) out.policy_sync = sync_->Report();
     out.primary = st->live.primary;
     out.policy = st->policy->Describe();
     for (const auto& v : st->live.versions) {
@@ -525,10 +602,12 @@ class Deployment::Impl {
   AnomalyWatch anomalies_;
   std::optional<AliasFollower> follower_;
   RequestMetrics metrics_;
+  std::unique_ptr<PolicySync> sync_;  // when the deployment shares its stateful policy
+  const Policy* synced_ = nullptr;    // the policy of the last sync (the chore's own)
 
   // The control chores' next times: touched only by the chore, which never runs twice at once.
   struct {
-    Clock::time_point poll, balance, tick, save, watch, refresh;
+    Clock::time_point poll, balance, tick, save, watch, refresh, sync;
   } next_;
   Scheduler* scheduler_ = nullptr;
   uint64_t control_id_ = 0;
@@ -608,8 +687,9 @@ void Deployment::SetCombiner(Combiner combiner) { Live()->SetCombiner(std::move(
 void Deployment::Pin(const std::string& version) { Live()->Pin(version); }
 void Deployment::Unpin(const std::string& version) { Live()->Unpin(version); }
 bool Deployment::RefreshVersions() { return Live()->Refresh(); }
-void Deployment::Feedback(const std::string& request_id, double reward, const std::string& source) {
-  Live()->Feedback(request_id, reward, source);
+void Deployment::Feedback(const std::string& request_id, double reward, const std::string& source,
+                          const std::optional<std::string>& version) {
+  Live()->Feedback(request_id, reward, source, version);
 }
 std::vector<ShadowStats> Deployment::Shadows() const { return Live()->Shadows(); }
 std::vector<AppliedEvent> Deployment::Events() const { return Live()->Events(); }

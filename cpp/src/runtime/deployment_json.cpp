@@ -60,6 +60,7 @@ json StatusJson(const DeploymentStatus& s) {
           {"alias_follow_failures", s.alias_follow_failures},
           {"alias_pushed", s.alias_pushed},
           {"registry_unreachable", s.registry_unreachable},
+          {"policy_sync", s.policy_sync.empty() ? json(nullptr) : json::parse(s.policy_sync)},
           {"loader_threads", s.loader_threads},
           {"memory", s.memory ? json{{"limit_bytes", s.memory->limit},
                                      {"used_bytes", s.memory->used},

@@ -64,6 +64,10 @@ void ReadDeploymentOptions(Fields& f, DeploymentOptions& o) {
   o.alias_poll_s = SecondsField(f, "alias_poll_interval", o.alias_poll_s, false);
   o.policy_tick_s = SecondsField(f, "policy_tick", o.policy_tick_s, false);
   o.state_save_s = SecondsField(f, "state_save_interval", o.state_save_s, false);
+  o.share_policies = f.maybe<bool>("share_policies", "true or false");
+  o.replica = f.get<std::string>("replica", "a string", o.replica);
+  o.policy_sync_s = SecondsField(f, "policy_sync_interval", o.policy_sync_s, false);
+  o.policy_lease_s = SecondsField(f, "policy_lease", o.policy_lease_s, false);
   o.feedback_window =
       static_cast<size_t>(CountField(f, "feedback_window", static_cast<int>(o.feedback_window), 1));
   o.shadow_queue =

@@ -32,7 +32,7 @@ Reply Server::Impl::LeptonRoute(const std::string& method, const std::vector<std
       }
     }
     const json req = ParseBody(body);
-    OnlyFields(req, {"request_id", "reward"});
+    OnlyFields(req, {"request_id", "reward", "version"});
     const auto id = Field<std::string>(req, "request_id", "a string");
     if (!req.contains("reward") || !req["reward"].is_number()) {
       throw InvalidArgument("'reward' must be a number");
@@ -41,7 +41,10 @@ Reply Server::Impl::LeptonRoute(const std::string& method, const std::vector<std
     const std::string address = client.peer.substr(0, client.peer.rfind(':'));
     const std::string source = std::string("http ") + (address.empty() ? "(in-process)" : address) +
                                (authorized ? " with the token" : " without the token");
-    entry.deployment->Feedback(id, req["reward"].get<double>(), source);
+    // `version` (the answer's model_version) lets a replica that did not answer the request take
+    // its reward for a policy the replicas share.
+    entry.deployment->Feedback(id, req["reward"].get<double>(), source,
+                               OptionalField<std::string>(req, "version", "a string"));
     return JsonReply(200, {{"accepted", true}, {"request_id", id}});
   }
   RequireToken(headers);

@@ -23,6 +23,10 @@ std::mutex& TorchScriptMutex();
 // process, so a forked child never repeats its parent's values.
 std::string RandomHex(size_t bytes);
 
+// This process's name among the replicas that share a registry: $LEPTON_REPLICA (a Kubernetes
+// pod's name), else "host:pid".
+std::string ReplicaName();
+
 // The longest span turned into a deadline: a caller's "timeout=1e10" or "inf" is a deadline about
 // a century away, not an overflow into the past.
 constexpr double kMaxDeadlineSeconds = 100.0 * 365 * 24 * 3600;

@@ -31,9 +31,11 @@ struct AppliedEvent {
 class PolicyController {
  public:
   // `registry` may be null; `alias` is the alias the deployment follows, if any; `ledger` gives
-  // the feedback senders recorded with each switch.
+  // the feedback senders recorded with each switch; `shared(policy)` tells the policies whose
+  // state the replicas' leader stores (PolicySync), which are never saved here.
   PolicyController(std::shared_ptr<Registry> registry, std::string model,
-                   std::optional<std::string> alias, FeedbackLedger& ledger);
+                   std::optional<std::string> alias, FeedbackLedger& ledger,
+                   std::function<bool(const Policy&)> shared = {});
 
   // Applies `e`, decided by `policy`. `move_primary(version)` is called when the event makes
   // another live version the primary (a promotion or a switch).
@@ -54,6 +56,7 @@ class PolicyController {
   const std::string model_;
   const std::optional<std::string> alias_;
   FeedbackLedger& ledger_;
+  const std::function<bool(const Policy&)> shared_;
   std::mutex saved_mu_;
   std::map<std::string, std::string> saved_state_;
   mutable std::mutex events_mu_;

@@ -75,7 +75,8 @@ class GuardrailMonitor {
   void Observe(const Outcome& o);
   // A breach's description, or nothing while the guardrails hold (or cannot be judged yet).
   std::optional<std::string> Breach() const;
-  bool ready() const;  // both sides have min_requests
+  bool ready() const;        // both sides have min_requests
+  int64_t observed() const;  // outcomes seen on both sides
   std::string EvidenceJson() const;
 
  private:
@@ -96,6 +97,7 @@ struct CanaryOptions {
   Guardrails guardrails;
   std::optional<std::string> alias;  // moved to the candidate on promotion
   bool sticky = false;
+  std::string name;  // the state's key; default from the versions
 };
 
 // A ramp from `stable` to `candidate` by steps; a guardrail breach rolls back at once, the last
@@ -116,6 +118,9 @@ class CanaryPolicy final : public Policy {
   std::vector<PolicyEvent> Tick(const LiveVersions& live, const LoadFn& load,
                                 double now) const override;
   std::optional<std::string> alias() const override { return options_.alias; }
+  std::string state_key() const override;
+  std::string SaveState() const override;
+  void LoadState(const std::string& state) const override;
   std::string Report() const override;
 
   enum class Phase { kRamping, kPromoted, kRolledBack };
@@ -139,6 +144,9 @@ class CanaryPolicy final : public Policy {
   mutable std::optional<std::string> breach_;
   mutable bool waiting_for_evidence_ = false;  // held before a 100% step until guardrails can judge
   mutable std::vector<PolicyEvent> pending_;
+  // The guardrails' evidence as stored by the replica that decides, for the report of one that
+  // does not (whose own monitor sees no outcomes).
+  mutable std::string stored_evidence_;
 };
 
 // The primary answers; each mirror gets a copy off the request path, and the deployment compares
@@ -183,6 +191,7 @@ class BanditPolicy final : public Policy {
   std::vector<std::string> Needs(const LiveVersions& live) const override;
   bool takes_feedback() const override { return true; }
   void Feedback(const std::string& version, double reward) const override;
+  void CheckReward(const std::string& version, double reward) const override;
   std::string state_key() const override;
   std::string SaveState() const override;
   void LoadState(const std::string& state) const override;
@@ -290,6 +299,7 @@ class ABTestPolicy final : public Policy {
   void Observe(const Outcome& outcome) const override;
   bool takes_feedback() const override { return true; }
   void Feedback(const std::string& version, double reward) const override;
+  void CheckReward(const std::string& version, double reward) const override;
   bool ticks() const override { return true; }
   std::vector<PolicyEvent> Tick(const LiveVersions& live, const LoadFn& load,
                                 double now) const override;

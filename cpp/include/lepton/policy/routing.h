@@ -129,6 +129,9 @@ class Policy {
   virtual bool takes_feedback() const { return false; }
   // A reward for a request this policy routed to `version`; InvalidArgument for a bad reward.
   virtual void Feedback(const std::string& version, double reward) const;
+  // Throws what Feedback would for this reward, without taking it (a replica that passes its
+  // rewards on to the one that decides checks them first).
+  virtual void CheckReward(const std::string& version, double reward) const;
   // Whether Tick does anything: a deployment whose policy does not tick never wakes for it.
   virtual bool ticks() const { return false; }
   // Called by the deployment's controller every few milliseconds with the time (seconds since
@@ -138,7 +141,9 @@ class Policy {
   // The alias an automatic promotion or rollback moves; none: the deployment's followed alias.
   virtual std::optional<std::string> alias() const { return std::nullopt; }
   // Durable state: a non-empty key makes the deployment save SaveState() to the registry and
-  // restore it with LoadState() when the policy is installed again (after a restart).
+  // restore it with LoadState() when the policy is installed again (after a restart). Replicas
+  // that share a registry share such a policy: one decides from everyone's outcomes and rewards,
+  // and the others route by the state it stores (control/PolicySync).
   virtual std::string state_key() const { return ""; }
   virtual std::string SaveState() const { return ""; }
   virtual void LoadState(const std::string& state) const { (void)state; }

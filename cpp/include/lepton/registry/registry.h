@@ -48,6 +48,23 @@ struct ModelSummary {
   std::map<std::string, std::string> aliases;  // alias -> label
 };
 
+// One replica's evidence for a shared policy: outcomes and rewards since its previous batch.
+struct EvidenceBatch {
+  int64_t id = 0;  // increasing in the order the batches were added
+  std::string replica;
+  std::string payload;  // a JSON object
+  double time = 0;
+};
+
+// Who decides for a shared policy. `term` grows with each change of leader; `beat` with each
+// heartbeat; `cursor` is the last evidence batch the leaders have taken in.
+struct PolicyLead {
+  std::string replica;  // empty: vacant, the last leader stepped down
+  int64_t term = 0;
+  int64_t beat = 0;
+  int64_t cursor = 0;
+};
+
 struct AuditEntry {
   int64_t id = 0;
   double time = 0;
@@ -147,6 +164,10 @@ class Registry {
   // with the artifact directory as its `blobs` parameter).
   std::string location() const;
 
+  // Whether it lives on a database server (PostgreSQL) that processes on other machines share,
+  // rather than in a directory.
+  bool networked() const;
+
   // Alias moves made by any process or machine, as they happen: `moved(model)` after each move
   // of one of `model`'s aliases, and moved("") when some may have been missed (the connection
   // that hears them was lost and made again). A registry on PostgreSQL pushes them
@@ -209,6 +230,32 @@ class Registry {
   // Durable per-model state for stateful policies (a bandit's counts), keyed by the policy.
   void PutState(const std::string& model, const std::string& key, const std::string& value);
   std::optional<std::string> GetState(const std::string& model, const std::string& key) const;
+
+  // --- policies that replicas share (control/PolicySync): each replica adds its evidence, one
+  // replica at a time leads (takes the evidence in, decides and stores the policy's state) ---
+
+  // Appends a replica's batch of evidence (a JSON object) for `model`'s policy `key`.
+  void AddEvidence(const std::string& model, const std::string& key, const std::string& replica,
+                   const std::string& payload);
+  // The batches after id `after` that no leader has taken in yet, oldest first, at most `limit`.
+  std::vector<EvidenceBatch> Evidence(const std::string& model, const std::string& key,
+                                      int64_t after, int64_t limit) const;
+  // The policy's lead as it stands; nothing when no replica has led it yet.
+  std::optional<PolicyLead> Lead(const std::string& model, const std::string& key) const;
+  // Makes `replica` the leader under the next term: when no one has led, when the lead is vacant
+  // (its leader stepped down), or when it is still exactly `seen` (its leader has not beaten
+  // since). The lead as taken, or nothing when another replica changed it first.
+  std::optional<PolicyLead> TakeLead(const std::string& model, const std::string& key,
+                                     const std::string& replica,
+                                     const std::optional<PolicyLead>& seen);
+  // The leader of `term` beats: in one transaction it records how far it has taken the evidence
+  // in (`cursor`, whose batches are dropped), and stores `state` as the policy's state when
+  // given. False, with nothing written, when `term` no longer leads (a write of a leader that
+  // was replaced while it was paused is refused).
+  bool KeepLead(const std::string& model, const std::string& key, int64_t term, int64_t cursor,
+                const std::optional<std::string>& state);
+  // The leader of `term` steps down, so that another replica takes over at once.
+  void LeaveLead(const std::string& model, const std::string& key, int64_t term);
 
  private:
   class Impl;

@@ -55,6 +55,9 @@ struct DeploymentStatus {
   // The registry could not be read at the last look at the followed alias; the loaded versions
   // keep serving.
   bool registry_unreachable = false;
+  // A JSON object when its policy is shared with other replicas (PolicySync::Report): this
+  // replica's role, the leader, the evidence sent and taken in.
+  std::string policy_sync;
 };
 
 class Deployment {
@@ -93,8 +96,11 @@ class Deployment {
 
   // A reward for an earlier request, for policies that learn (bandits, A/B tests). NotFound when
   // the request id is unknown, too old, or already has its reward. `source` says who sent it
-  // ("" in-process); the sources are recorded with the automatic switch they lead to.
-  void Feedback(const std::string& request_id, double reward, const std::string& source = "");
+  // ("" in-process); the sources are recorded with the automatic switch they lead to. A request
+  // another replica routed is taken with the `version` that answered it, when the policy is
+  // shared between replicas (DeploymentOptions::share_policies).
+  void Feedback(const std::string& request_id, double reward, const std::string& source = "",
+                const std::optional<std::string>& version = std::nullopt);
   std::vector<ShadowStats> Shadows() const;
   // The automatic switches applied so far, oldest first (at most the last 1000).
   std::vector<AppliedEvent> Events() const;

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,15 @@ struct DeploymentOptions {
   double policy_tick_s = 0.02;
   // How often a stateful policy's state is saved to the registry (and at close).
   double state_save_s = 1.0;
+  // Whether a stateful policy (canary, A/B test, bandit) is shared with the other replicas that
+  // serve the model from the same registry: they decide as one (control/PolicySync). Unset: when
+  // the registry is on a database server (PostgreSQL).
+  std::optional<bool> share_policies;
+  // This replica's name among them (default: $LEPTON_REPLICA, else host:pid), how often it
+  // syncs, and how long a silent leader keeps the lead.
+  std::string replica;
+  double policy_sync_s = 0.25;
+  double policy_lease_s = 3.0;
   // How many recent requests can still take feedback.
   size_t feedback_window = 100000;
   // Mirrored requests waiting for comparison; more are dropped (and counted).
@@ -65,7 +75,8 @@ struct DeploymentOptions {
 // Fields: threads, intra_op_threads, max_batch_size, max_queue_delay_ms, max_queue, warmup_runs,
 // idle_thread_timeout,
 // version_threads, priorities, adaptive, min_threads, rebalance_interval, drain_timeout,
-// alias_poll_interval, policy_tick, state_save_interval, feedback_window, shadow_queue,
+// alias_poll_interval, policy_tick, state_save_interval, share_policies, replica,
+// policy_sync_interval, policy_lease, feedback_window, shadow_queue,
 // anomaly_interval, all_versions, versions_poll_interval, memory_budget (bytes, or a size such as
 // "512MB"; a budget of this deployment's own), eviction ("lru" or "lfu", for that budget), pin,
 // load_threads, load_wait, load_retry (durations in seconds unless named _ms). Absent or null
