@@ -61,17 +61,8 @@ void BindPolicies(py::module_& m) {
   py::class_<WeightedPolicy, Policy, std::shared_ptr<WeightedPolicy>>(m, "WeightedPolicy");
 
   py::class_<CanaryPolicy, Policy, std::shared_ptr<CanaryPolicy>>(m, "CanaryPolicy")
-      .def_property_readonly("phase", [](const CanaryPolicy& p) {
-        switch (p.phase()) {
-          case CanaryPolicy::Phase::kRamping:
-            return "ramping";
-          case CanaryPolicy::Phase::kPromoted:
-            return "promoted";
-          case CanaryPolicy::Phase::kRolledBack:
-            return "rolled_back";
-        }
-        return "?";
-      });
+      .def_property_readonly(
+          "phase", [](const CanaryPolicy& p) { return CanaryPolicy::PhaseName(p.phase()); });
 
   py::class_<ShadowPolicy, Policy, std::shared_ptr<ShadowPolicy>>(m, "ShadowPolicy");
 

@@ -21,6 +21,21 @@ from conftest import AddN, lepton_serve, wait_for
 BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]}
 
 
+def registry_of_two(tmp_path):
+    """A PostgreSQL server of the test's own, and a registry on it whose model m has v1 (adds 1)
+    and v2 (adds 2), with m@prod at v1."""
+    server = pg_server.PostgresServer().start()
+    try:
+        reg = lepton.Registry(server.url(server.create_database()), blobs=tmp_path / "shared", actor="ci")
+        for n in (1, 2):
+            reg.register("m", AddN(n), example_inputs=torch.zeros(1, 4))
+        reg.set_alias("m", "prod", "v1")
+    except BaseException:
+        server.close()
+        raise
+    return server, reg
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -164,12 +179,8 @@ def test_a_canary_ramps_as_one_and_outlives_its_leader(tmp_path, python_env, hap
     """Every replica routes by the one ramp its leader decides from all replicas' outcomes; the
     leader killed mid-ramp is replaced within its lease, and the ramp goes on from where it was:
     one promotion, no rollback, no step taken twice or back."""
-    server = pg_server.PostgresServer().start()
+    server, reg = registry_of_two(tmp_path)
     try:
-        reg = lepton.Registry(server.url(server.create_database()), blobs=tmp_path / "shared", actor="ci")
-        for n in (1, 2):
-            reg.register("m", AddN(n), example_inputs=torch.zeros(1, 4))
-        reg.set_alias("m", "prod", "v1")
         # Guardrails on errors only: a loaded two-core machine's latency says nothing here.
         canary = {"type": "canary", "stable": "v1", "candidate": "v2", "steps": [0.2, 0.5, 1.0],
                   "step_seconds": 3, "alias": "prod",
@@ -241,11 +252,8 @@ def test_a_canary_ramps_as_one_and_outlives_its_leader(tmp_path, python_env, hap
 def test_feedback_reaches_a_shared_bandit_through_any_replica(tmp_path, python_env):
     """A reward sent to the replica that did not answer the request, with the version that did,
     reaches the bandit that both replicas share; only with that version, and once per replica."""
-    server = pg_server.PostgresServer().start()
+    server, reg = registry_of_two(tmp_path)
     try:
-        reg = lepton.Registry(server.url(server.create_database()), blobs=tmp_path / "shared", actor="ci")
-        for n in (1, 2):
-            reg.register("m", AddN(n), example_inputs=torch.zeros(1, 4))
         config = tmp_path / "lepton.json"
         config.write_text(json.dumps({
             "models": {"m": {"versions": ["v1", "v2"],
@@ -291,12 +299,8 @@ def _answers(url):
 
 
 def test_replicas_behind_a_balancer_act_on_one_registry(tmp_path, python_env, haproxy):
-    server = pg_server.PostgresServer().start()
+    server, reg = registry_of_two(tmp_path)
     try:
-        reg = lepton.Registry(server.url(server.create_database()), blobs=tmp_path / "shared", actor="ci")
-        for n in (1, 2):
-            reg.register("m", AddN(n), example_inputs=torch.zeros(1, 4))
-        reg.set_alias("m", "prod", "v1")
         args = ["--registry", reg.location, "--port", "0", "--model", "m=@prod", "--only"]
         with lepton_serve(args, python_env) as (_, a), lepton_serve(args, python_env) as (_, b), \
                 lepton_serve(args, python_env) as (killed, c):

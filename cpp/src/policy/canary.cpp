@@ -238,21 +238,17 @@ std::vector<PolicyEvent> CanaryPolicy::Tick(const LiveVersions& live, const Load
   return events;
 }
 
-namespace {
-
-const char* PhaseName(CanaryPolicy::Phase p) {
+const char* CanaryPolicy::PhaseName(Phase p) {
   switch (p) {
-    case CanaryPolicy::Phase::kRamping:
+    case Phase::kRamping:
       return "ramping";
-    case CanaryPolicy::Phase::kPromoted:
+    case Phase::kPromoted:
       return "promoted";
-    case CanaryPolicy::Phase::kRolledBack:
+    case Phase::kRolledBack:
       return "rolled_back";
   }
   return "?";
 }
-
-}  // namespace
 
 std::string CanaryPolicy::state_key() const {
   return "canary/" + (options_.name.empty() ? stable_ + ":" + candidate_ : options_.name);

@@ -124,6 +124,7 @@ class CanaryPolicy final : public Policy {
   std::string Report() const override;
 
   enum class Phase { kRamping, kPromoted, kRolledBack };
+  static const char* PhaseName(Phase p);  // "ramping", "promoted", "rolled_back"
   Phase phase() const { return phase_.load(); }
   size_t step() const { return step_.load(); }
 
