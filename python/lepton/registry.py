@@ -333,7 +333,9 @@ class Registry:
     ``path`` is a directory (metadata in SQLite, artifacts in a content-addressed blob store beside
     it), or a URL ``postgresql://user@host:port/dbname`` (metadata in PostgreSQL, shared by every
     process and machine that opens it; artifacts in the directory ``blobs`` names, which they all
-    must reach: a shared volume; else the URL's ``?blobs=/path``, else ``$LEPTON_BLOBS``). A
+    must reach: a shared volume; else the URL's ``?blobs=/path``, else ``$LEPTON_BLOBS``). With
+    ``?artifacts=database`` in the URL the artifacts live in PostgreSQL too, and ``blobs`` is only
+    this machine's cache of them (default ``$LEPTON_CACHE``, else ``~/.cache/lepton``). A
     password comes from the URL, ``PGPASSWORD`` or a password file, and is never shown. Several
     processes may use one registry at once.
 

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <set>
 #include <thread>
@@ -37,14 +38,16 @@ class RegistryTest : public ::testing::TestWithParam<std::string> {
  protected:
   std::string Location() {
     if (GetParam() == "sqlite") return dir_ / "reg";
-    return testing::NewPostgresDatabase() + "?blobs=" + (dir_ / "reg");
+    const std::string url = testing::NewPostgresDatabase() + "?blobs=" + (dir_ / "reg");
+    return GetParam() == "postgresql" ? url : url + "&artifacts=database";
   }
   TempDir dir_;
   const std::string location_ = Location();
   Registry reg_{location_, Opts()};
 };
 
-INSTANTIATE_TEST_SUITE_P(Backends, RegistryTest, ::testing::Values("sqlite", "postgresql"),
+INSTANTIATE_TEST_SUITE_P(Backends, RegistryTest,
+                         ::testing::Values("sqlite", "postgresql", "postgresql_artifacts"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });
@@ -274,6 +277,10 @@ TEST_P(RegistryTest, GcKeepsLatestAndAliased) {
 }
 
 TEST_P(RegistryTest, VerifyReportsMissingAndCorruptedArtifacts) {
+  if (GetParam() == "postgresql_artifacts") {
+    GTEST_SKIP() << "the artifacts live in the database; the directory is a cache (see "
+                    "ArtifactsInTheDatabase*)";
+  }
   ModelVersion a = reg_.RegisterBytes("clf", "alpha", {});
   ModelVersion b = reg_.RegisterBytes("clf", "beta", {});
   reg_.RegisterBytes("clf", "gamma", {});
@@ -392,18 +399,85 @@ TEST_P(RegistryTest, ProcessesRegisteringConcurrentlyGetGapFreeSeqs) {
 // Kills a registering process with SIGKILL at random moments, many times, and checks after each
 // kill that the registry holds only whole versions, every row has its blob, every blob matches
 // its hash, and reopening removes what the dead writer left.
+// --- artifacts kept in the database: every machine has its own cache ---
+
+// Runs SQL on the test's PostgreSQL database with psql.
+void Psql(const std::string& url, const std::string& sql) {
+  const std::string base = url.substr(0, url.find('?'));
+  ASSERT_EQ(std::system(("psql -q -X '" + base + "' -c \"" + sql + "\" >/dev/null").c_str()), 0)
+      << sql;
+}
+
+TEST(ArtifactsInTheDatabase, AnotherMachineFetchesThemOnceIntoItsOwnCache) {
+  TempDir dir;
+  const std::string db = testing::NewPostgresDatabase();
+  Registry writer(db + "?artifacts=database&blobs=" + (dir / "cache-a"), Opts());
+  std::string big(9 << 20, '\0');  // three parts
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 2654435761u >> 13);
+  const ModelVersion v = writer.RegisterBytes("clf", big, Label("v1"));
+  writer.RegisterBytes("clf", "small", Label("v2"));
+  EXPECT_NE(writer.location().find("artifacts=database"), std::string::npos);
+
+  // Another machine: its own, empty cache.
+  Registry reader(db + "?artifacts=database&blobs=" + (dir / "cache-b"), Opts());
+  const std::string cached = reader.ArtifactPath("clf:v1");
+  EXPECT_EQ(cached.rfind((dir / "cache-b"), 0), 0u);
+  EXPECT_EQ(reader.ReadArtifact("clf:v1"), big);
+  EXPECT_EQ(reader.MapArtifact("clf:v2")->bytes(), "small");
+  EXPECT_TRUE(reader.Verify().ok());
+
+  // A damaged cache is fetched again; the database is the truth.
+  {
+    std::ofstream out(cached, std::ios::binary | std::ios::trunc);
+    out << "damaged";
+  }
+  EXPECT_EQ(reader.ReadArtifact("clf:v1"), big);
+
+  // Damage in the database is found by verify and refused on fetch, never served.
+  Psql(db, "UPDATE artifact_parts SET data = 'x'::bytea WHERE sha256 = '" + v.sha256 +
+               "' AND part = 1");
+  const VerifyReport report = reader.Verify();
+  ASSERT_EQ(report.problems.size(), 1u);
+  EXPECT_EQ(report.problems[0].problem, "corrupted");
+  Registry third(db + "?artifacts=database&blobs=" + (dir / "cache-c"), Opts());
+  EXPECT_THROW(third.ReadArtifact("clf:v1"), IntegrityError);
+  Psql(db, "DELETE FROM artifact_parts WHERE sha256 = '" + v.sha256 + "'");
+  EXPECT_THROW(third.ReadArtifact("clf:v1"), IntegrityError);
+  EXPECT_EQ(third.Verify().problems.size(), 1u);
+
+  // gc drops what no version refers to, in the database too.
+  writer.Delete("clf:v2", false, "test");
+  const GcReport gc = writer.Gc(10, std::nullopt, false);
+  EXPECT_EQ(gc.blobs_removed, 1);
+  EXPECT_THROW(Registry(db + "?artifacts=database&blobs=" + (dir / "cache-d"), Opts())
+                   .ReadArtifact("clf:v2"),
+               NotFound);
+}
+
+TEST(ArtifactsInTheDatabase, OnlyForPostgresqlAndNamedPlainly) {
+  TempDir dir;
+  Registry::Options o = Opts();
+  o.artifacts_in_database = true;
+  EXPECT_THROW(Registry(dir / "reg", o), InvalidArgument);
+  EXPECT_THROW(
+      Registry(testing::NewPostgresDatabase() + "?artifacts=elsewhere&blobs=" + (dir / "c")),
+      InvalidArgument);
+}
+
 class RegistryCrash : public ::testing::TestWithParam<std::string> {};
 
-INSTANTIATE_TEST_SUITE_P(Backends, RegistryCrash, ::testing::Values("sqlite", "postgresql"),
+INSTANTIATE_TEST_SUITE_P(Backends, RegistryCrash,
+                         ::testing::Values("sqlite", "postgresql", "postgresql_artifacts"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });
 
 TEST_P(RegistryCrash, SigkillNeverLeavesPartialState) {
   TempDir dir;
-  const std::string root = GetParam() == "sqlite"
-                               ? dir / "reg"
-                               : testing::NewPostgresDatabase() + "?blobs=" + (dir / "reg");
+  std::string root = GetParam() == "sqlite"
+                         ? dir / "reg"
+                         : testing::NewPostgresDatabase() + "?blobs=" + (dir / "reg");
+  if (GetParam() == "postgresql_artifacts") root += "&artifacts=database";
   std::mt19937 rng(1234);
   int64_t last_count = 0;
   Registry(root, Opts()).CreateModel("crash", "killed while registering", true);
@@ -500,6 +574,10 @@ TEST(RegistryIntegrity, ALostDatabaseBesideBlobsIsRefusedUntilRecovered) {
 }
 
 TEST_P(RegistryTest, VerifyFailsOnBlobsNoVersionRefersTo) {
+  if (GetParam() == "postgresql_artifacts") {
+    GTEST_SKIP() << "the artifacts live in the database; the directory is a cache (see "
+                    "ArtifactsInTheDatabase*)";
+  }
   reg_.RegisterBytes("m", "kept", {});
   EXPECT_TRUE(reg_.Verify().ok());
   {

@@ -144,3 +144,24 @@ def test_alias_moves_are_pushed_to_deployments_that_follow_them(tmp_path):
             wait_for(lambda: d.predict(x).version == "v3", timeout=30)
     finally:
         server.close()
+
+
+def test_with_artifacts_in_the_database_a_replica_needs_only_postgresql(url, tmp_path, python_env):
+    """artifacts=database: the registry holds the artifacts too; every machine keeps its own
+    cache, filled on first use, so `lepton serve` elsewhere needs nothing but the URL."""
+    reg = lepton.Registry(f"{url}?artifacts=database", blobs=tmp_path / "trainer-cache", actor="ci")
+    reg.register("m", AddN(3), example_inputs=torch.zeros(1, 4))
+    assert "artifacts=database" in reg.location
+    machine = tmp_path / "serving-machine-cache"
+    env = {**python_env, "LEPTON_CACHE": str(machine)}
+    env.pop("LEPTON_BLOBS", None)
+    code = ("import lepton, torch, sys; d = lepton.Deployment(lepton.Registry(sys.argv[1]), 'm', ['v1']); "
+            "print(d.predict(torch.zeros(1, 4)).output.tolist()); d.close()")
+    out = subprocess.run([sys.executable, "-c", code, f"{url}?artifacts=database"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[[3.0, 3.0, 3.0, 3.0]]"
+    # Fetched once into that machine's cache, by its sha256.
+    sha = reg.get("m:v1").sha256
+    assert [p.name for p in machine.rglob(sha + "*")]
+    assert reg.verify().ok

@@ -3,12 +3,14 @@
 namespace lepton {
 namespace {
 
-// 1: the first schema. 2: policies shared by replicas (policy_evidence, policy_leaders).
+// 1: the first schema. 2: policies shared by replicas (policy_evidence, policy_leaders), and
+// artifacts kept in the database (artifacts, artifact_parts).
 constexpr int kSchemaVersion = 2;
 
 // The schema, written once for both backends: ${ID} is an autoincrementing 64-bit key, ${SERIAL}
 // one that never reuses the number of a deleted row (SQLite's plain key may), ${INT} a
-// 64-bit integer, ${REAL} a double, ${KEYED} what a table keyed by its primary key needs.
+// 64-bit integer, ${REAL} a double, ${BLOB} binary data, ${KEYED} what a table keyed by its
+// primary key needs.
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models(
@@ -88,6 +90,17 @@ CREATE TABLE IF NOT EXISTS policy_leaders(
   beat ${INT} NOT NULL,
   cursor ${INT} NOT NULL DEFAULT 0,
   PRIMARY KEY(model, key))${KEYED};
+CREATE TABLE IF NOT EXISTS artifacts(
+  sha256 TEXT PRIMARY KEY,
+  size ${INT} NOT NULL,
+  parts ${INT} NOT NULL,
+  created_at ${REAL} NOT NULL)${KEYED};
+CREATE TABLE IF NOT EXISTS artifact_parts(
+  sha256 TEXT NOT NULL,
+  part ${INT} NOT NULL,
+  data ${BLOB} NOT NULL,
+  created_at ${REAL} NOT NULL,
+  PRIMARY KEY(sha256, part))${KEYED};
 )sql";
 
 // The schema in a backend's words.
@@ -99,6 +112,7 @@ std::string SchemaFor(sql::Dialect dialect) {
                        : "INTEGER PRIMARY KEY AUTOINCREMENT"},
       {"${INT}", pg ? "BIGINT" : "INTEGER"},
       {"${REAL}", pg ? "DOUBLE PRECISION" : "REAL"},
+      {"${BLOB}", pg ? "BYTEA" : "BLOB"},
       {"${KEYED}", pg ? "" : " WITHOUT ROWID"},
   };
   std::string out = kSchema;
@@ -116,6 +130,7 @@ std::string SchemaFor(sql::Dialect dialect) {
 // `adopt_lost_database`: open even a database that lost its metadata (Recover's case).
 Registry::Impl::Impl(const std::string& location, Options options, bool adopt_lost_database)
     : location_(location),
+      artifacts_in_db_(ArtifactsInDatabase(location, options)),
       root_(PrepareRoot(sql::IsPostgresUrl(location) ? BlobRoot(location, options) : location)),
       options_(std::move(options)),
       open_lock_(std::make_unique<OpenLock>(root_ + "/registry.lock")),
@@ -124,7 +139,8 @@ Registry::Impl::Impl(const std::string& location, Options options, bool adopt_lo
               ? sql::OpenPostgres(WithoutBlobs(location), options_.busy_timeout_ms)
               : sql::OpenSqlite(root_ + "/registry.db", options_.busy_timeout_ms)) {
   if (options_.actor.empty()) options_.actor = DefaultActor();
-  if (!adopt_lost_database) RefuseLostDatabase();
+  // A cache of artifacts that live in the database says nothing about the database's health.
+  if (!adopt_lost_database && !artifacts_in_db_) RefuseLostDatabase();
   CollectAbandoned();
   KeepReserve();
   open_lock_.reset();
@@ -133,27 +149,57 @@ Registry::Impl::Impl(const std::string& location, Options options, bool adopt_lo
 // The query parameter that names a PostgreSQL registry's artifact directory, which libpq does not
 // know.
 constexpr std::string_view kBlobsParameter = "blobs";
+// The one that keeps them in the database: artifacts=database (or =directory, the default).
+constexpr std::string_view kArtifactsParameter = "artifacts";
+
+bool Registry::Impl::ArtifactsInDatabase(const std::string& location, const Options& options) {
+  const auto where = sql::IsPostgresUrl(location)
+                         ? sql::QueryParameter(location, kArtifactsParameter)
+                         : std::nullopt;
+  if (where && *where != "database" && *where != "directory") {
+    throw InvalidArgument("'artifacts' is 'database' or 'directory', not '" + *where + "'");
+  }
+  const bool in_db = options.artifacts_in_database || where == "database";
+  if (in_db && !sql::IsPostgresUrl(location)) {
+    throw InvalidArgument(
+        "artifacts are kept in the database only for a registry on PostgreSQL; a directory "
+        "registry keeps them beside its database already");
+  }
+  return in_db;
+}
 
 std::string Registry::Impl::BlobRoot(const std::string& url, const Options& options) {
   if (!options.blob_root.empty()) return options.blob_root;
   if (auto blobs = sql::QueryParameter(url, kBlobsParameter)) return *blobs;
+  if (ArtifactsInDatabase(url, options)) {
+    // A cache by sha256, which registries may share: the machine's, under the user's cache.
+    if (const char* env = std::getenv("LEPTON_CACHE"); env && *env) return env;
+    if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) {
+      return std::string(xdg) + "/lepton";
+    }
+    if (const char* home = std::getenv("HOME"); home && *home) {
+      return std::string(home) + "/.cache/lepton";
+    }
+    throw InvalidArgument("no cache directory for the artifacts: set $LEPTON_CACHE");
+  }
   if (const char* env = std::getenv("LEPTON_BLOBS"); env && *env) return env;
   throw InvalidArgument(
       "a registry on PostgreSQL keeps its artifacts in a directory that every process using it "
-      "can reach (a shared volume); name it with ?blobs=/path in the URL, the blob_root option "
-      "or $LEPTON_BLOBS (" +
+      "can reach (a shared volume), or in the database itself (?artifacts=database); name the "
+      "directory with ?blobs=/path in the URL, the blob_root option or $LEPTON_BLOBS (" +
       sql::RedactedUrl(url) + ")");
 }
 
 std::string Registry::Impl::WithoutBlobs(const std::string& url) {
-  return sql::WithoutParameter(url, kBlobsParameter);
+  return sql::WithoutParameter(sql::WithoutParameter(url, kBlobsParameter), kArtifactsParameter);
 }
 
 std::string Registry::Impl::where() const {
   if (!sql::IsPostgresUrl(location_)) return root_;
   const std::string url = sql::RedactedUrl(WithoutBlobs(location_));
   return url + (url.find('?') == std::string::npos ? "?" : "&") + std::string(kBlobsParameter) +
-         "=" + root_;
+         "=" + root_ +
+         (artifacts_in_db_ ? "&" + std::string(kArtifactsParameter) + "=database" : "");
 }
 
 // --- helpers used under mu_ ---

@@ -141,6 +141,8 @@ class Registry::Impl {
   // A PostgreSQL registry's artifact directory: the blob_root option, the URL's `blobs`
   // parameter, or $LEPTON_BLOBS.
   static std::string BlobRoot(const std::string& url, const Options& options);
+  // Whether the artifacts live in the database (PostgreSQL only) and root_ is a cache of them.
+  static bool ArtifactsInDatabase(const std::string& location, const Options& options);
   // The URL without the `blobs` parameter, for libpq.
   static std::string WithoutBlobs(const std::string& url);
   // Where the registry is: its directory, or its URL without the password and with the blob
@@ -272,6 +274,34 @@ class Registry::Impl {
 
   VerifyReport Verify();
 
+  // --- artifacts kept in the database (registry_artifacts.cpp) ---
+  // Stores the blob `sha` (already in the local store) in the database unless it is there.
+  void UploadArtifact(const std::string& sha);
+  // Under mu_, in the registration's transaction: StorageError when the upload has gone (a gc
+  // ran between the upload and the commit).
+  bool ArtifactUploaded(const std::string& sha);
+  // Runs `use` on the local copy of `sha`, fetching it from the database first when it is
+  // missing or corrupted there.
+  template <class F>
+  auto WithLocal(const std::string& sha, F&& use) -> decltype(use()) {
+    if (!artifacts_in_db_) return use();
+    if (!fs::exists(blobs_.PathOf(sha))) FetchArtifact(sha);
+    try {
+      return use();
+    } catch (const IntegrityError&) {
+      ::unlink(blobs_.PathOf(sha).c_str());  // a damaged copy of the cache, not the truth
+      FetchArtifact(sha);
+      return use();
+    }
+  }
+  void FetchArtifact(const std::string& sha);
+  // Under mu_, in gc's transaction: drops the stored artifacts no version refers to, and parts
+  // of uploads abandoned over an hour ago; returns how many artifacts went.
+  int64_t DropUnreferencedArtifacts();
+  // Verify's half for the database: each referenced artifact complete there.
+  void VerifyStoredArtifacts(const std::map<std::string, std::vector<std::string>>& refs_by_sha,
+                             VerifyReport& report);
+
   std::string ArtifactSha(std::string_view text);  // of the version `text` names
   std::string ReadArtifact(std::string_view text);
   std::shared_ptr<const MappedBlob> MapArtifact(std::string_view text);
@@ -279,6 +309,7 @@ class Registry::Impl {
   std::string ArtifactPath(std::string_view text);
 
   std::string location_;  // as opened: a directory or a PostgreSQL URL
+  bool artifacts_in_db_;  // the artifacts live in the database; root_ is this machine's cache
   std::string root_;      // the directory of the artifacts (and the database, for SQLite)
   Options options_;
   std::unique_ptr<OpenLock> open_lock_;  // held while the constructor sets the database up

@@ -40,6 +40,7 @@ GcReport Registry::Impl::Gc(int64_t keep_latest, const std::optional<std::string
         report.deleted_versions.push_back(name + ":" + label);
       }
     }
+    if (artifacts_in_db_ && !dry_run) report.blobs_removed = DropUnreferencedArtifacts();
     tx.Commit();
   });
   if (dry_run) {
@@ -51,7 +52,14 @@ GcReport Registry::Impl::Gc(int64_t keep_latest, const std::optional<std::string
         "SELECT m.name || ':' || v.label, v.sha256 FROM versions v JOIN models m "
         "ON m.id = v.model_id");
     while (q->Step()) kept_by_sha[q->Text(1)] |= !doomed.count(q->Text(0));
-    for (const auto& sha : blobs_.List()) {
+    std::vector<std::string> stored;
+    if (artifacts_in_db_) {
+      auto a = db_->Prepare("SELECT sha256 FROM artifacts");
+      while (a->Step()) stored.push_back(a->Text(0));
+    } else {
+      stored = blobs_.List();
+    }
+    for (const auto& sha : stored) {
       auto it = kept_by_sha.find(sha);
       if (it == kept_by_sha.end() || !it->second) ++report.blobs_removed;
     }
@@ -63,8 +71,10 @@ GcReport Registry::Impl::Gc(int64_t keep_latest, const std::optional<std::string
     for (const auto& sha : blobs_.RecoverAbandoned()) candidates.push_back(sha);
     for (const auto& sha : blobs_.List()) candidates.push_back(sha);
   }
+  // Kept in the database, the local blobs are a cache: those of dropped artifacts go too, but
+  // the count is the database's.
   for (const auto& sha : candidates) {
-    if (RemoveBlobIfUnused(sha, &report.bytes_freed)) ++report.blobs_removed;
+    if (RemoveBlobIfUnused(sha, &report.bytes_freed) && !artifacts_in_db_) ++report.blobs_removed;
   }
   KeepReserve();
   return report;
@@ -86,6 +96,10 @@ VerifyReport Registry::Impl::Verify() {
       refs_by_sha[q->Text(2)].push_back(q->Text(0) + ":" + q->Text(1));
       ++report.versions_checked;
     }
+  }
+  if (artifacts_in_db_) {
+    VerifyStoredArtifacts(refs_by_sha, report);
+    return report;
   }
   // Hashing runs without the lock: it reads immutable files only.
   for (const auto& [sha, refs] : refs_by_sha) {

@@ -169,6 +169,21 @@ ModelVersion Registry::Impl::Register(
       format ? BlobStore::Validator([&format](const std::string& path) { format->Validate(path); })
              : BlobStore::Validator());
 
+  // Artifacts kept in the database are stored there before the metadata that refers to them. A
+  // gc that drops the upload before the commit (it refers to nothing yet) makes the commit
+  // upload it again.
+  for (int attempt = 0; artifacts_in_db_; ++attempt) {
+    try {
+      UploadArtifact(lease.sha256());
+    } catch (...) {
+      const std::string sha = lease.sha256();
+      lease.Release();
+      RemoveBlobIfUnused(sha, nullptr);
+      throw;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ArtifactUploaded(lease.sha256()) || attempt >= 3) break;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   try {
     return Commit(model, opts, parent_ref, lease);
@@ -211,6 +226,11 @@ ModelVersion Registry::Impl::Commit(const std::string& model, const RegisterOpti
   }
   std::optional<int64_t> parent_id;
   if (parent_ref) parent_id = Resolve(*parent_ref);
+  if (artifacts_in_db_ && !ArtifactUploaded(lease.sha256())) {
+    throw StorageError("the artifact " + lease.sha256() +
+                       " was removed from the database while it was being registered (a gc ran "
+                       "meanwhile); register it again");
+  }
 
   const double now = Now();
   int64_t id = 0;
@@ -480,15 +500,20 @@ std::string Registry::Impl::ArtifactSha(std::string_view text) {
 }
 
 std::string Registry::Impl::ReadArtifact(std::string_view text) {
-  return blobs_.Read(ArtifactSha(text));
+  const std::string sha = ArtifactSha(text);
+  return WithLocal(sha, [&] { return blobs_.Read(sha); });
 }
 
 std::shared_ptr<const MappedBlob> Registry::Impl::MapArtifact(std::string_view text) {
-  return std::make_shared<const MappedBlob>(blobs_.Map(ArtifactSha(text)));
+  const std::string sha = ArtifactSha(text);
+  return WithLocal(sha, [&] { return std::make_shared<const MappedBlob>(blobs_.Map(sha)); });
 }
 
 std::string Registry::Impl::ArtifactPath(std::string_view text) {
-  return blobs_.PathOf(ArtifactSha(text));
+  const std::string sha = ArtifactSha(text);
+  // Kept in the database: fetched (and verified) into this machine's cache first.
+  if (artifacts_in_db_) WithLocal(sha, [&] { blobs_.Map(sha); });
+  return blobs_.PathOf(sha);
 }
 
 }  // namespace lepton

@@ -24,6 +24,8 @@ class Statement {
   virtual Statement& Bind(int index, double value) = 0;
   virtual Statement& Bind(int index, std::string_view value) = 0;
   virtual Statement& BindNull(int index) = 0;
+  // Binary data (a BLOB column, a bytea).
+  virtual Statement& BindBytes(int index, std::string_view value) = 0;
   Statement& Bind(int index, const std::string& value) {
     return Bind(index, std::string_view(value));
   }
@@ -46,6 +48,7 @@ class Statement {
   virtual int64_t Int(int col) const = 0;
   virtual double Real(int col) const = 0;
   virtual std::string Text(int col) const = 0;
+  virtual std::string Bytes(int col) const = 0;
   std::optional<std::string> OptText(int col) const {
     if (IsNull(col)) return std::nullopt;
     return Text(col);

@@ -96,12 +96,20 @@ class PgStatement final : public Statement {
     return Set(index, std::string(value));
   }
   Statement& BindNull(int index) override { return Set(index, std::nullopt); }
+  // Sent in binary: no escaping, no doubling.
+  Statement& BindBytes(int index, std::string_view value) override {
+    Set(index, std::string(value));
+    binary_.resize(params_.size());
+    binary_[static_cast<size_t>(index) - 1] = true;
+    return *this;
+  }
 
   bool Step() override;
   void Reset() override {
     PQclear(result_);
     result_ = nullptr;
     params_.clear();
+    binary_.clear();
     row_ = -1;
   }
 
@@ -121,6 +129,17 @@ class PgStatement final : public Statement {
     return std::string(PQgetvalue(result_, row_, col),
                        static_cast<size_t>(PQgetlength(result_, row_, col)));
   }
+  // A bytea comes back in its text form ("\\x" and hex), decoded by libpq.
+  std::string Bytes(int col) const override {
+    size_t n = 0;
+    unsigned char* raw =
+        PQunescapeBytea(reinterpret_cast<const unsigned char*>(PQgetvalue(result_, row_, col)), &n);
+    if (!raw) throw StorageError("cannot decode binary data from PostgreSQL");
+    std::string out(reinterpret_cast<const char*>(raw), n);
+    PQfreemem(raw);
+    return out;
+  }
+  const std::vector<bool>& binary() const { return binary_; }
 
   const std::string& sql() const { return sql_; }
   const std::string& name() const { return name_; }
@@ -137,6 +156,7 @@ class PgStatement final : public Statement {
   PgDatabase& db_;
   const std::string sql_, name_;
   std::vector<std::optional<std::string>> params_;
+  std::vector<bool> binary_;  // which parameters are binary data
   PGresult* result_ = nullptr;
   int row_ = -1;
 };
@@ -200,8 +220,14 @@ class PgDatabase final : public Database {
   // Runs a statement, preparing it first on this connection; returns the result, failed or not.
   PGresult* Run(PgStatement& s, const std::vector<std::optional<std::string>>& params) {
     std::vector<const char*> values;
+    std::vector<int> lengths, formats;
     values.reserve(params.size());
-    for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto& p = params[i];
+      values.push_back(p ? p->data() : nullptr);
+      lengths.push_back(p ? static_cast<int>(p->size()) : 0);
+      formats.push_back(i < s.binary().size() && s.binary()[i] ? 1 : 0);
+    }
     return Retrying([&]() -> PGresult* {
       if (s.prepared_on != connection_) {
         PGresult* p = PQprepare(conn_, s.name().c_str(), s.sql().c_str(), 0, nullptr);
@@ -210,7 +236,7 @@ class PgDatabase final : public Database {
         s.prepared_on = connection_;
       }
       return PQexecPrepared(conn_, s.name().c_str(), static_cast<int>(values.size()), values.data(),
-                            nullptr, nullptr, 0);
+                            lengths.data(), formats.data(), 0);
     });
   }
 

@@ -48,6 +48,10 @@ class SqliteStatement final : public Statement {
     sqlite3_bind_text(stmt_, index, value.data(), static_cast<int>(value.size()), SQLITE_TRANSIENT);
     return *this;
   }
+  Statement& BindBytes(int index, std::string_view value) override {
+    sqlite3_bind_blob64(stmt_, index, value.data(), value.size(), SQLITE_TRANSIENT);
+    return *this;
+  }
   Statement& BindNull(int index) override {
     sqlite3_bind_null(stmt_, index);
     return *this;
@@ -69,6 +73,11 @@ class SqliteStatement final : public Statement {
   double Real(int col) const override { return sqlite3_column_double(stmt_, col); }
   std::string Text(int col) const override {
     const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, col));
+    return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(stmt_, col)))
+             : std::string();
+  }
+  std::string Bytes(int col) const override {
+    const auto* p = static_cast<const char*>(sqlite3_column_blob(stmt_, col));
     return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(stmt_, col)))
              : std::string();
   }

@@ -139,6 +139,11 @@ class Registry {
     // For a registry on PostgreSQL: the directory of its artifacts, shared by every process and
     // machine that uses the registry (else the URL's `blobs` parameter, else $LEPTON_BLOBS).
     std::string blob_root;
+    // For a registry on PostgreSQL: keep the artifacts in the database too (else the URL's
+    // `artifacts=database`), so that a cluster needs nothing but PostgreSQL. `blob_root` is then
+    // this machine's cache of them, by sha256, which need not be shared (default: $LEPTON_CACHE,
+    // else ~/.cache/lepton).
+    bool artifacts_in_database = false;
   };
 
   // Opens (creating if needed) the registry in directory `root`, or on the PostgreSQL server a
