@@ -291,6 +291,35 @@ def test_feedback_reaches_a_shared_bandit_through_any_replica(tmp_path, python_e
         server.close()
 
 
+def test_a_policy_set_through_one_replica_is_set_on_every_replica(tmp_path, python_env):
+    """PUT .../policy on one replica: kept in the registry with an audit entry, and set on the
+    other replicas within seconds, and on one started afterwards."""
+    server, reg = registry_of_two(tmp_path)
+    try:
+        config = tmp_path / "lepton.json"
+        config.write_text(json.dumps({"models": {"m": {"versions": ["v1", "v2"]}}, "only": True}))
+        args = ["--registry", reg.location, "--port", "0", "--config", str(config)]
+        env = {**python_env, "LEPTON_TOKEN": TOKEN}
+        with lepton_serve(args, {**env, "LEPTON_REPLICA": "a"}) as (_, a), \
+                lepton_serve(args, {**env, "LEPTON_REPLICA": "b"}) as (_, b):
+            assert version_at(a) == version_at(b) == "v1"
+            r = requests.put(a + "/v2/lepton/models/m/policy", json={"type": "fixed", "version": "v2"},
+                             headers=AUTH, timeout=30)
+            r.raise_for_status()
+            assert version_at(a) == "v2"
+            wait_for(lambda: version_at(b) == "v2", timeout=30)
+            with lepton_serve(args, {**env, "LEPTON_REPLICA": "c"}) as (_, c):
+                wait_for(lambda: version_at(c) == "v2", timeout=30)
+                r = requests.get(c + "/v2/lepton/models/m/policy", headers=AUTH, timeout=30)
+                assert r.json()["spec"] == {"type": "fixed", "version": "v2"}
+        entries = [e for e in reg.history("m") if e.action == "set_policy"]
+        assert len(entries) == 1
+        assert entries[0].details["replica"] == "a"
+        assert entries[0].details["policy"] == {"type": "fixed", "version": "v2"}
+    finally:
+        server.close()
+
+
 def _answers(url):
     try:
         return requests.post(url + "/v2/models/m/infer", json=BODY, timeout=5).status_code == 200

@@ -193,6 +193,8 @@ int Server::Impl::Start() {
       throw;
     }
   }
+  // Policies set through another replica's API are followed from the start.
+  StartSharing();
   http_->Start();
   running_ = true;
   EmitEvent("info", "serve", "", "",
@@ -209,6 +211,7 @@ void Server::Impl::Stop() {
   // Stops accepting; requests being handled finish and answer first.
   if (http_) http_->Stop();
   if (grpc_) grpc_->Stop();
+  StopSharing();
   CloseAll();
   running_ = false;
   stop_cv_.notify_all();

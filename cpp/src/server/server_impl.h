@@ -219,6 +219,7 @@ class Server::Impl {
   struct Entry {
     std::shared_ptr<Deployment> deployment;
     ServedModel config;
+    std::string shared_policy_id;  // the policy set through a replica's API that it follows
   };
 
   std::shared_ptr<Deployment> Deploy(const ServedModel& m);
@@ -338,6 +339,17 @@ class Server::Impl {
                     const Client& client);
 
   json PolicyJson(const Entry& e) const;
+
+  // --- management that replicas share (server_shared.cpp): with a registry on a database
+  // server, a policy set through any replica's API is kept in the registry and set on every
+  // replica that serves the model ---
+  // After `spec` was set here over the API: keeps it for the other replicas, audited.
+  void SharePolicy(const std::string& model, const std::string& spec, const std::string& actor);
+  // The chore: sets the policies set through other replicas; returns when it is next due.
+  std::chrono::steady_clock::time_point FollowSharedPolicies();
+  void StartSharing();
+  void StopSharing();
+  uint64_t sharing_task_ = 0;  // the chore on the shared scheduler; 0: none
 
   // A served model's status, and with `full` its request series, anomaly flags and shadow
   // comparisons: the JSON that Python's Deployment.status(), metrics() and shadow_report() give.

@@ -91,6 +91,7 @@ Reply Server::Impl::LeptonRoute(const std::string& method, const std::vector<std
       auto it = models_.find(model);
       if (it != models_.end()) it->second.config.policy = body;
     }
+    SharePolicy(model, body, "http " + client.peer.substr(0, client.peer.rfind(':')));
     return JsonReply(200, PolicyJson(Find(model)));
   }
   if (what == "rollback" && n == 5) {
