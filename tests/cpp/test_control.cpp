@@ -212,10 +212,12 @@ TEST(FeedbackLedger, SendersAreCountedBoundedAndTakenOnce) {
 TEST(FeedbackLedger, ARequestRoutedElsewhereIsRewardedOnceThroughTheDeliverer) {
   auto policy = std::make_shared<RecordingPolicy>();
   std::vector<std::string> delivered;
-  FeedbackLedger ledger("clf", 2, [&](const Policy& p, const std::string& v, double r) {
-    delivered.push_back(v);
-    p.Feedback(v, r);
-  });
+  FeedbackLedger ledger(
+      "clf", 2, [&](const Policy& p, const std::string& v, double r, const std::string& id) {
+        delivered.push_back(v);
+        EXPECT_FALSE(id.empty());
+        p.Feedback(v, r);
+      });
   ledger.RewardElsewhere("r1", 1, "peer", *policy, "v2");
   EXPECT_EQ(delivered, (std::vector<std::string>{"v2"}));
   EXPECT_EQ(policy->rewards["v2"], 1);

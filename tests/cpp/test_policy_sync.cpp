@@ -186,12 +186,18 @@ TEST_P(PolicySyncTest, ABanditLearnsFromRewardsSentToAnyReplica) {
   a->Sync(pa, t0_);
   b->Sync(pb, t0_);
   // A follower checks a reward before passing it on: the sender hears of a bad one.
-  EXPECT_THROW(b->Feedback(*pb, "v1", 2.0), InvalidArgument);
-  EXPECT_THROW(b->Feedback(*pb, "v9", 1.0), NotFound);
-  for (int i = 0; i < 10; ++i) b->Feedback(*pb, "v2", 1.0);
-  for (int i = 0; i < 5; ++i) a->Feedback(*pa, "v1", 0.0);
+  EXPECT_THROW(b->Feedback(*pb, "v1", 2.0, "r"), InvalidArgument);
+  EXPECT_THROW(b->Feedback(*pb, "v9", 1.0, "r"), NotFound);
+  for (int i = 0; i < 10; ++i) b->Feedback(*pb, "v2", 1.0, "b" + std::to_string(i));
+  for (int i = 0; i < 5; ++i) a->Feedback(*pa, "v1", 0.0, "a" + std::to_string(i));
+  // One reward per request, whichever replicas it was sent to: the leader refuses a repeat at
+  // once, and drops one a follower passed on.
+  a->Feedback(*pa, "v2", 1.0, "b3");  // b has it too, not yet sent: the one from b is dropped
+  EXPECT_THROW(a->Feedback(*pa, "v1", 0.0, "a1"), NotFound);
+  b->Feedback(*pb, "v1", 0.0, "a1");
   b->Sync(pb, t0_);
   a->Sync(pa, t0_);
+  EXPECT_EQ(json::parse(a->Report())["duplicate_rewards"], 2);
   a->Commit({});
   b->Sync(pb, t0_);
   for (const auto* p : {pa.get(), pb.get()}) {

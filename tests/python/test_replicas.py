@@ -251,7 +251,8 @@ def test_a_canary_ramps_as_one_and_outlives_its_leader(tmp_path, python_env, hap
 
 def test_feedback_reaches_a_shared_bandit_through_any_replica(tmp_path, python_env):
     """A reward sent to the replica that did not answer the request, with the version that did,
-    reaches the bandit that both replicas share; only with that version, and once per replica."""
+    reaches the bandit that both replicas share: only with that version, and once per request
+    whichever replicas it is sent to."""
     server, reg = registry_of_two(tmp_path)
     try:
         config = tmp_path / "lepton.json"
@@ -269,7 +270,7 @@ def test_feedback_reaches_a_shared_bandit_through_any_replica(tmp_path, python_e
             def feedback(url, body):
                 return requests.post(url + "/v2/lepton/models/m/feedback", json=body, headers=AUTH, timeout=30)
 
-            rewards = {"v1": 0, "v2": 0}
+            rewards, repeats = {"v1": 0, "v2": 0}, 0
             for i in range(20):
                 answer = requests.post(a + "/v2/models/m/infer", json=BODY, timeout=30).json()
                 rid, version = answer["parameters"]["lepton_request_id"], answer["model_version"]
@@ -278,8 +279,12 @@ def test_feedback_reaches_a_shared_bandit_through_any_replica(tmp_path, python_e
                     assert feedback(b, {"request_id": rid, "reward": 1}).status_code == 404
                 assert feedback(b, {"request_id": rid, "reward": 1, "version": version}).status_code == 200
                 rewards[version] += 1
-                # Once: the replica that took it refuses it again.
+                # Once: the replica that took it refuses it again; the one that answered it may
+                # take it (a follower cannot know yet), but the leader counts it once.
                 assert feedback(b, {"request_id": rid, "reward": 1, "version": version}).status_code == 404
+                r = feedback(a, {"request_id": rid, "reward": 1})
+                assert r.status_code in (200, 404), r.text
+                repeats += r.status_code == 200
 
             def arms(url):
                 return {v: (arm["n"], arm["sum"]) for v, arm in canary_report(url)["arms"].items()}
@@ -287,6 +292,8 @@ def test_feedback_reaches_a_shared_bandit_through_any_replica(tmp_path, python_e
             expected = {v: (n, float(n)) for v, n in rewards.items()}
             for url in (a, b):
                 wait_for(lambda: arms(url) == expected, timeout=30)
+            leader = next(u for u in (a, b) if sync_report(u)["role"] == "leader")
+            assert sync_report(leader)["duplicate_rewards"] == repeats
     finally:
         server.close()
 

@@ -38,7 +38,7 @@ void FeedbackLedger::Reward(const std::string& request_id, double reward,
   // Given before forgetting, so that a refused reward can be sent again.
   for (const auto& v : it->second.versions) {
     if (deliver_) {
-      deliver_(*it->second.policy, v, reward);
+      deliver_(*it->second.policy, v, reward, request_id);
     } else {
       it->second.policy->Feedback(v, reward);
     }
@@ -56,7 +56,7 @@ void FeedbackLedger::RewardElsewhere(const std::string& request_id, double rewar
     throw NotFound("request '" + request_id + "' already has its reward");
   }
   if (deliver_) {
-    deliver_(policy, version, reward);
+    deliver_(policy, version, reward, request_id);
   } else {
     policy.Feedback(version, reward);
   }

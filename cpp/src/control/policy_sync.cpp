@@ -25,12 +25,33 @@ bool PolicySync::Evidence::Add(std::map<std::string, std::vector<double>>& to, c
   return true;
 }
 
+bool PolicySync::Evidence::AddReward(const std::string& v, double reward, const std::string& id,
+                                     size_t max) {
+  if (!Add(rewards, v, reward, max)) return false;
+  reward_ids[v].push_back(id);
+  return true;
+}
+
 std::string PolicySync::Evidence::Json() const {
   json j = json::object();
   if (!ok.empty()) j["ok"] = ok;
   if (!failed.empty()) j["failed"] = failed;
-  if (!rewards.empty()) j["rewards"] = rewards;
+  if (!rewards.empty()) {
+    j["rewards"] = rewards;
+    j["reward_ids"] = reward_ids;
+  }
   return j.dump();
+}
+
+bool PolicySync::FirstReward(const std::string& request_id) {
+  if (request_id.empty()) return true;
+  if (!rewarded_.insert(request_id).second) return false;
+  rewarded_order_.push_back(request_id);
+  if (rewarded_order_.size() > kRewardMemory) {
+    rewarded_.erase(rewarded_order_.front());
+    rewarded_order_.pop_front();
+  }
+  return true;
 }
 
 PolicySync::PolicySync(std::shared_ptr<Registry> registry, std::string model, std::string replica,
@@ -64,12 +85,17 @@ void PolicySync::Observe(const Policy& policy, const Outcome& outcome) {
   policy.Observe(outcome);
 }
 
-void PolicySync::Feedback(const Policy& policy, const std::string& version, double reward) {
+void PolicySync::Feedback(const Policy& policy, const std::string& version, double reward,
+                          const std::string& request_id) {
   if (&policy == shared_.load()) {
     policy.CheckReward(version, reward);
     std::lock_guard<std::mutex> lk(out_mu_);
+    if (leading_ && !FirstReward(request_id)) {
+      throw NotFound("request '" + request_id +
+                     "' already has its reward (sent to another replica)");
+    }
     if (!leading_) {
-      if (!outbox_.Add(outbox_.rewards, version, reward, options_.max_batch)) {
+      if (!outbox_.AddReward(version, reward, request_id, options_.max_batch)) {
         // A reward is worth more than an outcome: refused, so that the sender can send it again.
         throw Unavailable("too much evidence waits for the registry; send the reward again");
       }
@@ -232,7 +258,33 @@ void PolicySync::TakeIn(const std::string& replica, const std::string& payload) 
   };
   each("ok", [&](const std::string& v, double s) { policy_->Observe({v, s, false}); });
   each("failed", [&](const std::string& v, double s) { policy_->Observe({v, s, true}); });
-  each("rewards", [&](const std::string& v, double r) { policy_->Feedback(v, r); });
+  // Rewards, each once per request whichever replicas it was sent to.
+  const json& ids =
+      j.contains("reward_ids") && j["reward_ids"].is_object() ? j["reward_ids"] : json::object();
+  if (!j.contains("rewards") || !j["rewards"].is_object()) return;
+  for (const auto& [version, values] : j["rewards"].items()) {
+    if (!values.is_array()) continue;
+    const json& those =
+        ids.contains(version) && ids[version].is_array() ? ids[version] : json::array();
+    for (size_t i = 0; i < values.size(); ++i) {
+      if (!values[i].is_number()) continue;
+      const std::string id =
+          i < those.size() && those[i].is_string() ? those[i].get<std::string>() : "";
+      {
+        std::lock_guard<std::mutex> out(out_mu_);
+        if (!FirstReward(id)) {
+          ++duplicates_;
+          continue;
+        }
+      }
+      try {
+        policy_->Feedback(version, values[i].get<double>());
+        ++counts["rewards"];
+      } catch (const std::exception&) {
+        ++refused_;
+      }
+    }
+  }
 }
 
 void PolicySync::SendEvidence() {
@@ -249,10 +301,18 @@ void PolicySync::SendEvidence() {
     // Kept for the next try, with what arrived meanwhile, up to the same bound.
     std::lock_guard<std::mutex> out(out_mu_);
     using Field = std::map<std::string, std::vector<double>> Evidence::*;
-    for (Field kind : {&Evidence::ok, &Evidence::failed, &Evidence::rewards}) {
+    for (Field kind : {&Evidence::ok, &Evidence::failed}) {
       for (const auto& [v, xs] : batch.*kind) {
         for (double x : xs) {
           if (!outbox_.Add(outbox_.*kind, v, x, options_.max_batch)) ++dropped_;
+        }
+      }
+    }
+    for (const auto& [v, xs] : batch.rewards) {
+      const auto& ids = batch.reward_ids[v];
+      for (size_t i = 0; i < xs.size(); ++i) {
+        if (!outbox_.AddReward(v, xs[i], i < ids.size() ? ids[i] : "", options_.max_batch)) {
+          ++dropped_;
         }
       }
     }
@@ -367,6 +427,10 @@ void PolicySync::Publish() {
     j["taken_batches"] = taken_;
     j["dropped"] = dropped;
     j["refused"] = refused_;
+    {
+      std::lock_guard<std::mutex> out(out_mu_);
+      j["duplicate_rewards"] = duplicates_;
+    }
     if (!error_.empty()) j["error"] = error_;
   }
   std::lock_guard<std::mutex> lk(info_mu_);

@@ -56,8 +56,9 @@ class Deployment::Impl {
         planner_(options_.threads, options_.min_threads, options_.version_threads,
                  options_.rebalance_interval_s),
         ledger_(model_, options_.feedback_window,
-                [this](const Policy& p, const std::string& v, double reward) {
-                  if (sync_) return sync_->Feedback(p, v, reward);
+                [this](const Policy& p, const std::string& v, double reward,
+                       const std::string& request_id) {
+                  if (sync_) return sync_->Feedback(p, v, reward, request_id);
                   p.Feedback(v, reward);
                 }),
         controller_(source.registry(), model_, alias_, ledger_,

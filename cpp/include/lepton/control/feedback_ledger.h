@@ -20,8 +20,9 @@ namespace lepton {
 
 class FeedbackLedger {
  public:
-  // Gives a policy a reward for a version (Policy::Feedback unless told otherwise).
-  using Deliver = std::function<void(const Policy&, const std::string& version, double reward)>;
+  // Gives a policy a reward for a version, for a request (Policy::Feedback unless told otherwise).
+  using Deliver = std::function<void(const Policy&, const std::string& version, double reward,
+                                     const std::string& request_id)>;
   // Remembers the last `window` requests (at least one).
   FeedbackLedger(std::string model, size_t window, Deliver deliver = {});
 

@@ -13,11 +13,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "lepton/policy/routing.h"
@@ -47,7 +49,11 @@ class PolicySync {
   // is the shared one and this replica does not lead, else given to the policy. A reward is
   // checked first (the policy's own errors).
   void Observe(const Policy& policy, const Outcome& outcome);
-  void Feedback(const Policy& policy, const std::string& version, double reward);
+  // `request_id` names the request rewarded: the leader takes one reward per request, whichever
+  // replica it came through (NotFound when it already has one; a follower's repeat is dropped
+  // when the leader takes it in, and counted).
+  void Feedback(const Policy& policy, const std::string& version, double reward,
+                const std::string& request_id);
 
   // --- the control path ---
   // Follows the deployment's policy now (`policy`), keeps or seeks its lead, and then, leading,
@@ -72,9 +78,11 @@ class PolicySync {
   // Outcomes and rewards by version, waiting for the next batch.
   struct Evidence {
     std::map<std::string, std::vector<double>> ok, failed, rewards;  // latencies, rewards
+    std::map<std::string, std::vector<std::string>> reward_ids;      // beside `rewards`
     size_t size = 0;
     bool Add(std::map<std::string, std::vector<double>>& to, const std::string& v, double x,
              size_t max);
+    bool AddReward(const std::string& v, double reward, const std::string& id, size_t max);
     std::string Json() const;
   };
 
@@ -87,6 +95,8 @@ class PolicySync {
   void LoadStored();
   void Failed(const std::exception& e);
   void Publish();
+  // Under out_mu_: whether this is the first reward for `request_id` the leader sees.
+  bool FirstReward(const std::string& request_id);
 
   const std::shared_ptr<Registry> registry_;
   const std::string model_;
@@ -99,6 +109,11 @@ class PolicySync {
   bool leading_ = false;  // under out_mu_
   Evidence outbox_;       // under out_mu_
   int64_t dropped_ = 0;   // under out_mu_
+  // The requests rewarded lately (under out_mu_), so that none counts twice.
+  static constexpr size_t kRewardMemory = 100000;
+  std::unordered_set<std::string> rewarded_;
+  std::deque<std::string> rewarded_order_;
+  int64_t duplicates_ = 0;
   std::atomic<int64_t> own_outcomes_{0}, own_rewards_{0};
 
   // The control side, under mu_.
