@@ -8,17 +8,24 @@ a PostgreSQL server that the benchmark starts itself (Debian's, as the tests do)
             following the alias) serves the new target: p50 and p99
   predict   Deployment.predict on a tiny model served from the registry (median per call): the
             request path never touches the database, so the backends should not differ
+  fetch     the first read of a 64 MB version by a process with an empty cache: from the
+            directory, or from PostgreSQL into that machine's cache (postgresql_artifacts)
+  policy    a canary shared by 3 replica processes (on a database server): how long after the
+            leader takes a step every follower routes by it (p50, p99), and how long until
+            another replica leads once the leader is killed
 
-usage: .venv/bin/python benchmarks/registry_bench.py [--versions 10000] [--runs 5]
-                                                       [--backends sqlite,postgresql] [--moves 20]
+usage: .venv/bin/python benchmarks/registry_bench.py [--versions 10000] [--runs 5] [--moves 20]
+                              [--backends sqlite,postgresql,postgresql_artifacts]
 """
 import argparse
 import io
 import os
+import queue
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import torch
@@ -84,6 +91,99 @@ class AddOne(torch.nn.Module):
         return x + 1
 
 
+def policy_replica(location: str, name: str) -> None:
+    """A replica of a shared canary: sends requests all along, and prints each step it routes
+    by and each change of its role, with the time."""
+    reg = lepton.Registry(location, actor="replica")
+    canary = lepton.Canary("v1", "v2", steps=[i / 20 for i in range(1, 21)], step_requests=50,
+                           guardrails=lepton.Guardrails(max_latency_ratio=1000, latency_slack_s=10))
+    x = torch.zeros(1, 4)
+    with lepton.Deployment(reg, "c", ["v1", "v2"], policy=canary, share_policies=True, replica=name) as d:
+        print("ready", flush=True)
+        sys.stdin.readline()  # requests start together
+        step, role = None, None
+        while True:
+            d.predict(x)
+            report = d.policy_report()
+            sync = d.status()["policy_sync"] or {}
+            if report.get("step") != step:
+                step = report.get("step")
+                print("step", step, time.time(), flush=True)
+            if sync.get("role") != role:
+                role = sync.get("role")
+                print("role", role, time.time(), flush=True)
+            time.sleep(0.002)
+
+
+def policy_sync(location: str):
+    """(p50 and p99 seconds from a leader's step to every follower's, seconds to a new leader)."""
+    reg = lepton.Registry(location, actor="bench")
+    for _ in range(2):
+        reg.register("c", AddOne(), example_inputs=torch.zeros(1, 4))
+    names = ["r0", "r1", "r2"]
+    procs = {n: subprocess.Popen([sys.executable, __file__, "--policy-replica", location, n],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for n in names}
+    for p in procs.values():
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs.values():
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    lines = queue.Queue()
+
+    def read(name, p):
+        for line in p.stdout:
+            lines.put((name, line.split()))
+
+    for n, p in procs.items():
+        threading.Thread(target=read, args=(n, p), daemon=True).start()
+    try:
+        steps, roles = {n: {} for n in names}, {n: None for n in names}
+        killed, killed_at, takeover, last = None, None, None, 0
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            name, words = lines.get(timeout=60)
+            if words[0] == "step" and words[1] != "None":
+                steps[name].setdefault(int(words[1]), float(words[2]))
+            elif words[0] == "role":
+                roles[name] = words[1]
+                if killed and words[1] == "leader" and name != killed:
+                    takeover = float(words[2]) - killed_at
+                    break
+            leader = next((n for n, r in roles.items() if r == "leader"), None)
+            if not killed and leader and max(steps[leader], default=0) >= 12:
+                killed, killed_at, last = leader, time.time(), max(steps[leader])
+                procs[leader].kill()
+        lags = []
+        for n in names:
+            if n == killed:
+                continue
+            # A follower's first step is where it joined, not one it followed; the leader's last
+            # reaches the followers through its successor.
+            for step, at in sorted(steps[n].items())[1:]:
+                if step in steps[killed] and step < last:
+                    lags.append(at - steps[killed][step])
+        lags.sort()
+        return statistics.median(lags), lags[min(len(lags) - 1, int(0.99 * len(lags)))], takeover
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+
+
+def first_read_ms(location: str, cache: str) -> float:
+    """Reading a 64 MB version from a registry opened with an empty cache (for artifacts kept in
+    the database; a directory registry reads its own files)."""
+    reg = lepton.Registry(location, actor="bench")
+    big = torch.nn.Linear(4096, 4096)
+    v = reg.register("big", big, example_inputs=torch.zeros(1, 4096))
+    fresh = lepton.Registry(location, blobs=cache) if "artifacts=database" in location else reg
+    start = time.perf_counter()
+    data = fresh.read_artifact(f"big:{v.version}")
+    seconds = time.perf_counter() - start
+    assert len(data) > 64 << 20
+    return seconds * 1e3
+
+
 def propagation(location: str, moves: int):
     """Seconds from an alias move until each of 3 replicas serves the new target."""
     reg = lepton.Registry(location, actor="bench")
@@ -112,15 +212,28 @@ def propagation(location: str, moves: int):
             p.wait()
 
 
-def predict_us(location: str, runs: int) -> float:
-    reg = lepton.Registry(location, actor="bench")
-    reg.register("tiny", AddOne(), example_inputs=torch.zeros(1, 4))
-    reg.set_alias("tiny", "prod", "v1")
+def predict_us(locations: dict, runs: int) -> dict:
+    """Deployment.predict on a tiny model from each backend, in interleaved rounds (every backend
+    once per round) so that a database busy with what came before, or the machine's drift, weighs
+    on all of them alike: the median per call over the rounds."""
     x = torch.zeros(1, 4)
-    with lepton.Deployment(reg, "tiny", alias="prod") as d:
-        for _ in range(2000):
-            d.predict(x)
-        return median_us(lambda: d.predict(x), 5000, runs)
+    deployments = {}
+    try:
+        for backend, location in locations.items():
+            reg = lepton.Registry(location, actor="bench")
+            reg.register("tiny", AddOne(), example_inputs=torch.zeros(1, 4))
+            reg.set_alias("tiny", "prod", "v1")
+            deployments[backend] = d = lepton.Deployment(reg, "tiny", alias="prod")
+            for _ in range(2000):
+                d.predict(x)
+        samples = {b: [] for b in deployments}
+        for _ in range(runs):
+            for b, d in deployments.items():
+                samples[b].append(median_us(lambda: d.predict(x), 5000, 1))
+        return {b: statistics.median(s) for b, s in samples.items()}
+    finally:
+        for d in deployments.values():
+            d.close()
 
 
 def median_us(fn, calls: int, runs: int) -> float:
@@ -172,7 +285,16 @@ def bench(backend: str, location: str, args) -> dict:
     p50, p99 = propagation(location, args.moves)
     out["alias to 3 replicas, p50 (ms)"] = p50 * 1e3
     out["alias to 3 replicas, p99 (ms, goal < 1000)"] = p99 * 1e3
-    out["predict, tiny model (us)"] = predict_us(location, args.runs)
+    out["first read of a 64 MB version (ms)"] = first_read_ms(location, args.cache)
+    if backend == "sqlite":
+        out["shared canary step to 2 followers, p50 (ms)"] = float("nan")
+        out["shared canary step to 2 followers, p99 (ms)"] = float("nan")
+        out["leader killed: a new one leads after (s)"] = float("nan")
+    else:
+        p50, p99, takeover = policy_sync(location)
+        out["shared canary step to 2 followers, p50 (ms)"] = p50 * 1e3
+        out["shared canary step to 2 followers, p99 (ms)"] = p99 * 1e3
+        out["leader killed: a new one leads after (s)"] = takeover
     return out
 
 
@@ -181,10 +303,14 @@ def main() -> None:
     ap.add_argument("--versions", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--moves", type=int, default=20)
-    ap.add_argument("--backends", default="sqlite,postgresql")
+    ap.add_argument("--backends", default="sqlite,postgresql,postgresql_artifacts")
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--replica", help=argparse.SUPPRESS)
+    ap.add_argument("--policy-replica", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.policy_replica:
+        policy_replica(*args.policy_replica)
+        return
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
         return
@@ -192,19 +318,25 @@ def main() -> None:
         replica(args.replica)
         return
 
-    results = {}
+    results, locations = {}, {}
     server = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for backend in args.backends.split(","):
                 if backend == "sqlite":
                     location = os.path.join(tmp, "reg")
-                elif backend == "postgresql":
+                elif backend in ("postgresql", "postgresql_artifacts"):
                     server = server or pg_server.PostgresServer().start()
-                    location = f"{server.url(server.create_database())}?blobs={os.path.join(tmp, 'shared')}"
+                    location = f"{server.url(server.create_database())}?blobs={os.path.join(tmp, backend)}"
+                    if backend == "postgresql_artifacts":
+                        location += "&artifacts=database"
                 else:
                     raise SystemExit(f"unknown backend {backend!r}")
+                args.cache = os.path.join(tmp, backend + "-another-machine")
                 results[backend] = bench(backend, location, args)
+                locations[backend] = location
+            for backend, us in predict_us(locations, args.runs).items():
+                results[backend]["predict, tiny model (us)"] = us
     finally:
         if server:
             server.close()
