@@ -259,7 +259,9 @@ def test_feedback_reaches_a_shared_bandit_through_any_replica(tmp_path, python_e
         config.write_text(json.dumps({
             "models": {"m": {"versions": ["v1", "v2"],
                              "policy": {"type": "bandit", "versions": ["v1", "v2"], "seed": 3}}},
-            "only": True, "policy_sync_interval": 0.1}))
+            # A lease long enough that the lead never changes here: a new leader would not know
+            # the requests rewarded before it.
+            "only": True, "policy_sync_interval": 0.1, "policy_lease": 60}))
         args = ["--registry", reg.location, "--port", "0", "--config", str(config)]
         env = {**python_env, "LEPTON_TOKEN": TOKEN}
         with lepton_serve(args, {**env, "LEPTON_REPLICA": "a"}) as (_, a), \
@@ -292,8 +294,9 @@ def test_feedback_reaches_a_shared_bandit_through_any_replica(tmp_path, python_e
             expected = {v: (n, float(n)) for v, n in rewards.items()}
             for url in (a, b):
                 wait_for(lambda: arms(url) == expected, timeout=30)
+            # The repeats leave the arms as they are: they are counted once taken in.
             leader = next(u for u in (a, b) if sync_report(u)["role"] == "leader")
-            assert sync_report(leader)["duplicate_rewards"] == repeats
+            wait_for(lambda: sync_report(leader)["duplicate_rewards"] == repeats, timeout=30)
     finally:
         server.close()
 
