@@ -92,8 +92,12 @@ def test_the_kubernetes_manifests_are_valid_objects():
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    secrets = {e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"] if "valueFrom" in e}
+    secrets = {e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]
+               if "secretKeyRef" in e.get("valueFrom", {})}
     assert secrets == set(by_kind["Secret"]["stringData"])
+    # Each replica is named after its pod in shared policies' leads and audit rows.
+    env = {e["name"]: e for e in container["env"]}
+    assert env["LEPTON_REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     # The selectors find the pods, and the autoscaler scales this Deployment.
     labels = by_kind["Deployment"]["spec"]["template"]["metadata"]["labels"]
     for kind in ("Service", "PodDisruptionBudget"):
