@@ -4,6 +4,7 @@
 #include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <new>
 #include <nlohmann/json.hpp>
@@ -92,13 +93,12 @@ std::vector<Event> EventLog::Since(int64_t after, double wait_s, size_t max) con
   if (wait_s > 0 && seq_ <= after) {
     cv_.wait_for(lk, ClampedDuration(wait_s), [&] { return seq_ > after; });
   }
+  // The ring is in sequence order: the first event after `after` is found by bisection, so a
+  // follower that asks after every event does not scan the whole ring each time.
+  auto it = std::partition_point(ring_.begin(), ring_.end(),
+                                 [after](const Event& e) { return e.seq <= after; });
   std::vector<Event> out;
-  for (const auto& e : ring_) {
-    if (e.seq > after) {
-      out.push_back(e);
-      if (out.size() >= max) break;
-    }
-  }
+  for (; it != ring_.end() && out.size() < max; ++it) out.push_back(*it);
   return out;
 }
 
