@@ -277,11 +277,17 @@ TEST_F(ManyVersionsTest, AVersionThatCannotLoadFailsItsRequestsAloneWithATypedEr
 }
 
 TEST_F(ManyVersionsTest, ALoadLongerThanTheDeadlineTimesOutThatRequestAndServesTheNext) {
-  // Each warm-up run sleeps 300 ms: loading takes 600 ms.
+  // Each warm-up run sleeps 300 ms: loading takes 600 ms. The attribute makes s1's code its
+  // own (a version whose code was loaded before in the process warms up once).
   for (int n = 1; n <= 2; ++n) {
     RegisterOptions r;
     r.version = "s" + std::to_string(n);
-    reg_->RegisterBytes("slow", testing::Sleeps(), r);
+    const std::string bytes = testing::ScriptBytes(
+        "def forward(self, x):\n"
+        "  slept = lepton_test.sleep_ms(int(x[0, 0].item()))\n"
+        "  return x + slept * 0\n",
+        /*n=*/1000.5 + n);
+    reg_->RegisterBytes("slow", bytes, r);
   }
   DeploymentOptions o = Budgeted(2);
   o.servable.example_inputs = {torch::full({1, 1}, 300.0)};

@@ -97,20 +97,40 @@ def test_no_two_threads_ever_compile_torchscript_at_once(registry, monkeypatch):
     assert most[0] == 1, f"{most[0]} TorchScript compilations ran at once"
 
 
+class OwnCode(torch.nn.Module):
+    """Code no other test loads, so that loading it in this process compiles it."""
+
+    def __init__(self, n: float):
+        super().__init__()
+        self.register_buffer("n", torch.tensor(float(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1.0 + self.n - 0.0
+
+
 def test_a_deployment_loads_only_while_no_python_thread_compiles(registry):
-    registry.register("m", AddN(1.0))
-    made = threading.Event()
+    registry.register("m", OwnCode(1.0))
+    registry.register("m", OwnCode(2.0))
 
-    def deploy():
-        with lepton.Deployment(registry, "m", ["v1"]):
+    def deploy(version, made):
+        with lepton.Deployment(registry, "m", [version]) as d:
             made.set()
+            return d.status()["versions"][0]
 
+    made = threading.Event()
     lock = lepton._core.TorchScriptLock()
     with lock:
-        t = threading.Thread(target=deploy)
+        t = threading.Thread(target=deploy, args=("v1", made))
         t.start()
         assert not made.wait(0.5), "a C++ load ran while Python held the compile lock"
     assert made.wait(60)
+    t.join()
+    # v2 has v1's code, compiled now: building it compiles nothing, so it need not wait.
+    with lock:
+        again = threading.Event()
+        t = threading.Thread(target=deploy, args=("v2", again))
+        t.start()
+        assert again.wait(60), "a version over compiled code waited for the compile lock"
     t.join()
 
 

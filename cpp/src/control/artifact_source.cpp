@@ -42,13 +42,16 @@ ArtifactInfo ArtifactSource::Resolve(const std::string& spec) const {
 
 ArtifactSource::Bytes ArtifactSource::Read(const ArtifactInfo& info) const {
   if (registry_) {
-    auto mapped = registry_->MapArtifact(model_ + ":" + info.label);
+    // By the hash resolved with the version: a load asks the database nothing.
+    auto mapped = info.sha256.empty() ? registry_->MapArtifact(model_ + ":" + info.label)
+                                      : registry_->MapBlob(info.sha256);
     const std::string_view view = mapped->bytes();
-    return {view, std::move(mapped)};
+    // A private, writable mapping: writes make copies of the pages and never reach the blob.
+    return {view, std::const_pointer_cast<MappedBlob>(std::move(mapped))};
   }
   auto it = files_.find(info.label);
   if (it == files_.end()) throw NotFound("no model file is known for version '" + info.label + "'");
-  auto bytes = std::make_shared<const std::string>(ReadWholeFile(it->second, "model file"));
+  auto bytes = std::make_shared<std::string>(ReadWholeFile(it->second, "model file"));
   const std::string_view view = *bytes;
   return {view, std::move(bytes)};
 }

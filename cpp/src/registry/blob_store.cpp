@@ -21,6 +21,12 @@ namespace fs = std::filesystem;
 namespace lepton {
 namespace {
 
+#ifdef MADV_POPULATE_READ
+constexpr int kPopulateRead = MADV_POPULATE_READ;
+#else
+constexpr int kPopulateRead = 22;  // Linux's value, for headers older than the kernel
+#endif
+
 constexpr size_t kChunk = 1 << 20;
 constexpr const char* kPartialSuffix = ".partial";
 constexpr const char* kPendingSuffix = ".pending";
@@ -368,10 +374,16 @@ MappedBlob BlobStore::Map(const std::string& sha256) const {
   const int fd = OpenForRead(sha256, &st);
   MappedBlob m;
   if (st.st_size > 0) {
-    void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ,
-                     MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    const size_t size = static_cast<size_t>(st.st_size);
+    // Private and writable: a model whose tensors point into the mapping may write them and gets
+    // copies of those pages, never a fault and never a change to the blob. Its page tables are
+    // filled as if read, so that they map the page cache's pages rather than copies (populating
+    // a writable mapping would copy every page); a kernel without MADV_POPULATE_READ (before
+    // 5.14) maps them at first use instead.
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     const int e = errno;
     ::close(fd);
+    if (p != MAP_FAILED) (void)::madvise(p, size, kPopulateRead);
     if (p == MAP_FAILED) {
       errno = e;
       ThrowErrno("cannot map " + PathOf(sha256));

@@ -411,6 +411,9 @@ std::string Registry::ReadArtifact(std::string_view ref) const { return Self()->
 std::shared_ptr<const MappedBlob> Registry::MapArtifact(std::string_view ref) const {
   return Self()->MapArtifact(ref);
 }
+std::shared_ptr<const MappedBlob> Registry::MapBlob(const std::string& sha256) const {
+  return Self()->MapBlob(sha256);
+}
 std::string Registry::ArtifactPath(std::string_view ref) const { return Self()->ArtifactPath(ref); }
 ModelVersion Registry::SetAlias(const std::string& model, const std::string& alias,
                                 const std::string& version,

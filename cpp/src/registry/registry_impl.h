@@ -305,6 +305,7 @@ class Registry::Impl {
   std::string ArtifactSha(std::string_view text);  // of the version `text` names
   std::string ReadArtifact(std::string_view text);
   std::shared_ptr<const MappedBlob> MapArtifact(std::string_view text);
+  std::shared_ptr<const MappedBlob> MapBlob(const std::string& sha);
 
   std::string ArtifactPath(std::string_view text);
 

@@ -509,6 +509,13 @@ std::shared_ptr<const MappedBlob> Registry::Impl::MapArtifact(std::string_view t
   return WithLocal(sha, [&] { return std::make_shared<const MappedBlob>(blobs_.Map(sha)); });
 }
 
+std::shared_ptr<const MappedBlob> Registry::Impl::MapBlob(const std::string& sha) {
+  if (sha.size() != 64 || sha.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    throw InvalidArgument("'" + sha + "' is not a sha256 in lower-case hex");
+  }
+  return WithLocal(sha, [&] { return std::make_shared<const MappedBlob>(blobs_.Map(sha)); });
+}
+
 std::string Registry::Impl::ArtifactPath(std::string_view text) {
   const std::string sha = ArtifactSha(text);
   // Kept in the database: fetched (and verified) into this machine's cache first.

@@ -45,7 +45,9 @@ json StatusJson(const DeploymentStatus& s) {
                         {"in_flight", v.in_flight},
                         {"queued", v.queued},
                         {"busy_seconds", v.busy_s},
-                        {"weight_bytes", v.weight_bytes}});
+                        {"weight_bytes", v.weight_bytes},
+                        {"shared_code", v.shared_code},
+                        {"mapped", v.mapped}});
   }
   return {{"model", s.model},
           {"alias", Optional(s.alias)},

@@ -1,7 +1,6 @@
 #include "lepton/runtime/servable.h"
 
 #include <ATen/Parallel.h>
-#include <caffe2/serialize/in_memory_adapter.h>
 #include <omp.h>
 #include <tbb/task_arena.h>
 #include <torch/script.h>
@@ -21,6 +20,7 @@
 #include "lepton/runtime/forward_values.h"
 #include "lepton/runtime/input_check.h"
 #include "lepton/runtime/tensor_types.h"
+#include "shared_code.h"
 
 namespace lepton {
 namespace {
@@ -98,13 +98,12 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 
   std::string Who() const { return model_ + ":" + version_; }
 
-  void LoadModule(std::string_view bytes) {
-    // Read in place: no copy of the archive besides the tensors' own.
-    auto in = std::make_shared<caffe2::serialize::MemoryReadAdapter>(
-        bytes.data(), static_cast<off_t>(bytes.size()));
+  void LoadModule(std::string_view bytes, std::shared_ptr<void> owner) {
     try {
-      std::lock_guard<std::mutex> compiling(TorchScriptMutex());
-      module_ = torch::jit::load(in, c10::kCPU);
+      LoadedModule loaded = LoadTorchScript(bytes, std::move(owner), sha256_);
+      module_ = std::move(loaded.module);
+      shared_code_ = loaded.shared_code;
+      mapped_ = loaded.mapped;
     } catch (const std::exception& e) {
       throw InvalidArgument(
           Who() + " is not a loadable TorchScript module: " + std::string(e.what()).substr(0, 400));
@@ -150,12 +149,15 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     return out;
   }
 
+  // Code shared with an earlier load was optimized there (the executors belong to the code): one
+  // run checks that this version's weights answer, instead of `warmup_runs`.
   void Warmup() {
     StringTensors strings;
     const Tensors inputs = WarmupInputs(strings);
     if (inputs.empty()) return;
     CheckInputs(inputs, nullptr, &strings);
-    for (int i = 0; i < options_.warmup_runs; ++i) {
+    const int runs = shared_code_ ? std::min(options_.warmup_runs, 1) : options_.warmup_runs;
+    for (int i = 0; i < runs; ++i) {
       try {
         Forward(inputs, &strings);
       } catch (const Error& e) {
@@ -557,6 +559,8 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     s.queued = static_cast<int64_t>(queue_.size());
     s.busy_s = busy_s_;
     s.weight_bytes = weight_bytes_;
+    s.shared_code = shared_code_;
+    s.mapped = mapped_;
     return s;
   }
 
@@ -567,6 +571,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   torch::jit::Module module_;
   std::optional<torch::jit::Method> forward_;
   int64_t weight_bytes_ = 0;
+  bool shared_code_ = false, mapped_ = false;
 
   mutable std::mutex mu_;
   std::condition_variable changed_;
@@ -590,7 +595,8 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
                                          std::string_view bytes, std::string sha256,
                                          std::optional<Signature> signature,
-                                         ServableOptions options, bool verified) {
+                                         ServableOptions options, bool verified,
+                                         std::shared_ptr<void> owner) {
   if (options.threads < 1) throw InvalidArgument("threads must be >= 1");
   if (options.intra_op_threads < 1) throw InvalidArgument("intra_op_threads must be >= 1");
   if (options.max_batch_size < 1) throw InvalidArgument("max_batch_size must be >= 1");
@@ -609,7 +615,7 @@ std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
   }
   auto impl = std::make_shared<Impl>(std::move(model), std::move(version), std::move(sha256),
                                      std::move(signature), std::move(options));
-  impl->LoadModule(bytes);
+  impl->LoadModule(bytes, std::move(owner));
   impl->Warmup();
   {
     std::unique_lock<std::mutex> lk(impl->mu_);

@@ -62,12 +62,15 @@ std::shared_ptr<Servable> VersionSet::LoadServable(const ArtifactInfo& a) {
     const std::string_view bytes = artifact.bytes;
     // The registry's blob store checked the bytes against their hash as it read them.
     auto s = Servable::Load(model(), a.label, bytes, a.sha256, a.signature, o,
-                            /*verified=*/source_.registry() != nullptr);
+                            /*verified=*/source_.registry() != nullptr, artifact.keep);
+    const ServableStats loaded = s->stats();
     EmitEvent("info", "load", model(), a.label, "loaded and warmed up " + model() + ":" + a.label,
               Json({{"seconds", Seconds(Clock::now() - t0)},
                     {"threads", o.threads},
                     {"warmup_runs", o.warmup_runs},
-                    {"weight_bytes", s->stats().weight_bytes},
+                    {"weight_bytes", loaded.weight_bytes},
+                    {"shared_code", loaded.shared_code},
+                    {"mapped", loaded.mapped},
                     {"sha256", s->sha256()}}));
     return s;
   } catch (const std::exception& e) {

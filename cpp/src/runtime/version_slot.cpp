@@ -463,6 +463,8 @@ ServableStats VersionSlot::servable_stats() const {
   out.in_flight = now.in_flight;
   out.queued = now.queued;
   out.weight_bytes = now.weight_bytes;
+  out.shared_code = now.shared_code;
+  out.mapped = now.mapped;
   return out;
 }
 

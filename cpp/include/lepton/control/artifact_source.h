@@ -32,10 +32,12 @@ class ArtifactSource {
   // is not known.
   ArtifactInfo Resolve(const std::string& spec) const;
   // The artifact of a resolved version: mapped from the registry's blob store, or read from a
-  // file. `bytes` stays valid while `keep` lives.
+  // file. `bytes` stays valid while `keep` lives, and is this process's own: a private mapping or
+  // buffer, whose pages may be written without reaching the file (a loaded model's tensors point
+  // into it).
   struct Bytes {
     std::string_view bytes;
-    std::shared_ptr<const void> keep;
+    std::shared_ptr<void> keep;
   };
   Bytes Read(const ArtifactInfo& info) const;
   // Every version of the registry's model, oldest first (the file labels for files).

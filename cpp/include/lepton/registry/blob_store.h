@@ -46,7 +46,8 @@ class BlobLease {
   std::string tmp_path_;
 };
 
-// A blob's bytes mapped read-only: the page cache's pages, shared with the file, not a copy.
+// A blob's bytes mapped privately: the page cache's pages, shared with the file, not a copy, until
+// a page is written (it is then copied for this process; the blob never changes).
 class MappedBlob {
  public:
   MappedBlob() = default;

@@ -201,6 +201,10 @@ class Registry {
   std::string ReadArtifact(std::string_view ref) const;
   // The same bytes mapped from the blob store rather than copied (verified the same way).
   std::shared_ptr<const MappedBlob> MapArtifact(std::string_view ref) const;
+  // The artifact with this content hash (a version's sha256), mapped and verified as MapArtifact
+  // does but without looking a version up: for a loader that resolved the version already.
+  // InvalidArgument for a malformed hash; IntegrityError when no such artifact is stored.
+  std::shared_ptr<const MappedBlob> MapBlob(const std::string& sha256) const;
   std::string ArtifactPath(std::string_view ref) const;
 
   // Points `alias` at `version` (a label, `@OTHER`, or a full reference). With `expected`, the move

@@ -66,6 +66,8 @@ struct ServableStats {
   int64_t queued = 0;     // waiting now
   double busy_s = 0;      // total compute time
   int64_t weight_bytes = 0;
+  bool shared_code = false;  // compiled (and optimized) by an earlier version with the same code
+  bool mapped = false;       // the tensors point into the artifact's mapping, not copies
 };
 
 struct RunOptions {
@@ -93,10 +95,17 @@ class Servable {
   // (IntegrityError) unless `verified` says the caller already did (the registry's blob store
   // checks what it reads). Warms up before returning; a model that fails to load or warm up
   // throws.
+  //
+  // An archive whose code (everything but its tensors) was loaded before in this process reuses
+  // that compiled and optimized code: nothing is compiled, and one warm-up run (at most) checks
+  // that the version answers.
+  // `owner`, when given, keeps `bytes` alive and makes them the servable's to write (a private
+  // mapping): the tensors then point into them instead of being copied.
   static std::shared_ptr<Servable> Load(std::string model, std::string version,
                                         std::string_view bytes, std::string sha256,
                                         std::optional<Signature> signature, ServableOptions options,
-                                        bool verified = false);
+                                        bool verified = false,
+                                        std::shared_ptr<void> owner = nullptr);
   ~Servable();
 
   const std::string& model() const;
