@@ -63,6 +63,11 @@ def test_all_versions_load_on_demand_and_the_least_recently_used_go(many):
         answer(dep, "v4")  # no room: v2, the least recently used, goes
         s = states(dep)
         assert s["v2"] == "evicted" and s["v1"] == s["v3"] == s["v4"] == s["v11"] == "loaded"
+        # One code, compiled by the first load: the others were built over it, their weights
+        # pointing into the registry's mapped artifacts.
+        loaded = {v["version"]: v for v in dep.status()["versions"] if v["state"] == "loaded"}
+        assert all(v["mapped"] for v in loaded.values())
+        assert all(loaded[f"v{n}"]["shared_code"] for n in (1, 3, 4))
         assert answer(dep, "v2") == 2
         v2 = next(v for v in dep.status()["versions"] if v["version"] == "v2")
         assert v2["loads"] == 2 and v2["evictions"] == 1 and v2["misses"] == 2
