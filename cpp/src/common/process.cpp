@@ -4,10 +4,12 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <system_error>
 
@@ -45,17 +47,47 @@ uint64_t ForkGeneration() {
 
 std::mutex& TorchScriptMutex() { return CompileMutex(); }
 
+namespace {
+
+// Random bytes drawn from the kernel a page at a time rather than a system call per request id,
+// kept per thread and thrown away in a forked child (whose generation differs), so that a child
+// never repeats its parent's values.
+void RandomBytes(unsigned char* out, size_t n) {
+  struct Pool {
+    uint64_t generation = ~uint64_t{0};
+    size_t used = sizeof(bytes);
+    unsigned char bytes[4096];
+  };
+  thread_local Pool pool;
+  while (n > 0) {
+    if (pool.generation != ForkGeneration() || pool.used == sizeof(pool.bytes)) {
+      size_t got = 0;
+      while (got < sizeof(pool.bytes)) {
+        const ssize_t r = ::getrandom(pool.bytes + got, sizeof(pool.bytes) - got, 0);
+        if (r < 0) {
+          if (errno == EINTR) continue;
+          throw StorageError("cannot read random bytes: " + std::system_category().message(errno));
+        }
+        got += static_cast<size_t>(r);
+      }
+      pool.generation = ForkGeneration();
+      pool.used = 0;
+    }
+    const size_t take = std::min(n, sizeof(pool.bytes) - pool.used);
+    std::memcpy(out, pool.bytes + pool.used, take);
+    // Bytes handed out are not kept.
+    std::memset(pool.bytes + pool.used, 0, take);
+    pool.used += take;
+    out += take;
+    n -= take;
+  }
+}
+
+}  // namespace
+
 std::string RandomHex(size_t bytes) {
   std::string raw(bytes, '\0');
-  size_t got = 0;
-  while (got < bytes) {
-    const ssize_t n = ::getrandom(raw.data() + got, bytes - got, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw StorageError("cannot read random bytes: " + std::system_category().message(errno));
-    }
-    got += static_cast<size_t>(n);
-  }
+  RandomBytes(reinterpret_cast<unsigned char*>(raw.data()), bytes);
   static const char* kHex = "0123456789abcdef";
   std::string out;
   out.reserve(bytes * 2);

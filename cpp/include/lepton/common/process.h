@@ -19,8 +19,9 @@ uint64_t ForkGeneration();
 // in C++ and in Python, holds this one mutex while it does.
 std::mutex& TorchScriptMutex();
 
-// `bytes` random bytes from the kernel (getrandom), as lower-case hex. Nothing is cached in the
-// process, so a forked child never repeats its parent's values.
+// `bytes` random bytes from the kernel (getrandom, drawn 4 KiB at a time per thread), as
+// lower-case hex. What a thread drew before a fork is thrown away in the child, so that a child
+// never repeats its parent's values.
 std::string RandomHex(size_t bytes);
 
 // This process's name among the replicas that share a registry: $LEPTON_REPLICA (a Kubernetes
