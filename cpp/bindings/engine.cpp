@@ -171,6 +171,15 @@ void BindEngine(py::module_& m) {
           arg("priority"),
           arg("strings") =
               std::map<size_t, std::pair<std::vector<int64_t>, std::vector<std::string>>>{})
+      // One tensor and no options: the common call, without converting six empty arguments.
+      .def(
+          "predict_tensor",
+          [](Deployment& d, const at::Tensor& x) {
+            const Tensors inputs{x};
+            py::gil_scoped_release release;
+            return d.Predict(inputs, PredictOptions{});
+          },
+          arg("x"))
       .def("add", &Deployment::Add, arg("version"), arg("policy"), Release())
       .def("remove", &Deployment::Remove, arg("version"), arg("policy"), Release())
       .def("swap", &Deployment::Swap, arg("old"), arg("new"), Release())

@@ -101,17 +101,6 @@ Prediction Deployment::Impl::Predict(const Tensors& inputs, const PredictOptions
   }
 }
 
-void Deployment::Impl::CheckRequest(const std::function<void()>& check, const Route& route,
-                                    Clock::time_point start) {
-  try {
-    check();
-  } catch (const InvalidArgument&) {
-    metrics_.Series({model_, "", alias_.value_or(""), route.policy})
-        .Failed(FailureReason::kInvalidInput, Seconds(Clock::now() - start));
-    throw;
-  }
-}
-
 Prediction Deployment::Impl::PredictOn(const std::shared_ptr<const VersionState>& st,
                                        const Tensors& inputs, const PredictOptions& o,
                                        Clock::time_point start) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "lepton/common/errors.h"
 #include "lepton/control/alias_follower.h"
 #include "lepton/control/artifact_source.h"
 #include "lepton/control/cpu_planner.h"
@@ -46,8 +47,16 @@ class Deployment::Impl {
   // A client's malformed request is refused before any version runs it: it counts under no
   // version (so never against a canary's guardrails, an A/B test or an anomaly flag), and no
   // policy observes it.
-  void CheckRequest(const std::function<void()>& check, const Route& route,
-                    Clock::time_point start);
+  template <typename Check>
+  void CheckRequest(const Check& check, const Route& route, Clock::time_point start) {
+    try {
+      check();
+    } catch (const InvalidArgument&) {
+      metrics_.Series({model_, "", alias_.value_or(""), route.policy})
+          .Failed(FailureReason::kInvalidInput, Seconds(Clock::now() - start));
+      throw;
+    }
+  }
 
   Prediction PredictOn(const std::shared_ptr<const VersionState>& st, const Tensors& inputs,
                        const PredictOptions& o, Clock::time_point start);

@@ -90,6 +90,7 @@ Prediction Executor::Run(const VersionState& st, const Route& route,
   }
   run.priority = o.priority;
   run.strings = o.strings;
+  run.inputs_checked = true;  // the deployment checked them against every member
 
   Prediction p;
   p.policy = route.policy;

@@ -83,6 +83,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
        ServableOptions options)
       : model_(std::move(model)),
         version_(std::move(version)),
+        who_(model_ + ":" + version_),
         sha256_(std::move(sha)),
         signature_(std::move(sig)),
         options_(std::move(options)),
@@ -96,7 +97,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     return std::make_shared<tbb::task_arena>(threads, static_cast<unsigned>(threads));
   }
 
-  std::string Who() const { return model_ + ":" + version_; }
+  const std::string& Who() const { return who_; }
 
   void LoadModule(std::string_view bytes, std::shared_ptr<void> owner) {
     try {
@@ -432,7 +433,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   RunResult Run(const Tensors& inputs, const RunOptions& o) {
-    CheckInputs(inputs, nullptr, o.strings.get());
+    if (!o.inputs_checked) CheckInputs(inputs, nullptr, o.strings.get());
     std::unique_lock<std::mutex> lk(mu_);
     RequireServing();
     const bool inline_ok = options_.max_batch_size == 1 && !o.deadline && !o.force_async &&
@@ -564,7 +565,9 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     return s;
   }
 
-  const std::string model_, version_, sha256_;
+  const std::string model_, version_;
+  const std::string who_;  // "model:version", for messages (built once, not per request)
+  const std::string sha256_;
   const std::optional<Signature> signature_;
   const ServableOptions options_;
   InputCheck inputs_;  // what a request must give

@@ -77,6 +77,9 @@ struct RunOptions {
   bool force_async = false;
   // The request's string inputs (null: none).
   std::shared_ptr<const StringTensors> strings;
+  // The caller checked the inputs against this servable already (a deployment does before it
+  // routes): Run does not check them again.
+  bool inputs_checked = false;
 };
 
 struct RunResult {
