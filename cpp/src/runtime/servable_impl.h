@@ -1,0 +1,170 @@
+// A servable's insides, shared by the files that define it: servable.cpp (loading, warm-up, the
+// forward and the public face) and servable_queue.cpp (admission, the priority queue, batching,
+// executor threads, draining and statistics). Private to the runtime layer.
+#pragma once
+
+#include <tbb/task_arena.h>
+#include <torch/script.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "lepton/runtime/input_check.h"
+#include "lepton/runtime/servable.h"
+
+namespace lepton {
+
+class Servable::Ticket {
+ public:
+  enum class State { kQueued, kRunning, kDone };
+  Tensors inputs;
+  std::shared_ptr<const StringTensors> strings;  // never batched with others
+  int64_t rows = 0;
+  int priority = 0;
+  std::optional<Clock::time_point> deadline;
+  Clock::time_point enqueued;
+  uint64_t seq = 0;
+  State state = State::kQueued;
+  RunResult result;
+  std::exception_ptr error;
+  std::condition_variable done;
+};
+
+class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
+ public:
+  using Key = std::pair<int, uint64_t>;  // (-priority, arrival): best first
+
+  Impl(std::string model, std::string version, std::string sha, std::optional<Signature> sig,
+       ServableOptions options);
+
+  // Every slot is reserved for external threads: the servable's own executors and callers that
+  // run their request inline. No TBB worker is needed, so no process-wide setting is touched and
+  // a hung forward can only hold its own version's threads.
+  static std::shared_ptr<tbb::task_arena> NewArena(int threads);
+
+  const std::string& Who() const { return who_; }
+
+  void LoadModule(std::string_view bytes, std::shared_ptr<void> owner);
+
+  // What the module's tensors hold: its parameters, buffers and other tensor attributes, each
+  // storage counted once (tied weights and views share one).
+  int64_t MeasureTensors() const;
+
+  // Zeros (empty strings) of the signature's shapes, with 1 for every free dimension.
+  Tensors WarmupInputs(StringTensors& strings) const;
+
+  // Code shared with an earlier load was optimized there (the executors belong to the code): one
+  // run checks that this version's weights answer, instead of `warmup_runs`.
+  void Warmup();
+
+  // What requests must give: the signature's inputs, else the forward's parameters.
+  void ResolveInputNames();
+
+  void CheckInputs(const Tensors& inputs, const std::vector<std::string>* names,
+                   const StringTensors* strings) const;
+
+  RunResult Forward(const Tensors& inputs, const StringTensors* strings = nullptr,
+                    int intra_op_threads = 0);
+
+  // Runs one batch and fills in each ticket's outputs or error. Never throws.
+  void Execute(const std::vector<std::shared_ptr<Ticket>>& batch, int intra_op_threads = 0);
+
+  std::shared_ptr<Ticket> MakeTicket(const Tensors& inputs, const RunOptions& o);
+
+  void RequireServing() const;
+
+  // Puts a ticket in the queue, evicting a lower-priority one when the queue is full.
+  void Admit(std::unique_lock<std::mutex>& lk, const std::shared_ptr<Ticket>& t);
+
+  int64_t QueuedRows() const;
+
+  void MaybeDispatch(std::unique_lock<std::mutex>& lk);
+
+  void StartExecutors(std::unique_lock<std::mutex>& lk);
+
+  // One of the servable's `threads_` executors: takes a batch whenever there is work and a free
+  // slot, and runs it inside the arena. Holds the servable alive until it exits: when stopped,
+  // beyond a smaller budget, or idle for `idle_thread_s` (the next queued request starts it
+  // again), so that an idle version holds no thread.
+  void ExecutorLoop(int index);
+
+  void Stop();
+
+  void Collect();
+
+  void Finish(const std::vector<std::shared_ptr<Ticket>>& batch);
+
+  RunResult Take(const std::shared_ptr<Ticket>& t);
+
+  RunResult Run(const Tensors& inputs, const RunOptions& o);
+
+  RunResult RunHere(const Tensors& inputs, int intra_op_threads,
+                    std::shared_ptr<const StringTensors> strings);
+
+  // Runs a ticket on the calling thread, counted like every other request; `run` executes it
+  // with the lock released.
+  template <typename RunFn>
+  RunResult RunOnCaller(std::unique_lock<std::mutex>& lk, std::shared_ptr<Ticket> t, RunFn&& run) {
+    ++requests_;
+    ++in_flight_;
+    t->state = Ticket::State::kRunning;
+    lk.unlock();
+    run(t);
+    lk.lock();
+    --in_flight_;
+    Finish({t});
+    MaybeDispatch(lk);
+    lk.unlock();
+    return Take(t);
+  }
+
+  std::shared_ptr<Ticket> Submit(const Tensors& inputs, const RunOptions& o);
+
+  RunResult WaitLocked(std::unique_lock<std::mutex>& lk, const std::shared_ptr<Ticket>& t);
+
+  bool Drain(double timeout_s);
+
+  void SetThreads(int threads);
+
+  ServableStats Stats() const;
+
+  const std::string model_, version_;
+  const std::string who_;  // "model:version", for messages (built once, not per request)
+  const std::string sha256_;
+  const std::optional<Signature> signature_;
+  const ServableOptions options_;
+  InputCheck inputs_;  // what a request must give
+  torch::jit::Module module_;
+  std::optional<torch::jit::Method> forward_;
+  int64_t weight_bytes_ = 0;
+  bool shared_code_ = false, mapped_ = false;
+
+  mutable std::mutex mu_;
+  std::condition_variable changed_;
+  Health health_ = Health::kLoading;
+  int threads_;
+  std::shared_ptr<tbb::task_arena> arena_;
+  std::condition_variable work_;  // wakes executors
+  int executors_ = 0;             // executor threads started and not yet exited
+  bool stopping_ = false;
+  std::map<Key, std::shared_ptr<Ticket>> queue_;
+  uint64_t next_seq_ = 0;
+  bool collecting_ = false;
+  int in_flight_ = 0;
+  // Cleared by whichever thread ran the batch or the split that showed otherwise.
+  std::atomic<bool> rows_independent_{true};
+  int64_t requests_ = 0, succeeded_ = 0, failed_ = 0, timed_out_ = 0, rejected_ = 0;
+  int64_t batches_ = 0, batched_rows_ = 0;
+  double busy_s_ = 0;
+};
+
+}  // namespace lepton

@@ -1,0 +1,308 @@
+// A servable's queue: admission under its bound, priorities and deadlines, batching, the executor
+// threads that start with work and leave when idle, draining, and the statistics.
+#include <algorithm>
+#include <thread>
+
+#include "lepton/common/errors.h"
+#include "servable_impl.h"
+
+namespace lepton {
+namespace {
+
+// Requests batch together when they agree on everything but the number of rows.
+bool SameBatchShape(const Tensors& a, const Tensors& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].scalar_type() != b[i].scalar_type() || a[i].dim() != b[i].dim()) return false;
+    if (!a[i].sizes().slice(1).equals(b[i].sizes().slice(1))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::shared_ptr<Servable::Ticket> Servable::Impl::MakeTicket(const Tensors& inputs,
+                                                             const RunOptions& o) {
+  auto t = std::make_shared<Ticket>();
+  t->inputs = inputs;
+  t->strings = o.strings && !o.strings->empty() ? o.strings : nullptr;
+  if (t->strings && t->strings->count(0)) {
+    t->rows = t->strings->at(0).shape.at(0);
+  } else {
+    t->rows = inputs.empty() ? 0 : inputs[0].size(0);
+  }
+  t->priority = o.priority.value_or(options_.priority);
+  t->deadline = o.deadline;
+  t->enqueued = Clock::now();
+  return t;
+}
+
+void Servable::Impl::RequireServing() const {
+  if (health_ == Health::kUnloaded || health_ == Health::kFailed) {
+    throw Unavailable(Who() + " is " + HealthName(health_));
+  }
+}
+
+void Servable::Impl::Admit(std::unique_lock<std::mutex>& lk, const std::shared_ptr<Ticket>& t) {
+  (void)lk;
+  if (static_cast<int>(queue_.size()) >= options_.max_queue) {
+    if (queue_.empty() || std::prev(queue_.end())->second->priority >= t->priority) {
+      ++rejected_;
+      throw Overloaded(Who() + ": queue full (" + std::to_string(queue_.size()) +
+                       " waiting, max_queue=" + std::to_string(options_.max_queue) + ")");
+    }
+    auto lowest = std::prev(queue_.end());
+    std::shared_ptr<Ticket> evicted = lowest->second;
+    queue_.erase(lowest);
+    ++rejected_;
+    evicted->error = std::make_exception_ptr(
+        Overloaded(Who() + ": queue full; request evicted by one of higher priority"));
+    evicted->state = Ticket::State::kDone;
+    evicted->done.notify_all();
+  }
+  t->seq = next_seq_++;
+  queue_.emplace(Key{-t->priority, t->seq}, t);
+  ++requests_;
+  if (QueuedRows() >= options_.max_batch_size) changed_.notify_all();
+  StartExecutors(lk);  // executors exist only while there is queued work (and shortly after)
+}
+
+int64_t Servable::Impl::QueuedRows() const {
+  int64_t rows = 0;
+  for (const auto& [k, t] : queue_) {
+    rows += t->rows;
+    if (rows >= options_.max_batch_size) break;
+  }
+  return rows;
+}
+
+void Servable::Impl::MaybeDispatch(std::unique_lock<std::mutex>& lk) {
+  (void)lk;
+  if (!queue_.empty() && !collecting_ && in_flight_ < threads_) work_.notify_one();
+}
+
+void Servable::Impl::StartExecutors(std::unique_lock<std::mutex>& lk) {
+  (void)lk;
+  if (stopping_) return;
+  auto self = shared_from_this();
+  while (executors_ < threads_) {
+    const int index = executors_++;
+    std::thread([self, index] { self->ExecutorLoop(index); }).detach();
+  }
+}
+
+void Servable::Impl::ExecutorLoop(int index) {
+  std::unique_lock<std::mutex> lk(mu_);
+  const auto linger = DeadlineIn(options_.idle_thread_s);
+  while (!stopping_ && index < threads_) {
+    if (queue_.empty() || collecting_ || in_flight_ >= threads_) {
+      if (work_.wait_for(lk, linger) == std::cv_status::timeout && queue_.empty()) break;
+      continue;
+    }
+    collecting_ = true;
+    auto arena = arena_;
+    lk.unlock();
+    arena->execute([this] { Collect(); });
+    lk.lock();
+  }
+  --executors_;
+  changed_.notify_all();
+}
+
+void Servable::Impl::Stop() {
+  std::lock_guard<std::mutex> lk(mu_);
+  stopping_ = true;
+  work_.notify_all();
+}
+
+void Servable::Impl::Collect() {
+  // Declared before the lock so that tickets (and the caller's tensors, whose destructor may
+  // need Python's GIL) are released only after the mutex is.
+  std::vector<std::shared_ptr<Ticket>> batch;
+  std::unique_lock<std::mutex> lk(mu_);
+  const bool batching = options_.max_batch_size > 1 && rows_independent_;
+  if (batching && options_.max_queue_delay_s > 0) {
+    const auto delay = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(options_.max_queue_delay_s));
+    while (!queue_.empty() && QueuedRows() < options_.max_batch_size) {
+      Clock::time_point oldest = Clock::time_point::max();
+      for (const auto& [k, t] : queue_) oldest = std::min(oldest, t->enqueued);
+      if (Clock::now() >= oldest + delay) break;
+      changed_.wait_until(lk, oldest + delay);
+    }
+  }
+  if (!queue_.empty()) {
+    auto first = queue_.begin();
+    batch.push_back(first->second);
+    int64_t rows = first->second->rows;
+    queue_.erase(first);
+    if (batching) {
+      for (auto it = queue_.begin(); it != queue_.end() && rows < options_.max_batch_size;) {
+        const auto& t = it->second;
+        if (rows + t->rows <= options_.max_batch_size && !t->strings && !batch[0]->strings &&
+            SameBatchShape(t->inputs, batch[0]->inputs)) {
+          rows += t->rows;
+          batch.push_back(t);
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (const auto& t : batch) t->state = Ticket::State::kRunning;
+    ++in_flight_;
+  }
+  collecting_ = false;
+  MaybeDispatch(lk);
+  if (batch.empty()) {
+    changed_.notify_all();
+    return;
+  }
+  lk.unlock();
+  Execute(batch);
+  lk.lock();
+  --in_flight_;
+  Finish(batch);
+  MaybeDispatch(lk);
+}
+
+void Servable::Impl::Finish(const std::vector<std::shared_ptr<Ticket>>& batch) {
+  ++batches_;
+  for (const auto& t : batch) {
+    batched_rows_ += t->rows;
+    t->state = Ticket::State::kDone;
+    if (t->error) {
+      ++failed_;
+    } else {
+      ++succeeded_;
+    }
+    t->done.notify_all();
+  }
+  busy_s_ += batch.front()->result.compute_s;
+  changed_.notify_all();
+}
+
+RunResult Servable::Impl::Take(const std::shared_ptr<Ticket>& t) {
+  if (t->error) std::rethrow_exception(t->error);
+  return std::move(t->result);
+}
+
+RunResult Servable::Impl::Run(const Tensors& inputs, const RunOptions& o) {
+  if (!o.inputs_checked) CheckInputs(inputs, nullptr, o.strings.get());
+  std::unique_lock<std::mutex> lk(mu_);
+  RequireServing();
+  const bool inline_ok = options_.max_batch_size == 1 && !o.deadline && !o.force_async &&
+                         queue_.empty() && !collecting_ && in_flight_ < threads_;
+  if (!inline_ok) {
+    auto t = MakeTicket(inputs, o);
+    Admit(lk, t);
+    MaybeDispatch(lk);
+    return WaitLocked(lk, t);
+  }
+  // A free slot and nobody waiting: the caller runs the request itself, inside the arena.
+  auto arena = arena_;
+  return RunOnCaller(lk, MakeTicket(inputs, o), [&](const std::shared_ptr<Ticket>& t) {
+    arena->execute([&] { Execute({t}); });
+  });
+}
+
+RunResult Servable::Impl::RunHere(const Tensors& inputs, int intra_op_threads,
+                                  std::shared_ptr<const StringTensors> strings) {
+  CheckInputs(inputs, nullptr, strings.get());
+  std::unique_lock<std::mutex> lk(mu_);
+  RequireServing();
+  RunOptions o;
+  o.strings = std::move(strings);
+  return RunOnCaller(lk, MakeTicket(inputs, o),
+                     [&](const std::shared_ptr<Ticket>& t) { Execute({t}, intra_op_threads); });
+}
+
+std::shared_ptr<Servable::Ticket> Servable::Impl::Submit(const Tensors& inputs,
+                                                         const RunOptions& o) {
+  CheckInputs(inputs, nullptr, o.strings.get());
+  std::unique_lock<std::mutex> lk(mu_);
+  RequireServing();
+  auto t = MakeTicket(inputs, o);
+  Admit(lk, t);
+  MaybeDispatch(lk);
+  return t;
+}
+
+RunResult Servable::Impl::WaitLocked(std::unique_lock<std::mutex>& lk,
+                                     const std::shared_ptr<Ticket>& t) {
+  while (t->state != Ticket::State::kDone) {
+    if (!t->deadline) {
+      t->done.wait(lk);
+      continue;
+    }
+    if (t->done.wait_until(lk, *t->deadline) == std::cv_status::timeout &&
+        t->state != Ticket::State::kDone) {
+      const bool queued = t->state == Ticket::State::kQueued;
+      if (queued) {
+        // A running one cannot be stopped: it finishes and its result is dropped.
+        queue_.erase(Key{-t->priority, t->seq});
+        changed_.notify_all();
+      }
+      ++timed_out_;
+      throw Timeout(Who() + ": no answer by the deadline (" +
+                    std::string(queued ? "still queued" : "still running") + ")");
+    }
+  }
+  lk.unlock();
+  return Take(t);
+}
+
+bool Servable::Impl::Drain(double timeout_s) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (health_ == Health::kUnloaded) return true;
+  health_ = Health::kDraining;
+  const auto deadline = Clock::now() + ClampedDuration<Clock::duration>(timeout_s);
+  const bool finished = changed_.wait_until(
+      lk, deadline, [&] { return queue_.empty() && in_flight_ == 0 && !collecting_; });
+  for (auto& [k, t] : queue_) {
+    t->error = std::make_exception_ptr(Unavailable(Who() + " was unloaded before this ran"));
+    t->state = Ticket::State::kDone;
+    t->done.notify_all();
+  }
+  std::map<Key, std::shared_ptr<Ticket>> dropped;
+  dropped.swap(queue_);
+  health_ = Health::kUnloaded;
+  lk.unlock();
+  return finished;
+}
+
+void Servable::Impl::SetThreads(int threads) {
+  if (threads < 1) throw InvalidArgument("threads must be >= 1, got " + std::to_string(threads));
+  std::unique_lock<std::mutex> lk(mu_);
+  if (threads == threads_) return;
+  threads_ = threads;
+  arena_ = NewArena(threads);
+  if (!queue_.empty()) StartExecutors(lk);
+  work_.notify_all();  // executors beyond the new budget exit
+  MaybeDispatch(lk);
+}
+
+ServableStats Servable::Impl::Stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  ServableStats s;
+  s.version = version_;
+  s.health = health_;
+  s.threads = threads_;
+  s.executors = executors_;
+  s.requests = requests_;
+  s.succeeded = succeeded_;
+  s.failed = failed_;
+  s.timed_out = timed_out_;
+  s.rejected = rejected_;
+  s.batches = batches_;
+  s.batched_rows = batched_rows_;
+  s.in_flight = in_flight_;
+  s.queued = static_cast<int64_t>(queue_.size());
+  s.busy_s = busy_s_;
+  s.weight_bytes = weight_bytes_;
+  s.shared_code = shared_code_;
+  s.mapped = mapped_;
+  return s;
+}
+
+}  // namespace lepton
