@@ -355,7 +355,14 @@ class Deployment:
         or tuple of them for multi-input models. ``version`` pins a version; ``key`` routes
         sticky policies; ``timeout`` (seconds) raises ``lepton.Timeout`` when passed. The GIL is
         released while the request runs."""
-        if type(x) is torch.Tensor and all(a is None for a in (version, key, headers, timeout, priority)):
+        if (
+            type(x) is torch.Tensor
+            and version is None
+            and key is None
+            and headers is None
+            and timeout is None
+            and priority is None
+        ):
             return Prediction(self._core.predict_tensor(x), False)
         tensors, numpy_in, strings = _to_inputs(x)
         h = None if headers is None else dict(headers)

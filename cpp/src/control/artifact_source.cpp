@@ -43,8 +43,7 @@ ArtifactInfo ArtifactSource::Resolve(const std::string& spec) const {
 ArtifactSource::Bytes ArtifactSource::Read(const ArtifactInfo& info) const {
   if (registry_) {
     // By the hash resolved with the version: a load asks the database nothing.
-    auto mapped = info.sha256.empty() ? registry_->MapArtifact(model_ + ":" + info.label)
-                                      : registry_->MapBlob(info.sha256);
+    auto mapped = registry_->MapBlob(info.sha256);
     const std::string_view view = mapped->bytes();
     // A private, writable mapping: writes make copies of the pages and never reach the blob.
     return {view, std::const_pointer_cast<MappedBlob>(std::move(mapped))};

@@ -505,8 +505,7 @@ std::string Registry::Impl::ReadArtifact(std::string_view text) {
 }
 
 std::shared_ptr<const MappedBlob> Registry::Impl::MapArtifact(std::string_view text) {
-  const std::string sha = ArtifactSha(text);
-  return WithLocal(sha, [&] { return std::make_shared<const MappedBlob>(blobs_.Map(sha)); });
+  return MapBlob(ArtifactSha(text));
 }
 
 std::shared_ptr<const MappedBlob> Registry::Impl::MapBlob(const std::string& sha) {

@@ -68,6 +68,8 @@ std::unique_ptr<PyTorchStreamReader> Reader(std::string_view bytes) {
   return std::make_unique<PyTorchStreamReader>(std::make_shared<BytesView>(bytes));
 }
 
+// What must be equal for two archives to share compiled code: every record but the tensors' data
+// and the source positions kept for error messages (`*.debug_pkl`), as a SHA-256 in hex.
 std::string Fingerprint(PyTorchStreamReader& reader) {
   std::vector<std::string> names = reader.getAllRecords();
   std::sort(names.begin(), names.end());
@@ -262,11 +264,6 @@ torch::jit::Module Unpickle(PyTorchStreamReader& reader, std::string_view bytes,
 }
 
 }  // namespace
-
-std::string CodeFingerprint(std::string_view bytes) {
-  auto reader = Reader(bytes);
-  return Fingerprint(*reader);
-}
 
 LoadedModule LoadTorchScript(std::string_view bytes, std::shared_ptr<void> owner,
                              const std::string& sha256) {

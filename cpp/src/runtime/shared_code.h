@@ -37,11 +37,6 @@ struct LoadedModule {
 LoadedModule LoadTorchScript(std::string_view bytes, std::shared_ptr<void> owner,
                              const std::string& sha256 = "");
 
-// What must be equal for two archives to share compiled code: every record but the tensors'
-// data and the source positions kept for error messages (`*.debug_pkl`). A SHA-256 in hex; throws
-// for bytes that are not a PyTorch archive.
-std::string CodeFingerprint(std::string_view bytes);
-
 // How many distinct codes are kept compiled for later archives (the least recently used beyond
 // that are dropped once no loaded module uses them).
 constexpr size_t kSharedCodeEntries = 64;
