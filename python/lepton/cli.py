@@ -337,10 +337,11 @@ _SERVE = json.loads(_core.server_config_defaults())
               help="Which idle version makes room under --memory-budget: the least recently (default) or the "
                    "least frequently used.")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append events as JSON lines.")
+@click.option("--no-ui", is_flag=True, default=False, help="Serve no dashboard at /ui/.")
 @click.pass_context
 def serve(ctx, serve_registry, host, port, grpc_port, token, token_for_inference, open_feedback, max_buffered_bytes,
           model_specs, policies, config_path, only, threads, max_batch_size, max_queue_delay_ms, http_threads,
-          io_threads, busy_poll_us, memory_budget, eviction, log_file) -> None:
+          io_threads, busy_poll_us, memory_budget, eviction, log_file, no_ui) -> None:
     """Serve the registry over HTTP (Open Inference Protocol v2) until SIGTERM or Ctrl-C.
 
     The configuration is read by the C++ core: the --config file, with the flags given on top (a
@@ -387,14 +388,43 @@ def serve(ctx, serve_registry, host, port, grpc_port, token, token_for_inference
         http_threads=http_threads,
         io_threads=io_threads,
         busy_poll_us=busy_poll_us,
+        ui=False if no_ui else None,
         **({} if memory_budget is None else {"memory_budget": memory_budget}),
         **({} if eviction is None else {"eviction": eviction}),
     )
     click.echo(f"lepton: serving {', '.join(server.models) or 'no models'} on {server.url}", err=True)
     if server.grpc_target:
         click.echo(f"lepton: gRPC (inference.GRPCInferenceService) on {server.grpc_target}", err=True)
+    if server.ui_url:
+        click.echo(f"lepton: dashboard on {server.ui_url}", err=True)
     if not token:
         click.echo(f"lepton: management token (set LEPTON_TOKEN to choose one): {server.token}", err=True)
+    server.serve_forever()
+    click.echo("lepton: stopped", err=True)
+
+
+@cli.command()
+@click.option("--registry", "ui_registry", default=None, help="Registry directory or postgresql:// URL (as the group option).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--token", envvar="LEPTON_TOKEN", default=None, show_default="$LEPTON_TOKEN or generated",
+              help="The token the dashboard asks for.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the dashboard in a web browser.")
+@click.pass_context
+def ui(ctx, ui_registry, host, port, token, open_browser) -> None:
+    """Open the dashboard on a registry, serving no models: its models, versions, lineage, metric
+    diffs and audit history, and alias moves and rollbacks (with the token). Runs until Ctrl-C."""
+    from .server import serve as start
+
+    registry = Registry(ui_registry or ctx.obj["path"], actor=ctx.obj["actor"])
+    server = start(registry, host=host, port=port, token=token, only=True, ui=True)
+    click.echo(f"lepton: dashboard on {server.ui_url}", err=True)
+    if not token:
+        click.echo(f"lepton: token (set LEPTON_TOKEN to choose one): {server.token}", err=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(server.ui_url or "")
     server.serve_forever()
     click.echo("lepton: stopped", err=True)
 

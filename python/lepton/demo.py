@@ -98,6 +98,7 @@ def run(path: str) -> None:
     _canaries(reg, data)
     _many(reg, data)
     _http(reg, data[2][:2])
+    print(f"\nthe dashboard on this registry: lepton ui --registry {path}  (or lepton serve, at /ui/)")
 
 
 def _many(reg: Registry, data) -> None:
@@ -226,6 +227,8 @@ def _http(reg: Registry, x: torch.Tensor) -> None:
     policy = {"type": "weighted", "weights": {"v2.0": 0.7, "v1.2": 0.3}}
     models = {"classifier": {"versions": ["v2.0", "v1.2"], "policy": policy}}
     with serve(reg, port=0, token="demo-token", models=models, only=True) as server:
+        if server.ui_url:
+            print(f"  dashboard while this runs: {server.ui_url} (token demo-token)")
         with urllib.request.urlopen(server.url + "/v2/models/classifier") as r:
             name = json.load(r)["inputs"][0]["name"]  # as any Open Inference Protocol client would
         body = {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}

@@ -19,6 +19,22 @@ from .registry import Registry
 #: client from: ``python -m grpc_tools.protoc -I DIR --python_out=. --grpc_python_out=. PROTO``.
 PROTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inference.proto")
 
+#: The dashboard's built files, shipped inside the package (built from ``web/`` by the bootstrap).
+UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
+
+
+def _ui_dir(ui: Union[bool, str, "os.PathLike[str]", None]) -> Optional[str]:
+    """The folder the server serves the dashboard from, or "" for none."""
+    if ui is None or ui is True:
+        if os.path.isfile(os.path.join(UI_DIR, "index.html")):
+            return UI_DIR
+        if ui is True:
+            raise InvalidArgument(f"this lepton package has no built dashboard in {UI_DIR} (run scripts/bootstrap)")
+        return ""
+    if ui is False:
+        return ""
+    return os.fspath(ui)
+
 
 def _model_spec(name: str, spec: Any) -> Any:
     """A served model's spec as JSON takes it: policy objects become their specs."""
@@ -45,13 +61,19 @@ def _config(**settings: Any) -> str:
 class Server:
     """A running lepton server. Use as a context manager, or call ``stop()``."""
 
-    def __init__(self, core: "_core.Server"):
+    def __init__(self, core: "_core.Server", ui: bool = False):
         self._core = core
+        self._ui = ui
 
     @property
     def url(self) -> str:
         host = self._core.host
         return f"http://{'[' + host + ']' if ':' in host else host}:{self._core.port}"
+
+    @property
+    def ui_url(self) -> Optional[str]:
+        """The dashboard's address, or None when this server serves none."""
+        return f"{self.url}/ui/" if self._ui else None
 
     @property
     def port(self) -> int:
@@ -146,6 +168,7 @@ def serve(
     http_threads: Optional[int] = None,
     io_threads: Optional[int] = None,
     busy_poll_us: Optional[float] = None,
+    ui: Union[bool, str, "os.PathLike[str]", None] = None,
     **deployment: Any,
 ) -> Server:
     """Starts serving ``registry`` over HTTP and returns the running ``Server``.
@@ -179,7 +202,11 @@ def serve(
     ``read_timeout`` (5 s) bounds each request from its first byte to its last;
     ``max_buffered_bytes`` (512 MiB) bounds the request and response bytes held across all
     connections (a request beyond it gets 503 before its body is read), ``max_body_bytes``
-    (64 MiB) one request's body."""
+    (64 MiB) one request's body.
+
+    The dashboard is served at ``/ui/`` (``Server.ui_url``) from the files built into the package;
+    ``ui=False`` serves none, and a folder serves that build instead. It reads and changes the
+    server through the management API, so it asks for the token."""
     if registry is None or isinstance(registry, (str, os.PathLike)):
         registry = Registry(registry)
     if not isinstance(registry, Registry):
@@ -191,9 +218,10 @@ def serve(
         models=models, only=only, threads=threads, max_batch_size=max_batch_size,
         max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
         max_buffered_bytes=max_buffered_bytes, read_timeout=read_timeout, request_timeout=request_timeout,
-        http_threads=http_threads, io_threads=io_threads, busy_poll_us=busy_poll_us, **deployment,
+        http_threads=http_threads, io_threads=io_threads, busy_poll_us=busy_poll_us, ui_dir=_ui_dir(ui),
+        **deployment,
     )
     _start_log_bridge()
     core = _core.Server(registry._core, text, os.fspath(config) if config is not None else "")
     core.start()
-    return Server(core)
+    return Server(core, ui=bool(json.loads(text).get("ui_dir")))

@@ -234,6 +234,29 @@ TEST_P(RegistryTest, HistoryRecordsEveryChange) {
   EXPECT_THROW(reg_.History("never"), NotFound);
 }
 
+TEST_P(RegistryTest, ActingAsNamesWhoChangedWithinItsScopeOnItsThreadOnly) {
+  reg_.RegisterBytes("clf", "a", {});
+  {
+    Registry::ActingAs alice("alice (http 10.0.0.1)");
+    reg_.SetAlias("clf", "production", "v1", std::nullopt, "go");
+    {
+      Registry::ActingAs empty("");  // an empty actor keeps the enclosing one
+      reg_.RegisterBytes("clf", "b", {});
+    }
+    // Another thread meanwhile is not alice.
+    std::thread([&] {
+      reg_.SetAlias("clf", "staging", "v1", std::nullopt, "other thread");
+    }).join();
+    Registry::ActingAs bob("bob");
+    reg_.SetAlias("clf", "production", "v2", std::string("v1"), "nested");
+  }
+  reg_.Rollback("clf", "production", "after");
+  std::vector<std::string> actors;
+  for (const auto& e : reg_.History("clf")) actors.push_back(e.actor);
+  EXPECT_EQ(actors, (std::vector<std::string>{"tester", "alice (http 10.0.0.1)",
+                                              "alice (http 10.0.0.1)", "tester", "bob", "tester"}));
+}
+
 TEST_P(RegistryTest, DeleteRefusesAliasedUnlessForced) {
   ModelVersion a = reg_.RegisterBytes("clf", "a", {});
   reg_.RegisterBytes("clf", "b", {});

@@ -192,13 +192,13 @@ class ServerLog:
 
 
 @contextlib.contextmanager
-def lepton_serve(args, env):
-    """Runs `python -m lepton serve ARGS` as a child and yields (process, URL) once its log says
+def lepton_serve(args, env, command="serve"):
+    """Runs `python -m lepton serve ARGS` (or another COMMAND) as a child and yields (process, URL) once its log says
     where it listens; `process.log` (a ServerLog) has the rest. The child is killed on the way out
     unless the test stopped it."""
     import subprocess
 
-    proc = subprocess.Popen([sys.executable, "-m", "lepton", "serve", *args], stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "lepton", command, *args], stderr=subprocess.PIPE,
                             text=True, env=env)
     proc.log = ServerLog(proc.stderr)
     try:

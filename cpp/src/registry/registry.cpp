@@ -381,6 +381,16 @@ bool Registry::AliasesPushed() const {
 }
 const std::string& Registry::actor() const { return Self()->options_.actor; }
 
+namespace registry_detail {
+thread_local std::string acting_as;
+}  // namespace registry_detail
+
+Registry::ActingAs::ActingAs(std::string actor) : previous_(std::move(registry_detail::acting_as)) {
+  registry_detail::acting_as = actor.empty() ? previous_ : std::move(actor);
+}
+
+Registry::ActingAs::~ActingAs() { registry_detail::acting_as = std::move(previous_); }
+
 void Registry::CreateModel(const std::string& name, const std::string& description, bool exist_ok) {
   Self()->CreateModel(name, description, exist_ok);
 }

@@ -128,6 +128,9 @@ inline void ValidateMetadata(const std::map<std::string, std::string>& tags,
   }
 }
 
+// The actor a Registry::ActingAs scope names on this thread; empty outside one.
+extern thread_local std::string acting_as;
+
 }  // namespace registry_detail
 
 using namespace registry_detail;

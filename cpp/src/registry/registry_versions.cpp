@@ -116,7 +116,7 @@ void Registry::Impl::Audit(const std::string& model, const std::string& action,
          "to_version, reason, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
       ->Bind(1, Now())
       .Bind(2, model)
-      .Bind(3, options_.actor)
+      .Bind(3, registry_detail::acting_as.empty() ? options_.actor : registry_detail::acting_as)
       .Bind(4, action)
       .Bind(5, version)
       .Bind(6, alias)

@@ -18,6 +18,7 @@ Server::Impl::Impl(std::shared_ptr<Registry> registry, ServerOptions options)
   if (options_.grpc_port && (*options_.grpc_port < 0 || *options_.grpc_port > 65535)) {
     throw InvalidArgument("grpc_port must be in [0, 65535]");
   }
+  LoadUi();
   if (options_.http_threads < 1) throw InvalidArgument("http_threads must be >= 1");
   if (options_.max_buffered_bytes < options_.max_body_bytes) {
     throw InvalidArgument("max_buffered_bytes (" + std::to_string(options_.max_buffered_bytes) +

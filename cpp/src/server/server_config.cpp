@@ -104,6 +104,7 @@ ServerOptions FromObject(const json& j) {
   o.io_threads = Positive(f, "io_threads", o.io_threads);
   if (f.has("busy_poll_us")) o.busy_poll_s = NonNegative(f, "busy_poll_us", 0) * 1e-6;
   o.http_threads = Positive(f, "http_threads", o.http_threads);
+  o.ui_dir = f.get<std::string>("ui_dir", "a string", o.ui_dir);
   o.serve_all = !f.get<bool>("only", "true or false", !o.serve_all);
   if (f.has("models")) {
     const json& models = f.raw("models");
@@ -166,6 +167,7 @@ std::string ServerConfigDefaults() {
               {"busy_poll_us", o.busy_poll_s * 1e6},
               {"http_threads", o.http_threads},
               {"only", !o.serve_all},
+              {"ui_dir", o.ui_dir},
               {"threads", d.threads},
               {"max_batch_size", d.servable.max_batch_size},
               {"max_queue_delay_ms", d.servable.max_queue_delay_s * 1000},

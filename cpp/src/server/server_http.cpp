@@ -89,6 +89,7 @@ Reply Server::Impl::Dispatch(const std::string& method, const std::string& path,
 // was chosen (bad JSON, unknown models, missing tokens), which the deployments never see.
 const char* Server::Impl::EndpointKind(const std::vector<std::string>& p) {
   if (p.size() == 1 && p[0] == "metrics") return "metrics";
+  if (!p.empty() && p[0] == "ui") return "ui";
   if (p.size() < 2 || p[0] != "v2") return p.empty() ? "server" : "other";
   if (p[1] == "health") return "health";
   if (p[1] == "models") return p.back() == "infer" ? "infer" : "model";
@@ -185,6 +186,14 @@ Reply Server::Impl::Route(const std::string& method, const std::string& path,
     r.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8";
     return r;
   }
+  if (n == 0 && !ui_files_.empty()) {
+    Method(method, "GET");
+    Reply r;
+    r.status = 308;
+    r.headers["Location"] = "/ui/";
+    return r;
+  }
+  if (n >= 1 && p[0] == "ui") return UiRoute(method, p);
   if (n == 0 || p[0] != "v2") throw HttpError{404, "no such endpoint: " + path};
   if (n == 1) {
     Method(method, "GET");

@@ -340,10 +340,30 @@ class Server::Impl {
 
   json PolicyJson(const Entry& e) const;
 
+  // /v2/lepton/registry/models[/{m}/versions|/{m}/history]: what the registry holds, for the
+  // dashboard and other clients that read it over HTTP.
+  Reply RegistryRoute(const std::string& method, const std::vector<std::string>& p,
+                      const Query& query);
+
+  // Who a management request acts as in the audit log: the X-Lepton-Actor header's name and
+  // the client's address; none without the header (the registry's own actor).
+  static std::optional<std::string> ActorOf(const Headers& headers, const Client& client);
+
+  // --- the dashboard (server_ui.cpp): its built files, read once from options_.ui_dir and
+  // served from memory at /ui/, never from the file system per request ---
+  struct UiFile {
+    std::string content_type;
+    std::string body;
+  };
+  void LoadUi();
+  Reply UiRoute(const std::string& method, const std::vector<std::string>& p) const;
+  std::map<std::string, UiFile> ui_files_;
+
   // --- management that replicas share (server_shared.cpp): with a registry on a database
   // server, a policy set through any replica's API is kept in the registry and set on every
   // replica that serves the model ---
-  // After `spec` was set here over the API: keeps it for the other replicas, audited.
+  // After `spec` was set here over the API: audits it and, on a shared registry, keeps it for
+  // the other replicas.
   void SharePolicy(const std::string& model, const std::string& spec, const std::string& actor);
   // The chore: sets the policies set through other replicas; returns when it is next due.
   std::chrono::steady_clock::time_point FollowSharedPolicies();

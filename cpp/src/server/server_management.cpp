@@ -1,4 +1,5 @@
 // lepton's own endpoints: aliases, rollback, policies, feedback, statistics and events.
+#include "lepton/registry/registry_json.h"
 #include "server_impl.h"
 
 namespace lepton {
@@ -48,6 +49,9 @@ Reply Server::Impl::LeptonRoute(const std::string& method, const std::vector<std
     return JsonReply(200, {{"accepted", true}, {"request_id", id}});
   }
   RequireToken(headers);
+  std::optional<Registry::ActingAs> acting;
+  if (const auto actor = ActorOf(headers, client)) acting.emplace(*actor);
+  if (n >= 4 && p[2] == "registry") return RegistryRoute(method, p, query);
   if (n == 3 && p[2] == "models") {
     Method(method, "GET");
     json out = json::array();
@@ -129,6 +133,51 @@ Reply Server::Impl::LeptonRoute(const std::string& method, const std::vector<std
     }
   }
   throw HttpError{404, "no such lepton endpoint"};
+}
+
+Reply Server::Impl::RegistryRoute(const std::string& method, const std::vector<std::string>& p,
+                                  const Query& query) {
+  const size_t n = p.size();
+  if (p[3] != "models" || !(n == 4 || (n == 6 && (p[5] == "versions" || p[5] == "history")))) {
+    throw HttpError{404, "no such registry endpoint"};
+  }
+  Method(method, "GET");
+  json out = json::array();
+  if (n == 4) {
+    for (const auto& m : registry_->Models()) out.push_back(ModelSummaryJson(m));
+  } else if (p[5] == "versions") {
+    for (const auto& v : registry_->Versions(p[4])) out.push_back(ModelVersionJson(v));
+  } else {
+    int64_t limit = 0;
+    if (query.count("limit")) {
+      try {
+        size_t used = 0;
+        limit = std::stoll(query.at("limit"), &used);
+        if (used != query.at("limit").size()) throw std::invalid_argument("trailing");
+      } catch (const std::exception&) {
+        throw InvalidArgument("'limit' must be an integer");
+      }
+    }
+    for (const auto& e : registry_->History(p[4], limit)) out.push_back(AuditEntryJson(e));
+  }
+  return JsonReply(200, out);
+}
+
+std::optional<std::string> Server::Impl::ActorOf(const Headers& headers, const Client& client) {
+  auto it = headers.find("x-lepton-actor");
+  if (it == headers.end()) return std::nullopt;
+  const std::string& name = it->second;
+  constexpr size_t kMaxActor = 64;
+  if (name.empty() || name.size() > kMaxActor) {
+    throw InvalidArgument("X-Lepton-Actor must name who acts in 1 to " + std::to_string(kMaxActor) +
+                          " bytes");
+  }
+  for (unsigned char c : name) {
+    if (c < 0x20 || c == 0x7f)
+      throw InvalidArgument("X-Lepton-Actor must not hold control characters");
+  }
+  const std::string address = client.peer.substr(0, client.peer.rfind(':'));
+  return name + " (http " + (address.empty() ? "in-process" : address) + ")";
 }
 
 json Server::Impl::PolicyJson(const Entry& e) const {

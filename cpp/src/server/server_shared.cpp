@@ -19,14 +19,19 @@ constexpr auto kFollowEvery = std::chrono::seconds(1);
 
 void Server::Impl::SharePolicy(const std::string& model, const std::string& spec,
                                const std::string& actor) {
-  if (!registry_->networked()) return;
+  const json policy = json::parse(spec);
+  if (!registry_->networked()) {
+    registry_->Record(model, "set_policy", std::nullopt, std::nullopt, std::nullopt,
+                      "policy set through the server's API",
+                      json{{"policy", policy}, {"by", actor}}.dump());
+    return;
+  }
   const std::string id = RandomHex(8);
-  const json envelope = {{"id", id}, {"policy", json::parse(spec)}, {"replica", ReplicaName()}};
+  const json envelope = {{"id", id}, {"policy", policy}, {"replica", ReplicaName()}};
   registry_->PutState(model, kSharedPolicyKey, envelope.dump());
-  registry_->Record(
-      model, "set_policy", std::nullopt, std::nullopt, std::nullopt,
-      "policy set through replica " + ReplicaName() + "'s API",
-      json{{"policy", json::parse(spec)}, {"replica", ReplicaName()}, {"by", actor}}.dump());
+  registry_->Record(model, "set_policy", std::nullopt, std::nullopt, std::nullopt,
+                    "policy set through replica " + ReplicaName() + "'s API",
+                    json{{"policy", policy}, {"replica", ReplicaName()}, {"by", actor}}.dump());
   std::unique_lock<std::shared_mutex> w(models_mu_);
   auto it = models_.find(model);
   if (it != models_.end()) it->second.shared_policy_id = id;

@@ -183,6 +183,20 @@ class Registry {
   bool AliasesPushed() const;
   const std::string& actor() const;
 
+  // While one lives, the changes this thread makes through any registry are recorded in the
+  // audit log as made by `actor` (a client acting through the server, say) instead of the
+  // registry's own actor. Scopes nest; an empty actor leaves the registry's.
+  class ActingAs {
+   public:
+    explicit ActingAs(std::string actor);
+    ~ActingAs();
+    ActingAs(const ActingAs&) = delete;
+    ActingAs& operator=(const ActingAs&) = delete;
+
+   private:
+    std::string previous_;
+  };
+
   void CreateModel(const std::string& name, const std::string& description, bool exist_ok);
   void SetModelDescription(const std::string& name, const std::string& description);
 

@@ -55,6 +55,9 @@ struct ServerOptions {
   // The protocol's gRPC service (inference.GRPCInferenceService) on this port as well, on the
   // same host; 0: any free port; none: no gRPC.
   std::optional<int> grpc_port;
+  // A folder of the dashboard's built files (index.html and what it loads), served at /ui/;
+  // "" serves none. Read once when the server is made.
+  std::string ui_dir;
   bool serve_all = true;            // serve every model of the registry
   std::vector<ServedModel> models;  // overrides (and, without serve_all, the whole list)
   DeploymentOptions deployment;
