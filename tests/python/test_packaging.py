@@ -93,6 +93,15 @@ def test_a_wheel_and_an_sdist_build_with_one_command_and_the_wheel_works_in_a_fr
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     wheels = sorted(dist.glob("lepton-*.whl"))
     assert len(wheels) == 1 and len(list(dist.glob("lepton-*.tar.gz"))) == 1, os.listdir(dist)
+    # The dashboard's build ships in the wheel; its sources, and the lock of its build tools, in the sdist.
+    import tarfile
+    import zipfile
+
+    with zipfile.ZipFile(wheels[0]) as z:
+        assert {"lepton/ui/index.html", "lepton/ui/app.js", "lepton/ui/app.css"} <= set(z.namelist())
+    with tarfile.open(next(dist.glob("lepton-*.tar.gz"))) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    assert {"web/package.json", "web/package-lock.json", "web/build.mjs", "web/src/main.jsx"} <= names
     venv = tmp_path / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)], check=True)
     python = str(venv / "bin" / "python")
