@@ -335,6 +335,62 @@ def test_starting_and_stopping_a_canary_through_the_page(live, browser):
     assert console_errors(browser) == []
 
 
+class Wide(torch.nn.Module):
+    def __init__(self, n: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.eye(64) * n, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w
+
+
+def test_a_deployment_under_a_memory_budget_shows_what_is_loaded(tmp_path, browser):
+    reg = lepton.Registry(tmp_path / "reg")
+    for n in range(6):
+        reg.register("many", Wide(n + 1), version=f"w{n}", example_inputs=torch.zeros(1, 64))
+    size = 64 * 64 * 4
+    with lepton.serve(reg, port=0, token=TOKEN, threads=1, memory_budget=int(2.5 * size)) as server:
+        body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}]}
+        for n in (0, 1, 2):
+            r = requests.post(f"{server.url}/v2/models/many/versions/w{n}/infer", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+        open_page(browser, server, "#/live/many")
+        panel = wait(browser, lambda d: (css(d, "[data-testid=memory]") or [None])[0])
+        status = requests.get(f"{server.url}/v2/lepton/models/many/stats",
+                              headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        loaded = [v["version"] for v in status["versions"] if v["state"] == "loaded"]
+        assert len(loaded) == 2 and status["memory"]["evictions"] >= 2
+        assert f"{len(loaded)} of 6 versions loaded" in panel.text
+        assert f"{status['memory']['evictions']} evictions" in panel.text
+        rows = {e.get_attribute("data-version"): e.text for e in css(browser, "[data-testid=live-versions] tbody tr")}
+        assert set(rows) == {f"w{n}" for n in range(6)}
+        assert all(" loaded " in rows[v] and "16 KB" in rows[v] for v in loaded)
+        assert all(" evicted " in rows[v] or " registered " in rows[v] for v in rows if v not in loaded)
+        shot(browser, "7-memory-budget")
+        assert console_errors(browser) == []
+
+
+def test_a_shadow_shows_its_output_differences(tmp_path, browser):
+    reg = lepton.Registry(tmp_path / "reg")
+    x = torch.zeros(1, 4)
+    reg.register("sh", AddN(1), version="s1", example_inputs=x)
+    reg.register("sh", AddN(1.5), version="s2", example_inputs=x)
+    policy = {"type": "shadow", "primary": "s1", "mirrors": ["s2"]}
+    with lepton.serve(reg, port=0, token=TOKEN, threads=1, only=True,
+                      models={"sh": {"versions": ["s1", "s2"], "policy": policy}}) as server:
+        body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4}]}
+        with requests.Session() as s:
+            for _ in range(20):
+                assert s.post(f"{server.url}/v2/models/sh/infer", json=body, timeout=30).status_code == 200
+        open_page(browser, server, "#/live/sh")
+        wait(browser, lambda d: css(d, "[data-testid=shadows] tbody tr"))
+        wait(browser, lambda d: css(d, "[data-testid=shadows] tbody tr")[0].text.split()[2] == "20")
+        cells = css(browser, "[data-testid=shadows] tbody tr")[0].text.split()
+        assert cells[:2] == ["s1", "s2"] and cells[5:7] == ["0.5", "0.5"]  # max and mean |diff|
+        shot(browser, "8-shadow")
+        assert console_errors(browser) == []
+
+
 def test_the_event_log_page(live, browser):
     reg, server = live
     open_page(browser, server, "#/events")
