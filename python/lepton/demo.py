@@ -3,6 +3,7 @@ back, serve from an alias, and print the audit history."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import shutil
@@ -175,9 +176,15 @@ class _RejectsLargeFeature(nn.Module):
 def _ramp(d: Deployment, canary: Canary, rows: torch.Tensor) -> None:
     answered: Dict[Any, int] = {}
     failed, step = 0, None
-    for i in range(rows.shape[0]):
+    # The policy decides on its controller's rounds, not per request: traffic goes on (the rows
+    # over again) until it has decided, however fast the requests are.
+    deadline = time.monotonic() + 60
+    for i in itertools.count():
+        if time.monotonic() > deadline:
+            break
         try:
-            p = d.predict(rows[i : i + 1])
+            j = i % rows.shape[0]
+            p = d.predict(rows[j : j + 1])
             answered[p.version] = answered.get(p.version, 0) + 1
             if p.route != step:
                 step = p.route
