@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("LEPTON_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts")) / "dashboard"
 TOKEN = "browser-token"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# axe-core, the accessibility checker, from the dashboard's build tools (web/package-lock.json).
+AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
 
 # A machine the bootstrap made has Chromium and its driver; only a hand-made one may lack them.
 pytestmark = pytest.mark.skipif(
@@ -90,6 +92,7 @@ def browser(tmp_path_factory):
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
+    driver.set_script_timeout(60)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         yield driver
@@ -111,6 +114,21 @@ def css(driver, selector):
 
 def texts(driver, selector):
     return [e.text for e in css(driver, selector)]
+
+
+def accessibility_violations(driver):
+    """What axe-core finds serious or critical on the page as it is now (WCAG 2.1 A and AA:
+    contrast, names of controls, keyboard focus, structure)."""
+    if not driver.execute_script("return typeof window.axe !== 'undefined'"):
+        driver.execute_script(AXE.read_text() + "; window.axe = axe;")
+    found = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']},"
+        "                   resultTypes: ['violations']})"
+        "  .then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,"
+        "                                          nodes: v.nodes.slice(0, 5).map(n => n.target.join(' '))}))))"
+        "  .catch(e => done([{id: 'axe failed', impact: 'critical', help: String(e), nodes: []}]));")
+    return [v for v in found if v["impact"] in ("serious", "critical")]
 
 
 def console_errors(driver):
@@ -157,6 +175,7 @@ def test_a_wrong_token_is_refused_and_nothing_is_shown(live, browser):
     assert "refused this token" in alert.text
     assert not css(browser, "table")  # no data without the token
     shot(browser, "0-refused")
+    assert accessibility_violations(browser) == []
     # The refusal is the server's 401, which the console reports; nothing else is an error.
     errors = [e for e in console_errors(browser) if "401" not in e["message"]]
     assert errors == []
@@ -174,6 +193,7 @@ def test_overview_lists_the_live_deployments_and_the_registry(live, browser):
     models = css(browser, "[data-testid=models] tbody tr")
     assert models[0].text.startswith("clf 3 v3") and "@production → v1" in models[0].text
     shot(browser, "1-overview")
+    assert accessibility_violations(browser) == []
     assert console_errors(browser) == []
 
 
@@ -197,6 +217,7 @@ def test_the_registry_page_shows_versions_lineage_diff_and_history(live, browser
     assert any("set_alias" in h and "first release" in h for h in history)
     assert sum("register" in h for h in history) == 3
     shot(browser, "2-registry")
+    assert accessibility_violations(browser) == []
     assert console_errors(browser) == []
 
 
@@ -215,6 +236,7 @@ def test_moving_an_alias_through_the_page_lands_in_the_registry_and_the_audit_lo
     assert "v1" in dialog.text and "v3" in dialog.text  # the expected version is shown
     dialog.find_element("css selector", "input[name=reason]").send_keys("v3 wins offline")
     shot(browser, "3-move-alias")
+    assert accessibility_violations(browser) == []
     css(browser, "[data-testid=confirm]")[0].click()
     wait_for(lambda: reg.get("clf@production").version == "v3", timeout=30)
     entry = reg.history("clf")[-1]
@@ -245,6 +267,54 @@ def test_a_move_that_lost_a_race_is_refused_and_says_why(live, browser):
     assert [e for e in console_errors(browser) if "409" not in e["message"]] == []
 
 
+def test_rolling_back_an_alias_through_the_page(live, browser):
+    reg, server = live
+    open_page(browser, server, "#/registry/clf")
+    wait(browser, lambda d: css(d, "[data-testid=rollback-production]"))
+    before = reg.get("clf@production").version
+    css(browser, "[data-testid=rollback-production]")[0].click()
+    wait(browser, lambda d: css(d, "dialog[open]"))
+    css(browser, "dialog[open] input[name=reason]")[0].send_keys("errors up")
+    css(browser, "[data-testid=confirm]")[0].click()
+    wait_for(lambda: reg.history("clf")[-1].action == "rollback", timeout=30)
+    entry = reg.history("clf")[-1]
+    assert entry.from_version == before and entry.to_version == reg.get("clf@production").version != before
+    assert entry.actor == "dash-tester (http 127.0.0.1)" and entry.reason == "errors up"
+    assert console_errors(browser) == []
+
+
+def test_keyboard_alone_moves_an_alias(live, browser):
+    """Tab to the form, choose with the arrow keys, confirm with Enter, as someone without a mouse."""
+    from selenium.webdriver.common.keys import Keys
+
+    reg, server = live
+    open_page(browser, server, "#/registry/clf")
+    wait(browser, lambda d: css(d, "[data-testid=move-version]"))
+    target = "v2" if reg.get("clf@production").version != "v2" else "v3"
+    field = css(browser, "[data-testid=move-alias]")[0]
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys("staging", Keys.TAB)  # into the version list
+    active = browser.switch_to.active_element
+    assert active.get_attribute("data-testid") == "move-version"
+    for _ in range(5):
+        if active.get_attribute("value") == target:
+            break
+        active.send_keys(Keys.ARROW_DOWN)
+    assert active.get_attribute("value") == target
+    active.send_keys(Keys.TAB)
+    active = browser.switch_to.active_element
+    assert active.get_attribute("data-testid") == "move"
+    active.send_keys(Keys.ENTER)
+    wait(browser, lambda d: css(d, "dialog[open]"))
+    # The dialog takes the focus; Enter in its reason field confirms.
+    reason = browser.switch_to.active_element
+    assert reason.get_attribute("name") == "reason"
+    reason.send_keys("by keyboard", Keys.ENTER)
+    wait_for(lambda: "staging" in reg.aliases("clf"), timeout=30)
+    assert reg.get("clf@staging").version == target
+    assert reg.history("clf")[-1].reason == "by keyboard"
+
+
 def test_the_live_page_shows_traffic_the_canary_and_its_guardrails(live, browser):
     reg, server = live
     open_page(browser, server, "#/live/clf")
@@ -272,6 +342,7 @@ def test_the_live_page_shows_traffic_the_canary_and_its_guardrails(live, browser
     wait(browser, lambda d: len(css(d, "[data-testid=guardrails] [role=meter]")) == 2)
     assert css(browser, "[data-testid=events] tbody tr")
     shot(browser, "4-live-canary")
+    assert accessibility_violations(browser) == []
     assert console_errors(browser) == []
 
 
@@ -283,6 +354,7 @@ def test_the_live_page_of_an_ab_test_shows_its_p_value(live, browser):
     assert 0 <= value <= 1
     wait(browser, lambda d: len(css(d, "[data-testid=ab] canvas")) == 2)
     shot(browser, "5-live-ab")
+    assert accessibility_violations(browser) == []
     assert console_errors(browser) == []
 
 
@@ -400,6 +472,7 @@ def test_the_event_log_page(live, browser):
     models = set(texts(browser, "[data-testid=events] tbody td:nth-child(4)"))
     assert {"clf", "rank"} <= models
     shot(browser, "6-events")
+    assert accessibility_violations(browser) == []
     assert console_errors(browser) == []
 
 

@@ -102,7 +102,7 @@ export function Live({ model }) {
 
 function NowTable({ stats, point }) {
   return (
-    <div class="scroll">
+    <div class="scroll" tabIndex={0} role="region" aria-label="versions now">
       <table data-testid="live-versions">
         <thead>
           <tr>

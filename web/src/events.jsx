@@ -40,7 +40,7 @@ export function useEvents(model, keep = 300) {
 export function EventTable({ events, model }) {
   if (!events.length) return <p class="muted">No events yet.</p>;
   return (
-    <div class="scroll tall">
+    <div class="scroll tall" tabIndex={0} role="region" aria-label="events">
       <table data-testid="events">
         <thead>
           <tr>

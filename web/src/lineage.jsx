@@ -28,7 +28,7 @@ export function Lineage({ model, versions, selected, onSelect }) {
       <figcaption>
         Lineage: {versions.length} versions, {edges} derived from another
       </figcaption>
-      <div class="scroll">
+      <div class="scroll" tabIndex={0} role="region" aria-label="lineage graph">
         <svg width={width} height={height} viewBox={`0 0 ${width} ${height}`} role="img"
           aria-label={`lineage graph of ${model}`}>
           <defs>

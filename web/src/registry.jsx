@@ -63,7 +63,7 @@ function Signature({ s }) {
 function Versions({ list, selected, onSelect }) {
   const keys = [...new Set(list.flatMap((v) => Object.keys(v.metrics)))].sort();
   return (
-    <div class="scroll">
+    <div class="scroll" tabIndex={0} role="region" aria-label="versions">
       <table data-testid="versions">
         <thead>
           <tr>
@@ -241,7 +241,7 @@ function Aliases({ model, list, onChanged }) {
 function History({ entries }) {
   if (!entries.length) return <p class="muted">No changes recorded.</p>;
   return (
-    <div class="scroll tall">
+    <div class="scroll tall" tabIndex={0} role="region" aria-label="audit history">
       <table data-testid="history">
         <thead>
           <tr>
