@@ -463,6 +463,23 @@ def test_a_shadow_shows_its_output_differences(tmp_path, browser):
         assert console_errors(browser) == []
 
 
+def test_pages_of_a_model_that_is_not_there_say_so_and_stop_asking(live, browser):
+    import time
+
+    reg, server = live
+    open_page(browser, server, "#/registry/nope")
+    alert = wait(browser, lambda d: (css(d, "[role=alert]") or [None])[0])
+    assert alert.text.startswith("404") and "nope" in alert.text
+    assert not css(browser, ".lineage") and not css(browser, "[data-testid=versions]")
+    open_page(browser, server, "#/live/nope")
+    alert = wait(browser, lambda d: (css(d, "[role=alert]") or [None])[0])
+    assert "nope is not served by this server" in alert.text
+    browser.get_log("browser")  # what was said so far
+    time.sleep(4.5)  # two polling rounds: none may ask again
+    again = [e for e in browser.get_log("browser") if "/v2/lepton/models/nope/" in e["message"]]
+    assert again == []
+
+
 def test_the_event_log_page(live, browser):
     reg, server = live
     open_page(browser, server, "#/events")

@@ -34,13 +34,20 @@ export function Live({ model }) {
         }
         setState((s) => ({ stats, policy, point: point || s.point, error: null, tick: s.tick + 1 }));
       } catch (error) {
-        if (alive) setState((s) => ({ ...s, error }));
+        if (!alive) return;
+        if (error.status === 404) {
+          // Not served here (or no longer): say so once instead of asking every 2 s.
+          clearInterval(id);
+          error.message = `${model} is not served by this server (${error.message})`;
+        }
+        setState((s) => ({ ...s, error }));
       } finally {
         busy = false;
       }
     };
+    let id = null;
     run();
-    const id = setInterval(run, POLL_MS);
+    id = setInterval(run, POLL_MS);
     return () => {
       alive = false;
       clearInterval(id);

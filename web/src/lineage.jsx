@@ -7,6 +7,7 @@ const NODE_H = 44;
 // The versions of a model as a graph: an edge from each version's parent to it (a parent in
 // another model is drawn too, dashed). Laid out by dagre, drawn as SVG.
 export function Lineage({ model, versions, selected, onSelect }) {
+  if (!versions.length) return <p class="muted">No versions.</p>;
   const g = new dagre.graphlib.Graph();
   g.setGraph({ rankdir: "LR", nodesep: 18, ranksep: 40, marginx: 8, marginy: 8 });
   g.setDefaultEdgeLabel(() => ({}));

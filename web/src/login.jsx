@@ -32,14 +32,14 @@ export function Login({ onSignedIn, refused }) {
           kept for this browser tab only and sent only in a request header.
         </p>
         <label>
+          Your name, for the audit log (optional)
+          <input name="actor" autocomplete="username" maxLength={64} pattern="[ -~]{1,64}" title="printable ASCII, up to 64 characters"
+            value={actor} onInput={(e) => setActor(e.currentTarget.value)} />
+        </label>
+        <label>
           Token
           <input type="password" name="token" autocomplete="current-password" required value={token}
             onInput={(e) => setToken(e.currentTarget.value)} autofocus />
-        </label>
-        <label>
-          Your name, for the audit log (optional)
-          <input name="actor" maxLength={64} pattern="[ -~]{1,64}" title="printable ASCII, up to 64 characters"
-            value={actor} onInput={(e) => setActor(e.currentTarget.value)} />
         </label>
         <Problem error={error} />
         <button type="submit" class="primary" disabled={busy || !token.trim()}>

@@ -20,7 +20,7 @@ export function RegistryModel({ model }) {
       <Problem error={versions.error} />
       {versions.loading ? (
         <Loading what="versions" />
-      ) : (
+      ) : !versions.data ? null : (
         <>
           <section aria-labelledby="versions-h">
             <h2 id="versions-h">Versions</h2>
@@ -40,11 +40,13 @@ export function RegistryModel({ model }) {
           </section>
         </>
       )}
-      <section aria-labelledby="history-h">
-        <h2 id="history-h">Audit history</h2>
-        <Problem error={history.error} />
-        {history.loading ? <Loading what="history" /> : <History entries={history.data || []} />}
-      </section>
+      {versions.error && !versions.data ? null : (
+        <section aria-labelledby="history-h">
+          <h2 id="history-h">Audit history</h2>
+          <Problem error={history.error} />
+          {history.loading ? <Loading what="history" /> : <History entries={history.data || []} />}
+        </section>
+      )}
     </main>
   );
 }

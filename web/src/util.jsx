@@ -44,14 +44,17 @@ export function usePoll(load, ms, deps = []) {
         if (alive.current) setState({ data, error: null, loading: false });
       } catch (error) {
         if (alive.current) setState((s) => ({ ...s, error, loading: false }));
+        // What is not there (404) will not come back by asking again: stop polling.
+        if (error.status === 404 && id) clearInterval(id);
       } finally {
         busy.current = false;
       }
     };
     tick.current += 1;
     setState({ data: null, error: null, loading: true });
+    let id = null;
     run();
-    const id = ms ? setInterval(run, ms) : null;
+    id = ms ? setInterval(run, ms) : null;
     return () => {
       alive.current = false;
       if (id) clearInterval(id);
