@@ -101,9 +101,12 @@ def browser(tmp_path_factory):
 
 
 def wait(driver, condition, timeout=30):
+    """Waits for `condition`; an element the page re-rendered meanwhile (stale) counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(condition)
 
 
 def css(driver, selector):
@@ -113,7 +116,10 @@ def css(driver, selector):
 
 
 def texts(driver, selector):
-    return [e.text for e in css(driver, selector)]
+    """The rendered text of every match, read in one step in the page, so that a re-render
+    between reading one element and the next cannot leave a stale reference."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText.trim())", selector)
 
 
 def accessibility_violations(driver):
@@ -243,7 +249,7 @@ def test_moving_an_alias_through_the_page_lands_in_the_registry_and_the_audit_lo
     assert (entry.action, entry.from_version, entry.to_version) == ("set_alias", "v1", "v3")
     assert entry.actor == "dash-tester (http 127.0.0.1)" and entry.reason == "v3 wins offline"
     # The page reloads what it shows.
-    wait(browser, lambda d: "v3" in (css(d, "[data-testid=aliases] tbody tr") or [None])[0].text)
+    wait(browser, lambda d: "v3" in " ".join(texts(d, "[data-testid=aliases] tbody tr")))
     wait(browser, lambda d: any("v3 wins offline" in t for t in texts(d, "[data-testid=history] tbody tr")))
     assert console_errors(browser) == []
 
@@ -253,7 +259,7 @@ def test_a_move_that_lost_a_race_is_refused_and_says_why(live, browser):
 
     reg, server = live
     open_page(browser, server, "#/registry/clf")
-    wait(browser, lambda d: "v3" in (css(d, "[data-testid=aliases] tbody tr") or [None])[0].text)
+    wait(browser, lambda d: "v3" in " ".join(texts(d, "[data-testid=aliases] tbody tr")))
     Select(css(browser, "[data-testid=move-version]")[0]).select_by_value("v2")
     css(browser, "[data-testid=move]")[0].click()
     wait(browser, lambda d: css(d, "dialog[open]"))
@@ -456,8 +462,8 @@ def test_a_shadow_shows_its_output_differences(tmp_path, browser):
                 assert s.post(f"{server.url}/v2/models/sh/infer", json=body, timeout=30).status_code == 200
         open_page(browser, server, "#/live/sh")
         wait(browser, lambda d: css(d, "[data-testid=shadows] tbody tr"))
-        wait(browser, lambda d: css(d, "[data-testid=shadows] tbody tr")[0].text.split()[2] == "20")
-        cells = css(browser, "[data-testid=shadows] tbody tr")[0].text.split()
+        wait(browser, lambda d: [r.split()[2] for r in texts(d, "[data-testid=shadows] tbody tr")] == ["20"])
+        cells = texts(browser, "[data-testid=shadows] tbody tr")[0].split()
         assert cells[:2] == ["s1", "s2"] and cells[5:7] == ["0.5", "0.5"]  # max and mean |diff|
         shot(browser, "8-shadow")
         assert console_errors(browser) == []
