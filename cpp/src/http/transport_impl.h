@@ -223,11 +223,13 @@ class Transport::Impl {
   }
 
   // A helper runs the loop while its own thread is stuck in a handler, and leaves once no
-  // handler of the loop is running.
+  // handler of the loop is running. It looks at least every 50 ms: the wake-up Leave() posts can
+  // be taken by another thread of the loop, and a loop with only stuck writes has nothing else
+  // to run until their deadline.
   void RunHelper(Loop& loop) {
     while (!loop.ioc.stopped()) {
       try {
-        loop.ioc.run_one();
+        loop.ioc.run_one_for(std::chrono::milliseconds(50));
       } catch (...) {
       }
       if (loop.busy.load() == 0) break;
