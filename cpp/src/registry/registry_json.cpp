@@ -3,6 +3,8 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "registry_impl.h"
+
 namespace lepton {
 
 using json = nlohmann::json;
@@ -12,13 +14,6 @@ namespace {
 template <typename T>
 json Optional(const std::optional<T>& v) {
   return v ? json(*v) : json(nullptr);
-}
-
-json SpecsJson(const std::vector<TensorSpec>& specs) {
-  json out = json::array();
-  for (const auto& t : specs)
-    out.push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}});
-  return out;
 }
 
 }  // namespace
@@ -49,9 +44,7 @@ json ModelVersionJson(const ModelVersion& v) {
           {"metrics", metrics},
           {"parent", Optional(v.parent)},
           {"aliases", v.aliases},
-          {"signature", v.signature ? json{{"inputs", SpecsJson(v.signature->inputs)},
-                                           {"outputs", SpecsJson(v.signature->outputs)}}
-                                    : json(nullptr)}};
+          {"signature", v.signature ? SignatureToJson(*v.signature) : json(nullptr)}};
 }
 
 json AuditEntryJson(const AuditEntry& e) {
