@@ -302,6 +302,9 @@ class Deployment:
         idle_thread_timeout: Optional[float] = None,
         share_policies: Optional[bool] = None,
         replica: Optional[str] = None,
+        placement: Union[None, str, Mapping[str, str]] = None,
+        resources: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        worker: Optional[Mapping[str, Any]] = None,
         example_inputs: Any = None,
     ):
         if not isinstance(registry, Registry):
@@ -327,6 +330,9 @@ class Deployment:
             "idle_thread_timeout": idle_thread_timeout, "share_policies": share_policies, "replica": replica,
             "all_versions": True if every else None, "memory_budget": own_budget, "eviction": eviction,
             "pin": None if pin is None else [str(v) for v in pin], "load_threads": load_threads,
+            "placement": placement if placement is None or isinstance(placement, str) else dict(placement),
+            "resources": None if resources is None else {k: dict(v) for k, v in resources.items()},
+            "worker": None if worker is None else dict(worker),
         }.items() if v is not None}
         self._core = _core.Deployment(registry._core, name, specs, alias, json.dumps(self.options),
                                       _example(example_inputs), shared)

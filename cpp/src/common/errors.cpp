@@ -67,4 +67,32 @@ const char* FailureReasonName(FailureReason r) {
   }
 }
 
+void ThrowErrorOf(ErrorCode code, const std::string& what) {
+  switch (code) {
+    case ErrorCode::kInvalidArgument:
+      throw InvalidArgument(what);
+    case ErrorCode::kNotFound:
+      throw NotFound(what);
+    case ErrorCode::kConflict:
+      throw Conflict(what);
+    case ErrorCode::kIntegrity:
+      throw IntegrityError(what);
+    case ErrorCode::kStorage:
+      throw StorageError(what);
+    case ErrorCode::kOverloaded:
+      throw Overloaded(what);
+    case ErrorCode::kTimeout:
+      throw Timeout(what);
+    case ErrorCode::kModel:
+      throw ModelError(what);
+    case ErrorCode::kLoad:
+      throw LoadError(what);
+    case ErrorCode::kUnavailable:
+      throw Unavailable(what);
+    case ErrorCode::kInternal:
+      break;
+  }
+  throw Error(what);
+}
+
 }  // namespace lepton

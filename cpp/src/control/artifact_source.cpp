@@ -55,6 +55,13 @@ ArtifactSource::Bytes ArtifactSource::Read(const ArtifactInfo& info) const {
   return {view, std::move(bytes)};
 }
 
+std::string ArtifactSource::PathOf(const ArtifactInfo& info) const {
+  if (registry_) return registry_->ArtifactPath(model_ + ":" + info.label);
+  auto it = files_.find(info.label);
+  if (it == files_.end()) throw NotFound("no model file is known for version '" + info.label + "'");
+  return it->second;
+}
+
 std::vector<ArtifactInfo> ArtifactSource::All() const {
   std::vector<ArtifactInfo> out;
   if (registry_) {

@@ -230,6 +230,10 @@ Prediction Deployment::Impl::Routed(const std::shared_ptr<const VersionState>& s
   } catch (const Timeout&) {
     Observe(policy, {version, Seconds(Clock::now() - start), true});
     throw;
+  } catch (const WorkerUnavailable&) {
+    // Its worker crashed or is down: the version's own failure.
+    Observe(policy, {version, Seconds(Clock::now() - start), true});
+    throw;
   } catch (...) {
     // Bad input or a version that left: not the version's fault, but the request is over.
     Observe(policy, {version, Seconds(Clock::now() - start), false});

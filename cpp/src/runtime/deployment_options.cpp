@@ -92,6 +92,78 @@ void ReadDeploymentOptions(Fields& f, DeploymentOptions& o) {
   o.load_threads = CountField(f, "load_threads", o.load_threads, 1);
   o.load_wait_s = SecondsField(f, "load_wait", o.load_wait_s, true);
   o.load_retry_s = SecondsField(f, "load_retry", o.load_retry_s, true);
+  ReadPlacementOptions(f, o);
+}
+
+void ApplyPlacementJson(const std::string& json_text, DeploymentOptions& o) {
+  const nlohmann::json j = nlohmann::json::parse(json_text, nullptr, false);
+  if (j.is_discarded()) throw InvalidArgument("the placement options are not valid JSON");
+  Fields f(j, "placement options");
+  ReadPlacementOptions(f, o);
+}
+
+void ReadPlacementOptions(Fields& f, DeploymentOptions& o) {
+  if (f.has("placement")) {
+    const nlohmann::json& p = f.raw("placement");
+    if (p.is_string()) {
+      o.default_placement = PlacementNamed(p.get<std::string>());
+    } else if (p.is_object()) {
+      for (const auto& [v, x] : p.items()) {
+        if (!x.is_string()) {
+          throw InvalidArgument(f.where() + ": 'placement' of version '" + v +
+                                "' must be \"process\" or \"in_process\"");
+        }
+        o.placement[v] = PlacementNamed(x.get<std::string>());
+      }
+    } else {
+      throw InvalidArgument(f.where() +
+                            ": 'placement' must be \"process\", \"in_process\" or {version: "
+                            "placement}");
+    }
+  }
+  if (f.has("resources")) {
+    const nlohmann::json& r = f.raw("resources");
+    if (!r.is_object()) {
+      throw InvalidArgument(f.where() +
+                            ": 'resources' must be {version: {\"memory\": size, "
+                            "\"cpus\": [ids]}}");
+    }
+    for (const auto& [v, x] : r.items()) {
+      Fields rf(x, f.where() + ": resources of version '" + v + "'");
+      WorkerResources wr;
+      if (rf.has("memory")) {
+        const nlohmann::json& m = rf.raw("memory");
+        if (!m.is_string() && !m.is_number()) {
+          throw InvalidArgument(rf.where() + ": 'memory' must be a size such as \"2GB\"");
+        }
+        wr.memory_bytes = ParseByteSize(m.is_string() ? m.get<std::string>() : m.dump());
+      }
+      if (rf.has("cpus")) {
+        wr.cpus = rf.get<std::vector<int>>("cpus", "a list of CPU numbers", {});
+        for (int c : wr.cpus) {
+          if (c < 0 || c >= 1024) {
+            throw InvalidArgument(rf.where() + ": no CPU " + std::to_string(c));
+          }
+        }
+      }
+      o.resources[v] = std::move(wr);
+    }
+  }
+  if (f.has("worker")) {
+    Fields w(f.raw("worker"), f.where() + ": worker");
+    WorkerOptions& wo = o.worker;
+    wo.program = w.get<std::string>("program", "a path", wo.program);
+    if (w.has("libraries")) {
+      wo.libraries = w.get<std::vector<std::string>>("libraries", "a list of paths", {});
+    }
+    wo.start_timeout_s = SecondsField(w, "start_timeout", wo.start_timeout_s, false);
+    wo.restart_backoff_s = SecondsField(w, "restart_backoff", wo.restart_backoff_s, true);
+    wo.restart_backoff_max_s =
+        SecondsField(w, "restart_backoff_max", wo.restart_backoff_max_s, true);
+    wo.max_restarts = CountField(w, "max_restarts", wo.max_restarts, 0);
+    wo.restart_window_s = SecondsField(w, "restart_window", wo.restart_window_s, false);
+    wo.max_connections = CountField(w, "max_connections", wo.max_connections, 1);
+  }
 }
 
 DeploymentOptions DeploymentOptionsFromJson(const std::string& json_text) {

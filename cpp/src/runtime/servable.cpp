@@ -150,7 +150,8 @@ void Servable::Impl::CheckInputs(const Tensors& inputs, const std::vector<std::s
 }
 
 RunResult Servable::Impl::Forward(const Tensors& inputs, const StringTensors* strings,
-                                  int intra_op_threads) {
+                                  int intra_op_threads, std::optional<Clock::time_point> deadline) {
+  if (target_) return target_->Forward(inputs, strings, deadline);
   // Touch ATen's per-thread pool set-up first so that it does not undo the count set next.
   // The count is per thread; the caller's own setting comes back when the forward ends.
   (void)at::get_num_threads();
@@ -179,11 +180,17 @@ void Servable::Impl::Execute(const std::vector<std::shared_ptr<Ticket>>& batch,
                              int intra_op_threads) {
   const auto start = Clock::now();
   int64_t rows = 0;
-  for (const auto& t : batch) rows += t->rows;
+  // The batch's earliest deadline: a forward that runs elsewhere is given up on at it.
+  std::optional<Clock::time_point> deadline;
+  for (const auto& t : batch) {
+    rows += t->rows;
+    if (t->deadline && (!deadline || *t->deadline < *deadline)) deadline = t->deadline;
+  }
   try {
     if (batch.size() == 1) {
       RunResult& r = batch[0]->result;
-      RunResult out = Forward(batch[0]->inputs, batch[0]->strings.get(), intra_op_threads);
+      RunResult out =
+          Forward(batch[0]->inputs, batch[0]->strings.get(), intra_op_threads, deadline);
       r.outputs = std::move(out.outputs);
       r.strings = std::move(out.strings);
     } else {
@@ -194,7 +201,7 @@ void Servable::Impl::Execute(const std::vector<std::shared_ptr<Ticket>>& batch,
         for (const auto& t : batch) parts.push_back(t->inputs[i]);
         joined.push_back(at::cat(parts, 0));
       }
-      Tensors out = Forward(joined).outputs;
+      Tensors out = Forward(joined, nullptr, intra_op_threads, deadline).outputs;
       bool splittable = true;
       for (const auto& o : out) splittable &= o.defined() && o.dim() > 0 && o.size(0) == rows;
       if (splittable) {
@@ -207,7 +214,7 @@ void Servable::Impl::Execute(const std::vector<std::shared_ptr<Ticket>>& batch,
       } else {
         // The outputs do not follow the batch dimension: this model cannot be batched.
         rows_independent_ = false;
-        for (const auto& t : batch) t->result = Forward(t->inputs);
+        for (const auto& t : batch) t->result = Forward(t->inputs, nullptr, 0, t->deadline);
       }
     }
   } catch (...) {
@@ -254,10 +261,30 @@ std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
   return std::shared_ptr<Servable>(new Servable(std::move(impl)));
 }
 
+std::shared_ptr<Servable> Servable::Attach(std::string model, std::string version,
+                                           std::string sha256, std::optional<Signature> signature,
+                                           ServableOptions options, ForwardSignature forward,
+                                           std::shared_ptr<ForwardTarget> target) {
+  if (options.threads < 1) throw InvalidArgument("threads must be >= 1");
+  auto impl = std::make_shared<Impl>(std::move(model), std::move(version), std::move(sha256),
+                                     std::move(signature), std::move(options));
+  impl->inputs_ = InputCheck(impl->Who(), impl->signature_, std::move(forward.names),
+                             forward.required, std::move(forward.strings));
+  impl->weight_bytes_ = forward.weight_bytes;
+  impl->shared_code_ = forward.shared_code;
+  impl->target_ = std::move(target);
+  {
+    std::unique_lock<std::mutex> lk(impl->mu_);
+    impl->health_ = Health::kReady;
+  }
+  return std::shared_ptr<Servable>(new Servable(std::move(impl)));
+}
+
 Servable::Servable(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Servable::~Servable() {
   impl_->Drain(0);
   impl_->Stop();
+  if (impl_->target_) impl_->target_->Stop();
 }
 
 const std::string& Servable::model() const { return impl_->model_; }
@@ -270,6 +297,15 @@ void Servable::CheckInputs(const Tensors& inputs, const std::vector<std::string>
   impl_->CheckInputs(inputs, names, strings);
 }
 const std::vector<std::string>& Servable::input_names() const { return impl_->inputs_.names(); }
+ForwardSignature Servable::forward_signature() const {
+  ForwardSignature f;
+  f.names = impl_->inputs_.names();
+  f.strings = impl_->inputs_.strings();
+  f.required = impl_->inputs_.required();
+  f.weight_bytes = impl_->weight_bytes_;
+  f.shared_code = impl_->shared_code_;
+  return f;
+}
 RunResult Servable::Run(const Tensors& inputs, const RunOptions& options) {
   return impl_->Run(inputs, options);
 }

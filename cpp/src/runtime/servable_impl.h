@@ -73,7 +73,8 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
                    const StringTensors* strings) const;
 
   RunResult Forward(const Tensors& inputs, const StringTensors* strings = nullptr,
-                    int intra_op_threads = 0);
+                    int intra_op_threads = 0,
+                    std::optional<Clock::time_point> deadline = std::nullopt);
 
   // Runs one batch and fills in each ticket's outputs or error. Never throws.
   void Execute(const std::vector<std::shared_ptr<Ticket>>& batch, int intra_op_threads = 0);
@@ -147,6 +148,8 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   std::optional<torch::jit::Method> forward_;
   int64_t weight_bytes_ = 0;
   bool shared_code_ = false, mapped_ = false;
+  // Set for a version whose forwards run elsewhere (a worker process); the module is then empty.
+  std::shared_ptr<ForwardTarget> target_;
 
   mutable std::mutex mu_;
   std::condition_variable changed_;

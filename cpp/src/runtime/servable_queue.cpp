@@ -302,6 +302,7 @@ ServableStats Servable::Impl::Stats() const {
   s.weight_bytes = weight_bytes_;
   s.shared_code = shared_code_;
   s.mapped = mapped_;
+  if (target_) target_->Describe(s);
   return s;
 }
 

@@ -57,6 +57,28 @@ std::shared_ptr<Servable> VersionSet::LoadServable(const ArtifactInfo& a) {
   auto p = options_.version_priority.find(a.label);
   if (p != options_.version_priority.end()) o.priority = p->second;
   const auto t0 = Clock::now();
+  if (options_.PlacementOf(a.label) == Placement::kProcess) {
+    try {
+      WorkerOptions w = options_.worker;
+      auto r = options_.resources.find(a.label);
+      if (r != options_.resources.end()) w.resources = r->second;
+      auto s = StartWorker(model(), a.label, source_.PathOf(a), a.sha256, a.signature, o, w);
+      const ServableStats loaded = s->stats();
+      EmitEvent("info", "load", model(), a.label,
+                "loaded and warmed up " + model() + ":" + a.label + " in its own process",
+                Json({{"seconds", Seconds(Clock::now() - t0)},
+                      {"threads", o.threads},
+                      {"placement", "process"},
+                      {"pid", loaded.worker ? loaded.worker->pid : 0},
+                      {"weight_bytes", loaded.weight_bytes},
+                      {"sha256", s->sha256()}}));
+      return s;
+    } catch (const std::exception& e) {
+      EmitEvent("error", "load_failed", model(), a.label,
+                "could not load " + model() + ":" + a.label + ": " + e.what());
+      throw;
+    }
+  }
   try {
     const ArtifactSource::Bytes artifact = source_.Read(a);
     const std::string_view bytes = artifact.bytes;

@@ -465,6 +465,8 @@ ServableStats VersionSlot::servable_stats() const {
   out.weight_bytes = now.weight_bytes;
   out.shared_code = now.shared_code;
   out.mapped = now.mapped;
+  out.placement = now.placement;
+  out.worker = now.worker;
   return out;
 }
 

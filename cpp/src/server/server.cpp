@@ -1,3 +1,4 @@
+#include "lepton/runtime/deployment_spec.h"
 #include "server_impl.h"
 
 namespace lepton {
@@ -38,13 +39,15 @@ std::shared_ptr<Deployment> Server::Impl::Deploy(const ServedModel& m) {
   std::shared_ptr<const Policy> policy;
   if (!m.policy.empty()) policy = PolicyFromJson(m.policy);
   std::shared_ptr<Deployment> d;
+  DeploymentOptions base = options_.deployment;
+  if (!m.placement.empty()) ApplyPlacementJson(m.placement, base);
   if (m.alias) {
-    DeploymentOptions o = options_.deployment;
+    DeploymentOptions o = base;
     o.all_versions = false;
     d = std::shared_ptr<Deployment>(Deployment::FollowAlias(registry_, m.name, *m.alias, o));
     if (policy) d->SetPolicy(policy);
   } else {
-    DeploymentOptions o = options_.deployment;
+    DeploymentOptions o = base;
     std::vector<std::string> versions = m.versions;
     if (!versions.empty()) {
       o.all_versions = false;

@@ -58,6 +58,19 @@ ServedModel ServedModelOf(const std::string& name, const json& spec) {
       throw InvalidArgument("model '" + name + "': " + e.what());
     }
   }
+  json placement = json::object();
+  for (const char* k : {"placement", "resources", "worker"}) {
+    if (f.has(k)) placement[k] = f.raw(k);
+  }
+  if (!placement.empty()) {
+    m.placement = placement.dump();
+    DeploymentOptions check;
+    try {
+      ApplyPlacementJson(m.placement, check);  // refused now, with the reason, rather than at start
+    } catch (const InvalidArgument& e) {
+      throw InvalidArgument("model '" + name + "': " + e.what());
+    }
+  }
   return m;
 }
 

@@ -129,4 +129,8 @@ class StorageError : public Error {
   int os_errno_;
 };
 
+// Throws the type of `code` (InvalidArgument for kInvalidArgument, ...) with `what`: for an error
+// that crossed a process boundary as its code and message.
+[[noreturn]] void ThrowErrorOf(ErrorCode code, const std::string& what);
+
 }  // namespace lepton

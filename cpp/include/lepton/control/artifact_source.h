@@ -40,6 +40,8 @@ class ArtifactSource {
     std::shared_ptr<void> keep;
   };
   Bytes Read(const ArtifactInfo& info) const;
+  // The artifact's file: the registry's blob, or the file itself (for a worker process to read).
+  std::string PathOf(const ArtifactInfo& info) const;
   // Every version of the registry's model, oldest first (the file labels for files).
   std::vector<ArtifactInfo> All() const;
 

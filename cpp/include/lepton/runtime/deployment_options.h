@@ -10,6 +10,7 @@
 
 #include "lepton/control/memory_budget.h"
 #include "lepton/runtime/servable.h"
+#include "lepton/runtime/worker.h"
 
 namespace lepton {
 
@@ -68,6 +69,21 @@ struct DeploymentOptions {
   // After a failed load, requests for the version fail at once for this long, then it is tried
   // again.
   double load_retry_s = 5;
+
+  // --- placement ---
+  // Where each version runs: in this process (the default) or in a worker process of its own
+  // (runtime/worker.h); `default_placement` for the versions not named.
+  Placement default_placement = Placement::kInProcess;
+  std::map<std::string, Placement> placement;
+  // Limits of a version's worker (memory, CPUs).
+  std::map<std::string, WorkerResources> resources;
+  // How workers are started and restarted (their resources come from `resources`).
+  WorkerOptions worker;
+
+  Placement PlacementOf(const std::string& version) const {
+    auto it = placement.find(version);
+    return it == placement.end() ? default_placement : it->second;
+  }
 };
 
 // A deployment's options as JSON, the one specification that Python's Deployment, `lepton serve`
@@ -79,7 +95,10 @@ struct DeploymentOptions {
 // policy_sync_interval, policy_lease, feedback_window, shadow_queue,
 // anomaly_interval, all_versions, versions_poll_interval, memory_budget (bytes, or a size such as
 // "512MB"; a budget of this deployment's own), eviction ("lru" or "lfu", for that budget), pin,
-// load_threads, load_wait, load_retry (durations in seconds unless named _ms). Absent or null
+// load_threads, load_wait, load_retry, placement ("process", or {version: "process" or
+// "in_process"}), resources ({version: {"memory": size, "cpus": [ids]}}), worker ({"program",
+// "libraries", "start_timeout", "restart_backoff", "restart_backoff_max", "max_restarts",
+// "restart_window", "max_connections"}) (durations in seconds unless named _ms). Absent or null
 // fields keep their defaults above; unknown fields and wrong types raise InvalidArgument naming
 // them.
 DeploymentOptions DeploymentOptionsFromJson(const std::string& json_text);

@@ -30,6 +30,8 @@ class InputCheck {
   void Check(const std::vector<at::Tensor>& inputs, const std::vector<std::string>* names,
              const StringTensors* strings = nullptr) const;
   const std::vector<std::string>& names() const { return names_; }
+  size_t required() const { return required_; }
+  const std::vector<bool>& strings() const { return strings_; }
 
  private:
   std::string List() const;

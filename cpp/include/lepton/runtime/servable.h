@@ -17,6 +17,7 @@
 #include "lepton/common/process.h"
 #include "lepton/common/signature.h"
 #include "lepton/runtime/string_tensor.h"
+#include "lepton/runtime/worker_status.h"
 
 namespace lepton {
 
@@ -68,6 +69,8 @@ struct ServableStats {
   int64_t weight_bytes = 0;
   bool shared_code = false;  // compiled (and optimized) by an earlier version with the same code
   bool mapped = false;       // the tensors point into the artifact's mapping, not copies
+  std::string placement = "in_process";  // or "process": its forwards run in a worker
+  std::optional<WorkerStatus> worker;    // that worker, for a version placed in a process
 };
 
 struct RunOptions {
@@ -90,9 +93,38 @@ struct RunResult {
   int batch_rows = 0;  // rows in the batch this request ran in
 };
 
+// Where the forwards of a version run when not in this process (a worker process). The servable
+// keeps its queue, batching, deadlines and statistics and calls this for each batch.
+class ForwardTarget {
+ public:
+  virtual ~ForwardTarget() = default;
+  // Runs one forward there; throws lepton errors (Unavailable when it cannot be reached).
+  virtual RunResult Forward(const Tensors& inputs, const StringTensors* strings,
+                            std::optional<Clock::time_point> deadline) = 0;
+  // Adds what it knows to the servable's statistics: its placement, its process, its health.
+  virtual void Describe(ServableStats& stats) const = 0;
+  // At unload: stops whatever runs the forwards.
+  virtual void Stop() = 0;
+};
+
+// What a version's forward takes, for a servable whose forward runs elsewhere.
+struct ForwardSignature {
+  std::vector<std::string> names;
+  std::vector<bool> strings;  // which inputs take List[str]
+  size_t required = 0;        // inputs without a default value
+  int64_t weight_bytes = 0;
+  bool shared_code = false;
+};
+
 class Servable {
  public:
   class Ticket;  // an asynchronous request in flight
+
+  // A servable whose forwards run in `target` (already loaded and warmed up there).
+  static std::shared_ptr<Servable> Attach(std::string model, std::string version,
+                                          std::string sha256, std::optional<Signature> signature,
+                                          ServableOptions options, ForwardSignature forward,
+                                          std::shared_ptr<ForwardTarget> target);
 
   // Loads a TorchScript archive. `sha256`, when given, is checked against the bytes first
   // (IntegrityError) unless `verified` says the caller already did (the registry's blob store
@@ -119,6 +151,8 @@ class Servable {
 
   // The names of the inputs in order: the signature's, else the forward's parameter names.
   const std::vector<std::string>& input_names() const;
+  // What its forward takes and what it holds (for a worker to tell its deployment).
+  ForwardSignature forward_signature() const;
 
   // Throws InvalidArgument naming what was expected when inputs (with their string inputs) do
   // not fit the signature (or the forward's parameter count), or when `names` are not the input

@@ -1,0 +1,66 @@
+// A version placed in its own process: a worker runs the same engine pinned to that one version
+// and serves it to its deployment over a local socket with binary frames. A crash in the worker
+// (a custom op, a corrupted library, an out-of-memory kill) fails only the requests it was
+// running, with Unavailable; the worker is started again with back-off while the version reports
+// itself unhealthy, and repeated crashes stop the restarts and say so.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lepton/common/errors.h"
+#include "lepton/common/signature.h"
+#include "lepton/runtime/servable.h"
+#include "lepton/runtime/worker_status.h"
+
+namespace lepton {
+
+// A version's worker is down, or died while running the request: Unavailable to the caller (the
+// same code and Python class), and the version's own failure to a policy that watches outcomes
+// (a canary's guardrails), unlike a version that left the deployment.
+class WorkerUnavailable : public Unavailable {
+ public:
+  explicit WorkerUnavailable(const std::string& what) : Unavailable(what) {}
+};
+
+// Where a version runs.
+enum class Placement { kInProcess, kProcess };
+const char* PlacementName(Placement p);
+// InvalidArgument for anything but "in_process" or "process".
+Placement PlacementNamed(const std::string& name);
+
+struct WorkerOptions {
+  // The worker program; empty: $LEPTON_WORKER, else `lepton-worker` beside the library that
+  // holds this code (the Python package's folder).
+  std::string program;
+  // Shared libraries the worker loads before the model (custom operators).
+  std::vector<std::string> libraries;
+  WorkerResources resources;
+  double start_timeout_s = 120;  // to load and warm up
+  // Restarts after a crash wait `restart_backoff_s`, doubling up to `restart_backoff_max_s`;
+  // after `max_restarts` crashes within `restart_window_s`, the worker is left down.
+  double restart_backoff_s = 0.1;
+  double restart_backoff_max_s = 5;
+  int max_restarts = 5;
+  double restart_window_s = 60;
+  // Connections to the worker, one per request running there at a time.
+  int max_connections = 64;
+};
+
+// Starts a worker for one version and waits until it has loaded and warmed up; LoadError (with
+// what the worker said) when it cannot start. The returned servable queues, batches and counts
+// requests like any other; its forwards run in the worker.
+// `artifact` is the path of the TorchScript archive, checked against `sha256` by the worker;
+// `options` are the servable's (its CPU budget is the worker's too).
+std::shared_ptr<Servable> StartWorker(const std::string& model, const std::string& version,
+                                      const std::string& artifact, const std::string& sha256,
+                                      const std::optional<Signature>& signature,
+                                      const ServableOptions& options, const WorkerOptions& worker);
+
+// The worker program's entry point (`lepton-worker --help` lists its arguments).
+int WorkerMain(int argc, char** argv);
+
+}  // namespace lepton

@@ -1,0 +1,210 @@
+// The worker program: reads its Start frame from the lifeline (fd 4), applies its limits, loads
+// its one version, says Hello on the ready pipe (fd 3), then serves requests on its socket, one
+// connection per request running at a time, until the lifeline closes.
+#include <dlfcn.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "lepton/common/errors.h"
+#include "lepton/common/files.h"
+#include "lepton/runtime/worker.h"
+#include "worker_wire.h"
+
+namespace lepton {
+namespace {
+
+constexpr int kReadyFd = 3;
+constexpr int kLifelineFd = 4;
+
+Signature SignatureOf(const worker::Start& s) {
+  Signature sig;
+  auto specs = [](const auto& in, std::vector<TensorSpec>& out) {
+    for (const auto& t : in) {
+      out.push_back(TensorSpec{t.name(), t.dtype(), {t.shape().begin(), t.shape().end()}});
+    }
+  };
+  specs(s.inputs(), sig.inputs);
+  specs(s.outputs(), sig.outputs);
+  return sig;
+}
+
+void ApplyLimits(const worker::Start& s, worker::Hello& hello) {
+  if (s.memory_bytes() > 0) {
+    rlimit r{static_cast<rlim_t>(s.memory_bytes()), static_cast<rlim_t>(s.memory_bytes())};
+    if (setrlimit(RLIMIT_AS, &r) != 0) {
+      throw InvalidArgument("cannot limit the worker's memory to " +
+                            std::to_string(s.memory_bytes()) + " bytes: " + std::strerror(errno));
+    }
+  }
+  if (s.cpus_size() > 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int c : s.cpus()) {
+      if (c < 0 || c >= CPU_SETSIZE) throw InvalidArgument("no CPU " + std::to_string(c));
+      CPU_SET(c, &set);
+    }
+    if (sched_setaffinity(0, sizeof(set), &set) != 0) {
+      throw InvalidArgument("cannot confine the worker to its CPUs: " +
+                            std::string(std::strerror(errno)));
+    }
+  }
+  // Read back: what the worker really runs under.
+  rlimit r{};
+  if (getrlimit(RLIMIT_AS, &r) == 0 && r.rlim_cur != RLIM_INFINITY) {
+    hello.set_memory_limit(static_cast<int64_t>(r.rlim_cur));
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &set)) hello.add_cpus(c);
+    }
+  }
+}
+
+// Answers one connection's requests, one at a time, until it closes.
+void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello) {
+  std::string scratch;
+  worker::Request req;
+  worker::Response resp;
+  try {
+    if (WriteFrame(fd, hello, std::nullopt, scratch) != WireStatus::kOk) {
+      ::close(fd);
+      return;
+    }
+    while (ReadFrame(fd, req, std::nullopt, scratch) == WireStatus::kOk) {
+      resp.Clear();
+      try {
+        auto strings = std::make_shared<StringTensors>();
+        Tensors inputs = TensorsFromWire(req.inputs(), *strings);
+        RunOptions o;
+        if (req.timeout_s() > 0) o.deadline = Clock::now() + DeadlineIn(req.timeout_s());
+        if (req.has_priority()) o.priority = req.priority();
+        if (!strings->empty()) o.strings = std::move(strings);
+        RunResult r = servable->Run(inputs, o);
+        TensorsToWire(r.outputs, &r.strings, resp.mutable_outputs());
+        resp.set_queue_s(r.queue_s);
+        resp.set_compute_s(r.compute_s);
+        resp.set_batch_rows(r.batch_rows);
+      } catch (...) {
+        const CurrentError e = CurrentErrorOf();
+        resp.Clear();
+        resp.set_error_code(static_cast<int>(e.code) + 1);
+        resp.set_error(e.message);
+      }
+      if (WriteFrame(fd, resp, std::nullopt, scratch) != WireStatus::kOk) break;
+    }
+  } catch (...) {
+    // A frame that does not parse: this connection is done; the others go on.
+  }
+  ::close(fd);
+}
+
+int Fail(const worker::Start& start, const std::string& why) {
+  worker::Hello hello;
+  hello.set_model(start.model());
+  hello.set_version(start.version());
+  hello.set_pid(getpid());
+  hello.set_error_code(static_cast<int>(ErrorCode::kLoad) + 1);
+  hello.set_error(why);
+  std::string scratch;
+  WriteFrame(kReadyFd, hello, std::nullopt, scratch);
+  return 2;
+}
+
+}  // namespace
+
+int WorkerMain(int argc, char** argv) {
+  if (argc > 1) {
+    std::fprintf(stderr,
+                 "lepton-worker runs one version of a model for a lepton deployment, which starts "
+                 "it with its instructions on file descriptor 4; it takes no arguments.\n");
+    return std::strcmp(argv[1], "--help") == 0 ? 0 : 2;
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  std::string scratch;
+  worker::Start start;
+  try {
+    if (ReadFrame(kLifelineFd, start, std::nullopt, scratch) != WireStatus::kOk) return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lepton-worker: %s\n", e.what());
+    return 2;
+  }
+  // The deployment closes the lifeline (or dies): the worker leaves at once.
+  std::thread([] {
+    char c;
+    while (::read(kLifelineFd, &c, 1) != 0) {
+      if (errno != EINTR && errno != EAGAIN) break;
+    }
+    ::_exit(0);
+  }).detach();
+
+  worker::Hello hello;
+  hello.set_model(start.model());
+  hello.set_version(start.version());
+  hello.set_pid(getpid());
+  std::shared_ptr<Servable> servable;
+  int listener = -1;
+  try {
+    ApplyLimits(start, hello);
+    for (const auto& lib : start.libraries()) {
+      if (!::dlopen(lib.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
+        throw LoadError("cannot load the library " + lib + ": " + ::dlerror());
+      }
+    }
+    auto bytes = std::make_shared<std::string>(ReadWholeFile(start.artifact(), "model file"));
+    ServableOptions o;
+    o.threads = std::max({1, start.threads(), hello.cpus_size()});
+    o.intra_op_threads = std::max(1, start.intra_op_threads());
+    o.warmup_runs = start.warmup_runs();
+    std::optional<Signature> sig;
+    if (start.has_signature()) sig = SignatureOf(start);
+    const std::string_view view = *bytes;
+    servable = Servable::Load(start.model(), start.version(), view, start.sha256(), sig, o,
+                              /*verified=*/false, bytes);
+    const ForwardSignature f = servable->forward_signature();
+    hello.set_sha256(servable->sha256());
+    hello.set_weight_bytes(f.weight_bytes);
+    hello.set_shared_code(f.shared_code);
+    for (const auto& n : f.names) hello.add_input_names(n);
+    for (bool b : f.strings) hello.add_string_inputs(b);
+    hello.set_required_inputs(static_cast<int>(f.required));
+
+    listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (start.socket().size() >= sizeof(addr.sun_path)) {
+      throw InvalidArgument("the worker's socket path is too long: " + start.socket());
+    }
+    std::memcpy(addr.sun_path, start.socket().data(), start.socket().size());
+    if (listener < 0 || ::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        ::listen(listener, 128) != 0) {
+      throw Unavailable("the worker cannot listen on " + start.socket() + ": " +
+                        std::strerror(errno));
+    }
+  } catch (const std::exception& e) {
+    return Fail(start, e.what());
+  }
+  if (WriteFrame(kReadyFd, hello, std::nullopt, scratch) != WireStatus::kOk) return 2;
+  ::close(kReadyFd);
+  for (;;) {
+    const int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      return 3;
+    }
+    std::thread(Serve, fd, servable, hello).detach();
+  }
+}
+
+}  // namespace lepton

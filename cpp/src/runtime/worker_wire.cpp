@@ -1,0 +1,191 @@
+#include "worker_wire.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "lepton/common/dtypes.h"
+#include "lepton/common/errors.h"
+#include "lepton/runtime/tensor_types.h"
+
+namespace lepton {
+namespace {
+
+// Waits until `fd` is ready for `events` or the deadline passes; true when ready.
+bool WaitReady(int fd, short events, std::optional<Clock::time_point> deadline) {
+  for (;;) {
+    int timeout_ms = -1;
+    if (deadline) {
+      const auto left = *deadline - Clock::now();
+      if (left <= Clock::duration::zero()) return false;
+      timeout_ms = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(left).count());
+    }
+    pollfd p{fd, events, 0};
+    const int r = ::poll(&p, 1, timeout_ms);
+    if (r > 0) return true;
+    if (r == 0) continue;             // the deadline check above decides
+    if (errno != EINTR) return true;  // let the read or write report the error
+  }
+}
+
+// send and recv on a socket (without SIGPIPE, and without blocking past a deadline); write and
+// read, after poll, on a pipe (the ready pipe and the lifeline).
+ssize_t Send(int fd, const char* data, size_t n, bool nonblocking,
+             std::optional<Clock::time_point> deadline) {
+  const ssize_t w = ::send(fd, data, n, MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0));
+  if (w >= 0 || errno != ENOTSOCK) return w;
+  if (deadline && !WaitReady(fd, POLLOUT, deadline)) {
+    errno = EAGAIN;
+    return -1;
+  }
+  return ::write(fd, data, n);
+}
+
+ssize_t Recv(int fd, char* data, size_t n, bool nonblocking,
+             std::optional<Clock::time_point> deadline) {
+  const ssize_t r = ::recv(fd, data, n, nonblocking ? MSG_DONTWAIT : 0);
+  if (r >= 0 || errno != ENOTSOCK) return r;
+  if (deadline && !WaitReady(fd, POLLIN, deadline)) {
+    errno = EAGAIN;
+    return -1;
+  }
+  return ::read(fd, data, n);
+}
+
+WireStatus WriteAll(int fd, const char* data, size_t n, std::optional<Clock::time_point> deadline) {
+  while (n > 0) {
+    const ssize_t w = Send(fd, data, n, deadline.has_value(), deadline);
+    if (w > 0) {
+      data += w;
+      n -= static_cast<size_t>(w);
+      continue;
+    }
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (!WaitReady(fd, POLLOUT, deadline)) return WireStatus::kTimeout;
+      continue;
+    }
+    return WireStatus::kClosed;
+  }
+  return WireStatus::kOk;
+}
+
+WireStatus ReadAll(int fd, char* data, size_t n, std::optional<Clock::time_point> deadline) {
+  while (n > 0) {
+    const ssize_t r = Recv(fd, data, n, deadline.has_value(), deadline);
+    if (r > 0) {
+      data += r;
+      n -= static_cast<size_t>(r);
+      continue;
+    }
+    if (r == 0) return WireStatus::kClosed;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (!WaitReady(fd, POLLIN, deadline)) return WireStatus::kTimeout;
+      continue;
+    }
+    return WireStatus::kClosed;
+  }
+  return WireStatus::kOk;
+}
+
+}  // namespace
+
+WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
+                      std::optional<Clock::time_point> deadline, std::string& scratch) {
+  const size_t n = message.ByteSizeLong();
+  if (n > kMaxWorkerFrame) {
+    throw InvalidArgument("a request of " + std::to_string(n) +
+                          " bytes is over the worker's frame limit");
+  }
+  scratch.resize(4 + n);
+  const uint32_t len = static_cast<uint32_t>(n);
+  for (int i = 0; i < 4; ++i) scratch[i] = static_cast<char>((len >> (8 * i)) & 0xff);
+  message.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(&scratch[4]));
+  return WriteAll(fd, scratch.data(), scratch.size(), deadline);
+}
+
+WireStatus ReadFrame(int fd, google::protobuf::MessageLite& message,
+                     std::optional<Clock::time_point> deadline, std::string& scratch) {
+  unsigned char head[4];
+  WireStatus s = ReadAll(fd, reinterpret_cast<char*>(head), 4, deadline);
+  if (s != WireStatus::kOk) return s;
+  const size_t n =
+      size_t{head[0]} | size_t{head[1]} << 8 | size_t{head[2]} << 16 | size_t{head[3]} << 24;
+  if (n > kMaxWorkerFrame) throw Error("a worker frame of " + std::to_string(n) + " bytes");
+  scratch.resize(n);
+  s = ReadAll(fd, scratch.data(), n, deadline);
+  if (s != WireStatus::kOk) return s;
+  if (!message.ParseFromArray(scratch.data(), static_cast<int>(n))) {
+    throw Error("a worker frame that does not parse");
+  }
+  return WireStatus::kOk;
+}
+
+void TensorsToWire(const Tensors& tensors, const StringTensors* strings,
+                   google::protobuf::RepeatedPtrField<worker::Tensor>* out) {
+  out->Reserve(static_cast<int>(tensors.size()));
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    worker::Tensor* w = out->Add();
+    if (strings) {
+      auto it = strings->find(i);
+      if (it != strings->end()) {
+        w->set_dtype(InfoOf(DType::kString).name);
+        for (int64_t d : it->second.shape) w->add_shape(d);
+        for (const auto& v : it->second.values) w->add_strings(v);
+        continue;
+      }
+    }
+    const at::Tensor& t = tensors[i];
+    if (!t.defined()) {
+      w->set_undefined(true);
+      continue;
+    }
+    const at::Tensor c = t.device().is_cpu() ? t.contiguous() : t.cpu().contiguous();
+    w->set_dtype(DTypeName(c.scalar_type()));
+    for (int64_t d : c.sizes()) w->add_shape(d);
+    w->set_data(static_cast<const char*>(c.data_ptr()), c.nbytes());
+  }
+}
+
+Tensors TensorsFromWire(const google::protobuf::RepeatedPtrField<worker::Tensor>& in,
+                        StringTensors& strings) {
+  Tensors out;
+  out.reserve(in.size());
+  for (int i = 0; i < in.size(); ++i) {
+    const worker::Tensor& w = in.Get(i);
+    if (w.undefined()) {
+      out.emplace_back();
+      continue;
+    }
+    std::vector<int64_t> shape(w.shape().begin(), w.shape().end());
+    int64_t n = 1;
+    for (int64_t d : shape) {
+      if (d < 0) throw InvalidArgument("a worker tensor with a negative dimension");
+      n *= d;
+    }
+    const DTypeInfo* info = DTypeNamed(w.dtype());
+    if (!info) throw InvalidArgument("a worker tensor of unknown dtype '" + w.dtype() + "'");
+    if (info->type == DType::kString) {
+      if (static_cast<int64_t>(w.strings_size()) != n) {
+        throw InvalidArgument("a worker string tensor whose elements do not fit its shape");
+      }
+      strings[static_cast<size_t>(i)] =
+          StringTensor{shape, std::vector<std::string>(w.strings().begin(), w.strings().end())};
+      out.emplace_back();
+      continue;
+    }
+    if (static_cast<int64_t>(w.data().size()) != n * static_cast<int64_t>(info->size)) {
+      throw InvalidArgument("a worker tensor whose bytes do not fit its dtype and shape");
+    }
+    at::Tensor t = at::empty(shape, at::TensorOptions().dtype(ScalarTypeOf(info->type)));
+    if (!w.data().empty()) std::memcpy(t.data_ptr(), w.data().data(), w.data().size());
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+}  // namespace lepton
