@@ -113,6 +113,7 @@ TEST_F(WorkerTest, ModelErrorsAndDeadlinesComeBackTyped) {
   DeploymentOptions o = Opts();
   o.placement["v3"] = Placement::kProcess;
   o.placement["v4"] = Placement::kProcess;
+  o.worker.busy_poll_s = 100e-6;  // both sides look for frames awake: the same answers
   Deployment d(reg_, "m", {"v3", "v4"}, o);
   EXPECT_THROW(d.Predict({-torch::ones({2})}, Pin("v3")), ModelError);
   EXPECT_TRUE(
@@ -263,7 +264,8 @@ TEST(WorkerOptionsJson, PlacementResourcesAndWorkerAreRead) {
   DeploymentOptions o = DeploymentOptionsFromJson(
       R"({"placement": {"v2": "process", "v1": "in_process"},
           "resources": {"v2": {"memory": "2GB", "cpus": [1, 0]}},
-          "worker": {"max_restarts": 3, "restart_backoff": 0.5, "libraries": ["/x.so"]}})");
+          "worker": {"max_restarts": 3, "restart_backoff": 0.5, "libraries": ["/x.so"],
+                     "busy_poll_us": 100}})");
   EXPECT_EQ(o.PlacementOf("v2"), Placement::kProcess);
   EXPECT_EQ(o.PlacementOf("v1"), Placement::kInProcess);
   EXPECT_EQ(o.PlacementOf("v9"), Placement::kInProcess);
@@ -272,6 +274,7 @@ TEST(WorkerOptionsJson, PlacementResourcesAndWorkerAreRead) {
   EXPECT_EQ(o.worker.max_restarts, 3);
   EXPECT_EQ(o.worker.restart_backoff_s, 0.5);
   EXPECT_EQ(o.worker.libraries, std::vector<std::string>{"/x.so"});
+  EXPECT_DOUBLE_EQ(o.worker.busy_poll_s, 100e-6);
   EXPECT_EQ(DeploymentOptionsFromJson(R"({"placement": "process"})").PlacementOf("v7"),
             Placement::kProcess);
   EXPECT_THROW(DeploymentOptionsFromJson(R"({"placement": "pod"})"), InvalidArgument);

@@ -163,6 +163,7 @@ void ReadPlacementOptions(Fields& f, DeploymentOptions& o) {
     wo.max_restarts = CountField(w, "max_restarts", wo.max_restarts, 0);
     wo.restart_window_s = SecondsField(w, "restart_window", wo.restart_window_s, false);
     wo.max_connections = CountField(w, "max_connections", wo.max_connections, 1);
+    if (w.has("busy_poll_us")) wo.busy_poll_s = SecondsField(w, "busy_poll_us", 0, true) * 1e-6;
   }
 }
 

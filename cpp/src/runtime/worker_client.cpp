@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
@@ -112,7 +113,8 @@ class WorkerProcess final : public ForwardTarget,
   RunResult Forward(const Tensors& inputs, const StringTensors* strings,
                     std::optional<Clock::time_point> deadline) override {
     worker::Request req;
-    TensorsToWire(inputs, strings, req.mutable_inputs());
+    Tensors payload;
+    TensorsToWire(inputs, strings, req.mutable_inputs(), payload);
     if (deadline) {
       const double left = Seconds(*deadline - Clock::now());
       if (left <= 0) throw Timeout(who_ + ": the deadline passed before the worker was asked");
@@ -123,8 +125,16 @@ class WorkerProcess final : public ForwardTarget,
     Fd conn = Connection(generation, pid);
     std::string scratch;
     worker::Response resp;
-    WireStatus s = WriteFrame(conn.fd, req, deadline, scratch);
-    if (s == WireStatus::kOk) s = ReadFrame(conn.fd, resp, deadline, scratch);
+    RunResult r;
+    WireStatus s = WriteFrame(conn.fd, req, deadline, scratch, &payload);
+    if (s == WireStatus::kOk) s = ReadFrame(conn.fd, resp, deadline, scratch, options_.busy_poll_s);
+    if (s == WireStatus::kOk) {
+      try {
+        s = TensorsFromWire(conn.fd, resp.outputs(), deadline, r.outputs, r.strings);
+      } catch (const std::exception& e) {
+        throw Error(who_ + ": its worker sent an answer that does not fit: " + e.what());
+      }
+    }
     if (s == WireStatus::kTimeout) {
       // The answer may still come on this connection: it is dropped, not reused.
       throw Timeout(who_ + ": the worker did not answer before the deadline");
@@ -139,8 +149,6 @@ class WorkerProcess final : public ForwardTarget,
       if (code < 0 || code > static_cast<int>(ErrorCode::kInternal)) throw Error(resp.error());
       ThrowErrorOf(static_cast<ErrorCode>(code), resp.error());
     }
-    RunResult r;
-    r.outputs = TensorsFromWire(resp.outputs(), r.strings);
     r.queue_s = resp.queue_s();
     r.compute_s = resp.compute_s();
     r.batch_rows = resp.batch_rows();
@@ -485,6 +493,7 @@ std::shared_ptr<Servable> StartWorker(const std::string& model, const std::strin
   start.set_memory_bytes(worker.resources.memory_bytes);
   for (int c : worker.resources.cpus) start.add_cpus(c);
   for (const auto& l : worker.libraries) start.add_libraries(l);
+  start.set_busy_poll_s(worker.busy_poll_s);
 
   auto process = std::make_shared<WorkerProcess>(std::move(start), worker, PrivateDir());
   const worker::Hello hello = process->Begin();

@@ -73,7 +73,7 @@ void ApplyLimits(const worker::Start& s, worker::Hello& hello) {
 }
 
 // Answers one connection's requests, one at a time, until it closes.
-void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello) {
+void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, double busy_poll_s) {
   std::string scratch;
   worker::Request req;
   worker::Response resp;
@@ -82,27 +82,33 @@ void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello) {
       ::close(fd);
       return;
     }
-    while (ReadFrame(fd, req, std::nullopt, scratch) == WireStatus::kOk) {
+    Tensors inputs, payload;
+    while (ReadFrame(fd, req, std::nullopt, scratch, busy_poll_s) == WireStatus::kOk) {
       resp.Clear();
+      payload.clear();
+      auto strings = std::make_shared<StringTensors>();
+      if (TensorsFromWire(fd, req.inputs(), std::nullopt, inputs, *strings) != WireStatus::kOk) {
+        break;
+      }
       try {
-        auto strings = std::make_shared<StringTensors>();
-        Tensors inputs = TensorsFromWire(req.inputs(), *strings);
         RunOptions o;
         if (req.timeout_s() > 0) o.deadline = Clock::now() + DeadlineIn(req.timeout_s());
         if (req.has_priority()) o.priority = req.priority();
         if (!strings->empty()) o.strings = std::move(strings);
         RunResult r = servable->Run(inputs, o);
-        TensorsToWire(r.outputs, &r.strings, resp.mutable_outputs());
+        TensorsToWire(r.outputs, &r.strings, resp.mutable_outputs(), payload);
         resp.set_queue_s(r.queue_s);
         resp.set_compute_s(r.compute_s);
         resp.set_batch_rows(r.batch_rows);
       } catch (...) {
         const CurrentError e = CurrentErrorOf();
         resp.Clear();
+        payload.clear();
         resp.set_error_code(static_cast<int>(e.code) + 1);
         resp.set_error(e.message);
       }
-      if (WriteFrame(fd, resp, std::nullopt, scratch) != WireStatus::kOk) break;
+      inputs.clear();
+      if (WriteFrame(fd, resp, std::nullopt, scratch, &payload) != WireStatus::kOk) break;
     }
   } catch (...) {
     // A frame that does not parse: this connection is done; the others go on.
@@ -203,7 +209,7 @@ int WorkerMain(int argc, char** argv) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       return 3;
     }
-    std::thread(Serve, fd, servable, hello).detach();
+    std::thread(Serve, fd, servable, hello, start.busy_poll_s()).detach();
   }
 }
 

@@ -95,7 +95,8 @@ WireStatus ReadAll(int fd, char* data, size_t n, std::optional<Clock::time_point
 }  // namespace
 
 WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
-                      std::optional<Clock::time_point> deadline, std::string& scratch) {
+                      std::optional<Clock::time_point> deadline, std::string& scratch,
+                      const Tensors* payload) {
   const size_t n = message.ByteSizeLong();
   if (n > kMaxWorkerFrame) {
     throw InvalidArgument("a request of " + std::to_string(n) +
@@ -105,12 +106,28 @@ WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
   const uint32_t len = static_cast<uint32_t>(n);
   for (int i = 0; i < 4; ++i) scratch[i] = static_cast<char>((len >> (8 * i)) & 0xff);
   message.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(&scratch[4]));
-  return WriteAll(fd, scratch.data(), scratch.size(), deadline);
+  WireStatus s = WriteAll(fd, scratch.data(), scratch.size(), deadline);
+  if (payload) {
+    for (const auto& t : *payload) {
+      if (s != WireStatus::kOk) break;
+      s = WriteAll(fd, static_cast<const char*>(t.data_ptr()), t.nbytes(), deadline);
+    }
+  }
+  return s;
 }
 
 WireStatus ReadFrame(int fd, google::protobuf::MessageLite& message,
-                     std::optional<Clock::time_point> deadline, std::string& scratch) {
+                     std::optional<Clock::time_point> deadline, std::string& scratch,
+                     double spin_s) {
   unsigned char head[4];
+  if (spin_s > 0) {
+    // The answer of a short forward comes within microseconds: looking for it without sleeping
+    // saves the wake-up.
+    const auto until = Clock::now() + DeadlineIn(spin_s);
+    pollfd p{fd, POLLIN, 0};
+    while (::poll(&p, 1, 0) == 0 && Clock::now() < until) {
+    }
+  }
   WireStatus s = ReadAll(fd, reinterpret_cast<char*>(head), 4, deadline);
   if (s != WireStatus::kOk) return s;
   const size_t n =
@@ -126,7 +143,7 @@ WireStatus ReadFrame(int fd, google::protobuf::MessageLite& message,
 }
 
 void TensorsToWire(const Tensors& tensors, const StringTensors* strings,
-                   google::protobuf::RepeatedPtrField<worker::Tensor>* out) {
+                   google::protobuf::RepeatedPtrField<worker::Tensor>* out, Tensors& payload) {
   out->Reserve(static_cast<int>(tensors.size()));
   for (size_t i = 0; i < tensors.size(); ++i) {
     worker::Tensor* w = out->Add();
@@ -144,16 +161,18 @@ void TensorsToWire(const Tensors& tensors, const StringTensors* strings,
       w->set_undefined(true);
       continue;
     }
-    const at::Tensor c = t.device().is_cpu() ? t.contiguous() : t.cpu().contiguous();
+    at::Tensor c = t.device().is_cpu() ? t.contiguous() : t.cpu().contiguous();
     w->set_dtype(DTypeName(c.scalar_type()));
     for (int64_t d : c.sizes()) w->add_shape(d);
-    w->set_data(static_cast<const char*>(c.data_ptr()), c.nbytes());
+    w->set_data_bytes(c.nbytes());
+    payload.push_back(std::move(c));
   }
 }
 
-Tensors TensorsFromWire(const google::protobuf::RepeatedPtrField<worker::Tensor>& in,
-                        StringTensors& strings) {
-  Tensors out;
+WireStatus TensorsFromWire(int fd, const google::protobuf::RepeatedPtrField<worker::Tensor>& in,
+                           std::optional<Clock::time_point> deadline, Tensors& out,
+                           StringTensors& strings) {
+  out.clear();
   out.reserve(in.size());
   for (int i = 0; i < in.size(); ++i) {
     const worker::Tensor& w = in.Get(i);
@@ -164,7 +183,9 @@ Tensors TensorsFromWire(const google::protobuf::RepeatedPtrField<worker::Tensor>
     std::vector<int64_t> shape(w.shape().begin(), w.shape().end());
     int64_t n = 1;
     for (int64_t d : shape) {
-      if (d < 0) throw InvalidArgument("a worker tensor with a negative dimension");
+      if (d < 0 || (d > 0 && n > (int64_t{1} << 40) / d)) {
+        throw InvalidArgument("a worker tensor with a dimension out of range");
+      }
       n *= d;
     }
     const DTypeInfo* info = DTypeNamed(w.dtype());
@@ -178,14 +199,18 @@ Tensors TensorsFromWire(const google::protobuf::RepeatedPtrField<worker::Tensor>
       out.emplace_back();
       continue;
     }
-    if (static_cast<int64_t>(w.data().size()) != n * static_cast<int64_t>(info->size)) {
+    if (w.data_bytes() != static_cast<uint64_t>(n) * info->size ||
+        w.data_bytes() > kMaxWorkerFrame) {
       throw InvalidArgument("a worker tensor whose bytes do not fit its dtype and shape");
     }
     at::Tensor t = at::empty(shape, at::TensorOptions().dtype(ScalarTypeOf(info->type)));
-    if (!w.data().empty()) std::memcpy(t.data_ptr(), w.data().data(), w.data().size());
+    if (w.data_bytes() > 0) {
+      const WireStatus s = ReadAll(fd, static_cast<char*>(t.data_ptr()), w.data_bytes(), deadline);
+      if (s != WireStatus::kOk) return s;
+    }
     out.push_back(std::move(t));
   }
-  return out;
+  return WireStatus::kOk;
 }
 
 }  // namespace lepton

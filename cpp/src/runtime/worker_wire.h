@@ -19,19 +19,26 @@ constexpr size_t kMaxWorkerFrame = size_t{1} << 30;
 // What a socket call found, when it did not complete.
 enum class WireStatus { kOk, kClosed, kTimeout };
 
-// Writes one frame; kClosed when the peer is gone, kTimeout at the deadline.
+// Writes one frame, then the bytes of `payload` (the message's tensors, as TensorsToWire gave
+// them); kClosed when the peer is gone, kTimeout at the deadline.
 WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
-                      std::optional<Clock::time_point> deadline, std::string& scratch);
+                      std::optional<Clock::time_point> deadline, std::string& scratch,
+                      const Tensors* payload = nullptr);
 // Reads one frame into `message`; kClosed on end of file or a reset (the peer died), kTimeout at
 // the deadline. A frame that is too long or does not parse throws Internal.
+// With `spin_s`, it first looks for the frame that long without sleeping.
 WireStatus ReadFrame(int fd, google::protobuf::MessageLite& message,
-                     std::optional<Clock::time_point> deadline, std::string& scratch);
+                     std::optional<Clock::time_point> deadline, std::string& scratch,
+                     double spin_s = 0);
 
-// Tensors (with the string tensors beside them, by position) to their wire form and back.
+// Tensors (with the string tensors beside them, by position) to their wire form: their
+// descriptions in `out`, and in `payload` the contiguous tensors whose bytes follow the message.
 void TensorsToWire(const Tensors& tensors, const StringTensors* strings,
-                   google::protobuf::RepeatedPtrField<worker::Tensor>* out);
-// InvalidArgument when a tensor's bytes do not fit its dtype and shape.
-Tensors TensorsFromWire(const google::protobuf::RepeatedPtrField<worker::Tensor>& in,
-                        StringTensors& strings);
+                   google::protobuf::RepeatedPtrField<worker::Tensor>* out, Tensors& payload);
+// Reads the bytes that follow a message into new tensors. InvalidArgument when a description
+// does not fit its dtype and shape (the connection is then out of step and must be closed).
+WireStatus TensorsFromWire(int fd, const google::protobuf::RepeatedPtrField<worker::Tensor>& in,
+                           std::optional<Clock::time_point> deadline, Tensors& out,
+                           StringTensors& strings);
 
 }  // namespace lepton

@@ -98,7 +98,7 @@ struct DeploymentOptions {
 // load_threads, load_wait, load_retry, placement ("process", or {version: "process" or
 // "in_process"}), resources ({version: {"memory": size, "cpus": [ids]}}), worker ({"program",
 // "libraries", "start_timeout", "restart_backoff", "restart_backoff_max", "max_restarts",
-// "restart_window", "max_connections"}) (durations in seconds unless named _ms). Absent or null
+// "restart_window", "max_connections", "busy_poll_us"}) (durations in seconds unless named _ms). Absent or null
 // fields keep their defaults above; unknown fields and wrong types raise InvalidArgument naming
 // them.
 DeploymentOptions DeploymentOptionsFromJson(const std::string& json_text);

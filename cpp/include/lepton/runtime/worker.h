@@ -48,6 +48,10 @@ struct WorkerOptions {
   double restart_window_s = 60;
   // Connections to the worker, one per request running there at a time.
   int max_connections = 64;
+  // How long each side looks for the other's next frame without sleeping (the deployment for an
+  // answer, the worker for the next request): a wake-up costs tens of microseconds on some
+  // machines, more than a small forward. 0: sleep at once, leaving the cores to other work.
+  double busy_poll_s = 0;
 };
 
 // Starts a worker for one version and waits until it has loaded and warmed up; LoadError (with

@@ -1,0 +1,108 @@
+"""Where a version runs, side by side in one run, medians of several runs: in this process against
+in a worker process of its own (placement="process"), sleeping between frames and busy-polling
+for them (worker={"busy_poll_us": 100}), for a small MLP (64->256->256->8).
+
+  latency     one client, batch 1 and batch 64: p50 and p99 of Deployment.predict, and what the
+              worker adds at p50
+  throughput  8 client threads, batch 1 and batch 64, for a few seconds: requests per second,
+              and the process placement's share of in-process
+
+usage: .venv/bin/python benchmarks/placement_bench.py [--runs 5] [--seconds 2]
+"""
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+
+import torch
+
+import lepton
+
+
+def mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                               torch.nn.ReLU(), torch.nn.Linear(256, 8)).eval()
+
+
+def latencies(dep, x, n):
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        dep.predict(x)
+        out.append(time.perf_counter() - t)
+    out.sort()
+    return out[len(out) // 2], out[int(len(out) * 0.99)]
+
+
+def throughput(dep, x, clients, seconds):
+    stop = threading.Event()
+    counts = [0] * clients
+
+    def client(i):
+        while not stop.is_set():
+            dep.predict(x)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return sum(counts) / seconds
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--calls", type=int, default=2000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        reg = lepton.Registry(tmp + "/reg")
+        reg.register("m", torch.jit.script(mlp()), version="v1",
+                     example_inputs=torch.zeros(1, 64))
+        deps = {
+            "in_process": lepton.Deployment(reg, "m", ["v1"], threads=2, adaptive=False),
+            "process": lepton.Deployment(reg, "m", ["v1"], threads=2, adaptive=False, placement="process"),
+            "busy_poll": lepton.Deployment(reg, "m", ["v1"], threads=2, adaptive=False, placement="process",
+                                           worker={"busy_poll_us": 100}),
+        }
+        try:
+            print(f"small MLP 64->256->256->8, {args.runs} runs, medians")
+            for batch in (1, 64):
+                x = torch.randn(batch, 64)
+                res = {k: [] for k in deps}
+                for _ in range(args.runs):
+                    for name, dep in deps.items():  # interleaved: both see the same machine
+                        latencies(dep, x, 200)
+                        res[name].append(latencies(dep, x, args.calls))
+                p50 = {k: statistics.median(r[0] for r in v) for k, v in res.items()}
+                p99 = {k: statistics.median(r[1] for r in v) for k, v in res.items()}
+                for k in deps:
+                    print(f"  batch {batch:>2} latency  {k:<10}  p50 {p50[k] * 1e6:8.1f} us  p99 {p99[k] * 1e6:8.1f} us")
+                for k in ("process", "busy_poll"):
+                    print(f"  batch {batch:>2} {k}: the worker adds {(p50[k] - p50['in_process']) * 1e6:.1f} us at p50 "
+                          f"(goal at batch 1: under 30 us)")
+            for batch in (1, 64):
+                x = torch.randn(batch, 64)
+                tput = {k: [] for k in deps}
+                for _ in range(args.runs):
+                    for name, dep in deps.items():
+                        tput[name].append(throughput(dep, x, 8, args.seconds))
+                med = {k: statistics.median(v) for k, v in tput.items()}
+                for k in deps:
+                    print(f"  batch {batch:>2} 8 clients  {k:<10}  {med[k]:9.0f} req/s")
+                for k in ("process", "busy_poll"):
+                    print(f"  batch {batch:>2} {k} / in_process throughput: {med[k] / med['in_process']:.2f}x "
+                          f"(goal: at least 0.8x)")
+        finally:
+            for d in deps.values():
+                d.close()
+
+
+if __name__ == "__main__":
+    main()
