@@ -25,7 +25,7 @@ from .errors import (
     Unavailable,
 )
 from . import logs, weights
-from .engine import Deployment, Ensemble, Fixed, LeptonAI, MemoryBudget, Prediction
+from .engine import Deployment, Ensemble, Fixed, LeptonAI, MemoryBudget, Prediction, Remote
 from .server import Server, serve
 from .policies import ABTest, Balanced, Bandit, Canary, Guardrails, LeastLoaded, Shadow, TimeBased, Weighted, seed
 from .registry import (
@@ -52,6 +52,7 @@ __all__ = [
     "Registry",
     "Deployment",
     "MemoryBudget",
+    "Remote",
     "Prediction",
     "Fixed",
     "Ensemble",

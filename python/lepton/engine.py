@@ -203,6 +203,39 @@ def _example(example_inputs: Any) -> List[torch.Tensor]:
     return tensors
 
 
+class Remote:
+    """A version served anywhere that speaks the Open Inference Protocol v2 over HTTP (another
+    ``lepton serve``, a pod, Triton, KServe), as a member of a deployment:
+    ``Deployment(registry, "m", ["v1", Remote("http://host:8000", model="m", version="v3")])``.
+    Every policy routes to it like to a local version (canaries, A/B tests, shadows, ensembles,
+    whose members are asked in parallel).
+
+    ``name`` is its label in the deployment (default: ``version``, else ``model``). Requests
+    reuse keep-alive connections and carry their deadline (``timeout`` seconds for those without
+    one); a request that never reached the endpoint is tried again up to ``retries`` times; after
+    ``eject_after`` failures in a row the endpoint is ejected for ``eject_for`` seconds, and its
+    requests fail at once with ``lepton.Unavailable``, which a canary's guardrails count against
+    it. ``headers`` go with every request (``{"Authorization": "Bearer ..."}``); ``binary=False``
+    sends tensors as JSON lists, for endpoints without the binary tensor data extension.
+    """
+
+    def __init__(self, url: str, *, model: str, version: Optional[str] = None, name: Optional[str] = None,
+                 headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
+                 connect_timeout: Optional[float] = None, retries: Optional[int] = None,
+                 eject_after: Optional[int] = None, eject_for: Optional[float] = None,
+                 max_connections: Optional[int] = None, binary: Optional[bool] = None):
+        self.name = name or version or model
+        self.spec = {k: v for k, v in {
+            "url": url, "model": model, "version": version,
+            "headers": None if headers is None else dict(headers), "timeout": timeout,
+            "connect_timeout": connect_timeout, "retries": retries, "eject_after": eject_after,
+            "eject_for": eject_for, "max_connections": max_connections, "binary": binary,
+        }.items() if v is not None}
+
+    def __repr__(self) -> str:
+        return f"Remote({self.spec['url']!r}, model={self.spec['model']!r}, name={self.name!r})"
+
+
 class MemoryBudget:
     """Memory that loaded versions share, in bytes or a size such as ``"512MB"`` or ``"2GiB"``.
 
@@ -280,7 +313,7 @@ class Deployment:
         self,
         registry: Registry,
         name: str,
-        versions: Union[None, str, Sequence[Union[str, ModelVersion]]] = None,
+        versions: Union[None, str, Sequence[Union[str, ModelVersion, "Remote"]]] = None,
         *,
         alias: Optional[str] = None,
         memory_budget: Union[None, int, str, MemoryBudget] = None,
@@ -314,7 +347,12 @@ class Deployment:
         every = isinstance(versions, str) and versions == "all"
         if isinstance(versions, str) and not every:
             raise InvalidArgument(f'versions must be a list of versions or "all", not {versions!r}')
-        specs = [] if every else [v.version if isinstance(v, ModelVersion) else v for v in (versions or [])]
+        listed = [] if every else list(versions or [])
+        remotes = {v.name: v.spec for v in listed if isinstance(v, Remote)}
+        if len(remotes) != sum(isinstance(v, Remote) for v in listed):
+            raise InvalidArgument("two remote versions have the same name; give each its own name=")
+        specs = [v.name if isinstance(v, Remote) else v.version if isinstance(v, ModelVersion) else v
+                 for v in listed]
         shared = memory_budget._core if isinstance(memory_budget, MemoryBudget) else None
         own_budget = None if shared is not None else memory_budget
         if isinstance(own_budget, bool) or not (own_budget is None or isinstance(own_budget, (int, str))):
@@ -333,6 +371,7 @@ class Deployment:
             "placement": placement if placement is None or isinstance(placement, str) else dict(placement),
             "resources": None if resources is None else {k: dict(v) for k, v in resources.items()},
             "worker": None if worker is None else dict(worker),
+            "remotes": remotes or None,
         }.items() if v is not None}
         self._core = _core.Deployment(registry._core, name, specs, alias, json.dumps(self.options),
                                       _example(example_inputs), shared)

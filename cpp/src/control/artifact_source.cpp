@@ -27,7 +27,13 @@ ArtifactSource::ArtifactSource(std::string model,
   }
 }
 
+void ArtifactSource::AddExternal(const std::string& label) {
+  ValidateName(label, "version label");
+  external_.insert(label);
+}
+
 ArtifactInfo ArtifactSource::Resolve(const std::string& spec) const {
+  if (external_.count(spec)) return ArtifactInfo{spec, "", std::nullopt, 0};
   if (registry_) {
     const Reference ref = ParseVersionIn(model_, spec);
     ModelVersion v = registry_->Get(ref.ToString());

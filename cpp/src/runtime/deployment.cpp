@@ -230,7 +230,7 @@ Prediction Deployment::Impl::Routed(const std::shared_ptr<const VersionState>& s
   } catch (const Timeout&) {
     Observe(policy, {version, Seconds(Clock::now() - start), true});
     throw;
-  } catch (const WorkerUnavailable&) {
+  } catch (const BackendUnavailable&) {
     // Its worker crashed or is down: the version's own failure.
     Observe(policy, {version, Seconds(Clock::now() - start), true});
     throw;

@@ -2,6 +2,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lepton/common/errors.h"
+#include "lepton/common/names.h"
 #include "lepton/runtime/deployment_spec.h"
 
 namespace lepton {
@@ -164,6 +165,32 @@ void ReadPlacementOptions(Fields& f, DeploymentOptions& o) {
     wo.restart_window_s = SecondsField(w, "restart_window", wo.restart_window_s, false);
     wo.max_connections = CountField(w, "max_connections", wo.max_connections, 1);
     if (w.has("busy_poll_us")) wo.busy_poll_s = SecondsField(w, "busy_poll_us", 0, true) * 1e-6;
+  }
+  if (f.has("remotes")) {
+    const nlohmann::json& r = f.raw("remotes");
+    if (!r.is_object()) {
+      throw InvalidArgument(f.where() +
+                            ": 'remotes' must be {label: {\"url\": ..., \"model\": ...}}");
+    }
+    for (const auto& [label, x] : r.items()) {
+      ValidateName(label, "remote version label");
+      Fields rf(x, f.where() + ": remote version '" + label + "'");
+      RemoteOptions ro;
+      ro.url = rf.get<std::string>("url", "a string");
+      ro.model = rf.get<std::string>("model", "a string");
+      ro.version = rf.get<std::string>("version", "a string", "");
+      if (rf.has("headers")) {
+        ro.headers = rf.get<std::map<std::string, std::string>>("headers", "{name: value}", {});
+      }
+      ro.timeout_s = SecondsField(rf, "timeout", ro.timeout_s, false);
+      ro.connect_timeout_s = SecondsField(rf, "connect_timeout", ro.connect_timeout_s, false);
+      ro.retries = CountField(rf, "retries", ro.retries, 0);
+      ro.eject_after = CountField(rf, "eject_after", ro.eject_after, 0);
+      ro.eject_s = SecondsField(rf, "eject_for", ro.eject_s, true);
+      ro.max_connections = CountField(rf, "max_connections", ro.max_connections, 0);
+      ro.binary = rf.get<bool>("binary", "true or false", ro.binary);
+      o.remotes[label] = std::move(ro);
+    }
   }
 }
 

@@ -34,6 +34,12 @@ at::ScalarType DtypeFromName(const std::string& name) {
 
 }  // namespace
 
+std::string SecondsText(double seconds) {
+  std::ostringstream out;
+  out << seconds << " s";
+  return out.str();
+}
+
 const char* HealthName(Health h) {
   switch (h) {
     case Health::kLoading:

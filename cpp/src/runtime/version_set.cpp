@@ -14,6 +14,12 @@ namespace {
 
 std::string Json(const nlohmann::json& j) { return j.dump(); }
 
+// The source, knowing the labels of the versions served elsewhere.
+ArtifactSource WithRemotes(ArtifactSource source, const DeploymentOptions& options) {
+  for (const auto& [label, remote] : options.remotes) source.AddExternal(label);
+  return source;
+}
+
 }  // namespace
 
 const std::shared_ptr<VersionSlot>& VersionState::Slot(const std::string& version) const {
@@ -28,7 +34,7 @@ const std::shared_ptr<VersionSlot>& VersionState::Slot(const std::string& versio
 VersionSet::VersionSet(ArtifactSource source, const DeploymentOptions& options,
                        const CpuPlanner& planner, std::optional<std::string> alias,
                        std::function<void(const Policy&, const Policy&)> on_policy_change)
-    : source_(std::move(source)),
+    : source_(WithRemotes(std::move(source), options)),
       options_(options),
       planner_(planner),
       alias_(std::move(alias)),
@@ -57,6 +63,23 @@ std::shared_ptr<Servable> VersionSet::LoadServable(const ArtifactInfo& a) {
   auto p = options_.version_priority.find(a.label);
   if (p != options_.version_priority.end()) o.priority = p->second;
   const auto t0 = Clock::now();
+  if (auto r = options_.remotes.find(a.label); r != options_.remotes.end()) {
+    try {
+      auto s = StartRemote(model(), a.label, r->second, o);
+      EmitEvent("info", "load", model(), a.label,
+                model() + ":" + a.label + " is served by " + r->second.url,
+                Json({{"seconds", Seconds(Clock::now() - t0)},
+                      {"placement", "remote"},
+                      {"url", r->second.url},
+                      {"remote_model", r->second.model},
+                      {"remote_version", r->second.version}}));
+      return s;
+    } catch (const std::exception& e) {
+      EmitEvent("error", "load_failed", model(), a.label,
+                "could not reach " + model() + ":" + a.label + ": " + e.what());
+      throw;
+    }
+  }
   if (options_.PlacementOf(a.label) == Placement::kProcess) {
     try {
       WorkerOptions w = options_.worker;

@@ -20,7 +20,6 @@
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <thread>
 
 #include "lepton/common/errors.h"
@@ -42,12 +41,6 @@ std::string ExitText(int status) {
   }
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
   return "ended (status " + std::to_string(status) + ")";
-}
-
-std::string SecondsText(double s) {
-  std::ostringstream out;
-  out << s << " s";
-  return out.str();
 }
 
 std::string DefaultProgram() {
@@ -140,8 +133,8 @@ class WorkerProcess final : public ForwardTarget,
       throw Timeout(who_ + ": the worker did not answer before the deadline");
     }
     if (s == WireStatus::kClosed) {
-      throw WorkerUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
-                              ") went away while running the request" + Exit(generation));
+      throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
+                               ") went away while running the request" + Exit(generation));
     }
     Return(std::move(conn), generation);
     if (resp.error_code() != 0) {
@@ -283,7 +276,7 @@ class WorkerProcess final : public ForwardTarget,
       std::lock_guard<std::mutex> lk(mu_);
       if (stopped_) throw Unavailable(who_ + " is unloaded");
       if (status_.state != "running" || current_.pid == 0) {
-        throw WorkerUnavailable(
+        throw BackendUnavailable(
             who_ + ": its worker is " +
             (status_.state == "crashed"
                  ? "down for good after " + std::to_string(status_.crashes) + " crashes"
@@ -304,15 +297,15 @@ class WorkerProcess final : public ForwardTarget,
     const std::string path = SocketPath(generation);
     std::memcpy(addr.sun_path, path.data(), std::min(path.size(), sizeof(addr.sun_path) - 1));
     if (fd.fd < 0 || ::connect(fd.fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-      throw WorkerUnavailable(who_ + ": cannot reach its worker (pid " + std::to_string(pid) +
-                              "): " + std::strerror(errno));
+      throw BackendUnavailable(who_ + ": cannot reach its worker (pid " + std::to_string(pid) +
+                               "): " + std::strerror(errno));
     }
     std::string scratch;
     worker::Hello hello;
     if (ReadFrame(fd.fd, hello, Clock::now() + std::chrono::seconds(10), scratch) !=
         WireStatus::kOk) {
-      throw WorkerUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
-                              ") closed a new connection");
+      throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
+                               ") closed a new connection");
     }
     return fd;
   }

@@ -59,7 +59,7 @@ ServedModel ServedModelOf(const std::string& name, const json& spec) {
     }
   }
   json placement = json::object();
-  for (const char* k : {"placement", "resources", "worker"}) {
+  for (const char* k : {"placement", "resources", "worker", "remotes"}) {
     if (f.has(k)) placement[k] = f.raw(k);
   }
   if (!placement.empty()) {

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,6 +41,9 @@ class ArtifactSource {
     std::shared_ptr<void> keep;
   };
   Bytes Read(const ArtifactInfo& info) const;
+  // A version served elsewhere (a remote endpoint): known by its label, with no artifact.
+  void AddExternal(const std::string& label);
+  bool IsExternal(const std::string& label) const { return external_.count(label) > 0; }
   // The artifact's file: the registry's blob, or the file itself (for a worker process to read).
   std::string PathOf(const ArtifactInfo& info) const;
   // Every version of the registry's model, oldest first (the file labels for files).
@@ -56,6 +60,7 @@ class ArtifactSource {
   std::string model_;
   std::map<std::string, std::string> files_;
   std::vector<std::string> labels_;
+  std::set<std::string> external_;
 };
 
 }  // namespace lepton

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "lepton/control/memory_budget.h"
+#include "lepton/runtime/remote.h"
 #include "lepton/runtime/servable.h"
 #include "lepton/runtime/worker.h"
 
@@ -79,6 +80,9 @@ struct DeploymentOptions {
   std::map<std::string, WorkerResources> resources;
   // How workers are started and restarted (their resources come from `resources`).
   WorkerOptions worker;
+  // Versions served by an Open Inference Protocol endpoint, by their label in this deployment
+  // (runtime/remote.h); a deployment lists them among its versions like any other.
+  std::map<std::string, RemoteOptions> remotes;
 
   Placement PlacementOf(const std::string& version) const {
     auto it = placement.find(version);
@@ -98,7 +102,9 @@ struct DeploymentOptions {
 // load_threads, load_wait, load_retry, placement ("process", or {version: "process" or
 // "in_process"}), resources ({version: {"memory": size, "cpus": [ids]}}), worker ({"program",
 // "libraries", "start_timeout", "restart_backoff", "restart_backoff_max", "max_restarts",
-// "restart_window", "max_connections", "busy_poll_us"}) (durations in seconds unless named _ms). Absent or null
+// "restart_window", "max_connections", "busy_poll_us"}), remotes ({label: {"url", "model",
+// "version", "headers", "timeout", "connect_timeout", "retries", "eject_after", "eject_for",
+// "max_connections", "binary"}}) (durations in seconds unless named _ms). Absent or null
 // fields keep their defaults above; unknown fields and wrong types raise InvalidArgument naming
 // them.
 DeploymentOptions DeploymentOptionsFromJson(const std::string& json_text);

@@ -9,7 +9,8 @@ namespace lepton {
 
 // Reads the deployment fields that `fields` has into `options` (see DeploymentOptionsFromJson).
 void ReadDeploymentOptions(Fields& fields, DeploymentOptions& options);
-// Reads only "placement", "resources" and "worker" (a model's own, in a server's configuration).
+// Reads only "placement", "resources", "worker" and "remotes" (a model's own, in a server's
+// configuration).
 void ReadPlacementOptions(Fields& fields, DeploymentOptions& options);
 // The same from a JSON object's text.
 void ApplyPlacementJson(const std::string& json_text, DeploymentOptions& options);

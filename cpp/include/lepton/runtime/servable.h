@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "lepton/common/errors.h"
 #include "lepton/common/process.h"
 #include "lepton/common/signature.h"
 #include "lepton/runtime/string_tensor.h"
@@ -26,6 +27,8 @@ using Tensors = std::vector<at::Tensor>;
 using Clock = std::chrono::steady_clock;
 
 inline double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+// "2.5 s", for messages.
+std::string SecondsText(double seconds);
 // Clamped, so that a timeout of 1e10 s or infinity is a distant deadline, not an overflow.
 inline Clock::duration DeadlineIn(double seconds) {
   return ClampedDuration<Clock::duration>(seconds);
@@ -91,6 +94,15 @@ struct RunResult {
   double queue_s = 0;
   double compute_s = 0;
   int batch_rows = 0;  // rows in the batch this request ran in
+};
+
+// What runs a version's forwards elsewhere (its worker process, its remote endpoint) is down,
+// ejected, or went away while running the request: Unavailable to the caller (the same code and
+// Python class), and the version's own failure to a policy that watches outcomes (a canary's
+// guardrails), unlike a version that left the deployment.
+class BackendUnavailable : public Unavailable {
+ public:
+  explicit BackendUnavailable(const std::string& what) : Unavailable(what) {}
 };
 
 // Where the forwards of a version run when not in this process (a worker process). The servable

@@ -18,14 +18,6 @@
 
 namespace lepton {
 
-// A version's worker is down, or died while running the request: Unavailable to the caller (the
-// same code and Python class), and the version's own failure to a policy that watches outcomes
-// (a canary's guardrails), unlike a version that left the deployment.
-class WorkerUnavailable : public Unavailable {
- public:
-  explicit WorkerUnavailable(const std::string& what) : Unavailable(what) {}
-};
-
 // Where a version runs.
 enum class Placement { kInProcess, kProcess };
 const char* PlacementName(Placement p);

@@ -21,8 +21,8 @@ struct ServedModel {
   std::optional<std::string> alias;   // follow model@alias
   std::vector<std::string> versions;  // or serve these; neither: the latest version
   std::string policy;                 // JSON (see policy_config.h); "" for the default
-  // This model's own "placement", "resources" and "worker" (as in the deployment options, which
-  // they override for it), as a JSON object; "" for none.
+  // This model's own "placement", "resources", "worker" and "remotes" (as in the deployment
+  // options, which they override for it), as a JSON object; "" for none.
   std::string placement;
 };
 
