@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 import click
 
 from . import __version__, _core
-from .errors import LeptonError
+from .errors import InvalidArgument, LeptonError
 from .registry import Registry, default_registry_path
 from .registry import recover as recover_registry
 from .text import format_history, table
@@ -442,6 +442,38 @@ def demo(demo_path: str) -> None:
     from .demo import run
 
     run(demo_path)
+
+
+@cli.command("k8s")
+@click.argument("model")
+@click.argument("versions", nargs=-1, required=True)
+@click.option("--policy", default=None, metavar="JSON", help="The router's policy over the versions.")
+@click.option("--image", default=f"lepton:{__version__}", show_default=True)
+@click.option("--namespace", default="default", show_default=True)
+@click.option("--namespace-per-version", is_flag=True, help="Each version in a namespace of its own.")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="Pods per version.")
+@click.option("--router-replicas", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+def k8s(model, versions, policy, image, namespace, namespace_per_version, replicas, router_replicas, output) -> None:
+    """Kubernetes manifests for MODEL with each of VERSIONS in pods of its own, and a router that
+    runs the policy over them as remote versions (apply after deploy/kubernetes/secret.yaml)."""
+    from . import k8s as manifests
+
+    spec = None
+    if policy is not None:
+        try:
+            spec = json.loads(policy)
+        except ValueError as e:
+            raise InvalidArgument(f"--policy is not JSON: {e}") from None
+        _core.policy_from_json(json.dumps(spec))  # refused now, with its reason
+    text = manifests.dump(manifests.manifests(
+        model, list(versions), policy=spec, image=image, namespace=namespace,
+        namespace_per_version=namespace_per_version, replicas=replicas, router_replicas=router_replicas))
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+    else:
+        click.echo(text, nl=False)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -72,6 +72,10 @@ reg = lepton.Registry(tempfile.mkdtemp())
 reg.register("m", torch.nn.Linear(3, 2).eval(), version="v1", example_inputs=torch.zeros(1, 3))
 with lepton.Deployment(reg, "m", ["v1"]) as d:
     assert d.predict(torch.zeros(1, 3)).output.shape == (1, 2)
+# The worker program ships beside the module and runs against the same torch.
+with lepton.Deployment(reg, "m", ["v1"], placement="process") as d:
+    assert d.predict(torch.zeros(1, 3)).output.shape == (1, 2)
+    assert d.status()["versions"][0]["worker"]["state"] == "running"
 with lepton.serve(reg, port=0, token="t" * 32) as s:
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0, 0, 0]}]})
     r = urllib.request.urlopen(urllib.request.Request(s.url + "/v2/models/m/infer", body.encode(),
@@ -99,6 +103,8 @@ def test_a_wheel_and_an_sdist_build_with_one_command_and_the_wheel_works_in_a_fr
 
     with zipfile.ZipFile(wheels[0]) as z:
         assert {"lepton/ui/index.html", "lepton/ui/app.js", "lepton/ui/app.css"} <= set(z.namelist())
+        # The worker program of versions placed in their own process, executable once installed.
+        assert z.getinfo("lepton/lepton-worker").external_attr >> 16 & 0o111
     with tarfile.open(next(dist.glob("lepton-*.tar.gz"))) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
     assert {"web/package.json", "web/package-lock.json", "web/build.mjs", "web/src/main.jsx"} <= names

@@ -3,8 +3,11 @@ as members of a local deployment: they answer, take part in canaries that comple
 back, in ensembles and shadows, time out at the request's deadline, and an endpoint that goes
 away fails only its own requests (Unavailable) and is ejected."""
 import json
+import subprocess
+import sys
 
 import pytest
+import requests
 import torch
 
 import lepton
@@ -130,3 +133,54 @@ def test_an_unreachable_endpoint_is_a_load_error_and_bad_specs_are_refused(near)
         lepton.Deployment(near, "m", [lepton.Remote("https://example.com", model="m")])
     with pytest.raises(lepton.InvalidArgument, match="same name"):
         lepton.Deployment(near, "m", [lepton.Remote("http://a:1", model="m"), lepton.Remote("http://b:1", model="m")])
+
+
+def test_kubernetes_manifests_put_each_version_in_its_own_pods_behind_a_router(near, endpoint, tmp_path):
+    import yaml
+
+    import test_deploy
+
+    test_deploy.MODELS.setdefault(("v1", "ConfigMap"), "V1ConfigMap")
+    test_deploy.MODELS.setdefault(("v1", "Namespace"), "V1Namespace")
+    out = tmp_path / "m.yaml"
+    policy = {"type": "canary", "stable": "v3", "candidate": "bad", "steps": [0.1, 1.0]}
+    r = subprocess.run([sys.executable, "-m", "lepton", "k8s", "m", "v3", "bad", "--namespace", "ml",
+                        "--namespace-per-version", "--policy", json.dumps(policy), "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    objects = [d for d in yaml.safe_load_all(out.read_text()) if d is not None]
+    for o in objects:
+        test_deploy.validate_kubernetes(o)
+    kinds = [(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in objects]
+    assert kinds == [
+        ("Namespace", "ml-v3", None), ("Deployment", "lepton-m-v3", "ml-v3"), ("Service", "lepton-m-v3", "ml-v3"),
+        ("Namespace", "ml-bad", None), ("Deployment", "lepton-m-bad", "ml-bad"), ("Service", "lepton-m-bad", "ml-bad"),
+        ("ConfigMap", "lepton-m-router", "ml"), ("Deployment", "lepton-m-router", "ml"),
+        ("Service", "lepton-m-router", "ml")]
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    # Each version's pods serve that version alone; the Services find them.
+    for v in ("v3", "bad"):
+        dep = by[("Deployment", f"lepton-m-{v}")]
+        assert dep["spec"]["template"]["spec"]["containers"][0]["args"] == ["--model", f"m={v}", "--only"]
+        assert by[("Service", f"lepton-m-{v}")]["spec"]["selector"].items() <= \
+            dep["spec"]["template"]["metadata"]["labels"].items()
+    router = by[("Deployment", "lepton-m-router")]["spec"]["template"]["spec"]
+    assert router["containers"][0]["args"] == ["--config", "/etc/lepton/router.json"]
+    assert router["volumes"][1]["configMap"]["name"] == "lepton-m-router"
+    config = json.loads(by[("ConfigMap", "lepton-m-router")]["data"]["router.json"])
+    remotes = config["models"]["m"]["remotes"]
+    assert remotes["v3"]["url"] == "http://lepton-m-v3.ml-v3.svc.cluster.local:8000"
+    assert config["models"]["m"]["policy"] == policy
+    # The router's configuration runs: pointed at a real endpoint, it serves the canary over it.
+    _, url = endpoint
+    for spec in remotes.values():
+        spec["url"] = url
+    with lepton.serve(near, port=0, **config) as server:
+        answers = set()
+        for _ in range(40):
+            res = requests.post(server.url + "/v2/models/m/infer",
+                                json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
+                                                  "data": [1, 1, 1, 1]}]})
+            assert res.status_code == 200, res.text
+            answers.add(res.json()["model_version"])
+        assert answers == {"v3", "bad"}
