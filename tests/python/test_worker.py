@@ -166,3 +166,20 @@ def test_the_server_places_a_models_version_from_its_configuration(reg):
         assert '"placement": "process"' in text and '"cpus": [0]' in text
     with pytest.raises(lepton.InvalidArgument, match="model 'm'.*placement"):
         lepton.serve(reg, port=0, models={"m": {"placement": "elsewhere"}}, only=True)
+
+
+def test_the_management_api_loads_a_model_with_a_version_in_its_own_process(reg):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with lepton.serve(reg, port=0, models={}, only=True, token=TOKEN) as server:
+        r = requests.post(server.url + "/v2/repository/models/m/load", headers=auth,
+                          json={"parameters": {"versions": ["v1", "v2"], "placement": {"v2": "process"},
+                                               "worker": {"max_restarts": 3}}})
+        assert r.status_code == 200, r.text
+        r = requests.post(server.url + "/v2/models/m/versions/v2/infer",
+                          json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]})
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [3.0], r.text
+        stats = requests.get(server.url + "/v2/lepton/models/m/stats", headers=auth).json()
+        assert '"placement": "process"' in json.dumps(stats)
+        r = requests.post(server.url + "/v2/repository/models/m/load", headers=auth,
+                          json={"parameters": {"versions": ["v1"], "placement": {"v1": "pod"}}})
+        assert r.status_code == 400 and "placement" in r.json()["error"]

@@ -103,6 +103,17 @@ void ApplyPlacementJson(const std::string& json_text, DeploymentOptions& o) {
   ReadPlacementOptions(f, o);
 }
 
+std::string PlacementSpecOf(const nlohmann::json& object) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const char* k : {"placement", "resources", "worker", "remotes"}) {
+    if (object.contains(k) && !object.at(k).is_null()) out[k] = object.at(k);
+  }
+  if (out.empty()) return "";
+  DeploymentOptions check;
+  ApplyPlacementJson(out.dump(), check);  // refused now, with the reason, rather than at load
+  return out.dump();
+}
+
 void ReadPlacementOptions(Fields& f, DeploymentOptions& o) {
   if (f.has("placement")) {
     const nlohmann::json& p = f.raw("placement");

@@ -58,18 +58,11 @@ ServedModel ServedModelOf(const std::string& name, const json& spec) {
       throw InvalidArgument("model '" + name + "': " + e.what());
     }
   }
-  json placement = json::object();
-  for (const char* k : {"placement", "resources", "worker", "remotes"}) {
-    if (f.has(k)) placement[k] = f.raw(k);
-  }
-  if (!placement.empty()) {
-    m.placement = placement.dump();
-    DeploymentOptions check;
-    try {
-      ApplyPlacementJson(m.placement, check);  // refused now, with the reason, rather than at start
-    } catch (const InvalidArgument& e) {
-      throw InvalidArgument("model '" + name + "': " + e.what());
-    }
+  for (const char* k : {"placement", "resources", "worker", "remotes"}) f.has(k);  // known
+  try {
+    m.placement = PlacementSpecOf(j);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument("model '" + name + "': " + e.what());
   }
   return m;
 }

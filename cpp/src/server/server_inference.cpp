@@ -1,6 +1,7 @@
 // The Open Inference Protocol's endpoints: model metadata, readiness, inference and the repository.
 #include <ATen/ATen.h>
 
+#include "lepton/runtime/deployment_spec.h"
 #include "server_impl.h"
 
 namespace lepton {
@@ -418,7 +419,9 @@ Reply Server::Impl::RepositoryRoute(const std::string& method, const std::vector
     if (req.contains("parameters")) {
       const json& params = req["parameters"];
       if (!params.is_object()) throw InvalidArgument("'parameters' must be an object");
-      OnlyFields(params, {"alias", "versions", "policy"});
+      OnlyFields(params,
+                 {"alias", "versions", "policy", "placement", "resources", "worker", "remotes"});
+      m.placement = PlacementSpecOf(params);
       m.alias = OptionalField<std::string>(params, "alias", "a string");
       m.versions = OptionalField<std::vector<std::string>>(params, "versions", "a list of strings")
                        .value_or(std::vector<std::string>{});

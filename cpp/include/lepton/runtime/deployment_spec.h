@@ -14,5 +14,8 @@ void ReadDeploymentOptions(Fields& fields, DeploymentOptions& options);
 void ReadPlacementOptions(Fields& fields, DeploymentOptions& options);
 // The same from a JSON object's text.
 void ApplyPlacementJson(const std::string& json_text, DeploymentOptions& options);
+// Those four fields of `object` (a served model's spec, a load request's parameters) as a JSON
+// object's text, checked as ApplyPlacementJson reads them; "" when it has none.
+std::string PlacementSpecOf(const nlohmann::json& object);
 
 }  // namespace lepton
