@@ -12,18 +12,12 @@ usage: .venv/bin/python benchmarks/placement_bench.py [--runs 5] [--seconds 2]
 import argparse
 import statistics
 import tempfile
-import threading
 import time
 
 import torch
 
 import lepton
-
-
-def mlp():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
-                               torch.nn.ReLU(), torch.nn.Linear(256, 8)).eval()
+from engine_bench import load, mlp
 
 
 def latencies(dep, x, n):
@@ -37,22 +31,10 @@ def latencies(dep, x, n):
 
 
 def throughput(dep, x, clients, seconds):
-    stop = threading.Event()
-    counts = [0] * clients
-
-    def client(i):
-        while not stop.is_set():
-            dep.predict(x)
-            counts[i] += 1
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    return sum(counts) / seconds
+    answered, errors = load(dep, clients, seconds, x)
+    if errors:
+        raise errors[0]
+    return len(answered) / seconds
 
 
 def main():
@@ -63,7 +45,7 @@ def main():
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         reg = lepton.Registry(tmp + "/reg")
-        reg.register("m", torch.jit.script(mlp()), version="v1",
+        reg.register("m", torch.jit.script(mlp([64, 256, 256, 8], seed=0)), version="v1",
                      example_inputs=torch.zeros(1, 64))
         deps = {
             "in_process": lepton.Deployment(reg, "m", ["v1"], threads=2, adaptive=False),

@@ -51,5 +51,28 @@ TEST(ErrorTable, EachTypeCarriesItsCodeAndTheCurrentErrorIsRead) {
   }
 }
 
+TEST(Errors, HttpStatusesMapBackThroughTheTableAndErrorsAreRethrownByType) {
+  EXPECT_EQ(ErrorCodeOfHttp(400, "x"), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(ErrorCodeOfHttp(404, "x"), ErrorCode::kNotFound);
+  EXPECT_EQ(ErrorCodeOfHttp(429, "x"), ErrorCode::kOverloaded);
+  EXPECT_EQ(ErrorCodeOfHttp(504, "x"), ErrorCode::kTimeout);
+  // 500 is shared: the summary a lepton server sends says which.
+  EXPECT_EQ(ErrorCodeOfHttp(500, std::string(KindOf(ErrorCode::kModel).summary) + "; details"),
+            ErrorCode::kModel);
+  EXPECT_EQ(ErrorCodeOfHttp(500, KindOf(ErrorCode::kInternal).summary), ErrorCode::kInternal);
+  EXPECT_EQ(ErrorCodeOfHttp(500, "something else"), std::nullopt);
+  EXPECT_EQ(ErrorCodeOfHttp(418, "x"), std::nullopt);
+  for (const auto& k : ErrorKinds()) {
+    try {
+      ThrowErrorOf(k.code, "m");
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), k.code);
+      EXPECT_STREQ(e.what(), "m");
+    }
+  }
+  EXPECT_THROW(ThrowErrorOf(ErrorCode::kTimeout, "m"), Timeout);
+  EXPECT_THROW(ThrowErrorOf(ErrorCode::kModel, "m"), ModelError);
+}
+
 }  // namespace
 }  // namespace lepton

@@ -67,6 +67,20 @@ const char* FailureReasonName(FailureReason r) {
   }
 }
 
+std::optional<ErrorCode> ErrorCodeOfHttp(int status, std::string_view message) {
+  std::optional<ErrorCode> only;
+  int matches = 0;
+  for (const auto& k : ErrorKinds()) {
+    if (k.http_status != status) continue;
+    ++matches;
+    only = k.code;
+    if (*k.summary && message.substr(0, std::string_view(k.summary).size()) == k.summary) {
+      return k.code;
+    }
+  }
+  return matches == 1 ? only : std::nullopt;
+}
+
 void ThrowErrorOf(ErrorCode code, const std::string& what) {
   switch (code) {
     case ErrorCode::kInvalidArgument:

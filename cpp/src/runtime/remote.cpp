@@ -2,14 +2,13 @@
 
 #include <ATen/ATen.h>
 
-#include <atomic>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cstring>
-#include <deque>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 
@@ -160,25 +159,18 @@ class RemoteTarget final : public ForwardTarget {
     }
     Succeeded();
     if (reply.status != 200) {
-      const std::string msg =
-          who_ + " answered HTTP " + std::to_string(reply.status) + ": " + ErrorText(reply);
-      switch (reply.status) {
-        case 400:
-          throw InvalidArgument(msg);
-        case 404:
-          throw NotFound(msg);
-        case 408:
-        case 504:
-          throw Timeout(msg);
-        case 429:
-          throw Overloaded(msg);
-        case 502:
-        case 503:
-          throw BackendUnavailable(msg);
-        default:
-          if (reply.status >= 500) throw ModelError(msg);
-          throw Error(msg);
-      }
+      const std::string text = ErrorText(reply);
+      const std::string msg = who_ + " answered HTTP " + std::to_string(reply.status) + ": " + text;
+      // An endpoint that cannot serve now fails this version, as a worker that is down does.
+      if (reply.status == 502 || reply.status == 503) throw BackendUnavailable(msg);
+      if (reply.status == 408) throw Timeout(msg);
+      // lepton's own statuses and summaries (the error table); any other server's 5xx is taken
+      // for its model failing.
+      const std::optional<ErrorCode> code = ErrorCodeOfHttp(static_cast<int>(reply.status), text);
+      ThrowErrorOf(code                  ? *code
+                   : reply.status >= 500 ? ErrorCode::kModel
+                                         : ErrorCode::kInternal,
+                   msg);
     }
     RunResult r;
     Decode(reply, r);
@@ -430,8 +422,6 @@ class RemoteTarget final : public ForwardTarget {
     }
     size_t offset = json_len;
     for (const auto& out : j["outputs"]) {
-      const oip::DataType type =
-          oip::ParseDataType(out.value("datatype", "")).value_or(oip::DataType::kFp32);
       const std::string datatype = out.value("datatype", "");
       std::vector<int64_t> shape = out.value("shape", std::vector<int64_t>{});
       int64_t n = 1;
@@ -456,7 +446,6 @@ class RemoteTarget final : public ForwardTarget {
       }
       const DTypeInfo* info = DTypeOnWire(datatype);
       if (!info) throw Error(who_ + " answered an output of datatype '" + datatype + "'");
-      (void)type;
       at::Tensor t = at::empty(shape, at::TensorOptions().dtype(ScalarTypeOf(info->type)));
       if (bin) {
         const size_t size = out["parameters"]["binary_data_size"].get<size_t>();

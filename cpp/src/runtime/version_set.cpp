@@ -63,56 +63,33 @@ std::shared_ptr<Servable> VersionSet::LoadServable(const ArtifactInfo& a) {
   auto p = options_.version_priority.find(a.label);
   if (p != options_.version_priority.end()) o.priority = p->second;
   const auto t0 = Clock::now();
-  if (auto r = options_.remotes.find(a.label); r != options_.remotes.end()) {
-    try {
-      auto s = StartRemote(model(), a.label, r->second, o);
-      EmitEvent("info", "load", model(), a.label,
-                model() + ":" + a.label + " is served by " + r->second.url,
-                Json({{"seconds", Seconds(Clock::now() - t0)},
-                      {"placement", "remote"},
-                      {"url", r->second.url},
-                      {"remote_model", r->second.model},
-                      {"remote_version", r->second.version}}));
-      return s;
-    } catch (const std::exception& e) {
-      EmitEvent("error", "load_failed", model(), a.label,
-                "could not reach " + model() + ":" + a.label + ": " + e.what());
-      throw;
-    }
-  }
-  if (options_.PlacementOf(a.label) == Placement::kProcess) {
-    try {
-      WorkerOptions w = options_.worker;
-      auto r = options_.resources.find(a.label);
-      if (r != options_.resources.end()) w.resources = r->second;
-      auto s = StartWorker(model(), a.label, source_.PathOf(a), a.sha256, a.signature, o, w);
-      const ServableStats loaded = s->stats();
-      EmitEvent("info", "load", model(), a.label,
-                "loaded and warmed up " + model() + ":" + a.label + " in its own process",
-                Json({{"seconds", Seconds(Clock::now() - t0)},
-                      {"threads", o.threads},
-                      {"placement", "process"},
-                      {"pid", loaded.worker ? loaded.worker->pid : 0},
-                      {"weight_bytes", loaded.weight_bytes},
-                      {"sha256", s->sha256()}}));
-      return s;
-    } catch (const std::exception& e) {
-      EmitEvent("error", "load_failed", model(), a.label,
-                "could not load " + model() + ":" + a.label + ": " + e.what());
-      throw;
-    }
-  }
   try {
-    const ArtifactSource::Bytes artifact = source_.Read(a);
-    const std::string_view bytes = artifact.bytes;
-    // The registry's blob store checked the bytes against their hash as it read them.
-    auto s = Servable::Load(model(), a.label, bytes, a.sha256, a.signature, o,
-                            /*verified=*/source_.registry() != nullptr, artifact.keep);
+    // Where it runs: at a remote endpoint, in a worker process, or here.
+    std::string where;
+    std::shared_ptr<Servable> s;
+    if (auto r = options_.remotes.find(a.label); r != options_.remotes.end()) {
+      where = " at " + r->second.url;
+      s = StartRemote(model(), a.label, r->second, o);
+    } else if (options_.PlacementOf(a.label) == Placement::kProcess) {
+      where = " in its own process";
+      WorkerOptions w = options_.worker;
+      auto res = options_.resources.find(a.label);
+      if (res != options_.resources.end()) w.resources = res->second;
+      s = StartWorker(model(), a.label, source_.PathOf(a), a.sha256, a.signature, o, w);
+    } else {
+      const ArtifactSource::Bytes artifact = source_.Read(a);
+      // The registry's blob store checked the bytes against their hash as it read them.
+      s = Servable::Load(model(), a.label, artifact.bytes, a.sha256, a.signature, o,
+                         /*verified=*/source_.registry() != nullptr, artifact.keep);
+    }
     const ServableStats loaded = s->stats();
-    EmitEvent("info", "load", model(), a.label, "loaded and warmed up " + model() + ":" + a.label,
+    EmitEvent("info", "load", model(), a.label,
+              "loaded and warmed up " + model() + ":" + a.label + where,
               Json({{"seconds", Seconds(Clock::now() - t0)},
                     {"threads", o.threads},
                     {"warmup_runs", o.warmup_runs},
+                    {"placement", loaded.placement},
+                    {"pid", loaded.worker ? loaded.worker->pid : 0},
                     {"weight_bytes", loaded.weight_bytes},
                     {"shared_code", loaded.shared_code},
                     {"mapped", loaded.mapped},

@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
@@ -98,7 +97,6 @@ class WorkerProcess final : public ForwardTarget,
     worker::Hello hello = Spawn();
     std::lock_guard<std::mutex> lk(mu_);
     status_.state = "running";
-    hello_ = hello;
     supervisor_ = std::thread([self = this] { self->Supervise(); });
     return hello;
   }
@@ -426,7 +424,6 @@ class WorkerProcess final : public ForwardTarget,
   uint64_t generations_ = 0;
   std::vector<Fd> idle_;
   WorkerStatus status_;
-  worker::Hello hello_;
   bool stopped_ = false;
   std::thread supervisor_;
 };

@@ -145,7 +145,7 @@ int Server::Impl::Start() {
     for (const auto& s : registry_->Models()) {
       if (s.version_count == 0) continue;
       auto it = overrides.find(s.name);
-      wanted.push_back(it != overrides.end() ? it->second : ServedModel{s.name, {}, {}, ""});
+      wanted.push_back(it != overrides.end() ? it->second : ServedModel{s.name, {}, {}, "", ""});
       if (it != overrides.end()) overrides.erase(it);
     }
   }

@@ -415,7 +415,7 @@ Reply Server::Impl::RepositoryRoute(const std::string& method, const std::vector
                          {{"name", model}, {"state", "READY"}, {"version", served->primary()}});
       }
     }
-    ServedModel m{model, {}, {}, ""};
+    ServedModel m{model, {}, {}, "", ""};
     if (req.contains("parameters")) {
       const json& params = req["parameters"];
       if (!params.is_object()) throw InvalidArgument("'parameters' must be an object");

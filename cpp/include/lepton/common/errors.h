@@ -3,8 +3,10 @@
 // and the failure reason that metrics count it under.
 #pragma once
 
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace lepton {
@@ -128,6 +130,10 @@ class StorageError : public Error {
  private:
   int os_errno_;
 };
+
+// The code an HTTP status of lepton's (the table's `http_status`) stands for; for a status several
+// codes share (500), the one whose `summary` begins `message`. nullopt when none does.
+std::optional<ErrorCode> ErrorCodeOfHttp(int status, std::string_view message);
 
 // Throws the type of `code` (InvalidArgument for kInvalidArgument, ...) with `what`: for an error
 // that crossed a process boundary as its code and message.
