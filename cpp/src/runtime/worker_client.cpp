@@ -114,14 +114,17 @@ class WorkerProcess final : public ForwardTarget,
     uint64_t generation = 0;
     int pid = 0;
     Fd conn = Connection(generation, pid);
-    std::string scratch;
+    // The calling thread's buffers, kept from one request to the next.
+    thread_local std::string scratch;
+    thread_local WireInput in;
+    in.begin = in.end = 0;
     worker::Response resp;
     RunResult r;
     WireStatus s = WriteFrame(conn.fd, req, deadline, scratch, &payload);
-    if (s == WireStatus::kOk) s = ReadFrame(conn.fd, resp, deadline, scratch, options_.busy_poll_s);
+    if (s == WireStatus::kOk) s = ReadFrame(conn.fd, resp, deadline, in, options_.busy_poll_s);
     if (s == WireStatus::kOk) {
       try {
-        s = TensorsFromWire(conn.fd, resp.outputs(), deadline, r.outputs, r.strings);
+        s = TensorsFromWire(conn.fd, resp.outputs(), deadline, in, r.outputs, r.strings);
       } catch (const std::exception& e) {
         throw Error(who_ + ": its worker sent an answer that does not fit: " + e.what());
       }
@@ -134,7 +137,9 @@ class WorkerProcess final : public ForwardTarget,
       throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
                                ") went away while running the request" + Exit(generation));
     }
-    Return(std::move(conn), generation);
+    // A worker answers each request with one frame: a connection with bytes left over is out of
+    // step and is not reused.
+    if (in.pending() == 0) Return(std::move(conn), generation);
     if (resp.error_code() != 0) {
       const int code = resp.error_code() - 1;
       if (code < 0 || code > static_cast<int>(ErrorCode::kInternal)) throw Error(resp.error());
@@ -237,12 +242,13 @@ class WorkerProcess final : public ForwardTarget,
     ready_w.Close();
     life_r.Close();
     std::string scratch;
+    WireInput in;
     worker::Hello hello;
     WireStatus s = WriteFrame(life_w.fd, start, Clock::now() + std::chrono::seconds(10), scratch);
     const auto deadline = Clock::now() + DeadlineIn(options_.start_timeout_s);
     if (s == WireStatus::kOk) {
       try {
-        s = ReadFrame(ready_r.fd, hello, deadline, scratch);
+        s = ReadFrame(ready_r.fd, hello, deadline, in);
       } catch (const std::exception&) {
         s = WireStatus::kClosed;
       }
@@ -298,10 +304,9 @@ class WorkerProcess final : public ForwardTarget,
       throw BackendUnavailable(who_ + ": cannot reach its worker (pid " + std::to_string(pid) +
                                "): " + std::strerror(errno));
     }
-    std::string scratch;
+    WireInput in;
     worker::Hello hello;
-    if (ReadFrame(fd.fd, hello, Clock::now() + std::chrono::seconds(10), scratch) !=
-        WireStatus::kOk) {
+    if (ReadFrame(fd.fd, hello, Clock::now() + std::chrono::seconds(10), in) != WireStatus::kOk) {
       throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
                                ") closed a new connection");
     }

@@ -75,6 +75,7 @@ void ApplyLimits(const worker::Start& s, worker::Hello& hello) {
 // Answers one connection's requests, one at a time, until it closes.
 void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, double busy_poll_s) {
   std::string scratch;
+  WireInput in;
   worker::Request req;
   worker::Response resp;
   try {
@@ -83,11 +84,12 @@ void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, doub
       return;
     }
     Tensors inputs, payload;
-    while (ReadFrame(fd, req, std::nullopt, scratch, busy_poll_s) == WireStatus::kOk) {
+    while (ReadFrame(fd, req, std::nullopt, in, busy_poll_s) == WireStatus::kOk) {
       resp.Clear();
       payload.clear();
       auto strings = std::make_shared<StringTensors>();
-      if (TensorsFromWire(fd, req.inputs(), std::nullopt, inputs, *strings) != WireStatus::kOk) {
+      if (TensorsFromWire(fd, req.inputs(), std::nullopt, in, inputs, *strings) !=
+          WireStatus::kOk) {
         break;
       }
       try {
@@ -141,7 +143,8 @@ int WorkerMain(int argc, char** argv) {
   std::string scratch;
   worker::Start start;
   try {
-    if (ReadFrame(kLifelineFd, start, std::nullopt, scratch) != WireStatus::kOk) return 2;
+    WireInput in;
+    if (ReadFrame(kLifelineFd, start, std::nullopt, in) != WireStatus::kOk) return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lepton-worker: %s\n", e.what());
     return 2;

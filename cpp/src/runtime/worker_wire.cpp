@@ -2,10 +2,13 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "lepton/common/dtypes.h"
 #include "lepton/common/errors.h"
@@ -31,17 +34,20 @@ bool WaitReady(int fd, short events, std::optional<Clock::time_point> deadline) 
   }
 }
 
-// send and recv on a socket (without SIGPIPE, and without blocking past a deadline); write and
-// read, after poll, on a pipe (the ready pipe and the lifeline).
-ssize_t Send(int fd, const char* data, size_t n, bool nonblocking,
-             std::optional<Clock::time_point> deadline) {
-  const ssize_t w = ::send(fd, data, n, MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0));
+// sendmsg and recv on a socket (without SIGPIPE, and without blocking past a deadline); writev
+// and read, after poll, on a pipe (the ready pipe and the lifeline).
+ssize_t SendVec(int fd, iovec* iov, size_t count, bool nonblocking,
+                std::optional<Clock::time_point> deadline) {
+  msghdr m{};
+  m.msg_iov = iov;
+  m.msg_iovlen = count;
+  const ssize_t w = ::sendmsg(fd, &m, MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0));
   if (w >= 0 || errno != ENOTSOCK) return w;
   if (deadline && !WaitReady(fd, POLLOUT, deadline)) {
     errno = EAGAIN;
     return -1;
   }
-  return ::write(fd, data, n);
+  return ::writev(fd, iov, static_cast<int>(count));
 }
 
 ssize_t Recv(int fd, char* data, size_t n, bool nonblocking,
@@ -55,12 +61,22 @@ ssize_t Recv(int fd, char* data, size_t n, bool nonblocking,
   return ::read(fd, data, n);
 }
 
-WireStatus WriteAll(int fd, const char* data, size_t n, std::optional<Clock::time_point> deadline) {
-  while (n > 0) {
-    const ssize_t w = Send(fd, data, n, deadline.has_value(), deadline);
+WireStatus WriteAll(int fd, std::vector<iovec>& iov, std::optional<Clock::time_point> deadline) {
+  size_t first = 0;
+  while (first < iov.size() && iov[first].iov_len == 0) ++first;
+  while (first < iov.size()) {
+    const size_t count = std::min<size_t>(iov.size() - first, IOV_MAX);
+    ssize_t w = SendVec(fd, &iov[first], count, deadline.has_value(), deadline);
     if (w > 0) {
-      data += w;
-      n -= static_cast<size_t>(w);
+      // Skip what went out; a part written in part goes on from where it stopped.
+      while (first < iov.size() && static_cast<size_t>(w) >= iov[first].iov_len) {
+        w -= static_cast<ssize_t>(iov[first].iov_len);
+        ++first;
+      }
+      if (first < iov.size()) {
+        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + w;
+        iov[first].iov_len -= static_cast<size_t>(w);
+      }
       continue;
     }
     if (w < 0 && errno == EINTR) continue;
@@ -92,6 +108,35 @@ WireStatus ReadAll(int fd, char* data, size_t n, std::optional<Clock::time_point
   return WireStatus::kOk;
 }
 
+// Reads until `in` holds at least `need` unread bytes, taking whatever else the socket has
+// ready (up to the buffer's size) in the same call.
+WireStatus Fill(int fd, WireInput& in, size_t need, std::optional<Clock::time_point> deadline) {
+  constexpr size_t kReadAhead = 64 << 10;
+  if (in.pending() >= need) return WireStatus::kOk;
+  if (in.begin > 0) {
+    std::memmove(in.bytes.data(), in.bytes.data() + in.begin, in.pending());
+    in.end -= in.begin;
+    in.begin = 0;
+  }
+  if (in.bytes.size() < std::max(need, kReadAhead)) in.bytes.resize(std::max(need, kReadAhead));
+  while (in.end < need) {
+    const ssize_t r = Recv(fd, in.bytes.data() + in.end, in.bytes.size() - in.end,
+                           deadline.has_value(), deadline);
+    if (r > 0) {
+      in.end += static_cast<size_t>(r);
+      continue;
+    }
+    if (r == 0) return WireStatus::kClosed;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (!WaitReady(fd, POLLIN, deadline)) return WireStatus::kTimeout;
+      continue;
+    }
+    return WireStatus::kClosed;
+  }
+  return WireStatus::kOk;
+}
+
 }  // namespace
 
 WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
@@ -106,21 +151,18 @@ WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
   const uint32_t len = static_cast<uint32_t>(n);
   for (int i = 0; i < 4; ++i) scratch[i] = static_cast<char>((len >> (8 * i)) & 0xff);
   message.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(&scratch[4]));
-  WireStatus s = WriteAll(fd, scratch.data(), scratch.size(), deadline);
+  std::vector<iovec> iov;
+  iov.reserve(1 + (payload ? payload->size() : 0));
+  iov.push_back({scratch.data(), scratch.size()});
   if (payload) {
-    for (const auto& t : *payload) {
-      if (s != WireStatus::kOk) break;
-      s = WriteAll(fd, static_cast<const char*>(t.data_ptr()), t.nbytes(), deadline);
-    }
+    for (const auto& t : *payload) iov.push_back({t.data_ptr(), t.nbytes()});
   }
-  return s;
+  return WriteAll(fd, iov, deadline);
 }
 
 WireStatus ReadFrame(int fd, google::protobuf::MessageLite& message,
-                     std::optional<Clock::time_point> deadline, std::string& scratch,
-                     double spin_s) {
-  unsigned char head[4];
-  if (spin_s > 0) {
+                     std::optional<Clock::time_point> deadline, WireInput& in, double spin_s) {
+  if (spin_s > 0 && in.pending() == 0) {
     // The answer of a short forward comes within microseconds: looking for it without sleeping
     // saves the wake-up.
     const auto until = Clock::now() + DeadlineIn(spin_s);
@@ -128,17 +170,18 @@ WireStatus ReadFrame(int fd, google::protobuf::MessageLite& message,
     while (::poll(&p, 1, 0) == 0 && Clock::now() < until) {
     }
   }
-  WireStatus s = ReadAll(fd, reinterpret_cast<char*>(head), 4, deadline);
+  WireStatus s = Fill(fd, in, 4, deadline);
   if (s != WireStatus::kOk) return s;
+  const auto* head = reinterpret_cast<const unsigned char*>(in.bytes.data() + in.begin);
   const size_t n =
       size_t{head[0]} | size_t{head[1]} << 8 | size_t{head[2]} << 16 | size_t{head[3]} << 24;
   if (n > kMaxWorkerFrame) throw Error("a worker frame of " + std::to_string(n) + " bytes");
-  scratch.resize(n);
-  s = ReadAll(fd, scratch.data(), n, deadline);
+  s = Fill(fd, in, 4 + n, deadline);
   if (s != WireStatus::kOk) return s;
-  if (!message.ParseFromArray(scratch.data(), static_cast<int>(n))) {
+  if (!message.ParseFromArray(in.bytes.data() + in.begin + 4, static_cast<int>(n))) {
     throw Error("a worker frame that does not parse");
   }
+  in.begin += 4 + n;
   return WireStatus::kOk;
 }
 
@@ -169,13 +212,13 @@ void TensorsToWire(const Tensors& tensors, const StringTensors* strings,
   }
 }
 
-WireStatus TensorsFromWire(int fd, const google::protobuf::RepeatedPtrField<worker::Tensor>& in,
-                           std::optional<Clock::time_point> deadline, Tensors& out,
+WireStatus TensorsFromWire(int fd, const google::protobuf::RepeatedPtrField<worker::Tensor>& wire,
+                           std::optional<Clock::time_point> deadline, WireInput& in, Tensors& out,
                            StringTensors& strings) {
   out.clear();
-  out.reserve(in.size());
-  for (int i = 0; i < in.size(); ++i) {
-    const worker::Tensor& w = in.Get(i);
+  out.reserve(wire.size());
+  for (int i = 0; i < wire.size(); ++i) {
+    const worker::Tensor& w = wire.Get(i);
     if (w.undefined()) {
       out.emplace_back();
       continue;
@@ -204,8 +247,14 @@ WireStatus TensorsFromWire(int fd, const google::protobuf::RepeatedPtrField<work
       throw InvalidArgument("a worker tensor whose bytes do not fit its dtype and shape");
     }
     at::Tensor t = at::empty(shape, at::TensorOptions().dtype(ScalarTypeOf(info->type)));
-    if (w.data_bytes() > 0) {
-      const WireStatus s = ReadAll(fd, static_cast<char*>(t.data_ptr()), w.data_bytes(), deadline);
+    auto* data = static_cast<char*>(t.data_ptr());
+    const size_t bytes = w.data_bytes();
+    // What came with the message first, then straight from the socket into the tensor.
+    const size_t buffered = std::min(bytes, in.pending());
+    if (buffered > 0) std::memcpy(data, in.bytes.data() + in.begin, buffered);
+    in.begin += buffered;
+    if (bytes > buffered) {
+      const WireStatus s = ReadAll(fd, data + buffered, bytes - buffered, deadline);
       if (s != WireStatus::kOk) return s;
     }
     out.push_back(std::move(t));

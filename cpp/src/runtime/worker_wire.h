@@ -19,8 +19,18 @@ constexpr size_t kMaxWorkerFrame = size_t{1} << 30;
 // What a socket call found, when it did not complete.
 enum class WireStatus { kOk, kClosed, kTimeout };
 
+// The bytes one connection has read and not yet used: a frame is read with as few calls as the
+// socket allows (usually one), so the start of the tensors behind a message often comes with it.
+struct WireInput {
+  std::string bytes;
+  size_t begin = 0;  // the unread bytes are bytes[begin, end)
+  size_t end = 0;
+  size_t pending() const { return end - begin; }
+};
+
 // Writes one frame, then the bytes of `payload` (the message's tensors, as TensorsToWire gave
-// them); kClosed when the peer is gone, kTimeout at the deadline.
+// them), in one system call where the socket takes it all; kClosed when the peer is gone,
+// kTimeout at the deadline.
 WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
                       std::optional<Clock::time_point> deadline, std::string& scratch,
                       const Tensors* payload = nullptr);
@@ -28,17 +38,17 @@ WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
 // the deadline. A frame that is too long or does not parse throws Internal.
 // With `spin_s`, it first looks for the frame that long without sleeping.
 WireStatus ReadFrame(int fd, google::protobuf::MessageLite& message,
-                     std::optional<Clock::time_point> deadline, std::string& scratch,
-                     double spin_s = 0);
+                     std::optional<Clock::time_point> deadline, WireInput& in, double spin_s = 0);
 
 // Tensors (with the string tensors beside them, by position) to their wire form: their
 // descriptions in `out`, and in `payload` the contiguous tensors whose bytes follow the message.
 void TensorsToWire(const Tensors& tensors, const StringTensors* strings,
                    google::protobuf::RepeatedPtrField<worker::Tensor>* out, Tensors& payload);
-// Reads the bytes that follow a message into new tensors. InvalidArgument when a description
-// does not fit its dtype and shape (the connection is then out of step and must be closed).
-WireStatus TensorsFromWire(int fd, const google::protobuf::RepeatedPtrField<worker::Tensor>& in,
-                           std::optional<Clock::time_point> deadline, Tensors& out,
+// Reads the bytes that follow a message (those `in` holds first, then the socket's) into new
+// tensors. InvalidArgument when a description does not fit its dtype and shape (the connection is
+// then out of step and must be closed).
+WireStatus TensorsFromWire(int fd, const google::protobuf::RepeatedPtrField<worker::Tensor>& wire,
+                           std::optional<Clock::time_point> deadline, WireInput& in, Tensors& out,
                            StringTensors& strings);
 
 }  // namespace lepton
