@@ -1,7 +1,11 @@
 // A real PostgreSQL server for the C++ tests, as tests/python/pg_server.py makes for Python's:
 // Debian's initdb and pg_ctl (run as the `postgres` account when the tests run as root), a
-// temporary directory, a free local port. Started on first use in this process and stopped at
-// its exit; each NewPostgresDatabase() is a fresh database on it.
+// temporary directory, a free local port. Each NewPostgresDatabase() is a fresh database on it.
+//
+// Under ctest one server serves every test process: the `postgres.start` fixture starts it and
+// writes where it is to the file named by LEPTON_TEST_PG_FILE, and `postgres.stop` stops it
+// (tests/cpp/pg_fixture.cpp). A test binary run by hand starts its own on first use and stops it
+// at its exit.
 #pragma once
 
 #include <glob.h>
@@ -12,7 +16,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
+#include <random>
 #include <stdexcept>
 #include <string>
 
@@ -25,9 +31,24 @@ class PostgresTestServer {
     return server;
   }
 
+  // The fixture's two halves: a server that outlives this process, and its end.
+  static void StartShared(const std::string& file) {
+    PostgresTestServer server(/*shared=*/"");
+    server.owner_ = -1;  // it stays up after this process
+    std::ofstream(file) << server.port_ << " " << server.dir_ << "\n";
+  }
+  static void StopShared(const std::string& file) {
+    if (!std::filesystem::exists(file)) return;
+    PostgresTestServer server(file);
+    server.owner_ = ::getpid();  // the destructor stops it
+    std::filesystem::remove(file);
+  }
+
   std::string NewDatabase() {
     std::lock_guard<std::mutex> lk(mu_);
-    const std::string name = "db" + std::to_string(::getpid()) + "_" + std::to_string(next_++);
+    // Unique across the processes that share the server, even when a pid is reused.
+    const std::string name = "db" + std::to_string(::getpid()) + "_" + std::to_string(next_++) +
+                             "_" + std::to_string(std::random_device{}() % 1000000);
     Run(Bin("createdb") + " -h 127.0.0.1 -p " + std::to_string(port_) + " -U lepton " + name);
     return "postgresql://lepton@127.0.0.1:" + std::to_string(port_) + "/" + name;
   }
@@ -42,7 +63,17 @@ class PostgresTestServer {
   }
 
  private:
-  PostgresTestServer() : owner_(::getpid()) {
+  PostgresTestServer() : PostgresTestServer(SharedFile()) {}
+
+  // With `shared` naming a file that a fixture wrote: the server it started, left running.
+  explicit PostgresTestServer(const std::string& shared) : owner_(::getpid()) {
+    if (!shared.empty()) {
+      std::ifstream in(shared);
+      if (in >> port_ >> dir_) {
+        owner_ = -1;
+        return;
+      }
+    }
     std::string tmpl = (std::filesystem::temp_directory_path() / "lepton-pg-XXXXXX").string();
     if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
     dir_ = tmpl;
@@ -52,6 +83,11 @@ class PostgresTestServer {
     Run(As() + Bin("pg_ctl") + " -D " + dir_ + "/data -l " + dir_ + "/log -w -t 60 -o '-p " +
         std::to_string(port_) + " -k " + dir_ +
         " -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200' start");
+  }
+
+  static std::string SharedFile() {
+    const char* file = std::getenv("LEPTON_TEST_PG_FILE");
+    return file && std::filesystem::exists(file) ? file : "";
   }
 
   static std::string As() { return ::geteuid() == 0 ? "runuser -u postgres -- " : ""; }
@@ -85,7 +121,7 @@ class PostgresTestServer {
     return ntohs(addr.sin_port);
   }
 
-  const pid_t owner_;
+  pid_t owner_;
   std::string dir_;
   int port_ = 0;
   std::mutex mu_;

@@ -512,6 +512,16 @@ TEST_P(RegistryCrash, SigkillNeverLeavesPartialState) {
               std::to_string(round).c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
+    if (round % 10 == 9) {
+      // Every tenth round lets the crasher commit at least once more before the kill, however
+      // slow the machine, so that the rounds kill a registry with versions in it.
+      Registry probe(root, Opts());
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      while (static_cast<int64_t>(probe.Versions("crash").size()) <= last_count &&
+             std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 120));
     ::kill(pid, SIGKILL);
     int status = 0;

@@ -85,29 +85,79 @@ print("smoke ok")
 """
 
 
-def test_a_wheel_and_an_sdist_build_with_one_command_and_the_wheel_works_in_a_fresh_venv(tmp_path):
-    """`python3 -m build --no-isolation` makes both (the wheel from the sdist, so the sdist is
-    complete); the wheel installs into a fresh venv over Debian's torch, passes a smoke test from
-    outside the source tree, and refuses a torch other than the one it was built against."""
-    dist = tmp_path / "dist"
+def build_env(**extra):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_NO_DEPS", "LEPTON_BUILD_DIR")}
     env["PIP_NO_INDEX"] = "1"
-    build = subprocess.run(["/usr/bin/python3", "-m", "build", "--no-isolation", "--outdir", str(dist), ROOT],
+    env.update(extra)
+    return env
+
+
+def test_the_sdist_carries_every_file_the_build_reads_and_configures_on_its_own(tmp_path):
+    """`python3 -m build --sdist` holds every tracked file the wheel is built from (the C++ core,
+    its tests and benchmarks, the protocol files, the package, the dashboard's sources and lock),
+    and CMake configures from the unpacked sdist alone with every target on, so no source that a
+    target lists is missing."""
+    import tarfile
+
+    import shutil
+
+    # From the tracked files alone (and the dashboard's build), as a clean clone has them: what an
+    # earlier build left in the checkout (its egg-info's file list) must not fill the gaps.
+    clean = tmp_path / "clean"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in tracked.split():
+        (clean / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, name), clean / name)
+    shutil.copytree(os.path.join(ROOT, "python", "lepton", "ui"), clean / "python" / "lepton" / "ui")
+    dist = tmp_path / "dist"
+    env = build_env()
+    sdist = subprocess.run(["/usr/bin/python3", "-m", "build", "--sdist", "--no-isolation", "--outdir", str(dist),
+                            str(clean)], capture_output=True, text=True, env=env, timeout=600)
+    assert sdist.returncode == 0, sdist.stdout[-3000:] + sdist.stderr[-3000:]
+    [archive] = dist.glob("lepton-*.tar.gz")
+    with tarfile.open(archive) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+        if hasattr(tarfile, "data_filter"):
+            t.extractall(tmp_path / "unpacked", filter="data")
+        else:
+            t.extractall(tmp_path / "unpacked")
+    tracked = subprocess.run(["git", "ls-files", "cpp", "tests/cpp", "python/lepton", "web/src"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert len(tracked) > 100, tracked
+    inputs = set(tracked) | {"CMakeLists.txt", "VERSION", "setup.py", "pyproject.toml", "web/package.json",
+                             "web/package-lock.json", "web/build.mjs", "benchmarks/CMakeLists.txt"}
+    inputs |= {f"benchmarks/{f}" for f in os.listdir(os.path.join(ROOT, "benchmarks")) if f.endswith(".cpp")}
+    assert not inputs - names, sorted(inputs - names)
+    # The dashboard's build ships too (the wheel's copy comes from it).
+    assert {"python/lepton/ui/index.html", "python/lepton/ui/app.js"} <= names
+    [src] = (tmp_path / "unpacked").iterdir()
+    configure = subprocess.run(
+        ["cmake", "-S", str(src), "-B", str(tmp_path / "configured"), "-DLEPTON_BUILD_PYTHON=ON",
+         "-DLEPTON_BUILD_TESTS=ON", "-DLEPTON_BUILD_BENCHMARKS=ON",
+         f"-DPython3_EXECUTABLE={os.path.realpath('/usr/bin/python3')}"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
+
+
+def test_the_wheel_works_in_a_fresh_venv_and_refuses_another_torch(tmp_path):
+    """`python3 -m build --wheel` (from this checkout's CMake build, configured as
+    scripts/bootstrap configures it): the wheel installs into a fresh venv over Debian's torch,
+    passes a smoke test from outside the source tree, and refuses a torch other than the one it
+    was built against."""
+    dist = tmp_path / "dist"
+    env = build_env(LEPTON_BUILD_TESTS="ON", LEPTON_BUILD_BENCHMARKS="ON")
+    build = subprocess.run(["/usr/bin/python3", "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), ROOT],
                            capture_output=True, text=True, env=env, timeout=1800)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     wheels = sorted(dist.glob("lepton-*.whl"))
-    assert len(wheels) == 1 and len(list(dist.glob("lepton-*.tar.gz"))) == 1, os.listdir(dist)
-    # The dashboard's build ships in the wheel; its sources, and the lock of its build tools, in the sdist.
-    import tarfile
+    assert len(wheels) == 1, os.listdir(dist)
     import zipfile
 
     with zipfile.ZipFile(wheels[0]) as z:
+        # The dashboard's build ships in the wheel.
         assert {"lepton/ui/index.html", "lepton/ui/app.js", "lepton/ui/app.css"} <= set(z.namelist())
         # The worker program of versions placed in their own process, executable once installed.
         assert z.getinfo("lepton/lepton-worker").external_attr >> 16 & 0o111
-    with tarfile.open(next(dist.glob("lepton-*.tar.gz"))) as t:
-        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
-    assert {"web/package.json", "web/package-lock.json", "web/build.mjs", "web/src/main.jsx"} <= names
     venv = tmp_path / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)], check=True)
     python = str(venv / "bin" / "python")
