@@ -126,6 +126,47 @@ TEST_F(WorkerTest, ModelErrorsAndDeadlinesComeBackTyped) {
       torch::equal(d.Predict({torch::zeros({1, 1})}, Pin("v4")).outputs[0], torch::zeros({1, 1})));
 }
 
+// Under load, requests queued for a worker go to it together in one exchange; each is still its
+// own forward there, with its own answer, its own error and its own deadline, in its own order.
+TEST_F(WorkerTest, RequestsThatWaitTogetherTravelTogetherAndEachGetsItsOwnAnswer) {
+  testing::RegisterLabelled(*reg_, "m", "v3", testing::FailsOnNegative());
+  DeploymentOptions o = Opts();
+  o.threads = 1;  // one exchange at a time: the others queue behind it
+  o.placement["v3"] = Placement::kProcess;
+  Deployment d(reg_, "m", {"v3"}, o);
+  constexpr int kClients = 8, kRequests = 300;
+  std::atomic<int> wrong{0}, answered{0}, refused{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      for (int i = 0; i < kRequests; ++i) {
+        const float value = static_cast<float>(c * 1000 + i);
+        const bool negative = i % 5 == 3;
+        PredictOptions p = Pin("v3");
+        if (i % 3 == 0) p.timeout_s = 60;
+        try {
+          Prediction r = d.Predict({torch::full({2}, negative ? -value - 1 : value)}, p);
+          if (negative || !torch::equal(r.outputs[0], torch::full({2}, value * 2))) ++wrong;
+          ++answered;
+        } catch (const ModelError&) {
+          if (!negative) ++wrong;
+          ++refused;
+        } catch (...) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(answered.load(), kClients * kRequests * 4 / 5);
+  EXPECT_EQ(refused.load(), kClients * kRequests / 5);
+  const ServableStats s = Stats(d.Status(), "v3");
+  EXPECT_EQ(s.succeeded, answered.load());
+  EXPECT_EQ(s.failed, refused.load());
+  EXPECT_EQ(s.requests, kClients * kRequests);
+}
+
 TEST_F(WorkerTest, LimitsAreAppliedInTheWorkerAndReadBack) {
   DeploymentOptions o = Opts();
   o.resources["v2"].memory_bytes = int64_t{6} << 30;

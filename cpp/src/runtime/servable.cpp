@@ -235,6 +235,32 @@ void Servable::Impl::Execute(const std::vector<std::shared_ptr<Ticket>>& batch,
   }
 }
 
+void Servable::Impl::ExecuteCoalesced(const std::vector<std::shared_ptr<Ticket>>& group) {
+  const auto start = Clock::now();
+  std::vector<ForwardTarget::Call> calls;
+  calls.reserve(group.size());
+  for (const auto& t : group) {
+    calls.push_back({&t->inputs, t->strings.get(), t->deadline, &t->result, &t->error});
+  }
+  target_->ForwardEach(calls);
+  const auto end = Clock::now();
+  for (const auto& t : group) {
+    t->result.queue_s = Seconds(start - t->enqueued);
+    t->result.compute_s = Seconds(end - start);
+    t->result.batch_rows = static_cast<int>(t->rows);
+  }
+}
+
+void ForwardTarget::ForwardEach(std::vector<Call>& calls) {
+  for (Call& c : calls) {
+    try {
+      *c.result = Forward(*c.inputs, c.strings, c.deadline);
+    } catch (...) {
+      *c.error = std::current_exception();
+    }
+  }
+}
+
 std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
                                          std::string_view bytes, std::string sha256,
                                          std::optional<Signature> signature,

@@ -78,6 +78,9 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 
   // Runs one batch and fills in each ticket's outputs or error. Never throws.
   void Execute(const std::vector<std::shared_ptr<Ticket>>& batch, int intra_op_threads = 0);
+  // Runs queued requests taken together for a target that runs them elsewhere: each is its own
+  // forward there, with its own answer or error. Never throws.
+  void ExecuteCoalesced(const std::vector<std::shared_ptr<Ticket>>& group);
 
   std::shared_ptr<Ticket> MakeTicket(const Tensors& inputs, const RunOptions& o);
 
@@ -102,7 +105,8 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 
   void Collect();
 
-  void Finish(const std::vector<std::shared_ptr<Ticket>>& batch);
+  // `coalesced`: the tickets were separate forwards sent together, not one batch.
+  void Finish(const std::vector<std::shared_ptr<Ticket>>& batch, bool coalesced = false);
 
   RunResult Take(const std::shared_ptr<Ticket>& t);
 

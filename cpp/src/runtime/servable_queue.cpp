@@ -121,6 +121,8 @@ void Servable::Impl::Collect() {
   std::vector<std::shared_ptr<Ticket>> batch;
   std::unique_lock<std::mutex> lk(mu_);
   const bool batching = options_.max_batch_size > 1 && rows_independent_;
+  const size_t coalesce =
+      target_ && !batching ? static_cast<size_t>(std::max(1, target_->max_coalesced())) : 1;
   if (batching && options_.max_queue_delay_s > 0) {
     const auto delay = std::chrono::duration_cast<Clock::duration>(
         std::chrono::duration<double>(options_.max_queue_delay_s));
@@ -149,6 +151,12 @@ void Servable::Impl::Collect() {
         }
       }
     }
+    // Requests that waited together go to the target in one exchange; each stays its own
+    // forward there.
+    while (coalesce > 1 && batch.size() < coalesce && !queue_.empty()) {
+      batch.push_back(queue_.begin()->second);
+      queue_.erase(queue_.begin());
+    }
     for (const auto& t : batch) t->state = Ticket::State::kRunning;
     ++in_flight_;
   }
@@ -159,15 +167,20 @@ void Servable::Impl::Collect() {
     return;
   }
   lk.unlock();
-  Execute(batch);
+  const bool coalesced = coalesce > 1;
+  if (coalesced) {
+    ExecuteCoalesced(batch);
+  } else {
+    Execute(batch);
+  }
   lk.lock();
   --in_flight_;
-  Finish(batch);
+  Finish(batch, coalesced);
   MaybeDispatch(lk);
 }
 
-void Servable::Impl::Finish(const std::vector<std::shared_ptr<Ticket>>& batch) {
-  ++batches_;
+void Servable::Impl::Finish(const std::vector<std::shared_ptr<Ticket>>& batch, bool coalesced) {
+  batches_ += coalesced ? static_cast<int64_t>(batch.size()) : 1;
   for (const auto& t : batch) {
     batched_rows_ += t->rows;
     t->state = Ticket::State::kDone;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
@@ -79,6 +80,35 @@ struct Incarnation {
   Fd lifeline;  // the write end: closing it makes the worker leave
 };
 
+// This process's requests in flight to its workers, while one is counted.
+class InFlight {
+ public:
+  InFlight() : n_(count_.fetch_add(1, std::memory_order_relaxed) + 1) {}
+  ~InFlight() { count_.fetch_sub(1, std::memory_order_relaxed); }
+  bool cores_to_spare() const { return 2 * n_ <= cores_; }
+
+ private:
+  static inline std::atomic<int> count_{0};
+  static inline const int cores_ =
+      static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int n_;
+};
+
+// A worker's answer that carries an error, as the error.
+std::exception_ptr ErrorOf(const worker::Response& resp) {
+  try {
+    const int code = resp.error_code() - 1;
+    if (code < 0 || code > static_cast<int>(ErrorCode::kInternal)) throw Error(resp.error());
+    ThrowErrorOf(static_cast<ErrorCode>(code), resp.error());
+  } catch (...) {
+    return std::current_exception();
+  }
+  return nullptr;
+}
+
+// Queued requests of one version sent to its worker in one exchange, at most.
+constexpr int kMaxCoalesced = 8;
+
 class WorkerProcess final : public ForwardTarget,
                             public std::enable_shared_from_this<WorkerProcess> {
  public:
@@ -103,52 +133,101 @@ class WorkerProcess final : public ForwardTarget,
 
   RunResult Forward(const Tensors& inputs, const StringTensors* strings,
                     std::optional<Clock::time_point> deadline) override {
-    worker::Request req;
-    Tensors payload;
-    TensorsToWire(inputs, strings, req.mutable_inputs(), payload);
-    if (deadline) {
-      const double left = Seconds(*deadline - Clock::now());
-      if (left <= 0) throw Timeout(who_ + ": the deadline passed before the worker was asked");
-      req.set_timeout_s(left);
-    }
-    uint64_t generation = 0;
-    int pid = 0;
-    Fd conn = Connection(generation, pid);
-    // The calling thread's buffers, kept from one request to the next.
-    thread_local std::string scratch;
-    thread_local WireInput in;
-    in.begin = in.end = 0;
-    worker::Response resp;
     RunResult r;
-    WireStatus s = WriteFrame(conn.fd, req, deadline, scratch, &payload);
-    if (s == WireStatus::kOk) s = ReadFrame(conn.fd, resp, deadline, in, options_.busy_poll_s);
-    if (s == WireStatus::kOk) {
+    std::exception_ptr error;
+    std::vector<Call> calls{Call{&inputs, strings, deadline, &r, &error}};
+    ForwardEach(calls);
+    if (error) std::rethrow_exception(error);
+    return r;
+  }
+
+  int max_coalesced() const override { return kMaxCoalesced; }
+
+  // The calls' requests go out in one write on one connection; the worker answers them in order.
+  void ForwardEach(std::vector<Call>& calls) override {
+    std::vector<worker::Request> requests(calls.size());
+    std::vector<Tensors> payloads(calls.size());
+    std::vector<size_t> sent;  // the calls asked, in the order asked
+    // The exchange lasts until the latest deadline; each request carries its own.
+    std::optional<Clock::time_point> deadline;
+    bool unbounded = false;
+    const auto now = Clock::now();
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const Call& c = calls[i];
       try {
-        s = TensorsFromWire(conn.fd, resp.outputs(), deadline, in, r.outputs, r.strings);
-      } catch (const std::exception& e) {
-        throw Error(who_ + ": its worker sent an answer that does not fit: " + e.what());
+        TensorsToWire(*c.inputs, c.strings, requests[i].mutable_inputs(), payloads[i]);
+        if (c.deadline) {
+          const double left = Seconds(*c.deadline - now);
+          if (left <= 0) throw Timeout(who_ + ": the deadline passed before the worker was asked");
+          requests[i].set_timeout_s(left);
+          if (!deadline || *c.deadline > *deadline) deadline = c.deadline;
+        } else {
+          unbounded = true;
+        }
+        sent.push_back(i);
+      } catch (...) {
+        *c.error = std::current_exception();
       }
     }
-    if (s == WireStatus::kTimeout) {
-      // The answer may still come on this connection: it is dropped, not reused.
-      throw Timeout(who_ + ": the worker did not answer before the deadline");
+    if (sent.empty()) return;
+    if (unbounded) deadline.reset();
+    uint64_t generation = 0;
+    int pid = 0;
+    Fd conn;
+    size_t answered = 0;
+    try {
+      conn = Connection(generation, pid);
+      // The calling thread's buffers, kept from one exchange to the next.
+      thread_local std::string scratch;
+      thread_local WireInput in;
+      in.begin = in.end = 0;
+      std::vector<OutFrame> frames;
+      for (size_t i : sent) frames.push_back({&requests[i], &payloads[i]});
+      WireStatus s = WriteFrames(conn.fd, frames, deadline, scratch);
+      worker::Response resp;
+      while (s == WireStatus::kOk && answered < sent.size()) {
+        {
+          // Waiting awake pays only while a core is free for it: the worker needs one to
+          // answer, so this process's exchanges with workers, two cores each, must fit.
+          const InFlight counted;
+          const double spin_s = counted.cores_to_spare() ? options_.busy_poll_s : 0;
+          s = ReadFrame(conn.fd, resp, deadline, in, spin_s);
+        }
+        if (s != WireStatus::kOk) break;
+        const Call& c = calls[sent[answered]];
+        RunResult r;
+        try {
+          s = TensorsFromWire(conn.fd, resp.outputs(), deadline, in, r.outputs, r.strings);
+        } catch (const std::exception& e) {
+          throw Error(who_ + ": its worker sent an answer that does not fit: " + e.what());
+        }
+        if (s != WireStatus::kOk) break;
+        if (resp.error_code() != 0) {
+          *c.error = ErrorOf(resp);
+        } else {
+          r.queue_s = resp.queue_s();
+          r.compute_s = resp.compute_s();
+          r.batch_rows = resp.batch_rows();
+          *c.result = std::move(r);
+        }
+        ++answered;
+      }
+      if (s == WireStatus::kTimeout) {
+        // The answers may still come on this connection: it is dropped, not reused.
+        throw Timeout(who_ + ": the worker did not answer before the deadline");
+      }
+      if (s == WireStatus::kClosed) {
+        throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
+                                 ") went away while running the request" + Exit(generation));
+      }
+      // A worker answers each request with one frame: a connection with bytes left over is out
+      // of step and is not reused.
+      if (in.pending() == 0) Return(std::move(conn), generation);
+    } catch (...) {
+      // What was not answered fails together.
+      const std::exception_ptr error = std::current_exception();
+      for (size_t j = answered; j < sent.size(); ++j) *calls[sent[j]].error = error;
     }
-    if (s == WireStatus::kClosed) {
-      throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
-                               ") went away while running the request" + Exit(generation));
-    }
-    // A worker answers each request with one frame: a connection with bytes left over is out of
-    // step and is not reused.
-    if (in.pending() == 0) Return(std::move(conn), generation);
-    if (resp.error_code() != 0) {
-      const int code = resp.error_code() - 1;
-      if (code < 0 || code > static_cast<int>(ErrorCode::kInternal)) throw Error(resp.error());
-      ThrowErrorOf(static_cast<ErrorCode>(code), resp.error());
-    }
-    r.queue_s = resp.queue_s();
-    r.compute_s = resp.compute_s();
-    r.batch_rows = resp.batch_rows();
-    return r;
   }
 
   void Describe(ServableStats& stats) const override {

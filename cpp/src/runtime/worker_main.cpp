@@ -9,8 +9,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <string>
 #include <thread>
@@ -72,21 +75,36 @@ void ApplyLimits(const worker::Start& s, worker::Hello& hello) {
   }
 }
 
-// Answers one connection's requests, one at a time, until it closes.
+// Requests this worker is running now, over all its connections.
+std::atomic<int> running{0};
+
+// Answers one connection's requests, one at a time, until it closes. Requests that arrived
+// together are answered together: an answer waits while the next request is already here.
 void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, double busy_poll_s) {
   std::string scratch;
   WireInput in;
   worker::Request req;
-  worker::Response resp;
+  std::deque<worker::Response> answers;  // stable addresses while they wait
+  std::deque<Tensors> payloads;
   try {
     if (WriteFrame(fd, hello, std::nullopt, scratch) != WireStatus::kOk) {
       ::close(fd);
       return;
     }
-    Tensors inputs, payload;
-    while (ReadFrame(fd, req, std::nullopt, in, busy_poll_s) == WireStatus::kOk) {
-      resp.Clear();
-      payload.clear();
+    Tensors inputs;
+    // Waiting awake for the next request pays only while a core is free for it: the other
+    // connections' forwards, and the deployment's side of each, need theirs.
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    for (;;) {
+      const double spin_s =
+          2 * (running.load(std::memory_order_relaxed) + 1) <= cores ? busy_poll_s : 0;
+      if (ReadFrame(fd, req, std::nullopt, in, spin_s) != WireStatus::kOk) break;
+      running.fetch_add(1, std::memory_order_relaxed);
+      struct Done {
+        ~Done() { running.fetch_sub(1, std::memory_order_relaxed); }
+      } done;
+      worker::Response& resp = answers.emplace_back();
+      Tensors& payload = payloads.emplace_back();
       auto strings = std::make_shared<StringTensors>();
       if (TensorsFromWire(fd, req.inputs(), std::nullopt, in, inputs, *strings) !=
           WireStatus::kOk) {
@@ -110,7 +128,12 @@ void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, doub
         resp.set_error(e.message);
       }
       inputs.clear();
-      if (WriteFrame(fd, resp, std::nullopt, scratch, &payload) != WireStatus::kOk) break;
+      if (in.pending() > 0) continue;  // the next request came with this one
+      std::vector<OutFrame> frames;
+      for (size_t i = 0; i < answers.size(); ++i) frames.push_back({&answers[i], &payloads[i]});
+      if (WriteFrames(fd, frames, std::nullopt, scratch) != WireStatus::kOk) break;
+      answers.clear();
+      payloads.clear();
     }
   } catch (...) {
     // A frame that does not parse: this connection is done; the others go on.

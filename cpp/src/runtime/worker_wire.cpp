@@ -142,20 +142,36 @@ WireStatus Fill(int fd, WireInput& in, size_t need, std::optional<Clock::time_po
 WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
                       std::optional<Clock::time_point> deadline, std::string& scratch,
                       const Tensors* payload) {
-  const size_t n = message.ByteSizeLong();
-  if (n > kMaxWorkerFrame) {
-    throw InvalidArgument("a request of " + std::to_string(n) +
-                          " bytes is over the worker's frame limit");
+  return WriteFrames(fd, {OutFrame{&message, payload}}, deadline, scratch);
+}
+
+WireStatus WriteFrames(int fd, const std::vector<OutFrame>& frames,
+                       std::optional<Clock::time_point> deadline, std::string& scratch) {
+  std::vector<size_t> sizes;
+  sizes.reserve(frames.size());
+  size_t total = 0;
+  for (const OutFrame& f : frames) {
+    const size_t n = f.message->ByteSizeLong();
+    if (n > kMaxWorkerFrame) {
+      throw InvalidArgument("a request of " + std::to_string(n) +
+                            " bytes is over the worker's frame limit");
+    }
+    sizes.push_back(n);
+    total += 4 + n;
   }
-  scratch.resize(4 + n);
-  const uint32_t len = static_cast<uint32_t>(n);
-  for (int i = 0; i < 4; ++i) scratch[i] = static_cast<char>((len >> (8 * i)) & 0xff);
-  message.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(&scratch[4]));
+  scratch.resize(total);
   std::vector<iovec> iov;
-  iov.reserve(1 + (payload ? payload->size() : 0));
-  iov.push_back({scratch.data(), scratch.size()});
-  if (payload) {
-    for (const auto& t : *payload) iov.push_back({t.data_ptr(), t.nbytes()});
+  size_t at = 0;
+  for (size_t i = 0; i < frames.size(); ++i) {
+    const uint32_t len = static_cast<uint32_t>(sizes[i]);
+    for (int b = 0; b < 4; ++b) scratch[at + b] = static_cast<char>((len >> (8 * b)) & 0xff);
+    frames[i].message->SerializeWithCachedSizesToArray(
+        reinterpret_cast<uint8_t*>(&scratch[at + 4]));
+    iov.push_back({&scratch[at], 4 + sizes[i]});
+    at += 4 + sizes[i];
+    if (frames[i].payload) {
+      for (const auto& t : *frames[i].payload) iov.push_back({t.data_ptr(), t.nbytes()});
+    }
   }
   return WriteAll(fd, iov, deadline);
 }

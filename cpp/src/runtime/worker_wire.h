@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "lepton/runtime/servable.h"
 #include "worker.pb.h"
@@ -34,6 +35,13 @@ struct WireInput {
 WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
                       std::optional<Clock::time_point> deadline, std::string& scratch,
                       const Tensors* payload = nullptr);
+// Several frames, each a message and its tensors' bytes, written together.
+struct OutFrame {
+  const google::protobuf::MessageLite* message = nullptr;
+  const Tensors* payload = nullptr;
+};
+WireStatus WriteFrames(int fd, const std::vector<OutFrame>& frames,
+                       std::optional<Clock::time_point> deadline, std::string& scratch);
 // Reads one frame into `message`; kClosed on end of file or a reset (the peer died), kTimeout at
 // the deadline. A frame that is too long or does not parse throws Internal.
 // With `spin_s`, it first looks for the frame that long without sleeping.

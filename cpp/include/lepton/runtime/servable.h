@@ -113,6 +113,21 @@ class ForwardTarget {
   // Runs one forward there; throws lepton errors (Unavailable when it cannot be reached).
   virtual RunResult Forward(const Tensors& inputs, const StringTensors* strings,
                             std::optional<Clock::time_point> deadline) = 0;
+
+  // One request of several sent together, each with its own forward, answer and error.
+  struct Call {
+    const Tensors* inputs = nullptr;
+    const StringTensors* strings = nullptr;
+    std::optional<Clock::time_point> deadline;
+    RunResult* result = nullptr;
+    std::exception_ptr* error = nullptr;
+  };
+  // How many queued requests one exchange with the target may carry: under load, requests that
+  // wait together travel together, and the hop's cost is paid once for all of them.
+  virtual int max_coalesced() const { return 1; }
+  // Runs each call's forward there, filling in its result or its error. Never throws. By
+  // default, one Forward after another.
+  virtual void ForwardEach(std::vector<Call>& calls);
   // Adds what it knows to the servable's statistics: its placement, its process, its health.
   virtual void Describe(ServableStats& stats) const = 0;
   // At unload: stops whatever runs the forwards.
