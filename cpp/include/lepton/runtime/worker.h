@@ -42,7 +42,8 @@ struct WorkerOptions {
   int max_connections = 64;
   // How long each side looks for the other's next frame without sleeping (the deployment for an
   // answer, the worker for the next request): a wake-up costs tens of microseconds on some
-  // machines, more than a small forward. 0: sleep at once, leaving the cores to other work.
+  // machines, more than a small forward. Only while the machine has a core to spare for it: a
+  // side that would take a core others need sleeps at once. 0: always sleep at once.
   double busy_poll_s = 0;
 };
 
