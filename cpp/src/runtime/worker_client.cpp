@@ -85,12 +85,10 @@ class InFlight {
  public:
   InFlight() : n_(count_.fetch_add(1, std::memory_order_relaxed) + 1) {}
   ~InFlight() { count_.fetch_sub(1, std::memory_order_relaxed); }
-  bool cores_to_spare() const { return 2 * n_ <= cores_; }
+  int count() const { return n_; }
 
  private:
   static inline std::atomic<int> count_{0};
-  static inline const int cores_ =
-      static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int n_;
 };
 
@@ -190,7 +188,7 @@ class WorkerProcess final : public ForwardTarget,
           // Waiting awake pays only while a core is free for it: the worker needs one to
           // answer, so this process's exchanges with workers, two cores each, must fit.
           const InFlight counted;
-          const double spin_s = counted.cores_to_spare() ? options_.busy_poll_s : 0;
+          const double spin_s = CoresToSpare(counted.count()) ? options_.busy_poll_s : 0;
           s = ReadFrame(conn.fd, resp, deadline, in, spin_s);
         }
         if (s != WireStatus::kOk) break;

@@ -94,10 +94,9 @@ void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, doub
     Tensors inputs;
     // Waiting awake for the next request pays only while a core is free for it: the other
     // connections' forwards, and the deployment's side of each, need theirs.
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     for (;;) {
       const double spin_s =
-          2 * (running.load(std::memory_order_relaxed) + 1) <= cores ? busy_poll_s : 0;
+          CoresToSpare(running.load(std::memory_order_relaxed) + 1) ? busy_poll_s : 0;
       if (ReadFrame(fd, req, std::nullopt, in, spin_s) != WireStatus::kOk) break;
       running.fetch_add(1, std::memory_order_relaxed);
       struct Done {

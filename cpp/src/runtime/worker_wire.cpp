@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "lepton/common/dtypes.h"
@@ -89,12 +90,15 @@ WireStatus WriteAll(int fd, std::vector<iovec>& iov, std::optional<Clock::time_p
   return WireStatus::kOk;
 }
 
-WireStatus ReadAll(int fd, char* data, size_t n, std::optional<Clock::time_point> deadline) {
-  while (n > 0) {
-    const ssize_t r = Recv(fd, data, n, deadline.has_value(), deadline);
+// Reads at least `least` bytes into data[0, capacity), taking whatever more the socket has ready
+// in the same calls; `got` says how many came.
+WireStatus ReadAtLeast(int fd, char* data, size_t capacity, size_t least, size_t& got,
+                       std::optional<Clock::time_point> deadline) {
+  got = 0;
+  while (got < least) {
+    const ssize_t r = Recv(fd, data + got, capacity - got, deadline.has_value(), deadline);
     if (r > 0) {
-      data += r;
-      n -= static_cast<size_t>(r);
+      got += static_cast<size_t>(r);
       continue;
     }
     if (r == 0) return WireStatus::kClosed;
@@ -106,6 +110,11 @@ WireStatus ReadAll(int fd, char* data, size_t n, std::optional<Clock::time_point
     return WireStatus::kClosed;
   }
   return WireStatus::kOk;
+}
+
+WireStatus ReadAll(int fd, char* data, size_t n, std::optional<Clock::time_point> deadline) {
+  size_t got = 0;
+  return ReadAtLeast(fd, data, n, n, got, deadline);
 }
 
 // Reads until `in` holds at least `need` unread bytes, taking whatever else the socket has
@@ -119,25 +128,19 @@ WireStatus Fill(int fd, WireInput& in, size_t need, std::optional<Clock::time_po
     in.begin = 0;
   }
   if (in.bytes.size() < std::max(need, kReadAhead)) in.bytes.resize(std::max(need, kReadAhead));
-  while (in.end < need) {
-    const ssize_t r = Recv(fd, in.bytes.data() + in.end, in.bytes.size() - in.end,
-                           deadline.has_value(), deadline);
-    if (r > 0) {
-      in.end += static_cast<size_t>(r);
-      continue;
-    }
-    if (r == 0) return WireStatus::kClosed;
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!WaitReady(fd, POLLIN, deadline)) return WireStatus::kTimeout;
-      continue;
-    }
-    return WireStatus::kClosed;
-  }
-  return WireStatus::kOk;
+  size_t got = 0;
+  const WireStatus s = ReadAtLeast(fd, in.bytes.data() + in.end, in.bytes.size() - in.end,
+                                   need - in.end, got, deadline);
+  in.end += got;
+  return s;
 }
 
 }  // namespace
+
+bool CoresToSpare(int busy) {
+  static const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return 2 * busy <= cores;
+}
 
 WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
                       std::optional<Clock::time_point> deadline, std::string& scratch,

@@ -35,6 +35,10 @@ struct WireInput {
 WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
                       std::optional<Clock::time_point> deadline, std::string& scratch,
                       const Tensors* payload = nullptr);
+// Whether waiting awake for a frame pays with `busy` requests (this one included) between this
+// process and its peers: each takes two cores, one on either side, and they must fit the machine.
+bool CoresToSpare(int busy);
+
 // Several frames, each a message and its tensors' bytes, written together.
 struct OutFrame {
   const google::protobuf::MessageLite* message = nullptr;
