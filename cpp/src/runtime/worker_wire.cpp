@@ -96,7 +96,10 @@ WireStatus ReadAtLeast(int fd, char* data, size_t capacity, size_t least, size_t
                        std::optional<Clock::time_point> deadline) {
   got = 0;
   while (got < least) {
-    const ssize_t r = Recv(fd, data + got, capacity - got, deadline.has_value(), deadline);
+    // Never a blocking recv: a thread asleep in one is woken each time the peer consumes what
+    // this side wrote (the socket's write-space wake-up), while one asleep in poll for POLLIN
+    // sleeps on until there is something to read.
+    const ssize_t r = Recv(fd, data + got, capacity - got, /*nonblocking=*/true, deadline);
     if (r > 0) {
       got += static_cast<size_t>(r);
       continue;
