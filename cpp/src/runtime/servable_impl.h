@@ -105,8 +105,13 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 
   void Collect();
 
-  // `coalesced`: the tickets were separate forwards sent together, not one batch.
+  // Marks the tickets done and counts them, under the lock; `coalesced`: they were separate
+  // forwards sent together, not one batch.
   void Finish(const std::vector<std::shared_ptr<Ticket>>& batch, bool coalesced = false);
+
+  // Wakes the tickets' waiters, after the lock is released: woken under it, each would wake
+  // only to sleep again on the mutex.
+  void Wake(const std::vector<std::shared_ptr<Ticket>>& batch);
 
   RunResult Take(const std::shared_ptr<Ticket>& t);
 

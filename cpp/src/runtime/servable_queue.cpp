@@ -177,6 +177,8 @@ void Servable::Impl::Collect() {
   --in_flight_;
   Finish(batch, coalesced);
   MaybeDispatch(lk);
+  lk.unlock();
+  Wake(batch);
 }
 
 void Servable::Impl::Finish(const std::vector<std::shared_ptr<Ticket>>& batch, bool coalesced) {
@@ -189,10 +191,13 @@ void Servable::Impl::Finish(const std::vector<std::shared_ptr<Ticket>>& batch, b
     } else {
       ++succeeded_;
     }
-    t->done.notify_all();
   }
   busy_s_ += batch.front()->result.compute_s;
   changed_.notify_all();
+}
+
+void Servable::Impl::Wake(const std::vector<std::shared_ptr<Ticket>>& batch) {
+  for (const auto& t : batch) t->done.notify_all();
 }
 
 RunResult Servable::Impl::Take(const std::shared_ptr<Ticket>& t) {
