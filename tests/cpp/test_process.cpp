@@ -1,10 +1,13 @@
-// Process facts: random identifiers that never repeat, in this process or in a forked child.
+// Process facts: random identifiers that never repeat, in this process or in a forked child, and
+// the cores this process may use.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <set>
 #include <string>
+#include <thread>
 
 #include "lepton/common/process.h"
 
@@ -56,6 +59,26 @@ TEST(RandomHex, AForkedChildNeverRepeatsItsParent) {
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   ASSERT_EQ(got, child.size());
   EXPECT_NE(child, parent);
+}
+
+TEST(UsableCores, FollowsTheAffinityMaskNotTheMachine) {
+  cpu_set_t all;
+  CPU_ZERO(&all);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(all), &all), 0);
+  EXPECT_EQ(UsableCores(), CPU_COUNT(&all));
+  // Confined to its first CPU (as taskset or a cpuset would), a thread counts one core.
+  int confined = 0;
+  std::thread([&] {
+    int first = 0;
+    while (!CPU_ISSET(first, &all)) ++first;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(first, &one);
+    ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+    confined = UsableCores();
+  }).join();
+  EXPECT_EQ(confined, 1);
+  EXPECT_EQ(UsableCores(), CPU_COUNT(&all));
 }
 
 }  // namespace

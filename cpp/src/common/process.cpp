@@ -1,6 +1,7 @@
 #include "lepton/common/process.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <cstring>
 #include <new>
 #include <system_error>
+#include <thread>
 
 #include "lepton/common/errors.h"
 
@@ -84,6 +86,13 @@ void RandomBytes(unsigned char* out, size_t n) {
 }
 
 }  // namespace
+
+int UsableCores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 std::string RandomHex(size_t bytes) {
   std::string raw(bytes, '\0');

@@ -20,8 +20,7 @@ FailureReason CurrentFailure() { return KindOf(CurrentErrorOf().code).failure; }
 
 DeploymentOptions Checked(DeploymentOptions o) {
   if (o.threads < 0) throw InvalidArgument("threads must be >= 0");
-  if (o.threads == 0)
-    o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (o.threads == 0) o.threads = UsableCores();
   if (o.min_threads < 1) throw InvalidArgument("min_threads must be >= 1");
   if (!(o.drain_timeout_s >= 0)) throw InvalidArgument("drain_timeout must be >= 0");
   if (!(o.anomaly_interval_s > 0)) throw InvalidArgument("anomaly_interval must be > 0 seconds");

@@ -13,6 +13,7 @@
 
 #include "lepton/common/dtypes.h"
 #include "lepton/common/errors.h"
+#include "lepton/common/process.h"
 #include "lepton/runtime/tensor_types.h"
 
 namespace lepton {
@@ -141,7 +142,7 @@ WireStatus Fill(int fd, WireInput& in, size_t need, std::optional<Clock::time_po
 }  // namespace
 
 bool CoresToSpare(int busy) {
-  static const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  static const int cores = UsableCores();
   return 2 * busy <= cores;
 }
 

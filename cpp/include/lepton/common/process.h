@@ -28,6 +28,10 @@ std::string RandomHex(size_t bytes);
 // pod's name), else "host:pid".
 std::string ReplicaName();
 
+// The CPUs this process may run on (its affinity mask, which taskset, a container's cpuset or
+// a worker's `cpus` set), at least 1; the machine's count where the mask cannot be read.
+int UsableCores();
+
 // The longest span turned into a deadline: a caller's "timeout=1e10" or "inf" is a deadline about
 // a century away, not an overflow into the past.
 constexpr double kMaxDeadlineSeconds = 100.0 * 365 * 24 * 3600;
