@@ -204,7 +204,15 @@ void Executor::RunSpread(const std::vector<std::shared_ptr<Servable>>& members,
 void Executor::RunEnsemble(const VersionState& st, const Route& route,
                            const std::vector<std::shared_ptr<Servable>>& members,
                            const Tensors& inputs, RunOptions run, Prediction& p) {
-  if (SpreadsMembers(route, run, members.size(), SharedRows(inputs))) {
+  struct Counted {
+    explicit Counted(std::atomic<int>& n) : n(n), alone(n.fetch_add(1) == 0) {}
+    ~Counted() { n.fetch_sub(1); }
+    std::atomic<int>& n;
+    const bool alone;
+  } counted(ensembles_);
+  // Alone, the members spread over every core; under load, each runs whole on one thread, side
+  // by side with the other requests' members, through its own queue (and batcher).
+  if (counted.alone && SpreadsMembers(route, run, members.size(), SharedRows(inputs))) {
     std::vector<RunResult> results(members.size());
     std::vector<std::exception_ptr> errors(members.size());
     RunSpread(members, inputs, results, errors);

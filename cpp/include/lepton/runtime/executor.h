@@ -1,9 +1,12 @@
 // Request execution: runs a routed request on the versions its route chose. One version runs it
-// through its own queue and batcher; an ensemble's members run side by side (each on its own
-// arena, or spread over the deployment's cores with their batches split by rows) and their
-// outputs are combined.
+// through its own queue and batcher; an ensemble's members run side by side and their outputs
+// are combined. A balanced ensemble request running alone spreads its members over the
+// deployment's cores (with batches split by rows where members outnumber cores); with other
+// ensemble requests in flight, each member runs whole on one thread through its own queue and
+// batcher, since the cores are busy anyway and splitting only adds work.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -67,6 +70,8 @@ class Executor {
   struct Arena;
   const int threads_;
   std::unique_ptr<Arena> arena_;
+  // Ensemble requests running now: only one running alone spreads over the cores.
+  std::atomic<int> ensembles_{0};
 };
 
 }  // namespace lepton
