@@ -377,6 +377,50 @@ def test_balanced_and_unbalanced_ensembles_agree(registry):
     assert waves.predict(x, timeout=5).version == ["v0", "v1", "v2"]
 
 
+def test_an_ensemble_under_load_runs_its_members_through_their_batchers(registry):
+    # Alone, a request spreads its members over the cores; with others in flight, each member
+    # runs whole through its own queue, where requests that wait together are batched.
+    for i in range(3):
+        registry.register("e", torch.jit.script(Spin()), version=f"v{i}", example_inputs=torch.ones(1, 2))
+    d = lepton.Deployment(registry, "e", ["v0", "v1", "v2"], threads=2, max_batch_size=16,
+                          policy=lepton.Ensemble([1, 1, 1]))
+    start = threading.Barrier(8)
+    wrong = []
+
+    def client(k):
+        start.wait()
+        for j in range(10):
+            x = torch.tensor([[4.0, k * 100.0 + j]])  # about 10 ms per forward, an id per request
+            out = d.predict(x).output
+            if not torch.allclose(out, x):
+                wrong.append((k, j, out))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not wrong
+        versions = d.status()["versions"]
+        assert sum(v["batched_rows"] for v in versions) == 3 * 80
+        assert sum(v["batches"] for v in versions) < 3 * 80
+    finally:
+        d.close()
+
+
+def test_a_deployment_counts_the_cores_it_may_run_on(reg, python_env):
+    # Confined to one CPU (taskset, a cpuset), a deployment's default is one thread.
+    code = (
+        "import lepton, sys; reg = lepton.Registry(sys.argv[1]); "
+        "d = lepton.Deployment(reg, 'm', ['v1']); print(d.status()['versions'][0]['threads'])"
+    )
+    first = min(os.sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c", code, reg.path], env=python_env, capture_output=True, text=True,
+                         check=True, preexec_fn=lambda: os.sched_setaffinity(0, {first}))
+    assert out.stdout.split() == ["1"]
+
+
 def test_deployment_options_are_one_json_spec_read_by_the_core(reg):
     with pytest.raises(lepton.InvalidArgument, match="'max_batch_size' must be an integer"):
         lepton.Deployment(reg, "m", ["v1"], max_batch_size="8")
