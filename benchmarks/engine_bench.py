@@ -172,15 +172,23 @@ def bench_overhead(reg, runs):
 
 
 def load(d, clients, seconds, x):
+    return run_clients(lambda: d.predict(x), clients, seconds)
+
+
+def run_clients(call, clients, seconds, setup=None):
+    """`clients` threads calling `call` for `seconds`: the answered calls' latencies and the
+    errors raised; each thread runs `setup` first when given."""
     latencies, errors = [], []
     stop = threading.Event()
 
     def client():
+        if setup:
+            setup()
         mine = []
         while not stop.is_set():
             t = time.perf_counter()
             try:
-                d.predict(x)
+                call()
                 mine.append(time.perf_counter() - t)
             except Exception as e:  # reported
                 errors.append(e)

@@ -25,13 +25,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 
 import torch
 
 import lepton
-from engine_bench import concurrency_ceiling, mlp, p99, timed
+from engine_bench import concurrency_ceiling, mlp, p99, run_clients, timed
 
 SIZES = [64, 1024, 1024, 2]
 WEIGHTS = [0.5, 0.3, 0.2]
@@ -46,34 +44,11 @@ def clients(call, n, seconds, torch_threads=None):
     """Requests per second and p99 latency of `n` threads calling `call` for `seconds`; each
     thread sets torch's thread count first when `torch_threads` is given (OpenMP keeps the count
     per thread: a thread that does not set it runs teams of the default size)."""
-    latencies, errors = [], []
-    stop = threading.Event()
-
-    def client():
-        mine = []
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        try:
-            while not stop.is_set():
-                t = time.perf_counter()
-                call()
-                mine.append(time.perf_counter() - t)
-        except Exception as e:  # reported
-            errors.append(e)
-        latencies.extend(mine)
-
-    threads = [threading.Thread(target=client) for _ in range(n)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    setup = (lambda: torch.set_num_threads(torch_threads)) if torch_threads else None
+    latencies, errors = run_clients(call, n, seconds, setup)
     if errors:
         raise errors[0]
-    return len(latencies) / elapsed, p99(latencies)
+    return len(latencies) / seconds, p99(latencies)
 
 
 def with_threads(n, fn):
