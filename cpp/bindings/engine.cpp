@@ -105,7 +105,8 @@ void BindEngine(py::module_& m) {
         return py::dict(py::arg("limit_bytes") = s.limit, py::arg("used_bytes") = s.used,
                         py::arg("peak_bytes") = s.peak, py::arg("evictions") = s.evictions,
                         py::arg("waits") = s.waits, py::arg("exhausted") = s.exhausted,
-                        py::arg("versions") = s.items);
+                        py::arg("versions") = s.items, py::arg("buffers_reused") = s.buffers_reused,
+                        py::arg("buffers_kept_bytes") = s.buffers_kept_bytes);
       });
   m.def("parse_byte_size", &ParseByteSize, arg("text"));
 

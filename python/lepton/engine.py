@@ -263,7 +263,9 @@ class MemoryBudget:
     def stats(self) -> Dict[str, int]:
         """``limit_bytes``, ``used_bytes`` (loaded and being loaded), ``peak_bytes``,
         ``evictions``, ``waits`` (loads that waited for a version to go idle), ``exhausted``
-        (loads refused for want of room) and ``versions`` (how many it covers)."""
+        (loads refused for want of room), ``versions`` (how many it covers), ``buffers_reused``
+        (loads that read their artifact into a buffer an unload gave back) and
+        ``buffers_kept_bytes`` (such buffers held now, waiting for the next load)."""
         return dict(self._core.stats())
 
     def __repr__(self) -> str:

@@ -94,6 +94,32 @@ TEST(BlobStore, AVerifiedBlobThatChangesIsHashedAgain) {
   EXPECT_EQ(store.Read(sha), "payload");
 }
 
+TEST(BlobStore, ReadsIntoAPooledBufferAndVerifiesAsItReads) {
+  TempDir dir;
+  BlobStore store(dir / "blobs");
+  const std::string payload(100000, 'x');
+  const std::string sha = store.PutBytes(payload, nullptr).sha256();
+  auto pool = BufferPool::Create(1 << 20);
+  char* first = nullptr;
+  {
+    auto b = store.ReadInto(sha, *pool);
+    EXPECT_EQ(std::string_view(b->data(), b->size()), payload);
+    first = b->data();
+  }
+  {
+    auto b = store.ReadInto(sha, *pool);  // the buffer given back is taken again
+    EXPECT_TRUE(b->reused());
+    EXPECT_EQ(b->data(), first);
+    EXPECT_EQ(std::string_view(b->data(), b->size()), payload);
+  }
+  std::filesystem::permissions(store.PathOf(sha), std::filesystem::perms::owner_write,
+                               std::filesystem::perm_options::add);
+  testing::WriteFile(store.PathOf(sha), std::string(100000, 'y'));
+  EXPECT_THROW(store.ReadInto(sha, *pool), IntegrityError);
+  std::filesystem::remove(store.PathOf(sha));
+  EXPECT_THROW(store.ReadInto(sha, *pool), IntegrityError);
+}
+
 TEST(BlobStore, HeldBlobIsNotRemoved) {
   TempDir dir;
   BlobStore store(dir / "blobs");

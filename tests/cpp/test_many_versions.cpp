@@ -307,6 +307,78 @@ TEST_F(ManyVersionsTest, ALoadLongerThanTheDeadlineTimesOutThatRequestAndServesT
   EXPECT_EQ(Slot(d, "s1").hits, 1);
 }
 
+TEST_F(ManyVersionsTest, AReloadRunsOnTheRequestsThreadAndReusesAnEvictedVersionsBuffer) {
+  // Room for two: v12 (the primary, which the policy needs) and one other.
+  Deployment d(reg_, "m", {}, Budgeted(2));
+  EXPECT_EQ(Ask(d, "v1"), 1);  // a first load: on a loader thread
+  EXPECT_EQ(Ask(d, "v2"), 2);  // no room: v1 goes, and v2 is read into v1's buffer
+  const MemoryBudgetStats before = d.Status().memory.value();
+  EXPECT_GE(before.buffers_reused, 1);
+  EXPECT_EQ(Slot(d, "v1").residency, Residency::kEvicted);
+  EXPECT_EQ(Slot(d, "v1").inline_loads, 0);
+  // v1 loaded before, and fast: a request without a deadline loads it on its own thread.
+  EXPECT_EQ(Ask(d, "v1"), 1);
+  const SlotStats v1 = Slot(d, "v1");
+  EXPECT_EQ(v1.loads, 2);
+  EXPECT_EQ(v1.inline_loads, 1);
+  EXPECT_EQ(v1.misses, 2);
+  EXPECT_GT(d.Status().memory->buffers_reused, before.buffers_reused);
+  // With a deadline far beyond four times the last load, a reload runs here too.
+  EXPECT_EQ(Ask(d, "v2", 30.0), 2);
+  EXPECT_EQ(Slot(d, "v2").inline_loads, 1);
+  const DeploymentStatus st = d.Status();
+  int loaded = 0;
+  for (size_t i = 0; i < st.versions.size(); ++i) {
+    if (st.slots[i].residency != Residency::kLoaded) continue;
+    ++loaded;
+    EXPECT_TRUE(st.versions[i].pooled) << st.versions[i].version;
+    EXPECT_FALSE(st.versions[i].mapped) << st.versions[i].version;
+  }
+  EXPECT_EQ(loaded, 2);
+}
+
+TEST_F(ManyVersionsTest, AReloadTooSlowForTheDeadlineGoesToALoaderThread) {
+  // Each warm-up run sleeps 300 ms, and each version has a code of its own (its attribute), so
+  // a reload warms up too. Each holds as many weights as the others of this suite.
+  for (int n = 1; n <= 3; ++n) {
+    torch::jit::Module m("M");
+    m.register_parameter("w", torch::full({kFloats}, static_cast<float>(n)), false);
+    m.register_attribute("n", c10::FloatType::get(), 2000.5 + n);
+    m.define(
+        "def forward(self, x):\n"
+        "  slept = lepton_test.sleep_ms(int(x[0, 0].item()))\n"
+        "  return x + slept * 0\n",
+        std::make_shared<testing::TestOpsResolver>());
+    std::ostringstream out;
+    m.save(out);
+    RegisterOptions r;
+    r.version = "s" + std::to_string(n);
+    reg_->RegisterBytes("slow", out.str(), r);
+  }
+  DeploymentOptions o = Budgeted(2);  // s3, the primary, and one other
+  o.servable.example_inputs = {torch::full({1, 1}, 300.0)};
+  Deployment d(reg_, "slow", {}, o);
+  PredictOptions p;
+  p.timeout_s = 30;
+  for (const char* v : {"s1", "s2"}) {
+    p.context.version = v;
+    EXPECT_NO_THROW(d.Predict({torch::zeros({1, 1})}, p));
+  }
+  ASSERT_EQ(Slot(d, "s1").residency, Residency::kEvicted);
+  // s1's last load took over 300 ms: a request with 50 ms left does not run it itself; it times
+  // out at its deadline while a loader thread goes on.
+  p.context.version = "s1";
+  p.timeout_s = 0.05;
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(d.Predict({torch::zeros({1, 1})}, p), Timeout);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(250));
+  while (Slot(d, "s1").residency != Residency::kLoaded) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(Slot(d, "s1").loads, 2);
+  EXPECT_EQ(Slot(d, "s1").inline_loads, 0);
+}
+
 TEST_F(ManyVersionsTest, RequestsStayRightWhilePoliciesAndPinsChangeUnderThem) {
   // Room for 5; requests to every version from 6 threads while another thread keeps setting
   // canaries and pinning and unpinning. Every answer is the version asked for; no request fails.
@@ -376,6 +448,11 @@ TEST_F(ManyVersionsTest, WithoutABudgetEveryVersionLoadsAtStartAndStays) {
   }
   EXPECT_FALSE(d.Status().memory);
   EXPECT_TRUE(StatusJson(d.Status())["memory"].is_null());
+  // Loaded for good: their tensors point into the blobs' mappings, not into reused buffers.
+  for (const ServableStats& v : d.Status().versions) {
+    EXPECT_TRUE(v.mapped) << v.version;
+    EXPECT_FALSE(v.pooled) << v.version;
+  }
 }
 
 }  // namespace

@@ -46,7 +46,12 @@ ArtifactInfo ArtifactSource::Resolve(const std::string& spec) const {
   return ArtifactInfo{spec, "", std::nullopt, ec ? 0 : static_cast<int64_t>(size)};
 }
 
-ArtifactSource::Bytes ArtifactSource::Read(const ArtifactInfo& info) const {
+ArtifactSource::Bytes ArtifactSource::Read(const ArtifactInfo& info, BufferPool* pool) const {
+  if (registry_ && pool) {
+    auto buffer = registry_->ReadBlob(info.sha256, *pool);
+    const std::string_view view(buffer->data(), buffer->size());
+    return {view, std::move(buffer), true};
+  }
   if (registry_) {
     // By the hash resolved with the version: a load asks the database nothing.
     auto mapped = registry_->MapBlob(info.sha256);

@@ -79,7 +79,9 @@ Eviction EvictionNamed(const std::string& name) {
 const char* EvictionName(Eviction e) { return e == Eviction::kLfu ? "lfu" : "lru"; }
 
 MemoryBudget::MemoryBudget(int64_t limit_bytes, Eviction eviction)
-    : limit_(limit_bytes), eviction_(eviction) {
+    : limit_(limit_bytes),
+      eviction_(eviction),
+      buffers_(BufferPool::Create(std::min<int64_t>(limit_bytes / 4, int64_t{256} << 20))) {
   if (limit_bytes <= 0) {
     throw InvalidArgument("a memory budget must be more than 0 bytes, got " +
                           std::to_string(limit_bytes));
@@ -111,6 +113,9 @@ MemoryBudgetStats MemoryBudget::stats() const {
   s.waits = waits_;
   s.exhausted = exhausted_;
   s.items = items_.size();
+  const BufferPool::Stats b = buffers_->stats();
+  s.buffers_reused = b.reused;
+  s.buffers_kept_bytes = b.kept_bytes;
   return s;
 }
 

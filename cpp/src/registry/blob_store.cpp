@@ -349,6 +349,29 @@ std::string BlobStore::Read(const std::string& sha256) const {
   return bytes;
 }
 
+std::shared_ptr<BufferPool::Buffer> BlobStore::ReadInto(const std::string& sha256,
+                                                        BufferPool& pool) const {
+  struct stat st {};
+  const int fd = OpenForRead(sha256, &st);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  auto buffer = pool.Take(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < buffer->size()) {
+    ssize_t r = ::pread(fd, buffer->data() + done, buffer->size() - done, static_cast<off_t>(done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      ThrowErrno("cannot read " + PathOf(sha256));
+    }
+    if (r == 0) throw IntegrityError("artifact " + sha256 + " is shorter than when it was opened");
+    done += static_cast<size_t>(r);
+  }
+  VerifyOnce(sha256, st, std::string_view(buffer->data(), buffer->size()));
+  return buffer;
+}
+
 MappedBlob::MappedBlob(MappedBlob&& o) noexcept : data_(o.data_), size_(o.size_) {
   o.data_ = nullptr;
   o.size_ = 0;

@@ -424,6 +424,11 @@ std::shared_ptr<const MappedBlob> Registry::MapArtifact(std::string_view ref) co
 std::shared_ptr<const MappedBlob> Registry::MapBlob(const std::string& sha256) const {
   return Self()->MapBlob(sha256);
 }
+
+std::shared_ptr<BufferPool::Buffer> Registry::ReadBlob(const std::string& sha256,
+                                                       BufferPool& pool) const {
+  return Self()->ReadBlob(sha256, pool);
+}
 std::string Registry::ArtifactPath(std::string_view ref) const { return Self()->ArtifactPath(ref); }
 ModelVersion Registry::SetAlias(const std::string& model, const std::string& alias,
                                 const std::string& version,

@@ -309,6 +309,7 @@ class Registry::Impl {
   std::string ReadArtifact(std::string_view text);
   std::shared_ptr<const MappedBlob> MapArtifact(std::string_view text);
   std::shared_ptr<const MappedBlob> MapBlob(const std::string& sha);
+  std::shared_ptr<BufferPool::Buffer> ReadBlob(const std::string& sha, BufferPool& pool);
 
   std::string ArtifactPath(std::string_view text);
 

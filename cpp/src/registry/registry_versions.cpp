@@ -508,11 +508,25 @@ std::shared_ptr<const MappedBlob> Registry::Impl::MapArtifact(std::string_view t
   return MapBlob(ArtifactSha(text));
 }
 
-std::shared_ptr<const MappedBlob> Registry::Impl::MapBlob(const std::string& sha) {
+namespace {
+
+void CheckSha(const std::string& sha) {
   if (sha.size() != 64 || sha.find_first_not_of("0123456789abcdef") != std::string::npos) {
     throw InvalidArgument("'" + sha + "' is not a sha256 in lower-case hex");
   }
+}
+
+}  // namespace
+
+std::shared_ptr<const MappedBlob> Registry::Impl::MapBlob(const std::string& sha) {
+  CheckSha(sha);
   return WithLocal(sha, [&] { return std::make_shared<const MappedBlob>(blobs_.Map(sha)); });
+}
+
+std::shared_ptr<BufferPool::Buffer> Registry::Impl::ReadBlob(const std::string& sha,
+                                                             BufferPool& pool) {
+  CheckSha(sha);
+  return WithLocal(sha, [&] { return blobs_.ReadInto(sha, pool); });
 }
 
 std::string Registry::Impl::ArtifactPath(std::string_view text) {

@@ -27,6 +27,7 @@ json StatusJson(const DeploymentStatus& s) {
          {"required", r.required},
          {"memory_bytes", r.memory_bytes},
          {"loads", r.loads},
+         {"inline_loads", r.inline_loads},
          {"load_failures", r.load_failures},
          {"evictions", r.evictions},
          {"hits", r.hits},
@@ -49,6 +50,7 @@ json StatusJson(const DeploymentStatus& s) {
          {"weight_bytes", v.weight_bytes},
          {"shared_code", v.shared_code},
          {"mapped", v.mapped},
+         {"pooled", v.pooled},
          {"placement", v.placement},
          {"worker", v.worker ? json{{"pid", v.worker->pid},
                                     {"state", v.worker->state},
@@ -79,7 +81,9 @@ json StatusJson(const DeploymentStatus& s) {
                                      {"peak_bytes", s.memory->peak},
                                      {"evictions", s.memory->evictions},
                                      {"waits", s.memory->waits},
-                                     {"exhausted", s.memory->exhausted}}
+                                     {"exhausted", s.memory->exhausted},
+                                     {"buffers_reused", s.memory->buffers_reused},
+                                     {"buffers_kept_bytes", s.memory->buffers_kept_bytes}}
                               : json(nullptr)},
           {"versions", versions}};
 }

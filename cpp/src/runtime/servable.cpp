@@ -71,12 +71,13 @@ std::shared_ptr<tbb::task_arena> Servable::Impl::NewArena(int threads) {
   return std::make_shared<tbb::task_arena>(threads, static_cast<unsigned>(threads));
 }
 
-void Servable::Impl::LoadModule(std::string_view bytes, std::shared_ptr<void> owner) {
+void Servable::Impl::LoadModule(std::string_view bytes, std::shared_ptr<void> owner, bool pooled) {
   try {
     LoadedModule loaded = LoadTorchScript(bytes, std::move(owner), sha256_);
     module_ = std::move(loaded.module);
     shared_code_ = loaded.shared_code;
-    mapped_ = loaded.mapped;
+    mapped_ = loaded.mapped && !pooled;
+    pooled_ = loaded.mapped && pooled;
   } catch (const std::exception& e) {
     throw InvalidArgument(
         Who() + " is not a loadable TorchScript module: " + std::string(e.what()).substr(0, 400));
@@ -265,7 +266,7 @@ std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
                                          std::string_view bytes, std::string sha256,
                                          std::optional<Signature> signature,
                                          ServableOptions options, bool verified,
-                                         std::shared_ptr<void> owner) {
+                                         std::shared_ptr<void> owner, bool pooled) {
   if (options.threads < 1) throw InvalidArgument("threads must be >= 1");
   if (options.intra_op_threads < 1) throw InvalidArgument("intra_op_threads must be >= 1");
   if (options.max_batch_size < 1) throw InvalidArgument("max_batch_size must be >= 1");
@@ -284,7 +285,7 @@ std::shared_ptr<Servable> Servable::Load(std::string model, std::string version,
   }
   auto impl = std::make_shared<Impl>(std::move(model), std::move(version), std::move(sha256),
                                      std::move(signature), std::move(options));
-  impl->LoadModule(bytes, std::move(owner));
+  impl->LoadModule(bytes, std::move(owner), pooled);
   impl->Warmup();
   {
     std::unique_lock<std::mutex> lk(impl->mu_);

@@ -53,7 +53,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 
   const std::string& Who() const { return who_; }
 
-  void LoadModule(std::string_view bytes, std::shared_ptr<void> owner);
+  void LoadModule(std::string_view bytes, std::shared_ptr<void> owner, bool pooled);
 
   // What the module's tensors hold: its parameters, buffers and other tensor attributes, each
   // storage counted once (tied weights and views share one).
@@ -156,7 +156,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   torch::jit::Module module_;
   std::optional<torch::jit::Method> forward_;
   int64_t weight_bytes_ = 0;
-  bool shared_code_ = false, mapped_ = false;
+  bool shared_code_ = false, mapped_ = false, pooled_ = false;
   // Set for a version whose forwards run elsewhere (a worker process); the module is then empty.
   std::shared_ptr<ForwardTarget> target_;
 

@@ -320,6 +320,7 @@ ServableStats Servable::Impl::Stats() const {
   s.weight_bytes = weight_bytes_;
   s.shared_code = shared_code_;
   s.mapped = mapped_;
+  s.pooled = pooled_;
   if (target_) target_->Describe(s);
   return s;
 }

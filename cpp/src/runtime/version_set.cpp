@@ -77,10 +77,14 @@ std::shared_ptr<Servable> VersionSet::LoadServable(const ArtifactInfo& a) {
       if (res != options_.resources.end()) w.resources = res->second;
       s = StartWorker(model(), a.label, source_.PathOf(a), a.sha256, a.signature, o, w);
     } else {
-      const ArtifactSource::Bytes artifact = source_.Read(a);
+      // Under a budget, versions come and go: the artifact is read into a buffer the budget
+      // keeps for reuse, rather than mapped, populated and unmapped at every load.
+      const ArtifactSource::Bytes artifact =
+          source_.Read(a, budget_ ? budget_->buffers().get() : nullptr);
       // The registry's blob store checked the bytes against their hash as it read them.
       s = Servable::Load(model(), a.label, artifact.bytes, a.sha256, a.signature, o,
-                         /*verified=*/source_.registry() != nullptr, artifact.keep);
+                         /*verified=*/source_.registry() != nullptr, artifact.keep,
+                         artifact.pooled);
     }
     const ServableStats loaded = s->stats();
     EmitEvent("info", "load", model(), a.label,
@@ -93,6 +97,7 @@ std::shared_ptr<Servable> VersionSet::LoadServable(const ArtifactInfo& a) {
                     {"weight_bytes", loaded.weight_bytes},
                     {"shared_code", loaded.shared_code},
                     {"mapped", loaded.mapped},
+                    {"pooled", loaded.pooled},
                     {"sha256", s->sha256()}}));
     return s;
   } catch (const std::exception& e) {

@@ -32,15 +32,16 @@ class ArtifactSource {
   // The version a spec names, without reading its artifact; NotFound when the version (or file)
   // is not known.
   ArtifactInfo Resolve(const std::string& spec) const;
-  // The artifact of a resolved version: mapped from the registry's blob store, or read from a
-  // file. `bytes` stays valid while `keep` lives, and is this process's own: a private mapping or
-  // buffer, whose pages may be written without reaching the file (a loaded model's tensors point
-  // into it).
+  // The artifact of a resolved version: from the registry's blob store, mapped or, with `pool`,
+  // read into one of its buffers; or read from a file. `bytes` stays valid while `keep` lives,
+  // and is this process's own: a private mapping or buffer, whose pages may be written without
+  // reaching the file (a loaded model's tensors point into it).
   struct Bytes {
     std::string_view bytes;
     std::shared_ptr<void> keep;
+    bool pooled = false;  // in a buffer from `pool`
   };
-  Bytes Read(const ArtifactInfo& info) const;
+  Bytes Read(const ArtifactInfo& info, BufferPool* pool = nullptr) const;
   // A version served elsewhere (a remote endpoint): known by its label, with no artifact.
   void AddExternal(const std::string& label);
   bool IsExternal(const std::string& label) const { return external_.count(label) > 0; }

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "lepton/common/buffer_pool.h"
+
 namespace lepton {
 
 // "512MB", "2 GiB", "100M", "1.5e9" or a plain number of bytes. Decimal units (KB, MB, GB, TB) are
@@ -57,6 +59,9 @@ struct MemoryBudgetStats {
   int64_t waits = 0;      // loads that had to wait for a version to go idle
   int64_t exhausted = 0;  // loads refused because no room could be made in time
   size_t items = 0;
+  int64_t buffers_reused = 0;  // loads that read their artifact into a buffer an unload gave back
+  int64_t buffers_kept_bytes =
+      0;  // buffers given back and not yet taken again (not counted in used)
 };
 
 // Which idle version makes room. kLru: the least recently used. kLfu: the least frequently used,
@@ -100,6 +105,10 @@ class MemoryBudget {
   // An item went idle: wakes reservations waiting for room.
   void NotifyIdle();
   bool has_waiters() const { return waiters_.load(std::memory_order_relaxed) > 0; }
+  // Where versions under this budget read their artifacts: buffers an unload gives back are kept
+  // (up to a quarter of the limit, at most 256 MiB, or the latest one alone) for the next load to
+  // take with their pages in place, instead of mapping and unmapping the artifact at every load.
+  const std::shared_ptr<BufferPool>& buffers() const { return buffers_; }
 
   // InvalidArgument when what must stay loaded (every Required() item) does not fit, naming the
   // items and their sizes. `what` says which change asked ("pinning m:v", "policy canary").
@@ -114,6 +123,7 @@ class MemoryBudget {
 
   const int64_t limit_;
   const Eviction eviction_;
+  const std::shared_ptr<BufferPool> buffers_;
   mutable std::mutex mu_;
   std::condition_variable idle_;
   std::vector<BudgetItem*> items_;

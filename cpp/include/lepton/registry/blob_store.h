@@ -9,10 +9,13 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "lepton/common/buffer_pool.h"
 
 namespace lepton {
 
@@ -82,6 +85,9 @@ class BlobStore {
   std::string Read(const std::string& sha256) const;
   // The same, mapped rather than read: for loading a model straight from the page cache.
   MappedBlob Map(const std::string& sha256) const;
+  // The same, read into a buffer taken from `pool` (whose pages are in place when it is reused):
+  // for loading versions again and again.
+  std::shared_ptr<BufferPool::Buffer> ReadInto(const std::string& sha256, BufferPool& pool) const;
 
   enum class Health { kOk, kMissing, kCorrupted };
   Health Check(const std::string& sha256) const;

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "lepton/common/buffer_pool.h"
 #include "lepton/common/signature.h"
 #include "lepton/registry/artifact_format.h"
 
@@ -219,6 +220,8 @@ class Registry {
   // does but without looking a version up: for a loader that resolved the version already.
   // InvalidArgument for a malformed hash; IntegrityError when no such artifact is stored.
   std::shared_ptr<const MappedBlob> MapBlob(const std::string& sha256) const;
+  // The same, read into a buffer from `pool` instead of mapped.
+  std::shared_ptr<BufferPool::Buffer> ReadBlob(const std::string& sha256, BufferPool& pool) const;
   std::string ArtifactPath(std::string_view ref) const;
 
   // Points `alias` at `version` (a label, `@OTHER`, or a full reference). With `expected`, the move

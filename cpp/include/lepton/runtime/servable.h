@@ -72,6 +72,7 @@ struct ServableStats {
   int64_t weight_bytes = 0;
   bool shared_code = false;  // compiled (and optimized) by an earlier version with the same code
   bool mapped = false;       // the tensors point into the artifact's mapping, not copies
+  bool pooled = false;       // the tensors point into a memory budget's reused buffer
   std::string placement = "in_process";  // or "process": its forwards run in a worker
   std::optional<WorkerStatus> worker;    // that worker, for a version placed in a process
 };
@@ -162,12 +163,13 @@ class Servable {
   // that compiled and optimized code: nothing is compiled, and one warm-up run (at most) checks
   // that the version answers.
   // `owner`, when given, keeps `bytes` alive and makes them the servable's to write (a private
-  // mapping): the tensors then point into them instead of being copied.
+  // mapping, or with `pooled` a buffer a memory budget reuses): the tensors then point into them
+  // instead of being copied.
   static std::shared_ptr<Servable> Load(std::string model, std::string version,
                                         std::string_view bytes, std::string sha256,
                                         std::optional<Signature> signature, ServableOptions options,
                                         bool verified = false,
-                                        std::shared_ptr<void> owner = nullptr);
+                                        std::shared_ptr<void> owner = nullptr, bool pooled = false);
   ~Servable();
 
   const std::string& model() const;

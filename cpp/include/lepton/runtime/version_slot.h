@@ -1,9 +1,10 @@
 // A version's place in a deployment, whether or not it is loaded now. A slot loads its version
 // when a request needs it (once, however many requests wait: single flight), hands out leases
 // that keep the loaded servable while a request uses it, and, under a memory budget, unloads it
-// when the budget needs room and nothing uses or requires it. Loads started by requests run on the
-// deployment's loader threads, so that a request whose deadline passes returns while the load
-// goes on for the next one.
+// when the budget needs room and nothing uses or requires it. A version's first load, started by a
+// request, runs on the deployment's loader threads, so that a request whose deadline passes
+// returns while the load goes on for the next one; a reload that is known to take far less than
+// the request's time left runs on the request's own thread.
 #pragma once
 
 #include <atomic>
@@ -63,6 +64,7 @@ struct SlotStats {
   bool required = false;     // a policy routes to it, or it is the followed alias's target
   int64_t memory_bytes = 0;  // measured while loaded: its weights and buffers
   int64_t loads = 0;
+  int64_t inline_loads = 0;  // of those, run on the thread of the request that needed it
   int64_t load_failures = 0;
   int64_t evictions = 0;
   int64_t hits = 0;    // requests that found it loaded
@@ -118,9 +120,11 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
     bool waited_ = false;
   };
 
-  // The loaded version for one request, loading it first when it is not (on a loader thread; the
-  // request waits until `deadline`, then gets Timeout while the load goes on). LoadError when the
-  // load failed (and, for retry_s after, at once); Unavailable once the slot drains.
+  // The loaded version for one request, loading it first when it is not: on a loader thread, the
+  // request waiting until `deadline`, then getting Timeout while the load goes on; or, for a
+  // version whose last load took at most a quarter of the time left, on this thread. LoadError
+  // when the load failed (and, for retry_s after, at once); Overloaded when no room could be made
+  // in time; Unavailable once the slot drains.
   Lease Acquire(std::optional<Clock::time_point> deadline);
   // Loads now on the calling thread unless loaded (waits for a load in progress); throws what
   // the load threw.
@@ -159,8 +163,12 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
 
  private:
   void Release();
+  // Whether a request with this deadline runs the load itself rather than on a loader thread.
+  bool MayLoadHereLocked(std::optional<Clock::time_point> deadline) const;
   void StartLoadLocked();  // queues a load on the pool; state becomes kLoading
-  void RunLoad();          // the load itself, on whichever thread runs it
+  // The load itself, on whichever thread runs it; waits for room under the budget until
+  // load_wait_s has passed or `deadline`, whichever comes first.
+  void RunLoad(std::optional<Clock::time_point> deadline = std::nullopt);
   void Touch();
   [[noreturn]] void ThrowFailedLocked() const;
   bool EvictableLocked() const;
