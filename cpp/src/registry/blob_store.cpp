@@ -257,6 +257,10 @@ BlobLease BlobStore::Put(const std::function<void(int, void*, int64_t*)>& write,
       FsyncDir(dir);
       // Downgrade so that writers of identical bytes can share the blob without waiting.
       if (::flock(lease.tmp_fd_, LOCK_SH) != 0) ThrowErrno("cannot lock " + target);
+      // The page cache holds the blob in the small pieces it was written in. Dropped now, it is
+      // read back at first use in large ones (up to 2 MB where the filesystem allows), which a
+      // load copies several times faster and a mapping covers with one entry per 2 MB.
+      (void)::posix_fadvise(lease.tmp_fd_, 0, 0, POSIX_FADV_DONTNEED);
       lease.created_ = true;
       return lease;
     }
@@ -406,7 +410,12 @@ MappedBlob BlobStore::Map(const std::string& sha256) const {
     void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     const int e = errno;
     ::close(fd);
-    if (p != MAP_FAILED) (void)::madvise(p, size, kPopulateRead);
+    if (p != MAP_FAILED) {
+      // Pages read from disk through this mapping come in 2 MB pieces where the filesystem
+      // allows, each mapped by one entry.
+      (void)::madvise(p, size, MADV_HUGEPAGE);
+      (void)::madvise(p, size, kPopulateRead);
+    }
     if (p == MAP_FAILED) {
       errno = e;
       ThrowErrno("cannot map " + PathOf(sha256));
