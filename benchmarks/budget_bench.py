@@ -18,7 +18,13 @@ keeps that check outside the measurement in the budgeted modes too. Reported per
 starts), peak RSS (and how far it rose above the process's RSS after importing torch), and the
 most threads the process had.
 
+With --misses, what one miss costs instead: one client asks 40 versions in turn under a budget
+that holds two (the primary, which the policy keeps, and one other: every other request misses),
+against the same versions all loaded; the difference, per miss, is what a load adds in wall and
+CPU time (medians of --runs rounds of 5 passes).
+
 usage: .venv/bin/python benchmarks/budget_bench.py [--runs 3] [--versions 200] [--budget 100MB]
+       .venv/bin/python benchmarks/budget_bench.py --misses [--runs 3]
 """
 import argparse
 import io
@@ -156,6 +162,56 @@ def child(args):
     print(json.dumps(out), flush=True)
 
 
+def misses(root, runs):
+    """Per-request wall and CPU time, every request a miss against everything loaded."""
+    torch.set_num_threads(1)
+    reg = lepton.Registry(os.path.join(root, "reg"), actor="bench")
+    x = torch.randn(1, 512)
+    labels = [f"v{n}" for n in range(40)]
+    size = reg.get(f"mlp:{labels[0]}").size
+    cold = lepton.Deployment(reg, "mlp", versions=labels, threads=1,
+                             memory_budget=lepton.MemoryBudget(int(2.5 * size)))
+    hot = lepton.Deployment(reg, "mlp", versions=labels, threads=1)
+    for v in labels:  # each artifact checked once, the code compiled once
+        cold.predict(x, version=v)
+        hot.predict(x, version=v)
+
+    def per_request(dep):
+        out = []
+        for _ in range(5):
+            t, c = time.perf_counter(), time.process_time()
+            for v in labels:
+                dep.predict(x, version=v)
+            out.append(((time.perf_counter() - t) / len(labels) * 1e6,
+                        (time.process_time() - c) / len(labels) * 1e6))
+        return statistics.median(o[0] for o in out), statistics.median(o[1] for o in out)
+
+    def counts():
+        vs = cold.status()["versions"]
+        return sum(v["misses"] for v in vs), sum(v["hits"] + v["misses"] for v in vs)
+
+    m0, r0 = counts()
+    rounds = []
+    for _ in range(runs):
+        h, c = per_request(hot), per_request(cold)
+        rounds.append((h[0], h[1], c[0], c[1]))
+    m1, r1 = counts()
+    share = (m1 - m0) / (r1 - r0)  # of the requests, those that missed
+    h_wall, h_cpu, c_wall, c_cpu = (statistics.median(r[i] for r in rounds) for i in range(4))
+    st = cold.status()
+    inline = sum(v["inline_loads"] for v in st["versions"])
+    loads = sum(v["loads"] for v in st["versions"])
+    print(f"one client, 40 versions in turn, batch 1, medians of {runs} rounds:")
+    print(f"  everything loaded: {h_wall:.0f} us wall, {h_cpu:.0f} us CPU per request")
+    print(f"  budget for two, {share:.0%} of the requests missing: {c_wall:.0f} us wall, "
+          f"{c_cpu:.0f} us CPU per request")
+    print(f"  a miss adds {(c_wall - h_wall) / share:.0f} us wall, {(c_cpu - h_cpu) / share:.0f} us CPU; "
+          f"{inline} of {loads} loads ran on the request's thread, "
+          f"{st['memory']['buffers_reused']} into a reused buffer")
+    cold.close()
+    hot.close()
+
+
 def run_mode(root, mode, args):
     cmd = [sys.executable, __file__, "--child", mode, "--root", root, "--versions", str(args.versions),
            "--budget", args.budget, "--requests", str(args.requests), "--warmup", str(args.warmup)]
@@ -172,11 +228,15 @@ def main():
     ap.add_argument("--warmup", type=int, default=4000)
     ap.add_argument("--child", default=None)
     ap.add_argument("--root", default=None)
+    ap.add_argument("--misses", action="store_true", help="what one miss costs, one client")
     args = ap.parse_args()
     if args.child:
         args.mode = args.child
         return child(args)
     with tempfile.TemporaryDirectory() as root:
+        if args.misses:
+            make_registry(root, 40)
+            return misses(root, args.runs)
         t0 = time.perf_counter()
         make_registry(root, args.versions)
         print(f"{args.versions} versions registered in {time.perf_counter() - t0:.1f} s; "
