@@ -36,6 +36,27 @@ constexpr const char* kPendingSuffix = ".pending";
   throw StorageError(what + ": " + std::strerror(e), e);
 }
 
+// Closes a descriptor when the scope ends.
+struct FdCloser {
+  int fd;
+  ~FdCloser() { ::close(fd); }
+};
+
+// Reads up to `size` bytes from the start of `fd` into `into`; fewer only at the end of the file.
+size_t ReadFully(int fd, char* into, size_t size, const std::string& path) {
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t r = ::pread(fd, into + done, size - done, static_cast<off_t>(done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      ThrowErrno("cannot read " + path);
+    }
+    if (r == 0) break;
+    done += static_cast<size_t>(r);
+  }
+  return done;
+}
+
 struct DigestDeleter {
   void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
 };
@@ -175,10 +196,7 @@ BlobLease BlobStore::PutFile(const std::string& source_path, const Validator& va
   }
   int src = ::open(source_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (src < 0) ThrowErrno("cannot open artifact file '" + source_path + "'");
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{src};
+  const FdCloser closer{src};
   return Put(
       [src](int fd, void* hash_ctx, int64_t* size) {
         std::string buf(kChunk, '\0');
@@ -333,22 +351,9 @@ void BlobStore::VerifyOnce(const std::string& sha256, const struct stat& st,
 std::string BlobStore::Read(const std::string& sha256) const {
   struct stat st {};
   const int fd = OpenForRead(sha256, &st);
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
+  const FdCloser closer{fd};
   std::string bytes(static_cast<size_t>(st.st_size), '\0');
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t r = ::read(fd, bytes.data() + done, bytes.size() - done);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      ThrowErrno("cannot read " + PathOf(sha256));
-    }
-    if (r == 0) break;
-    done += static_cast<size_t>(r);
-  }
-  bytes.resize(done);
+  bytes.resize(ReadFully(fd, bytes.data(), bytes.size(), PathOf(sha256)));
   VerifyOnce(sha256, st, bytes);
   return bytes;
 }
@@ -357,20 +362,10 @@ std::shared_ptr<BufferPool::Buffer> BlobStore::ReadInto(const std::string& sha25
                                                         BufferPool& pool) const {
   struct stat st {};
   const int fd = OpenForRead(sha256, &st);
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
+  const FdCloser closer{fd};
   auto buffer = pool.Take(static_cast<size_t>(st.st_size));
-  size_t done = 0;
-  while (done < buffer->size()) {
-    ssize_t r = ::pread(fd, buffer->data() + done, buffer->size() - done, static_cast<off_t>(done));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      ThrowErrno("cannot read " + PathOf(sha256));
-    }
-    if (r == 0) throw IntegrityError("artifact " + sha256 + " is shorter than when it was opened");
-    done += static_cast<size_t>(r);
+  if (ReadFully(fd, buffer->data(), buffer->size(), PathOf(sha256)) < buffer->size()) {
+    throw IntegrityError("artifact " + sha256 + " is shorter than when it was opened");
   }
   VerifyOnce(sha256, st, std::string_view(buffer->data(), buffer->size()));
   return buffer;
@@ -474,10 +469,7 @@ bool BlobStore::RemoveIfUnused(const std::string& sha256, const std::function<bo
   const std::string path = PathOf(sha256);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
+  const FdCloser closer{fd};
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) return false;  // a writer is committing it
   struct stat held {
   }, named{};

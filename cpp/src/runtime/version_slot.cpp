@@ -205,10 +205,7 @@ VersionSlot::Lease VersionSlot::Acquire(std::optional<Clock::time_point> deadlin
       case Residency::kEvicted:
         if (MayLoadHereLocked(deadline)) {
           // Runs the load on this request's thread: no hand-off to a loader thread and back.
-          residency_ = Residency::kLoading;
-          lk.unlock();
-          RunLoad(deadline);
-          lk.lock();
+          LoadHereLocked(lk, deadline);
           if (residency_ == Residency::kLoaded) ++stats_.inline_loads;
           missed = true;
           if (residency_ == Residency::kFailed) {
@@ -251,6 +248,14 @@ bool VersionSlot::MayLoadHereLocked(std::optional<Clock::time_point> deadline) c
   return stats_.last_load_s * 4 < Seconds(*deadline - Clock::now());
 }
 
+void VersionSlot::LoadHereLocked(std::unique_lock<std::mutex>& lk,
+                                 std::optional<Clock::time_point> deadline) {
+  residency_ = Residency::kLoading;
+  lk.unlock();
+  RunLoad(deadline);
+  lk.lock();
+}
+
 void VersionSlot::StartLoadLocked() {
   if (!config_.pool) throw Unavailable(budget_name() + " is not loaded");
   residency_ = Residency::kLoading;
@@ -278,10 +283,7 @@ void VersionSlot::Load() {
         if (residency_ == Residency::kFailed) std::rethrow_exception(error_);
         continue;
       default:
-        residency_ = Residency::kLoading;
-        lk.unlock();
-        RunLoad();
-        lk.lock();
+        LoadHereLocked(lk, std::nullopt);
         if (residency_ == Residency::kFailed) std::rethrow_exception(error_);
         return;
     }

@@ -165,6 +165,8 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
   void Release();
   // Whether a request with this deadline runs the load itself rather than on a loader thread.
   bool MayLoadHereLocked(std::optional<Clock::time_point> deadline) const;
+  // Runs the load on this thread, with mu_ (held by `lk`) released meanwhile.
+  void LoadHereLocked(std::unique_lock<std::mutex>& lk, std::optional<Clock::time_point> deadline);
   void StartLoadLocked();  // queues a load on the pool; state becomes kLoading
   // The load itself, on whichever thread runs it; waits for room under the budget until
   // load_wait_s has passed or `deadline`, whichever comes first.
