@@ -1,6 +1,7 @@
 """Where a version runs, side by side in one run, medians of several runs: in this process against
-in a worker process of its own (placement="process"), sleeping between frames and busy-polling
-for them (worker={"busy_poll_us": 100}), and against a remote version (lepton.Remote) served by
+in a worker process of its own (placement="process": by default each side waits for the other's
+frame awake while the process has cores to spare; with worker={"busy_poll_us": 0} it always
+sleeps), and against a remote version (lepton.Remote) served by
 `lepton serve` in a child process on loopback, over HTTP with binary tensor data, for a small MLP
 (64->256->256->8).
 
@@ -27,7 +28,7 @@ import lepton
 from engine_bench import load, mlp
 from http_bench import free_port, wait_ready
 
-OTHERS = ("process", "busy_poll", "remote")
+OTHERS = ("process", "sleeping", "remote")
 
 
 def latencies(dep, x, n):
@@ -67,8 +68,8 @@ def main():
         deps = {
             "in_process": lepton.Deployment(reg, "m", ["v1"], threads=2, adaptive=False),
             "process": lepton.Deployment(reg, "m", ["v1"], threads=2, adaptive=False, placement="process"),
-            "busy_poll": lepton.Deployment(reg, "m", ["v1"], threads=2, adaptive=False, placement="process",
-                                           worker={"busy_poll_us": 100}),
+            "sleeping": lepton.Deployment(reg, "m", ["v1"], threads=2, adaptive=False, placement="process",
+                                          worker={"busy_poll_us": 0}),
             "remote": lepton.Deployment(reg, "m", [lepton.Remote(url, model="m", version="v1")], threads=2,
                                         adaptive=False),
         }

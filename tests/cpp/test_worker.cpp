@@ -12,6 +12,7 @@
 #include "engine_models.h"
 #include "engine_registry.h"
 #include "lepton/common/errors.h"
+#include "lepton/common/process.h"
 #include "lepton/policy/policies.h"
 #include "lepton/runtime/deployment.h"
 #include "test_util.h"
@@ -113,7 +114,7 @@ TEST_F(WorkerTest, ModelErrorsAndDeadlinesComeBackTyped) {
   DeploymentOptions o = Opts();
   o.placement["v3"] = Placement::kProcess;
   o.placement["v4"] = Placement::kProcess;
-  o.worker.busy_poll_s = 100e-6;  // both sides look for frames awake: the same answers
+  o.worker.busy_poll_s = 0;  // both sides always sleep for frames: the same answers
   Deployment d(reg_, "m", {"v3", "v4"}, o);
   EXPECT_THROW(d.Predict({-torch::ones({2})}, Pin("v3")), ModelError);
   EXPECT_TRUE(
@@ -124,6 +125,27 @@ TEST_F(WorkerTest, ModelErrorsAndDeadlinesComeBackTyped) {
   // The worker still answers after a request was given up on.
   EXPECT_TRUE(
       torch::equal(d.Predict({torch::zeros({1, 1})}, Pin("v4")).outputs[0], torch::zeros({1, 1})));
+}
+
+// Each side of the hop waits for the other awake only while the process has cores to spare,
+// counted from the requests its deployments are answering: one while it runs, none after.
+TEST_F(WorkerTest, TheProcessCountsTheRequestsItIsAnswering) {
+  testing::RegisterLabelled(*reg_, "m", "v4", testing::Sleeps());
+  DeploymentOptions o = Opts();
+  o.placement["v4"] = Placement::kProcess;
+  Deployment d(reg_, "m", {"v4"}, o);
+  EXPECT_EQ(CountedRequest::InFlight(), 0);
+  std::thread caller([&] { d.Predict({torch::full({1, 1}, 500.0)}, Pin("v4")); });
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (CountedRequest::InFlight() == 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(CountedRequest::InFlight(), 1);
+  caller.join();
+  EXPECT_EQ(CountedRequest::InFlight(), 0);
+  // A request that fails is uncounted too.
+  EXPECT_THROW(d.Predict({torch::ones({1, 1})}, Pin("v9")), Error);
+  EXPECT_EQ(CountedRequest::InFlight(), 0);
 }
 
 // Under load, requests queued for a worker go to it together in one exchange; each is still its

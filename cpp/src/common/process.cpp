@@ -94,6 +94,16 @@ int UsableCores() {
   return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
+namespace {
+std::atomic<int> g_requests_in_flight{0};
+}  // namespace
+
+CountedRequest::CountedRequest() { g_requests_in_flight.fetch_add(1, std::memory_order_relaxed); }
+
+CountedRequest::~CountedRequest() { g_requests_in_flight.fetch_sub(1, std::memory_order_relaxed); }
+
+int CountedRequest::InFlight() { return g_requests_in_flight.load(std::memory_order_relaxed); }
+
 std::string RandomHex(size_t bytes) {
   std::string raw(bytes, '\0');
   RandomBytes(reinterpret_cast<unsigned char*>(raw.data()), bytes);

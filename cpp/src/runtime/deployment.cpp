@@ -82,6 +82,7 @@ void Deployment::Impl::Start(const std::vector<std::string>& specs) {
 }
 
 Prediction Deployment::Impl::Predict(const Tensors& inputs, const PredictOptions& o) {
+  const CountedRequest counted;
   const auto start = Clock::now();
   Touch();
   for (int attempt = 0;; ++attempt) {

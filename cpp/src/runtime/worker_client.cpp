@@ -86,6 +86,7 @@ class InFlight {
   InFlight() : n_(count_.fetch_add(1, std::memory_order_relaxed) + 1) {}
   ~InFlight() { count_.fetch_sub(1, std::memory_order_relaxed); }
   int count() const { return n_; }
+  static int Now() { return count_.load(std::memory_order_relaxed); }
 
  private:
   static inline std::atomic<int> count_{0};
@@ -169,6 +170,15 @@ class WorkerProcess final : public ForwardTarget,
     }
     if (sent.empty()) return;
     if (unbounded) deadline.reset();
+    // Waiting awake pays only while a core is free for it: the worker needs one to answer, so
+    // this process's exchanges with workers, and the requests it is answering, two cores each,
+    // must fit.
+    const auto awake = [](int exchanges) {
+      return CoresToSpare(std::max(exchanges, CountedRequest::InFlight()));
+    };
+    if (awake(InFlight::Now() + 1)) {
+      for (size_t i : sent) requests[i].set_awake(true);
+    }
     uint64_t generation = 0;
     int pid = 0;
     Fd conn;
@@ -185,10 +195,8 @@ class WorkerProcess final : public ForwardTarget,
       worker::Response resp;
       while (s == WireStatus::kOk && answered < sent.size()) {
         {
-          // Waiting awake pays only while a core is free for it: the worker needs one to
-          // answer, so this process's exchanges with workers, two cores each, must fit.
           const InFlight counted;
-          const double spin_s = CoresToSpare(counted.count()) ? options_.busy_poll_s : 0;
+          const double spin_s = awake(counted.count()) ? options_.busy_poll_s : 0;
           s = ReadFrame(conn.fd, resp, deadline, in, spin_s);
         }
         if (s != WireStatus::kOk) break;

@@ -92,12 +92,15 @@ void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, doub
       return;
     }
     Tensors inputs;
-    // Waiting awake for the next request pays only while a core is free for it: the other
-    // connections' forwards, and the deployment's side of each, need theirs.
+    // Waiting awake for the next request pays only while a core is free for it: the deployment
+    // says whether it had one to spare when it asked (it waited awake for the answer), and the
+    // other connections' forwards need theirs.
+    bool awake = false;
     for (;;) {
       const double spin_s =
-          CoresToSpare(running.load(std::memory_order_relaxed) + 1) ? busy_poll_s : 0;
+          awake && CoresToSpare(running.load(std::memory_order_relaxed) + 1) ? busy_poll_s : 0;
       if (ReadFrame(fd, req, std::nullopt, in, spin_s) != WireStatus::kOk) break;
+      awake = req.awake();
       running.fetch_add(1, std::memory_order_relaxed);
       struct Done {
         ~Done() { running.fetch_sub(1, std::memory_order_relaxed); }

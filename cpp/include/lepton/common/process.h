@@ -32,6 +32,18 @@ std::string ReplicaName();
 // a worker's `cpus` set), at least 1; the machine's count where the mask cannot be read.
 int UsableCores();
 
+// Counts one request this process is answering, over every deployment, for as long as it lives.
+// `InFlight()` is how many there are now: how busy the process is, for a thread that would
+// rather wait awake than sleep, but only while cores are to spare.
+class CountedRequest {
+ public:
+  CountedRequest();
+  ~CountedRequest();
+  CountedRequest(const CountedRequest&) = delete;
+  CountedRequest& operator=(const CountedRequest&) = delete;
+  static int InFlight();
+};
+
 // The longest span turned into a deadline: a caller's "timeout=1e10" or "inf" is a deadline about
 // a century away, not an overflow into the past.
 constexpr double kMaxDeadlineSeconds = 100.0 * 365 * 24 * 3600;

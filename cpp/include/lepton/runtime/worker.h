@@ -42,9 +42,10 @@ struct WorkerOptions {
   int max_connections = 64;
   // How long each side looks for the other's next frame without sleeping (the deployment for an
   // answer, the worker for the next request): a wake-up costs tens of microseconds on some
-  // machines, more than a small forward. Only while the machine has a core to spare for it: a
-  // side that would take a core others need sleeps at once. 0: always sleep at once.
-  double busy_poll_s = 0;
+  // machines, more than a small forward. Only while the process has a core to spare for it
+  // (requests it is answering and exchanges with workers, two cores each, within its CPUs):
+  // under load both sides sleep at once. 0: always sleep at once.
+  double busy_poll_s = 100e-6;
 };
 
 // Starts a worker for one version and waits until it has loaded and warmed up; LoadError (with
