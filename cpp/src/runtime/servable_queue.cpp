@@ -209,9 +209,21 @@ RunResult Servable::Impl::Run(const Tensors& inputs, const RunOptions& o) {
   if (!o.inputs_checked) CheckInputs(inputs, nullptr, o.strings.get());
   std::unique_lock<std::mutex> lk(mu_);
   RequireServing();
-  const bool inline_ok = options_.max_batch_size == 1 && !o.deadline && !o.force_async &&
-                         queue_.empty() && !collecting_ && in_flight_ < threads_;
-  if (!inline_ok) {
+  const bool free_slot = options_.max_batch_size == 1 && !o.deadline && !o.force_async &&
+                         !collecting_ && in_flight_ < threads_;
+  if (free_slot && !queue_.empty() && target_ && target_->max_coalesced() > 1) {
+    // A free slot with requests waiting for a target that takes several at once: the caller
+    // takes them, its own among them, to the target itself rather than waking an executor.
+    auto t = MakeTicket(inputs, o);
+    Admit(lk, t);
+    collecting_ = true;
+    auto arena = arena_;
+    lk.unlock();
+    arena->execute([this] { Collect(); });
+    lk.lock();
+    return WaitLocked(lk, t);
+  }
+  if (!free_slot || !queue_.empty()) {
     auto t = MakeTicket(inputs, o);
     Admit(lk, t);
     MaybeDispatch(lk);
