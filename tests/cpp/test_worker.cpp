@@ -150,43 +150,48 @@ TEST_F(WorkerTest, TheProcessCountsTheRequestsItIsAnswering) {
 
 // Under load, requests queued for a worker go to it together in one exchange; each is still its
 // own forward there, with its own answer, its own error and its own deadline, in its own order.
+// Requests without a deadline are taken to the worker by their callers, the others by the
+// servable's executors: both kinds mix in the queue, over one exchange at a time and over two.
 TEST_F(WorkerTest, RequestsThatWaitTogetherTravelTogetherAndEachGetsItsOwnAnswer) {
   testing::RegisterLabelled(*reg_, "m", "v3", testing::FailsOnNegative());
-  DeploymentOptions o = Opts();
-  o.threads = 1;  // one exchange at a time: the others queue behind it
-  o.placement["v3"] = Placement::kProcess;
-  Deployment d(reg_, "m", {"v3"}, o);
-  constexpr int kClients = 8, kRequests = 300;
-  std::atomic<int> wrong{0}, answered{0}, refused{0};
-  std::vector<std::thread> clients;
-  for (int c = 0; c < kClients; ++c) {
-    clients.emplace_back([&, c] {
-      for (int i = 0; i < kRequests; ++i) {
-        const float value = static_cast<float>(c * 1000 + i);
-        const bool negative = i % 5 == 3;
-        PredictOptions p = Pin("v3");
-        if (i % 3 == 0) p.timeout_s = 60;
-        try {
-          Prediction r = d.Predict({torch::full({2}, negative ? -value - 1 : value)}, p);
-          if (negative || !torch::equal(r.outputs[0], torch::full({2}, value * 2))) ++wrong;
-          ++answered;
-        } catch (const ModelError&) {
-          if (!negative) ++wrong;
-          ++refused;
-        } catch (...) {
-          ++wrong;
+  for (int threads : {1, 2}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    DeploymentOptions o = Opts();
+    o.threads = threads;  // exchanges at a time: the others queue behind them
+    o.placement["v3"] = Placement::kProcess;
+    Deployment d(reg_, "m", {"v3"}, o);
+    constexpr int kClients = 8, kRequests = 300;
+    std::atomic<int> wrong{0}, answered{0}, refused{0};
+    std::vector<std::thread> clients;
+    for (int c = 0; c < kClients; ++c) {
+      clients.emplace_back([&, c] {
+        for (int i = 0; i < kRequests; ++i) {
+          const float value = static_cast<float>(c * 1000 + i);
+          const bool negative = i % 5 == 3;
+          PredictOptions p = Pin("v3");
+          if (i % 3 == 0) p.timeout_s = 60;
+          try {
+            Prediction r = d.Predict({torch::full({2}, negative ? -value - 1 : value)}, p);
+            if (negative || !torch::equal(r.outputs[0], torch::full({2}, value * 2))) ++wrong;
+            ++answered;
+          } catch (const ModelError&) {
+            if (!negative) ++wrong;
+            ++refused;
+          } catch (...) {
+            ++wrong;
+          }
         }
-      }
-    });
+      });
+    }
+    for (auto& t : clients) t.join();
+    EXPECT_EQ(wrong.load(), 0);
+    EXPECT_EQ(answered.load(), kClients * kRequests * 4 / 5);
+    EXPECT_EQ(refused.load(), kClients * kRequests / 5);
+    const ServableStats s = Stats(d.Status(), "v3");
+    EXPECT_EQ(s.succeeded, answered.load());
+    EXPECT_EQ(s.failed, refused.load());
+    EXPECT_EQ(s.requests, kClients * kRequests);
   }
-  for (auto& t : clients) t.join();
-  EXPECT_EQ(wrong.load(), 0);
-  EXPECT_EQ(answered.load(), kClients * kRequests * 4 / 5);
-  EXPECT_EQ(refused.load(), kClients * kRequests / 5);
-  const ServableStats s = Stats(d.Status(), "v3");
-  EXPECT_EQ(s.succeeded, answered.load());
-  EXPECT_EQ(s.failed, refused.load());
-  EXPECT_EQ(s.requests, kClients * kRequests);
 }
 
 TEST_F(WorkerTest, LimitsAreAppliedInTheWorkerAndReadBack) {

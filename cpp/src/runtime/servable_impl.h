@@ -37,6 +37,9 @@ class Servable::Ticket {
   RunResult result;
   std::exception_ptr error;
   std::condition_variable done;
+  // Its caller waits in Run and, woken when a slot frees, takes the queued requests to the
+  // target itself (see MaybeDispatch).
+  bool caller_collects = false;
 };
 
 class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
@@ -136,6 +139,10 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     lk.unlock();
     return Take(t);
   }
+
+  // Whether a request run with `o` is taken to the target by its own caller (a target that
+  // takes several requests at once, no deadline, no batching).
+  bool CallerCollects(const RunOptions& o) const;
 
   std::shared_ptr<Ticket> Submit(const Tensors& inputs, const RunOptions& o);
 

@@ -78,7 +78,20 @@ int64_t Servable::Impl::QueuedRows() const {
 
 void Servable::Impl::MaybeDispatch(std::unique_lock<std::mutex>& lk) {
   (void)lk;
-  if (!queue_.empty() && !collecting_ && in_flight_ < threads_) work_.notify_one();
+  if (queue_.empty() || collecting_ || in_flight_ >= threads_) return;
+  // A caller that must wake for its answer anyway takes the queue to the target itself: one
+  // wake-up instead of an executor's and then the caller's.
+  const auto& first = queue_.begin()->second;
+  if (first->caller_collects) {
+    first->done.notify_all();
+  } else {
+    work_.notify_one();
+  }
+}
+
+bool Servable::Impl::CallerCollects(const RunOptions& o) const {
+  return options_.max_batch_size == 1 && !o.deadline && !o.force_async && target_ &&
+         target_->max_coalesced() > 1;
 }
 
 void Servable::Impl::StartExecutors(std::unique_lock<std::mutex>& lk) {
@@ -211,16 +224,13 @@ RunResult Servable::Impl::Run(const Tensors& inputs, const RunOptions& o) {
   RequireServing();
   const bool free_slot = options_.max_batch_size == 1 && !o.deadline && !o.force_async &&
                          !collecting_ && in_flight_ < threads_;
-  if (free_slot && !queue_.empty() && target_ && target_->max_coalesced() > 1) {
-    // A free slot with requests waiting for a target that takes several at once: the caller
-    // takes them, its own among them, to the target itself rather than waking an executor.
+  if (CallerCollects(o)) {
+    // A target that takes several requests at once: the caller takes the waiting ones, its own
+    // among them, to the target itself (now if a slot is free, else when woken for one) rather
+    // than waking an executor.
     auto t = MakeTicket(inputs, o);
+    t->caller_collects = true;
     Admit(lk, t);
-    collecting_ = true;
-    auto arena = arena_;
-    lk.unlock();
-    arena->execute([this] { Collect(); });
-    lk.lock();
     return WaitLocked(lk, t);
   }
   if (!free_slot || !queue_.empty()) {
@@ -261,6 +271,15 @@ std::shared_ptr<Servable::Ticket> Servable::Impl::Submit(const Tensors& inputs,
 RunResult Servable::Impl::WaitLocked(std::unique_lock<std::mutex>& lk,
                                      const std::shared_ptr<Ticket>& t) {
   while (t->state != Ticket::State::kDone) {
+    if (t->caller_collects && t->state == Ticket::State::kQueued && !collecting_ &&
+        in_flight_ < threads_ && !stopping_) {
+      collecting_ = true;
+      auto arena = arena_;
+      lk.unlock();
+      arena->execute([this] { Collect(); });
+      lk.lock();
+      continue;
+    }
     if (!t->deadline) {
       t->done.wait(lk);
       continue;
