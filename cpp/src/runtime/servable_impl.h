@@ -37,8 +37,8 @@ class Servable::Ticket {
   RunResult result;
   std::exception_ptr error;
   std::condition_variable done;
-  // Its caller waits in Run and, woken when a slot frees, takes the queued requests to the
-  // target itself (see MaybeDispatch).
+  // Its caller waits in Run and, woken when a slot frees, runs the head of the queue itself
+  // (see MaybeDispatch).
   bool caller_collects = false;
 };
 
@@ -140,8 +140,8 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     return Take(t);
   }
 
-  // Whether a request run with `o` is taken to the target by its own caller (a target that
-  // takes several requests at once, no deadline, no batching).
+  // Whether a request run with `o` is run by its own caller, with whatever waits ahead of it,
+  // rather than by an executor (no deadline, no batching).
   bool CallerCollects(const RunOptions& o) const;
 
   std::shared_ptr<Ticket> Submit(const Tensors& inputs, const RunOptions& o);

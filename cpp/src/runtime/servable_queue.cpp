@@ -90,8 +90,7 @@ void Servable::Impl::MaybeDispatch(std::unique_lock<std::mutex>& lk) {
 }
 
 bool Servable::Impl::CallerCollects(const RunOptions& o) const {
-  return options_.max_batch_size == 1 && !o.deadline && !o.force_async && target_ &&
-         target_->max_coalesced() > 1;
+  return options_.max_batch_size == 1 && !o.deadline && !o.force_async;
 }
 
 void Servable::Impl::StartExecutors(std::unique_lock<std::mutex>& lk) {
@@ -222,28 +221,27 @@ RunResult Servable::Impl::Run(const Tensors& inputs, const RunOptions& o) {
   if (!o.inputs_checked) CheckInputs(inputs, nullptr, o.strings.get());
   std::unique_lock<std::mutex> lk(mu_);
   RequireServing();
-  const bool free_slot = options_.max_batch_size == 1 && !o.deadline && !o.force_async &&
-                         !collecting_ && in_flight_ < threads_;
-  if (CallerCollects(o)) {
-    // A target that takes several requests at once: the caller takes the waiting ones, its own
-    // among them, to the target itself (now if a slot is free, else when woken for one) rather
-    // than waking an executor.
-    auto t = MakeTicket(inputs, o);
-    t->caller_collects = true;
-    Admit(lk, t);
-    return WaitLocked(lk, t);
-  }
-  if (!free_slot || !queue_.empty()) {
+  if (!CallerCollects(o)) {
     auto t = MakeTicket(inputs, o);
     Admit(lk, t);
     MaybeDispatch(lk);
     return WaitLocked(lk, t);
   }
-  // A free slot and nobody waiting: the caller runs the request itself, inside the arena.
-  auto arena = arena_;
-  return RunOnCaller(lk, MakeTicket(inputs, o), [&](const std::shared_ptr<Ticket>& t) {
-    arena->execute([&] { Execute({t}); });
-  });
+  if (!target_ && queue_.empty() && !collecting_ && in_flight_ < threads_) {
+    // A free slot and nobody waiting: the caller runs the request itself, inside the arena.
+    auto arena = arena_;
+    return RunOnCaller(lk, MakeTicket(inputs, o), [&](const std::shared_ptr<Ticket>& t) {
+      arena->execute([&] { Execute({t}); });
+    });
+  }
+  // Others wait, or the target takes several requests at once: the caller queues its request
+  // and, now if a slot is free, else when woken for one, takes the head of the queue (a worker's
+  // exchange of up to 8, its own among them) to the servable itself, rather than waking an
+  // executor and then being woken by it.
+  auto t = MakeTicket(inputs, o);
+  t->caller_collects = true;
+  Admit(lk, t);
+  return WaitLocked(lk, t);
 }
 
 RunResult Servable::Impl::RunHere(const Tensors& inputs, int intra_op_threads,
