@@ -140,6 +140,9 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     return Take(t);
   }
 
+  // Whether a thread may start on the queue now: no one is taking from it and a slot is free.
+  bool SlotFree() const { return !collecting_ && in_flight_ < threads_; }
+
   // Whether a request run with `o` is run by its own caller, with whatever waits ahead of it,
   // rather than by an executor (no deadline, no batching).
   bool CallerCollects(const RunOptions& o) const;

@@ -78,8 +78,8 @@ int64_t Servable::Impl::QueuedRows() const {
 
 void Servable::Impl::MaybeDispatch(std::unique_lock<std::mutex>& lk) {
   (void)lk;
-  if (queue_.empty() || collecting_ || in_flight_ >= threads_) return;
-  // A caller that must wake for its answer anyway takes the queue to the target itself: one
+  if (queue_.empty() || !SlotFree()) return;
+  // A caller that must wake for its answer anyway runs the head of the queue itself: one
   // wake-up instead of an executor's and then the caller's.
   const auto& first = queue_.begin()->second;
   if (first->caller_collects) {
@@ -107,7 +107,7 @@ void Servable::Impl::ExecutorLoop(int index) {
   std::unique_lock<std::mutex> lk(mu_);
   const auto linger = DeadlineIn(options_.idle_thread_s);
   while (!stopping_ && index < threads_) {
-    if (queue_.empty() || collecting_ || in_flight_ >= threads_) {
+    if (queue_.empty() || !SlotFree()) {
       if (work_.wait_for(lk, linger) == std::cv_status::timeout && queue_.empty()) break;
       continue;
     }
@@ -227,7 +227,7 @@ RunResult Servable::Impl::Run(const Tensors& inputs, const RunOptions& o) {
     MaybeDispatch(lk);
     return WaitLocked(lk, t);
   }
-  if (!target_ && queue_.empty() && !collecting_ && in_flight_ < threads_) {
+  if (!target_ && queue_.empty() && SlotFree()) {
     // A free slot and nobody waiting: the caller runs the request itself, inside the arena.
     auto arena = arena_;
     return RunOnCaller(lk, MakeTicket(inputs, o), [&](const std::shared_ptr<Ticket>& t) {
@@ -269,8 +269,7 @@ std::shared_ptr<Servable::Ticket> Servable::Impl::Submit(const Tensors& inputs,
 RunResult Servable::Impl::WaitLocked(std::unique_lock<std::mutex>& lk,
                                      const std::shared_ptr<Ticket>& t) {
   while (t->state != Ticket::State::kDone) {
-    if (t->caller_collects && t->state == Ticket::State::kQueued && !collecting_ &&
-        in_flight_ < threads_ && !stopping_) {
+    if (t->caller_collects && t->state == Ticket::State::kQueued && SlotFree() && !stopping_) {
       collecting_ = true;
       auto arena = arena_;
       lk.unlock();
