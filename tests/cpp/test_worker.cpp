@@ -194,6 +194,39 @@ TEST_F(WorkerTest, RequestsThatWaitTogetherTravelTogetherAndEachGetsItsOwnAnswer
   }
 }
 
+// An exchange goes through the connection's shared mailbox, or over its socket when it is too
+// large for the mailbox (256 KiB each way) or shared memory is turned off: the same answers
+// either way, for small and large requests mixed in the same exchanges.
+TEST_F(WorkerTest, ExchangesThroughSharedMemoryOrTheSocketGiveTheSameAnswers) {
+  for (bool shared : {true, false}) {
+    SCOPED_TRACE(shared ? "shared memory" : "socket only");
+    DeploymentOptions o = Opts();
+    o.worker.shared_memory = shared;
+    Deployment d(reg_, "m", {"v2"}, o);
+    // 3 floats; just under and just over the mailbox; 2 MB.
+    const std::vector<int64_t> sizes = {3, 65000, 66000, 500000};
+    std::atomic<int> wrong{0};
+    std::vector<std::thread> clients;
+    for (int c = 0; c < 4; ++c) {
+      clients.emplace_back([&, c] {
+        for (int i = 0; i < 40; ++i) {
+          const int64_t n = sizes[static_cast<size_t>(c + i) % sizes.size()];
+          const torch::Tensor x = torch::arange(n, torch::kFloat) + static_cast<float>(c);
+          try {
+            const Prediction p = d.Predict({x}, Pin("v2"));
+            if (!torch::equal(p.outputs[0], x + 2)) ++wrong;
+          } catch (...) {
+            ++wrong;
+          }
+        }
+      });
+    }
+    for (auto& t : clients) t.join();
+    EXPECT_EQ(wrong.load(), 0);
+    EXPECT_EQ(Stats(d.Status(), "v2").succeeded, 160);
+  }
+}
+
 TEST_F(WorkerTest, LimitsAreAppliedInTheWorkerAndReadBack) {
   DeploymentOptions o = Opts();
   o.resources["v2"].memory_bytes = int64_t{6} << 30;
@@ -333,7 +366,7 @@ TEST(WorkerOptionsJson, PlacementResourcesAndWorkerAreRead) {
       R"({"placement": {"v2": "process", "v1": "in_process"},
           "resources": {"v2": {"memory": "2GB", "cpus": [1, 0]}},
           "worker": {"max_restarts": 3, "restart_backoff": 0.5, "libraries": ["/x.so"],
-                     "busy_poll_us": 100}})");
+                     "busy_poll_us": 100, "shared_memory": false}})");
   EXPECT_EQ(o.PlacementOf("v2"), Placement::kProcess);
   EXPECT_EQ(o.PlacementOf("v1"), Placement::kInProcess);
   EXPECT_EQ(o.PlacementOf("v9"), Placement::kInProcess);
@@ -343,6 +376,10 @@ TEST(WorkerOptionsJson, PlacementResourcesAndWorkerAreRead) {
   EXPECT_EQ(o.worker.restart_backoff_s, 0.5);
   EXPECT_EQ(o.worker.libraries, std::vector<std::string>{"/x.so"});
   EXPECT_DOUBLE_EQ(o.worker.busy_poll_s, 100e-6);
+  EXPECT_FALSE(o.worker.shared_memory);
+  EXPECT_TRUE(DeploymentOptionsFromJson("{}").worker.shared_memory);
+  EXPECT_THROW(DeploymentOptionsFromJson(R"({"worker": {"shared_memory": "yes"}})"),
+               InvalidArgument);
   EXPECT_EQ(DeploymentOptionsFromJson(R"({"placement": "process"})").PlacementOf("v7"),
             Placement::kProcess);
   EXPECT_THROW(DeploymentOptionsFromJson(R"({"placement": "pod"})"), InvalidArgument);

@@ -176,6 +176,7 @@ void ReadPlacementOptions(Fields& f, DeploymentOptions& o) {
     wo.restart_window_s = SecondsField(w, "restart_window", wo.restart_window_s, false);
     wo.max_connections = CountField(w, "max_connections", wo.max_connections, 1);
     if (w.has("busy_poll_us")) wo.busy_poll_s = SecondsField(w, "busy_poll_us", 0, true) * 1e-6;
+    wo.shared_memory = w.get<bool>("shared_memory", "true or false", wo.shared_memory);
   }
   if (f.has("remotes")) {
     const nlohmann::json& r = f.raw("remotes");

@@ -26,6 +26,7 @@
 #include "lepton/common/process.h"
 #include "lepton/observe/events.h"
 #include "lepton/runtime/worker.h"
+#include "worker_channel.h"
 #include "worker_wire.h"
 
 extern char** environ;
@@ -71,6 +72,12 @@ struct Fd {
     if (fd >= 0) ::close(fd);
     fd = -1;
   }
+};
+
+// A connection to a worker: its socket and, where the system allows, its shared mailbox.
+struct Connection {
+  Fd socket;
+  std::unique_ptr<WorkerChannel> channel;
 };
 
 // One running incarnation of the worker.
@@ -179,31 +186,59 @@ class WorkerProcess final : public ForwardTarget,
     if (awake(InFlight::Now() + 1)) {
       for (size_t i : sent) requests[i].set_awake(true);
     }
+    for (size_t j = 0; j + 1 < sent.size(); ++j) requests[sent[j]].set_more(true);
     uint64_t generation = 0;
     int pid = 0;
-    Fd conn;
+    Connection conn;
     size_t answered = 0;
     try {
-      conn = Connection(generation, pid);
+      conn = Connect(generation, pid);
       // The calling thread's buffers, kept from one exchange to the next.
       thread_local std::string scratch;
       thread_local WireInput in;
       in.begin = in.end = 0;
       std::vector<OutFrame> frames;
       for (size_t i : sent) frames.push_back({&requests[i], &payloads[i]});
-      WireStatus s = WriteFrames(conn.fd, frames, deadline, scratch);
-      worker::Response resp;
-      while (s == WireStatus::kOk && answered < sent.size()) {
-        {
+      // Where the answers are read from: the socket, or (-1) only what `in` holds.
+      int from = conn.socket.fd;
+      WireStatus s = WireStatus::kOk;
+      if (conn.channel) {
+        WorkerChannel& ch = *conn.channel;
+        const FramePieces laid = LayOutFrames(frames, scratch);
+        const bool fits = laid.total <= WorkerChannel::kArea;
+        if (fits) laid.CopyTo(ch.request_area());
+        // Posted before a large exchange is written, so that the worker reads it as it comes.
+        ch.PostRequest(fits ? laid.total : 0, static_cast<int>(sent.size()), /*on_socket=*/!fits);
+        if (!fits) s = WriteFrames(conn.socket.fd, frames, deadline, scratch);
+        if (s == WireStatus::kOk) {
           const InFlight counted;
           const double spin_s = awake(counted.count()) ? options_.busy_poll_s : 0;
-          s = ReadFrame(conn.fd, resp, deadline, in, spin_s);
+          s = ch.WaitResponse(conn.socket.fd, deadline, spin_s);
+        }
+        if (s == WireStatus::kOk && !ch.posted_on_socket(/*request=*/false)) {
+          const size_t n = ch.posted_bytes(/*request=*/false);
+          if (in.bytes.size() < n) in.bytes.resize(n);
+          std::memcpy(in.bytes.data(), ch.response_area(), n);
+          in.end = n;
+          from = -1;
+        }
+      } else {
+        s = WriteFrames(conn.socket.fd, frames, deadline, scratch);
+      }
+      worker::Response resp;
+      while (s == WireStatus::kOk && answered < sent.size()) {
+        if (from >= 0 && !conn.channel) {
+          const InFlight counted;
+          const double spin_s = awake(counted.count()) ? options_.busy_poll_s : 0;
+          s = ReadFrame(from, resp, deadline, in, spin_s);
+        } else {
+          s = ReadFrame(from, resp, deadline, in);
         }
         if (s != WireStatus::kOk) break;
         const Call& c = calls[sent[answered]];
         RunResult r;
         try {
-          s = TensorsFromWire(conn.fd, resp.outputs(), deadline, in, r.outputs, r.strings);
+          s = TensorsFromWire(from, resp.outputs(), deadline, in, r.outputs, r.strings);
         } catch (const std::exception& e) {
           throw Error(who_ + ": its worker sent an answer that does not fit: " + e.what());
         }
@@ -360,7 +395,7 @@ class WorkerProcess final : public ForwardTarget,
   }
 
   // An idle connection to the running incarnation, or a new one.
-  Fd Connection(uint64_t& generation, int& pid) {
+  Connection Connect(uint64_t& generation, int& pid) {
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (stopped_) throw Unavailable(who_ + " is unloaded");
@@ -375,9 +410,9 @@ class WorkerProcess final : public ForwardTarget,
       generation = current_.generation;
       pid = current_.pid;
       if (!idle_.empty()) {
-        Fd fd = std::move(idle_.back());
+        Connection c = std::move(idle_.back());
         idle_.pop_back();
-        return fd;
+        return c;
       }
     }
     Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -395,16 +430,22 @@ class WorkerProcess final : public ForwardTarget,
       throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
                                ") closed a new connection");
     }
-    return fd;
+    Connection c{std::move(fd), options_.shared_memory ? WorkerChannel::Create() : nullptr};
+    if (!SendDescriptor(c.socket.fd, c.channel ? c.channel->fd() : -1)) {
+      throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
+                               ") closed a new connection");
+    }
+    if (c.channel) c.channel->CloseDescriptor();
+    return c;
   }
 
-  void Return(Fd fd, uint64_t generation) {
+  void Return(Connection c, uint64_t generation) {
     std::lock_guard<std::mutex> lk(mu_);
     if (stopped_ || generation != current_.generation ||
         static_cast<int>(idle_.size()) >= options_.max_connections) {
       return;
     }
-    idle_.push_back(std::move(fd));
+    idle_.push_back(std::move(c));
   }
 
   // Waits for each incarnation to end and starts the next one, until stopped or given up.
@@ -512,7 +553,7 @@ class WorkerProcess final : public ForwardTarget,
   std::condition_variable changed_;
   Incarnation current_;
   uint64_t generations_ = 0;
-  std::vector<Fd> idle_;
+  std::vector<Connection> idle_;
   WorkerStatus status_;
   bool stopped_ = false;
   std::thread supervisor_;

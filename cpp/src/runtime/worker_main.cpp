@@ -1,6 +1,7 @@
 // The worker program: reads its Start frame from the lifeline (fd 4), applies its limits, loads
-// its one version, says Hello on the ready pipe (fd 3), then serves requests on its socket, one
-// connection per request running at a time, until the lifeline closes.
+// its one version, says Hello on the ready pipe (fd 3), then serves requests on its socket (and
+// each connection's shared mailbox), one exchange per connection at a time, until the lifeline
+// closes.
 #include <dlfcn.h>
 #include <sched.h>
 #include <signal.h>
@@ -21,6 +22,7 @@
 #include "lepton/common/errors.h"
 #include "lepton/common/files.h"
 #include "lepton/runtime/worker.h"
+#include "worker_channel.h"
 #include "worker_wire.h"
 
 namespace lepton {
@@ -78,68 +80,124 @@ void ApplyLimits(const worker::Start& s, worker::Hello& hello) {
 // Requests this worker is running now, over all its connections.
 std::atomic<int> running{0};
 
-// Answers one connection's requests, one at a time, until it closes. Requests that arrived
-// together are answered together: an answer waits while the next request is already here.
+// Answers one connection's requests, one exchange at a time, until it closes. With a shared
+// mailbox (WorkerChannel), an exchange's requests and answers are copied through it, and only
+// those too large for it go over the socket. Either way the answers to an exchange's requests go
+// back together, after its last request.
 void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, double busy_poll_s) {
   std::string scratch;
   WireInput in;
   worker::Request req;
   std::deque<worker::Response> answers;  // stable addresses while they wait
   std::deque<Tensors> payloads;
+  std::unique_ptr<WorkerChannel> channel;
+  Tensors inputs;
+  // Waiting awake for the next request pays only while a core is free for it: the deployment
+  // says whether it had one to spare when it asked (it waited awake for the answer), and the
+  // other connections' forwards need theirs.
+  bool awake = false;
+  bool more = false;  // the request read last said that more of its exchange follow
+  // Reads the next request (from `from`, or only from what `in` holds when it is -1), runs it and
+  // keeps its answer; false when the connection is done.
+  const auto run_one = [&](int from, double spin_s) {
+    if (ReadFrame(from, req, std::nullopt, in, spin_s) != WireStatus::kOk) return false;
+    awake = req.awake();
+    more = req.more();
+    running.fetch_add(1, std::memory_order_relaxed);
+    struct Done {
+      ~Done() { running.fetch_sub(1, std::memory_order_relaxed); }
+    } done;
+    worker::Response& resp = answers.emplace_back();
+    Tensors& payload = payloads.emplace_back();
+    auto strings = std::make_shared<StringTensors>();
+    if (TensorsFromWire(from, req.inputs(), std::nullopt, in, inputs, *strings) !=
+        WireStatus::kOk) {
+      return false;
+    }
+    try {
+      RunOptions o;
+      if (req.timeout_s() > 0) o.deadline = Clock::now() + DeadlineIn(req.timeout_s());
+      if (req.has_priority()) o.priority = req.priority();
+      if (!strings->empty()) o.strings = std::move(strings);
+      RunResult r = servable->Run(inputs, o);
+      TensorsToWire(r.outputs, &r.strings, resp.mutable_outputs(), payload);
+      resp.set_queue_s(r.queue_s);
+      resp.set_compute_s(r.compute_s);
+      resp.set_batch_rows(r.batch_rows);
+    } catch (...) {
+      const CurrentError e = CurrentErrorOf();
+      resp.Clear();
+      payload.clear();
+      resp.set_error_code(static_cast<int>(e.code) + 1);
+      resp.set_error(e.message);
+    }
+    inputs.clear();
+    return true;
+  };
+  const auto answer_frames = [&] {
+    std::vector<OutFrame> frames;
+    for (size_t i = 0; i < answers.size(); ++i) frames.push_back({&answers[i], &payloads[i]});
+    return frames;
+  };
   try {
     if (WriteFrame(fd, hello, std::nullopt, scratch) != WireStatus::kOk) {
       ::close(fd);
       return;
     }
-    Tensors inputs;
-    // Waiting awake for the next request pays only while a core is free for it: the deployment
-    // says whether it had one to spare when it asked (it waited awake for the answer), and the
-    // other connections' forwards need theirs.
-    bool awake = false;
+    // The deployment answers the hello with its mailbox's descriptor, or with none.
+    const std::optional<int> shared = ReceiveDescriptor(fd);
+    if (!shared) {
+      ::close(fd);
+      return;
+    }
+    if (*shared >= 0) {
+      channel = WorkerChannel::Attach(*shared);
+      if (!channel) {
+        // The deployment will look for answers in a mailbox this side cannot reach.
+        ::close(fd);
+        return;
+      }
+    }
     for (;;) {
       const double spin_s =
           awake && CoresToSpare(running.load(std::memory_order_relaxed) + 1) ? busy_poll_s : 0;
-      if (ReadFrame(fd, req, std::nullopt, in, spin_s) != WireStatus::kOk) break;
-      awake = req.awake();
-      running.fetch_add(1, std::memory_order_relaxed);
-      struct Done {
-        ~Done() { running.fetch_sub(1, std::memory_order_relaxed); }
-      } done;
-      worker::Response& resp = answers.emplace_back();
-      Tensors& payload = payloads.emplace_back();
-      auto strings = std::make_shared<StringTensors>();
-      if (TensorsFromWire(fd, req.inputs(), std::nullopt, in, inputs, *strings) !=
-          WireStatus::kOk) {
-        break;
+      if (!channel) {
+        if (!run_one(fd, spin_s)) break;
+        if (more) continue;  // the exchange goes on
+        if (WriteFrames(fd, answer_frames(), std::nullopt, scratch) != WireStatus::kOk) break;
+        answers.clear();
+        payloads.clear();
+        continue;
       }
-      try {
-        RunOptions o;
-        if (req.timeout_s() > 0) o.deadline = Clock::now() + DeadlineIn(req.timeout_s());
-        if (req.has_priority()) o.priority = req.priority();
-        if (!strings->empty()) o.strings = std::move(strings);
-        RunResult r = servable->Run(inputs, o);
-        TensorsToWire(r.outputs, &r.strings, resp.mutable_outputs(), payload);
-        resp.set_queue_s(r.queue_s);
-        resp.set_compute_s(r.compute_s);
-        resp.set_batch_rows(r.batch_rows);
-      } catch (...) {
-        const CurrentError e = CurrentErrorOf();
-        resp.Clear();
-        payload.clear();
-        resp.set_error_code(static_cast<int>(e.code) + 1);
-        resp.set_error(e.message);
+      if (channel->WaitRequest(fd, spin_s) != WireStatus::kOk) break;
+      const int count = channel->posted_count();
+      int from = fd;
+      in.begin = in.end = 0;
+      if (!channel->posted_on_socket(/*request=*/true)) {
+        // All of the exchange is here: a frame cut short ends the connection, it is not awaited.
+        const size_t n = channel->posted_bytes(/*request=*/true);
+        if (in.bytes.size() < n) in.bytes.resize(n);
+        std::memcpy(in.bytes.data(), channel->request_bytes(), n);
+        in.end = n;
+        from = -1;
       }
-      inputs.clear();
-      if (in.pending() > 0) continue;  // the next request came with this one
-      std::vector<OutFrame> frames;
-      for (size_t i = 0; i < answers.size(); ++i) frames.push_back({&answers[i], &payloads[i]});
-      if (WriteFrames(fd, frames, std::nullopt, scratch) != WireStatus::kOk) break;
+      bool ok = count > 0;
+      for (int i = 0; ok && i < count; ++i) ok = run_one(from, 0);
+      if (!ok || in.pending() > 0) break;
+      const std::vector<OutFrame> frames = answer_frames();
+      const FramePieces laid = LayOutFrames(frames, scratch);
+      const bool fits = laid.total <= WorkerChannel::kArea;
+      if (fits) laid.CopyTo(channel->response_area());
+      // Posted before a large answer is written, so that the deployment reads it as it comes.
+      channel->PostResponse(fits ? laid.total : 0, /*on_socket=*/!fits);
+      if (!fits && WriteFrames(fd, frames, std::nullopt, scratch) != WireStatus::kOk) break;
       answers.clear();
       payloads.clear();
     }
   } catch (...) {
     // A frame that does not parse: this connection is done; the others go on.
   }
+  channel.reset();
   ::close(fd);
 }
 

@@ -152,11 +152,10 @@ WireStatus WriteFrame(int fd, const google::protobuf::MessageLite& message,
   return WriteFrames(fd, {OutFrame{&message, payload}}, deadline, scratch);
 }
 
-WireStatus WriteFrames(int fd, const std::vector<OutFrame>& frames,
-                       std::optional<Clock::time_point> deadline, std::string& scratch) {
+FramePieces LayOutFrames(const std::vector<OutFrame>& frames, std::string& scratch) {
   std::vector<size_t> sizes;
   sizes.reserve(frames.size());
-  size_t total = 0;
+  size_t heads = 0;
   for (const OutFrame& f : frames) {
     const size_t n = f.message->ByteSizeLong();
     if (n > kMaxWorkerFrame) {
@@ -164,22 +163,42 @@ WireStatus WriteFrames(int fd, const std::vector<OutFrame>& frames,
                             " bytes is over the worker's frame limit");
     }
     sizes.push_back(n);
-    total += 4 + n;
+    heads += 4 + n;
   }
-  scratch.resize(total);
-  std::vector<iovec> iov;
+  scratch.resize(heads);
+  FramePieces out;
   size_t at = 0;
   for (size_t i = 0; i < frames.size(); ++i) {
     const uint32_t len = static_cast<uint32_t>(sizes[i]);
     for (int b = 0; b < 4; ++b) scratch[at + b] = static_cast<char>((len >> (8 * b)) & 0xff);
     frames[i].message->SerializeWithCachedSizesToArray(
         reinterpret_cast<uint8_t*>(&scratch[at + 4]));
-    iov.push_back({&scratch[at], 4 + sizes[i]});
+    out.pieces.emplace_back(&scratch[at], 4 + sizes[i]);
+    out.total += 4 + sizes[i];
     at += 4 + sizes[i];
     if (frames[i].payload) {
-      for (const auto& t : *frames[i].payload) iov.push_back({t.data_ptr(), t.nbytes()});
+      for (const auto& t : *frames[i].payload) {
+        out.pieces.emplace_back(static_cast<const char*>(t.data_ptr()), t.nbytes());
+        out.total += t.nbytes();
+      }
     }
   }
+  return out;
+}
+
+void FramePieces::CopyTo(char* out) const {
+  for (const auto& [data, n] : pieces) {
+    if (n > 0) std::memcpy(out, data, n);
+    out += n;
+  }
+}
+
+WireStatus WriteFrames(int fd, const std::vector<OutFrame>& frames,
+                       std::optional<Clock::time_point> deadline, std::string& scratch) {
+  const FramePieces laid = LayOutFrames(frames, scratch);
+  std::vector<iovec> iov;
+  iov.reserve(laid.pieces.size());
+  for (const auto& [data, n] : laid.pieces) iov.push_back({const_cast<char*>(data), n});
   return WriteAll(fd, iov, deadline);
 }
 

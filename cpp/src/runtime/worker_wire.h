@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lepton/runtime/servable.h"
@@ -46,6 +47,15 @@ struct OutFrame {
 };
 WireStatus WriteFrames(int fd, const std::vector<OutFrame>& frames,
                        std::optional<Clock::time_point> deadline, std::string& scratch);
+// The same frames laid out for writing elsewhere: each frame's length and message in `scratch`,
+// then its tensors' bytes where they are, as pieces in order.
+struct FramePieces {
+  std::vector<std::pair<const char*, size_t>> pieces;
+  size_t total = 0;
+  // Copies the pieces, in order, into `out`, which holds at least `total` bytes.
+  void CopyTo(char* out) const;
+};
+FramePieces LayOutFrames(const std::vector<OutFrame>& frames, std::string& scratch);
 // Reads one frame into `message`; kClosed on end of file or a reset (the peer died), kTimeout at
 // the deadline. A frame that is too long or does not parse throws Internal.
 // With `spin_s`, it first looks for the frame that long without sleeping.

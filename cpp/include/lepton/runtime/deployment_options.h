@@ -102,7 +102,7 @@ struct DeploymentOptions {
 // load_threads, load_wait, load_retry, placement ("process", or {version: "process" or
 // "in_process"}), resources ({version: {"memory": size, "cpus": [ids]}}), worker ({"program",
 // "libraries", "start_timeout", "restart_backoff", "restart_backoff_max", "max_restarts",
-// "restart_window", "max_connections", "busy_poll_us"}), remotes ({label: {"url", "model",
+// "restart_window", "max_connections", "busy_poll_us", "shared_memory"}), remotes ({label: {"url", "model",
 // "version", "headers", "timeout", "connect_timeout", "retries", "eject_after", "eject_for",
 // "max_connections", "binary"}}) (durations in seconds unless named _ms). Absent or null
 // fields keep their defaults above; unknown fields and wrong types raise InvalidArgument naming
