@@ -53,6 +53,20 @@ def test_a_version_in_its_own_process_answers_and_reports_its_worker(reg):
     wait_for(lambda: not pathlib.Path(f"/proc/{pid}").exists())
 
 
+def test_exchanges_go_through_a_shared_mailbox_or_the_socket_with_the_same_answers(reg):
+    for shared in (True, False):
+        with lepton.Deployment(reg, "m", ["v2"], placement="process", worker={"shared_memory": shared}) as dep:
+            # Small exchanges fit the mailbox; 100,000 floats (400 KB) go over the socket.
+            for n in (3, 100_000, 3):
+                x = torch.arange(n, dtype=torch.float32)
+                assert torch.equal(dep.predict(x).output, x + 2)
+            pid = worker_of(dep, "v2")["worker"]["pid"]
+            maps = pathlib.Path(f"/proc/{pid}/maps").read_text()
+            assert ("lepton-worker-channel" in maps) == shared
+    with pytest.raises(lepton.InvalidArgument, match="shared_memory"):
+        lepton.Deployment(reg, "m", ["v2"], placement="process", worker={"shared_memory": "yes"})
+
+
 def test_a_killed_worker_fails_only_its_own_requests_and_comes_back(reg):
     for _ in range(3):
         with lepton.Deployment(reg, "m", ["v1", "v2"], placement={"v2": "process"},
