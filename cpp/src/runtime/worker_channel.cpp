@@ -100,34 +100,33 @@ WireStatus Wait(Mailbox& m, uint32_t& seen, std::optional<Clock::time_point> dea
 
 }  // namespace
 
+namespace {
+
+// Maps a channel's memory from `fd`; nullptr when it cannot.
+void* MapLayout(int fd, size_t size) {
+  void* mem = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  return mem == MAP_FAILED ? nullptr : mem;
+}
+
+}  // namespace
+
 std::unique_ptr<WorkerChannel> WorkerChannel::Create() {
   const int fd = ::memfd_create("lepton-worker-channel", MFD_CLOEXEC);
   if (fd < 0) return nullptr;
-  if (::ftruncate(fd, sizeof(Layout)) != 0) {
+  void* mem = ::ftruncate(fd, sizeof(Layout)) == 0 ? MapLayout(fd, sizeof(Layout)) : nullptr;
+  if (!mem) {
     ::close(fd);
     return nullptr;
   }
-  void* mem = ::mmap(nullptr, sizeof(Layout), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (mem == MAP_FAILED) {
-    ::close(fd);
-    return nullptr;
-  }
-  auto* layout = new (mem) Layout;
-  return std::unique_ptr<WorkerChannel>(new WorkerChannel(fd, layout, /*owner=*/true));
+  // The descriptor stays until it has been sent (CloseDescriptor).
+  return std::unique_ptr<WorkerChannel>(new WorkerChannel(fd, new (mem) Layout, /*owner=*/true));
 }
 
 std::unique_ptr<WorkerChannel> WorkerChannel::Attach(int fd) {
-  const off_t size = ::lseek(fd, 0, SEEK_END);
-  if (size != static_cast<off_t>(sizeof(Layout))) {
-    ::close(fd);
-    return nullptr;
-  }
-  void* mem = ::mmap(nullptr, sizeof(Layout), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (mem == MAP_FAILED) {
-    ::close(fd);
-    return nullptr;
-  }
-  ::close(fd);  // the mapping stays
+  const bool fits = ::lseek(fd, 0, SEEK_END) == static_cast<off_t>(sizeof(Layout));
+  void* mem = fits ? MapLayout(fd, sizeof(Layout)) : nullptr;
+  ::close(fd);  // a mapping stays without it
+  if (!mem) return nullptr;
   return std::unique_ptr<WorkerChannel>(
       new WorkerChannel(-1, static_cast<Layout*>(mem), /*owner=*/false));
 }

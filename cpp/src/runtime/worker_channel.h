@@ -7,7 +7,6 @@
 // the runtime layer.
 #pragma once
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
