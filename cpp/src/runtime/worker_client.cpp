@@ -1,90 +1,35 @@
-// The deployment's side of a version placed in its own process: starting the worker, a pool of
-// connections to it, and a supervisor thread that waits for the worker to exit and starts it
-// again with back-off.
-#include <dlfcn.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
+// The deployment's side of a version placed in its own process: a pool of connections to its
+// worker, and the exchanges of requests and answers over them. The worker's life (starting it,
+// and again after a crash) is worker_supervisor.cpp's.
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
-#include <filesystem>
+#include <memory>
 #include <mutex>
-#include <nlohmann/json.hpp>
-#include <thread>
+#include <vector>
 
 #include "lepton/common/errors.h"
 #include "lepton/common/process.h"
-#include "lepton/observe/events.h"
 #include "lepton/runtime/worker.h"
 #include "worker_channel.h"
+#include "worker_supervisor.h"
 #include "worker_wire.h"
-
-extern char** environ;
 
 namespace lepton {
 namespace {
 
-std::string ExitText(int status) {
-  if (WIFSIGNALED(status)) {
-    const int sig = WTERMSIG(status);
-    const char* name = strsignal(sig);
-    return "killed by signal " + std::to_string(sig) + " (" + (name ? name : "?") + ")";
-  }
-  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
-  return "ended (status " + std::to_string(status) + ")";
-}
-
-std::string DefaultProgram() {
-  if (const char* env = std::getenv("LEPTON_WORKER"); env && *env) return env;
-  Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(&WorkerMain), &info) && info.dli_fname) {
-    std::filesystem::path p(info.dli_fname);
-    return (p.parent_path() / "lepton-worker").string();
-  }
-  return "lepton-worker";
-}
-
-struct Fd {
-  int fd = -1;
-  Fd() = default;
-  explicit Fd(int f) : fd(f) {}
-  Fd(Fd&& o) noexcept : fd(o.fd) { o.fd = -1; }
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      Close();
-      fd = o.fd;
-      o.fd = -1;
-    }
-    return *this;
-  }
-  ~Fd() { Close(); }
-  void Close() {
-    if (fd >= 0) ::close(fd);
-    fd = -1;
-  }
-};
-
-// A connection to a worker: its socket and, where the system allows, its shared mailbox.
+// A connection to one incarnation of a worker: its socket and, where the system allows, its
+// shared mailbox.
 struct Connection {
   Fd socket;
   std::unique_ptr<WorkerChannel> channel;
-};
-
-// One running incarnation of the worker.
-struct Incarnation {
-  pid_t pid = 0;
   uint64_t generation = 0;
-  Fd lifeline;  // the write end: closing it makes the worker leave
+  int pid = 0;
 };
 
 // This process's requests in flight to its workers, while one is counted.
@@ -115,27 +60,17 @@ std::exception_ptr ErrorOf(const worker::Response& resp) {
 // Queued requests of one version sent to its worker in one exchange, at most.
 constexpr int kMaxCoalesced = 8;
 
-class WorkerProcess final : public ForwardTarget,
-                            public std::enable_shared_from_this<WorkerProcess> {
+class WorkerProcess final : public ForwardTarget {
  public:
   WorkerProcess(worker::Start start, WorkerOptions options, std::string dir)
-      : start_(std::move(start)),
+      : supervisor_(std::move(start), options, std::move(dir)),
         options_(std::move(options)),
-        dir_(std::move(dir)),
-        who_(start_.model() + ":" + start_.version()) {
-    if (options_.program.empty()) options_.program = DefaultProgram();
-  }
+        who_(supervisor_.who()) {}
 
   ~WorkerProcess() override { Stop(); }
 
-  // Starts the first incarnation and the supervisor; LoadError when it does not come up.
-  worker::Hello Begin() {
-    worker::Hello hello = Spawn();
-    std::lock_guard<std::mutex> lk(mu_);
-    status_.state = "running";
-    supervisor_ = std::thread([self = this] { self->Supervise(); });
-    return hello;
-  }
+  // Starts the first incarnation; LoadError when it does not come up.
+  worker::Hello Begin() { return supervisor_.Begin(); }
 
   RunResult Forward(const Tensors& inputs, const StringTensors* strings,
                     std::optional<Clock::time_point> deadline) override {
@@ -187,12 +122,10 @@ class WorkerProcess final : public ForwardTarget,
       for (size_t i : sent) requests[i].set_awake(true);
     }
     for (size_t j = 0; j + 1 < sent.size(); ++j) requests[sent[j]].set_more(true);
-    uint64_t generation = 0;
-    int pid = 0;
     Connection conn;
     size_t answered = 0;
     try {
-      conn = Connect(generation, pid);
+      conn = Connect();
       // The calling thread's buffers, kept from one exchange to the next.
       thread_local std::string scratch;
       thread_local WireInput in;
@@ -258,12 +191,13 @@ class WorkerProcess final : public ForwardTarget,
         throw Timeout(who_ + ": the worker did not answer before the deadline");
       }
       if (s == WireStatus::kClosed) {
-        throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
-                                 ") went away while running the request" + Exit(generation));
+        throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(conn.pid) +
+                                 ") went away while running the request" +
+                                 supervisor_.ExitOf(conn.generation));
       }
       // A worker answers each request with one frame: a connection with bytes left over is out
       // of step and is not reused.
-      if (in.pending() == 0) Return(std::move(conn), generation);
+      if (in.pending() == 0) Return(std::move(conn));
     } catch (...) {
       // What was not answered fails together.
       const std::exception_ptr error = std::current_exception();
@@ -272,291 +206,76 @@ class WorkerProcess final : public ForwardTarget,
   }
 
   void Describe(ServableStats& stats) const override {
-    std::lock_guard<std::mutex> lk(mu_);
     stats.placement = PlacementName(Placement::kProcess);
-    stats.worker = status_;
-    if (status_.state != "running" && stats.health == Health::kReady) {
+    stats.worker = supervisor_.status();
+    if (stats.worker->state != "running" && stats.health == Health::kReady) {
       stats.health = Health::kFailed;
     }
   }
 
   void Stop() override {
-    std::thread supervisor;
+    std::vector<Connection> idle;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      if (stopped_) return;
       stopped_ = true;
-      status_.state = "stopped";
-      idle_.clear();
-      // Closing the lifeline makes the worker leave; the supervisor reaps it.
-      current_.lifeline.Close();
-      supervisor = std::move(supervisor_);
-      changed_.notify_all();
+      idle.swap(idle_);
     }
-    if (supervisor.joinable()) {
-      // A worker that does not leave within 5 s of losing its lifeline is killed.
-      std::unique_lock<std::mutex> lk(mu_);
-      if (!changed_.wait_for(lk, std::chrono::seconds(5), [&] { return current_.pid == 0; })) {
-        ::kill(current_.pid, SIGKILL);
-      }
-      lk.unlock();
-      supervisor.join();
-    }
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
+    supervisor_.Stop();
   }
 
  private:
-  std::string SocketPath(uint64_t generation) const {
-    return dir_ + "/w" + std::to_string(generation) + ".sock";
-  }
-
-  // " (killed by signal 9 (Killed))" once the supervisor has seen that incarnation end.
-  std::string Exit(uint64_t generation) {
-    std::unique_lock<std::mutex> lk(mu_);
-    // The supervisor reaps the worker moments after its sockets close.
-    changed_.wait_for(lk, std::chrono::milliseconds(200),
-                      [&] { return current_.generation != generation || stopped_; });
-    if (current_.generation != generation && !status_.last_exit.empty()) {
-      return " (" + status_.last_exit + ")";
-    }
-    return "";
-  }
-
-  // Starts one incarnation and waits for its Hello. Called without mu_.
-  worker::Hello Spawn() {
-    uint64_t generation;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      generation = ++generations_;
-    }
-    worker::Start start = start_;
-    start.set_socket(SocketPath(generation));
-    std::filesystem::remove(start.socket());
-    int ready[2], lifeline[2];
-    if (::pipe2(ready, O_CLOEXEC) != 0) throw LoadError(who_ + ": pipe: " + std::strerror(errno));
-    Fd ready_r(ready[0]), ready_w(ready[1]);
-    if (::pipe2(lifeline, O_CLOEXEC) != 0) {
-      throw LoadError(who_ + ": pipe: " + std::strerror(errno));
-    }
-    Fd life_r(lifeline[0]), life_w(lifeline[1]);
-
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, ready_w.fd, 3);
-    posix_spawn_file_actions_adddup2(&fa, life_r.fd, 4);
-    // Nothing else of this process (its listening sockets, its database) reaches the worker.
-    posix_spawn_file_actions_addclosefrom_np(&fa, 5);
-    std::vector<std::string> args = {options_.program};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = 0;
-    const int rc =
-        ::posix_spawn(&pid, options_.program.c_str(), &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) {
-      throw LoadError(who_ + ": cannot start the worker program " + options_.program + ": " +
-                      std::strerror(rc));
-    }
-    ready_w.Close();
-    life_r.Close();
-    std::string scratch;
-    WireInput in;
-    worker::Hello hello;
-    WireStatus s = WriteFrame(life_w.fd, start, Clock::now() + std::chrono::seconds(10), scratch);
-    const auto deadline = Clock::now() + DeadlineIn(options_.start_timeout_s);
-    if (s == WireStatus::kOk) {
-      try {
-        s = ReadFrame(ready_r.fd, hello, deadline, in);
-      } catch (const std::exception&) {
-        s = WireStatus::kClosed;
-      }
-    }
-    if (s != WireStatus::kOk || hello.error_code() != 0) {
-      ::kill(pid, SIGKILL);
-      int status = 0;
-      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-      }
-      std::string why =
-          s == WireStatus::kTimeout ? "did not load within " + SecondsText(options_.start_timeout_s)
-          : hello.error_code() != 0 ? hello.error()
-                                    : "its worker " + ExitText(status) + " before it was ready";
-      throw LoadError(who_ + " could not start in its own process: " + why);
-    }
-    std::lock_guard<std::mutex> lk(mu_);
-    current_.pid = pid;
-    current_.generation = generation;
-    current_.lifeline = std::move(life_w);
-    status_.pid = pid;
-    status_.applied.memory_bytes = hello.memory_limit();
-    status_.applied.cpus.assign(hello.cpus().begin(), hello.cpus().end());
-    return hello;
-  }
-
   // An idle connection to the running incarnation, or a new one.
-  Connection Connect(uint64_t& generation, int& pid) {
+  Connection Connect() {
+    const WorkerSupervisor::Running run = supervisor_.Current();
+    std::vector<Connection> stale;  // to an earlier incarnation: closed outside the lock
     {
       std::lock_guard<std::mutex> lk(mu_);
-      if (stopped_) throw Unavailable(who_ + " is unloaded");
-      if (status_.state != "running" || current_.pid == 0) {
-        throw BackendUnavailable(
-            who_ + ": its worker is " +
-            (status_.state == "crashed"
-                 ? "down for good after " + std::to_string(status_.crashes) + " crashes"
-                 : status_.state) +
-            (status_.last_exit.empty() ? "" : " (last " + status_.last_exit + ")"));
-      }
-      generation = current_.generation;
-      pid = current_.pid;
-      if (!idle_.empty()) {
+      while (!idle_.empty()) {
         Connection c = std::move(idle_.back());
         idle_.pop_back();
-        return c;
+        if (c.generation == run.generation) return c;
+        stale.push_back(std::move(c));
       }
     }
     Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
-    const std::string path = SocketPath(generation);
-    std::memcpy(addr.sun_path, path.data(), std::min(path.size(), sizeof(addr.sun_path) - 1));
+    std::memcpy(addr.sun_path, run.socket.data(),
+                std::min(run.socket.size(), sizeof(addr.sun_path) - 1));
     if (fd.fd < 0 || ::connect(fd.fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-      throw BackendUnavailable(who_ + ": cannot reach its worker (pid " + std::to_string(pid) +
+      throw BackendUnavailable(who_ + ": cannot reach its worker (pid " + std::to_string(run.pid) +
                                "): " + std::strerror(errno));
     }
     WireInput in;
     worker::Hello hello;
     if (ReadFrame(fd.fd, hello, Clock::now() + std::chrono::seconds(10), in) != WireStatus::kOk) {
-      throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
+      throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(run.pid) +
                                ") closed a new connection");
     }
-    Connection c{std::move(fd), options_.shared_memory ? WorkerChannel::Create() : nullptr};
+    Connection c{std::move(fd), options_.shared_memory ? WorkerChannel::Create() : nullptr,
+                 run.generation, run.pid};
     if (!SendDescriptor(c.socket.fd, c.channel ? c.channel->fd() : -1)) {
-      throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(pid) +
+      throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(run.pid) +
                                ") closed a new connection");
     }
     if (c.channel) c.channel->CloseDescriptor();
     return c;
   }
 
-  void Return(Connection c, uint64_t generation) {
+  // Keeps a connection for the next exchange, while its incarnation runs and the pool has room.
+  void Return(Connection c) {
+    if (!supervisor_.IsCurrent(c.generation)) return;
     std::lock_guard<std::mutex> lk(mu_);
-    if (stopped_ || generation != current_.generation ||
-        static_cast<int>(idle_.size()) >= options_.max_connections) {
-      return;
-    }
+    if (stopped_ || static_cast<int>(idle_.size()) >= options_.max_connections) return;
     idle_.push_back(std::move(c));
   }
 
-  // Waits for each incarnation to end and starts the next one, until stopped or given up.
-  void Supervise() {
-    std::deque<Clock::time_point> crashes;
-    double backoff = options_.restart_backoff_s;
-    for (;;) {
-      pid_t pid;
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        pid = current_.pid;
-      }
-      int status = 0;
-      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-      }
-      std::unique_lock<std::mutex> lk(mu_);
-      const std::string how = ExitText(status);
-      status_.last_exit = how;
-      status_.pid = 0;
-      current_.pid = 0;
-      current_.lifeline.Close();
-      idle_.clear();
-      ++current_.generation;  // connections to the old one are not returned
-      std::filesystem::remove(SocketPath(generations_));
-      changed_.notify_all();
-      if (stopped_) return;
-      ++status_.crashes;
-      const auto now = Clock::now();
-      crashes.push_back(now);
-      while (!crashes.empty() && Seconds(now - crashes.front()) > options_.restart_window_s) {
-        crashes.pop_front();
-      }
-      const bool give_up = static_cast<int>(crashes.size()) > options_.max_restarts;
-      status_.state = give_up ? "crashed" : "restarting";
-      lk.unlock();
-      EmitEvent("error", "worker_crashed", start_.model(), start_.version(),
-                "the worker of " + who_ + " (pid " + std::to_string(pid) + ") " + how,
-                nlohmann::json({{"pid", pid}, {"exit", how}}).dump());
-      if (give_up) {
-        EmitEvent("error", "worker_given_up", start_.model(), start_.version(),
-                  "the worker of " + who_ + " crashed " + std::to_string(crashes.size()) +
-                      " time(s) within " + SecondsText(options_.restart_window_s) +
-                      ": it is not started again until the version is loaded again");
-        return;
-      }
-      for (;;) {
-        lk.lock();
-        if (changed_.wait_for(lk, DeadlineIn(backoff), [&] { return stopped_; })) return;
-        lk.unlock();
-        backoff = std::min(backoff * 2, options_.restart_backoff_max_s);
-        try {
-          const worker::Hello hello = Spawn();
-          lk.lock();
-          if (stopped_) {
-            lk.unlock();
-            break;  // Stop closed no lifeline of this one: the loop reaps it below
-          }
-          ++status_.restarts;
-          status_.state = "running";
-          lk.unlock();
-          EmitEvent(
-              "info", "worker_restarted", start_.model(), start_.version(),
-              "the worker of " + who_ + " runs again (pid " + std::to_string(hello.pid()) + ")",
-              nlohmann::json({{"pid", hello.pid()}}).dump());
-          break;
-        } catch (const std::exception& e) {
-          EmitEvent("error", "worker_start_failed", start_.model(), start_.version(), e.what());
-          lk.lock();
-          ++status_.crashes;
-          crashes.push_back(Clock::now());
-          if (static_cast<int>(crashes.size()) > options_.max_restarts) {
-            status_.state = "crashed";
-            lk.unlock();
-            EmitEvent("error", "worker_given_up", start_.model(), start_.version(),
-                      "the worker of " + who_ + " could not be started again: " + e.what());
-            return;
-          }
-          lk.unlock();
-        }
-      }
-      lk.lock();
-      if (stopped_) {
-        // Stopped while the new incarnation came up: close its lifeline and reap it.
-        current_.lifeline.Close();
-        const pid_t p = current_.pid;
-        lk.unlock();
-        int st = 0;
-        while (p > 0 && ::waitpid(p, &st, 0) < 0 && errno == EINTR) {
-        }
-        lk.lock();
-        current_.pid = 0;
-        changed_.notify_all();
-        return;
-      }
-      lk.unlock();
-      backoff = std::max(options_.restart_backoff_s, backoff / 2);
-    }
-  }
-
-  const worker::Start start_;
-  WorkerOptions options_;
-  const std::string dir_;
+  WorkerSupervisor supervisor_;
+  const WorkerOptions options_;
   const std::string who_;
-  mutable std::mutex mu_;
-  std::condition_variable changed_;
-  Incarnation current_;
-  uint64_t generations_ = 0;
+  std::mutex mu_;  // guards the pool
   std::vector<Connection> idle_;
-  WorkerStatus status_;
   bool stopped_ = false;
-  std::thread supervisor_;
 };
 
 std::string PrivateDir() {
