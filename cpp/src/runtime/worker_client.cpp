@@ -25,7 +25,7 @@ namespace {
 
 // A connection to one incarnation of a worker: its socket and, where the system allows, its
 // shared mailbox.
-struct Connection {
+struct WorkerConnection {
   Fd socket;
   std::unique_ptr<WorkerChannel> channel;
   uint64_t generation = 0;
@@ -122,7 +122,7 @@ class WorkerProcess final : public ForwardTarget {
       for (size_t i : sent) requests[i].set_awake(true);
     }
     for (size_t j = 0; j + 1 < sent.size(); ++j) requests[sent[j]].set_more(true);
-    Connection conn;
+    WorkerConnection conn;
     size_t answered = 0;
     try {
       conn = Connect();
@@ -214,7 +214,7 @@ class WorkerProcess final : public ForwardTarget {
   }
 
   void Stop() override {
-    std::vector<Connection> idle;
+    std::vector<WorkerConnection> idle;
     {
       std::lock_guard<std::mutex> lk(mu_);
       stopped_ = true;
@@ -225,13 +225,13 @@ class WorkerProcess final : public ForwardTarget {
 
  private:
   // An idle connection to the running incarnation, or a new one.
-  Connection Connect() {
+  WorkerConnection Connect() {
     const WorkerSupervisor::Running run = supervisor_.Current();
-    std::vector<Connection> stale;  // to an earlier incarnation: closed outside the lock
+    std::vector<WorkerConnection> stale;  // to an earlier incarnation: closed outside the lock
     {
       std::lock_guard<std::mutex> lk(mu_);
       while (!idle_.empty()) {
-        Connection c = std::move(idle_.back());
+        WorkerConnection c = std::move(idle_.back());
         idle_.pop_back();
         if (c.generation == run.generation) return c;
         stale.push_back(std::move(c));
@@ -252,8 +252,8 @@ class WorkerProcess final : public ForwardTarget {
       throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(run.pid) +
                                ") closed a new connection");
     }
-    Connection c{std::move(fd), options_.shared_memory ? WorkerChannel::Create() : nullptr,
-                 run.generation, run.pid};
+    WorkerConnection c{std::move(fd), options_.shared_memory ? WorkerChannel::Create() : nullptr,
+                       run.generation, run.pid};
     if (!SendDescriptor(c.socket.fd, c.channel ? c.channel->fd() : -1)) {
       throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(run.pid) +
                                ") closed a new connection");
@@ -263,7 +263,7 @@ class WorkerProcess final : public ForwardTarget {
   }
 
   // Keeps a connection for the next exchange, while its incarnation runs and the pool has room.
-  void Return(Connection c) {
+  void Return(WorkerConnection c) {
     if (!supervisor_.IsCurrent(c.generation)) return;
     std::lock_guard<std::mutex> lk(mu_);
     if (stopped_ || static_cast<int>(idle_.size()) >= options_.max_connections) return;
@@ -274,7 +274,7 @@ class WorkerProcess final : public ForwardTarget {
   const WorkerOptions options_;
   const std::string who_;
   std::mutex mu_;  // guards the pool
-  std::vector<Connection> idle_;
+  std::vector<WorkerConnection> idle_;
   bool stopped_ = false;
 };
 
