@@ -10,6 +10,9 @@ and 64.
               looping over their own version reach a share of one thread's rate (contention), and
               one thread running the versions in turn pays for their weights leaving the cache;
               lepton's parallel efficiency against that limit (goal at batch 64: at least 0.9)
+  arranged    how lepton laid the members over the cores for those requests: spread (waves,
+              the remainder split by rows) or in sequence with intra-op threads, whichever it
+              measured faster (status()["arrangements"])
   clients     8 client threads for a few seconds: requests per second and p99 of lepton's
               ensemble, by default and with dynamic batching (max_batch_size 8x the batch),
               against the plain loop in 8 threads at its best thread count (goal: lepton at
@@ -92,6 +95,11 @@ def bench(reg, models, batch, cores, runs, seconds):
         plain_ms = ", ".join(f"{n}: {med[n] * 1e3:.2f}" for n in thread_counts)
         print(f"batch {batch:>2}  latency  lepton {med['lepton'] * 1e3:.2f} ms; plain loop by torch threads "
               f"{plain_ms} ms (best {best}); lepton / best plain {ratio:.2f}x (goal <= 0.95)")
+        for a in d.status()["arrangements"]:
+            print(f"batch {batch:>2}  arranged {a['kept'] or 'still measuring'} (of the requests alone, "
+                  f"median spread {a['spread_median_s'] * 1e3:.2f} ms over {a['spread_measured']} measured, "
+                  f"in sequence {a['sequence_median_s'] * 1e3:.2f} ms over {a['sequence_measured']}; "
+                  f"{a['rechecks']} recheck(s))")
         goal = " (goal >= 0.9)" if batch == 64 else ""
         print(f"batch {batch:>2}  limit    single-thread {', '.join(f'{s * 1e3:.2f}' for s in rounds[-1]['single'])} ms; "
               f"efficiency {efficiency:.2f} on {cores} core(s), this machine's limit {limit:.2f}, "

@@ -140,6 +140,51 @@ TEST_F(DeploymentTest, BalancedEnsembleRunsWholeWhatRowsCannotSplit) {
   }
 }
 
+TEST_F(DeploymentTest, AnEnsembleAloneIsMeasuredInBothArrangementsWithTheSameAnswers) {
+  // Three members on two cores, one request at a time: spread over the cores (the third split
+  // by rows) or in sequence with two intra-op threads each, whichever measures faster.
+  Deployment d(reg_, "m", {"v1", "v2", "v4"}, Opts());
+  d.SetPolicy(std::make_shared<EnsemblePolicy>(std::vector<std::string>{"v1", "v2", "v4"},
+                                               std::vector<double>{0.5, 0.3, 0.2}));
+  const torch::Tensor x = torch::arange(16, torch::kFloat).reshape({8, 2});
+  const torch::Tensor expected = x + (0.5 * 1 + 0.3 * 2 + 0.2 * 4);
+  const auto measured = [&] {
+    const auto arrangements = d.Status().arrangements;
+    return arrangements.empty() ? ArrangementStats{} : arrangements[0];
+  };
+  for (int i = 0; i < 500; ++i) {
+    Prediction p = d.Predict({x});
+    ASSERT_TRUE(torch::allclose(p.outputs[0], expected)) << "request " << i << ": " << p.outputs[0];
+    if (measured().spread_measured >= 5 && measured().sequence_measured >= 5) break;
+  }
+  const ArrangementStats a = measured();
+  EXPECT_EQ(a.key, "v1+v2+v4, rows <= 8");
+  EXPECT_GE(a.spread_measured, 5);
+  EXPECT_GE(a.sequence_measured, 5);
+  EXPECT_TRUE(a.kept == "spread" || a.kept == "sequence") << a.kept;
+  EXPECT_GT(a.spread_median_s, 0);
+  EXPECT_GT(a.sequence_median_s, 0);
+  // A batch of another size class is measured on its own.
+  d.Predict({torch::zeros({1, 2})});
+  const auto arrangements = d.Status().arrangements;
+  ASSERT_EQ(arrangements.size(), 2u);
+  EXPECT_EQ(arrangements[0].key, "v1+v2+v4, rows <= 1");
+  EXPECT_EQ(arrangements[1].key, "v1+v2+v4, rows <= 8");
+  EXPECT_EQ(arrangements[1].spread_measured + arrangements[1].sequence_measured,
+            a.spread_measured + a.sequence_measured);
+  // With a deadline, or unbalanced, members run whole on their own threads: nothing measured.
+  PredictOptions timed;
+  timed.timeout_s = 10;
+  ASSERT_TRUE(torch::allclose(d.Predict({x}, timed).outputs[0], expected));
+  d.SetPolicy(std::make_shared<EnsemblePolicy>(std::vector<std::string>{"v1", "v2", "v4"},
+                                               std::vector<double>{0.5, 0.3, 0.2}, Combine::kAuto,
+                                               OnError::kFail, /*balance=*/false));
+  ASSERT_TRUE(torch::allclose(d.Predict({x}).outputs[0], expected));
+  const auto after = d.Status().arrangements;
+  EXPECT_EQ(after[1].spread_measured + after[1].sequence_measured,
+            a.spread_measured + a.sequence_measured);
+}
+
 TEST_F(DeploymentTest, EnsembleSkipsOrFailsOnAMemberError) {
   RegisterOptions r;
   r.version = "bad";

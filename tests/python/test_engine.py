@@ -375,6 +375,26 @@ def test_balanced_and_unbalanced_ensembles_agree(registry):
         torch.testing.assert_close(a.output, sum(w * m(x) for w, m in zip([1 / 6, 2 / 6, 3 / 6], models)))
     assert a.version == b.version == ["v0", "v1", "v2"]
     assert waves.predict(x, timeout=5).version == ["v0", "v1", "v2"]
+    # Alone, the balanced one is measured spread over the cores and in sequence with intra-op
+    # threads, and keeps the faster; both give the same answer, and the caller's torch threads
+    # are left as they were.
+    threads = torch.get_num_threads()
+
+    def measured():
+        arr = waves.status()["arrangements"]
+        return arr[0] if arr else {"spread_measured": 0, "sequence_measured": 0}
+
+    for _ in range(500):
+        torch.testing.assert_close(waves.predict(x).output, b.output)
+        if measured()["spread_measured"] >= 5 and measured()["sequence_measured"] >= 5:
+            break
+    assert torch.get_num_threads() == threads
+    (a,) = waves.status()["arrangements"]
+    assert a["ensemble"] == "v0+v1+v2, rows <= 64"
+    assert a["spread_measured"] >= 5 and a["sequence_measured"] >= 5
+    assert a["kept"] in ("spread", "sequence")
+    assert a["spread_median_s"] > 0 and a["sequence_median_s"] > 0
+    assert plain.status()["arrangements"] == []
 
 
 def test_an_ensemble_under_load_runs_its_members_through_their_batchers(registry):

@@ -16,6 +16,16 @@ json Optional(const std::optional<T>& v) {
 }  // namespace
 
 json StatusJson(const DeploymentStatus& s) {
+  json arrangements = json::array();
+  for (const auto& a : s.arrangements) {
+    arrangements.push_back({{"ensemble", a.key},
+                            {"kept", a.kept.empty() ? json(nullptr) : json(a.kept)},
+                            {"spread_median_s", a.spread_median_s},
+                            {"sequence_median_s", a.sequence_median_s},
+                            {"spread_measured", a.spread_measured},
+                            {"sequence_measured", a.sequence_measured},
+                            {"rechecks", a.rechecks}});
+  }
   json versions = json::array();
   for (size_t i = 0; i < s.versions.size(); ++i) {
     const ServableStats& v = s.versions[i];
@@ -85,6 +95,7 @@ json StatusJson(const DeploymentStatus& s) {
                                      {"buffers_reused", s.memory->buffers_reused},
                                      {"buffers_kept_bytes", s.memory->buffers_kept_bytes}}
                               : json(nullptr)},
+          {"arrangements", arrangements},
           {"versions", versions}};
 }
 

@@ -39,6 +39,7 @@ DeploymentStatus Deployment::Impl::Status() const {
   }
   if (const auto& budget = versions_.budget()) out.memory = budget->stats();
   out.loader_threads = versions_.loader_threads();
+  out.arrangements = executor_.arrangements();
   return out;
 }
 

@@ -15,6 +15,10 @@
 namespace lepton {
 namespace {
 
+// How long an OpenMP team keeps spinning after its work, at most (libgomp's default of 300,000
+// spins, with room for slower pause instructions).
+constexpr std::chrono::milliseconds kTeamSettles{50};
+
 // The rows every input shares along dim 0, or -1 when they share none (no inputs, a scalar,
 // or first dimensions that disagree): such a request cannot be split by rows.
 int64_t SharedRows(const Tensors& inputs) {
@@ -111,8 +115,8 @@ Prediction Executor::Run(const VersionState& st, const Route& route,
   return p;
 }
 
-// Whether a balanced ensemble spreads its members over the deployment's cores (RunSpread)
-// rather than running each whole on its own version's threads.
+// Whether a balanced ensemble is laid over the deployment's cores (RunSpread or RunSequence,
+// whichever measured faster) rather than running each member whole on its own version's threads.
 bool Executor::SpreadsMembers(const Route& route, const RunOptions& run, size_t members,
                               int64_t rows) const {
   const int64_t cores = threads_;
@@ -201,6 +205,21 @@ void Executor::RunSpread(const std::vector<std::shared_ptr<Servable>>& members,
   }
 }
 
+// Runs the members one after another on the calling thread, each forward with an intra-op
+// thread per core: what a plain loop with torch's threads does. Alone on the machine the team's
+// threads have nothing else to keep from the cores.
+void Executor::RunSequence(const std::vector<std::shared_ptr<Servable>>& members,
+                           const Tensors& inputs, std::vector<RunResult>& results,
+                           std::vector<std::exception_ptr>& errors) {
+  for (size_t m = 0; m < members.size(); ++m) {
+    try {
+      results[m] = members[m]->RunHere(inputs, threads_);
+    } catch (...) {
+      errors[m] = std::current_exception();
+    }
+  }
+}
+
 void Executor::RunEnsemble(const VersionState& st, const Route& route,
                            const std::vector<std::shared_ptr<Servable>>& members,
                            const Tensors& inputs, RunOptions run, Prediction& p) {
@@ -212,10 +231,37 @@ void Executor::RunEnsemble(const VersionState& st, const Route& route,
   } counted(ensembles_);
   // Alone, the members spread over every core; under load, each runs whole on one thread, side
   // by side with the other requests' members, through its own queue (and batcher).
-  if (counted.alone && SpreadsMembers(route, run, members.size(), SharedRows(inputs))) {
+  const int64_t rows = SharedRows(inputs);
+  if (counted.alone && SpreadsMembers(route, run, members.size(), rows)) {
     std::vector<RunResult> results(members.size());
     std::vector<std::exception_ptr> errors(members.size());
-    RunSpread(members, inputs, results, errors);
+    std::vector<std::string> versions;
+    for (const auto& t : route.targets) versions.push_back(t.version);
+    const std::string key = ArrangementChooser::Key(versions, rows);
+    // Intra-op teams pay only on an idle machine: with any other request in flight in this
+    // process the members spread, one thread per forward, and nothing is measured.
+    const bool idle = CountedRequest::InFlight() <= 1;
+    const Arrangement arrangement = idle ? chooser_.Next(key) : Arrangement::kSpread;
+    const auto begin = Clock::now();
+    if (arrangement == Arrangement::kSpread) {
+      RunSpread(members, inputs, results, errors);
+    } else {
+      RunSequence(members, inputs, results, errors);
+    }
+    const auto end = Clock::now();
+    // After a request in sequence its intra-op team spins for a while, taking cores from a
+    // spread request that follows: such a request's time says more of the team than of its own
+    // arrangement. Times of requests that failed somewhere say nothing of either.
+    const auto settled =
+        begin.time_since_epoch() - std::chrono::nanoseconds(sequence_end_ns_.load());
+    if (arrangement == Arrangement::kSequence) {
+      sequence_end_ns_.store(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(end.time_since_epoch()).count());
+    }
+    if (idle && (arrangement == Arrangement::kSequence || settled >= kTeamSettles) &&
+        std::none_of(errors.begin(), errors.end(), [](const auto& e) { return e != nullptr; })) {
+      chooser_.Record(key, arrangement, Seconds(end - begin));
+    }
     CombineMembers(route, st, members, results, errors, p);
     return;
   }

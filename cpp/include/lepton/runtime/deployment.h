@@ -58,6 +58,8 @@ struct DeploymentStatus {
   // A JSON object when its policy is shared with other replicas (PolicySync::Report): this
   // replica's role, the leader, the evidence sent and taken in.
   std::string policy_sync;
+  // How ensemble requests that ran alone were laid over the cores (arrangement.h).
+  std::vector<ArrangementStats> arrangements;
 };
 
 class Deployment {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "lepton/policy/routing.h"
+#include "lepton/runtime/arrangement.h"
 #include "lepton/runtime/servable.h"
 #include "lepton/runtime/version_set.h"
 
@@ -58,6 +59,9 @@ class Executor {
                  const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
                  const PredictOptions& options, Clock::time_point start);
 
+  // How ensemble requests that ran alone were laid over the cores, per ensemble and batch size.
+  std::vector<ArrangementStats> arrangements() const { return chooser_.Stats(); }
+
  private:
   void RunEnsemble(const VersionState& st, const Route& route,
                    const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
@@ -66,12 +70,16 @@ class Executor {
                       int64_t rows) const;
   void RunSpread(const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
                  std::vector<RunResult>& results, std::vector<std::exception_ptr>& errors);
+  void RunSequence(const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
+                   std::vector<RunResult>& results, std::vector<std::exception_ptr>& errors);
 
   struct Arena;
   const int threads_;
   std::unique_ptr<Arena> arena_;
   // Ensemble requests running now: only one running alone spreads over the cores.
   std::atomic<int> ensembles_{0};
+  ArrangementChooser chooser_;
+  std::atomic<int64_t> sequence_end_ns_{0};  // when a request in sequence last ended (Clock)
 };
 
 }  // namespace lepton
