@@ -229,8 +229,9 @@ void Executor::RunEnsemble(const VersionState& st, const Route& route,
     std::atomic<int>& n;
     const bool alone;
   } counted(ensembles_);
-  // Alone, the members spread over every core; under load, each runs whole on one thread, side
-  // by side with the other requests' members, through its own queue (and batcher).
+  // Alone, the members are laid over every core (spread, or in sequence with intra-op threads,
+  // as measured); under load, each runs whole on one thread, side by side with the other
+  // requests' members, through its own queue (and batcher).
   const int64_t rows = SharedRows(inputs);
   if (counted.alone && SpreadsMembers(route, run, members.size(), rows)) {
     std::vector<RunResult> results(members.size());
