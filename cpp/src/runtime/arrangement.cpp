@@ -62,7 +62,9 @@ Arrangement ArrangementChooser::Next(const std::string& key) {
   // after its own kind (an intra-op team still spinning after a request in sequence would slow
   // a spread one that follows at once).
   const size_t need = static_cast<size_t>(options_.samples);
-  return static_cast<Arrangement>(e.times[e.next].size() < need ? e.next : 1 - e.next);
+  // First the one not kept before (spread, the first time); then the other.
+  const int first = e.kept_before < 0 ? 0 : 1 - e.kept_before;
+  return static_cast<Arrangement>(e.times[first].size() < need ? first : 1 - first);
 }
 
 void ArrangementChooser::Record(const std::string& key, Arrangement a, double seconds) {
@@ -85,7 +87,6 @@ void ArrangementChooser::Record(const std::string& key, Arrangement a, double se
   if (due || slower) {
     // Measure the other afresh; the kept one's recent times stay.
     e.times[1 - e.kept].clear();
-    e.next = 1 - e.kept;
     e.kept = -1;
     ++e.rechecks;
   }

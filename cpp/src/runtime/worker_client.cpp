@@ -63,8 +63,8 @@ constexpr int kMaxCoalesced = 8;
 class WorkerProcess final : public ForwardTarget {
  public:
   WorkerProcess(worker::Start start, WorkerOptions options, std::string dir)
-      : supervisor_(std::move(start), options, std::move(dir)),
-        options_(std::move(options)),
+      : supervisor_(std::move(start), std::move(options), std::move(dir)),
+        options_(supervisor_.options()),
         who_(supervisor_.who()) {}
 
   ~WorkerProcess() override { Stop(); }
@@ -271,7 +271,7 @@ class WorkerProcess final : public ForwardTarget {
   }
 
   WorkerSupervisor supervisor_;
-  const WorkerOptions options_;
+  const WorkerOptions& options_;  // the supervisor's
   const std::string who_;
   std::mutex mu_;  // guards the pool
   std::vector<WorkerConnection> idle_;

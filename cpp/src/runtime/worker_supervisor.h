@@ -69,6 +69,7 @@ class WorkerSupervisor {
 
   WorkerStatus status() const;
   const std::string& who() const { return who_; }
+  const WorkerOptions& options() const { return options_; }
 
   // Makes the worker leave (SIGKILL when it has not within 5 s), reaps it and removes the
   // sockets' folder. Idempotent.
@@ -87,7 +88,7 @@ class WorkerSupervisor {
   };
 
   const worker::Start start_;
-  WorkerOptions options_;
+  WorkerOptions options_;  // its program resolved
   const std::string dir_;
   const std::string who_;
   mutable std::mutex mu_;

@@ -63,7 +63,6 @@ class ArrangementChooser {
   struct Entry {
     std::vector<double> times[2];  // the latest `samples` of each, oldest first
     int64_t runs[2] = {0, 0};
-    int next = 0;              // while measuring: the one measured first
     int kept = -1;             // -1 while measuring
     int kept_before = -1;      // the last choice, through a recheck
     double kept_median = 0;    // the kept one's median when chosen
