@@ -16,7 +16,9 @@ and 64.
   clients     8 client threads for a few seconds: requests per second and p99 of lepton's
               ensemble, by default and with dynamic batching (max_batch_size 8x the batch),
               against the plain loop in 8 threads at its best thread count (goal: lepton at
-              least 1.3x)
+              least 1.3x), and the most any arrangement could reach on these cores: every core
+              busy with single-thread forwards without a pause and without slowing the others,
+              at whichever batch of 1x to 8x the request's rows runs the fewest seconds per row
 
 The same runs again in a child process confined to one core (taskset), unless --cores is given.
 
@@ -61,6 +63,27 @@ def with_threads(n, fn):
         return fn()
     finally:
         torch.set_num_threads(saved)
+
+
+def most_requests(models, batch, cores):
+    """Requests per second that `cores` could answer if each ran the members' forwards on one
+    thread back to back, with no contention between cores, at the batch (1x, 2x, 4x or 8x the
+    request's rows) that costs the least per row: an upper bound for any arrangement, with or
+    without dynamic batching. Returns (requests per second, rows per forward)."""
+    best = (0.0, batch)
+    for factor in (1, 2, 4, 8):
+        rows = batch * factor
+        x = torch.randn(rows, SIZES[0])
+        calls = max(5, int(0.1 / (rows * 20e-6 + 0.0005)))
+
+        def one(m):
+            with torch.inference_mode():
+                m(x)
+                return min(timed(lambda: m(x), calls) for _ in range(3))  # the fastest: a bound
+
+        seconds = sum(with_threads(1, lambda m=m: one(m)) for m in models)
+        best = max(best, (cores * factor / seconds, rows))
+    return best
 
 
 def bench(reg, models, batch, cores, runs, seconds):
@@ -112,12 +135,15 @@ def bench(reg, models, batch, cores, runs, seconds):
             load["plain"].append(max((clients(lambda: plain(models, x), 8, seconds, torch_threads=n)
                                       for n in thread_counts), key=lambda t: t[0]))
         rps = {k: statistics.median(t[0] for t in v) for k, v in load.items()}
+        bound, bound_rows = most_requests(models, batch, cores)
         tail = {k: statistics.median(t[1] for t in v) for k, v in load.items()}
         share = {k: statistics.median(a[0] / b[0] for a, b in zip(load[k], load["plain"])) for k in ("lepton", "batched")}
         print(f"batch {batch:>2}  8 clients  plain loop at its best {rps['plain']:.0f} req/s p99 {tail['plain'] * 1e3:.2f} ms; "
               f"lepton {rps['lepton']:.0f} req/s p99 {tail['lepton'] * 1e3:.2f} ms ({share['lepton']:.2f}x); "
               f"with max_batch_size {8 * batch} {rps['batched']:.0f} req/s p99 {tail['batched'] * 1e3:.2f} ms "
               f"({share['batched']:.2f}x) (goal >= 1.3)", flush=True)
+        print(f"batch {batch:>2}  8 clients  the most these {cores} core(s) allow: {bound:.0f} req/s "
+              f"({bound / rps['plain']:.2f}x the plain loop's best), forwards of {bound_rows} rows", flush=True)
     finally:
         d.close()
         batched.close()
