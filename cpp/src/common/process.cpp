@@ -105,15 +105,19 @@ CountedRequest::~CountedRequest() { g_requests_in_flight.fetch_sub(1, std::memor
 int CountedRequest::InFlight() { return g_requests_in_flight.load(std::memory_order_relaxed); }
 
 std::string RandomHex(size_t bytes) {
-  std::string raw(bytes, '\0');
-  RandomBytes(reinterpret_cast<unsigned char*>(raw.data()), bytes);
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes * 2);
-  for (unsigned char c : raw) {
-    out += kHex[c >> 4];
-    out += kHex[c & 0xf];
+  static const char kHex[] = "0123456789abcdef";
+  std::string out(bytes * 2, '\0');
+  unsigned char raw[64];
+  for (size_t done = 0; done < bytes;) {
+    const size_t n = std::min(bytes - done, sizeof(raw));
+    RandomBytes(raw, n);
+    for (size_t i = 0; i < n; ++i) {
+      out[2 * (done + i)] = kHex[raw[i] >> 4];
+      out[2 * (done + i) + 1] = kHex[raw[i] & 0xf];
+    }
+    done += n;
   }
+  std::memset(raw, 0, sizeof(raw));
   return out;
 }
 

@@ -43,6 +43,7 @@ void ValidateWeights(const std::vector<double>& weights, const char* what) {
 FixedPolicy::FixedPolicy(std::optional<std::string> version) : version_(std::move(version)) {
   if (version_ && version_->empty())
     throw InvalidArgument("Fixed policy version must not be empty");
+  if (version_) fixed_reason_ = Reason("fixed to " + *version_);
 }
 
 Route FixedPolicy::Select(const RequestContext&, const LiveVersions& live) const {
@@ -50,10 +51,15 @@ Route FixedPolicy::Select(const RequestContext&, const LiveVersions& live) const
   r.policy = name();
   if (version_) {
     r.targets.push_back({*version_, 1.0});
-    r.reason = "fixed to " + *version_;
+    r.reason = fixed_reason_;
   } else {
     r.targets.push_back({live.primary, 1.0});
-    r.reason = "primary version " + live.primary;
+    // The primary changes rarely: each thread keeps the reason it built for the last one.
+    thread_local std::pair<std::string, Reason> last;
+    if (!last.second.present() || last.first != live.primary) {
+      last = {live.primary, Reason("primary version " + live.primary)};
+    }
+    r.reason = last.second;
   }
   return r;
 }

@@ -183,8 +183,7 @@ RunResult Servable::Impl::Forward(const Tensors& inputs, const StringTensors* st
   }
 }
 
-void Servable::Impl::Execute(const std::vector<std::shared_ptr<Ticket>>& batch,
-                             int intra_op_threads) {
+void Servable::Impl::Execute(TicketSpan batch, int intra_op_threads) {
   const auto start = Clock::now();
   int64_t rows = 0;
   // The batch's earliest deadline: a forward that runs elsewhere is given up on at it.

@@ -42,6 +42,24 @@ class Servable::Ticket {
   bool caller_collects = false;
 };
 
+// Tickets borrowed for one run: a batch taken from the queue, or the single ticket its caller
+// runs (without building a vector for it).
+class TicketSpan {
+ public:
+  using Ptr = std::shared_ptr<Servable::Ticket>;
+  TicketSpan(const std::vector<Ptr>& v) : data_(v.data()), size_(v.size()) {}  // NOLINT
+  TicketSpan(const Ptr& one) : data_(&one), size_(1) {}                        // NOLINT
+  const Ptr* begin() const { return data_; }
+  const Ptr* end() const { return data_ + size_; }
+  size_t size() const { return size_; }
+  const Ptr& operator[](size_t i) const { return data_[i]; }
+  const Ptr& front() const { return data_[0]; }
+
+ private:
+  const Ptr* data_;
+  size_t size_;
+};
+
 class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
  public:
   using Key = std::pair<int, uint64_t>;  // (-priority, arrival): best first
@@ -80,7 +98,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
                     std::optional<Clock::time_point> deadline = std::nullopt);
 
   // Runs one batch and fills in each ticket's outputs or error. Never throws.
-  void Execute(const std::vector<std::shared_ptr<Ticket>>& batch, int intra_op_threads = 0);
+  void Execute(TicketSpan batch, int intra_op_threads = 0);
   // Runs queued requests taken together for a target that runs them elsewhere: each is its own
   // forward there, with its own answer or error. Never throws.
   void ExecuteCoalesced(const std::vector<std::shared_ptr<Ticket>>& group);
@@ -110,11 +128,11 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 
   // Marks the tickets done and counts them, under the lock; `coalesced`: they were separate
   // forwards sent together, not one batch.
-  void Finish(const std::vector<std::shared_ptr<Ticket>>& batch, bool coalesced = false);
+  void Finish(TicketSpan batch, bool coalesced = false);
 
   // Wakes the tickets' waiters, after the lock is released: woken under it, each would wake
   // only to sleep again on the mutex.
-  void Wake(const std::vector<std::shared_ptr<Ticket>>& batch);
+  void Wake(TicketSpan batch);
 
   RunResult Take(const std::shared_ptr<Ticket>& t);
 
@@ -134,7 +152,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
     run(t);
     lk.lock();
     --in_flight_;
-    Finish({t});
+    Finish(t);
     MaybeDispatch(lk);
     lk.unlock();
     return Take(t);

@@ -193,7 +193,7 @@ void Servable::Impl::Collect() {
   Wake(batch);
 }
 
-void Servable::Impl::Finish(const std::vector<std::shared_ptr<Ticket>>& batch, bool coalesced) {
+void Servable::Impl::Finish(TicketSpan batch, bool coalesced) {
   batches_ += coalesced ? static_cast<int64_t>(batch.size()) : 1;
   for (const auto& t : batch) {
     batched_rows_ += t->rows;
@@ -208,7 +208,7 @@ void Servable::Impl::Finish(const std::vector<std::shared_ptr<Ticket>>& batch, b
   changed_.notify_all();
 }
 
-void Servable::Impl::Wake(const std::vector<std::shared_ptr<Ticket>>& batch) {
+void Servable::Impl::Wake(TicketSpan batch) {
   for (const auto& t : batch) t->done.notify_all();
 }
 
@@ -231,7 +231,7 @@ RunResult Servable::Impl::Run(const Tensors& inputs, const RunOptions& o) {
     // A free slot and nobody waiting: the caller runs the request itself, inside the arena.
     auto arena = arena_;
     return RunOnCaller(lk, MakeTicket(inputs, o), [&](const std::shared_ptr<Ticket>& t) {
-      arena->execute([&] { Execute({t}); });
+      arena->execute([&] { Execute(t); });
     });
   }
   // Others wait, or the target takes several requests at once: the caller queues its request
@@ -252,7 +252,7 @@ RunResult Servable::Impl::RunHere(const Tensors& inputs, int intra_op_threads,
   RunOptions o;
   o.strings = std::move(strings);
   return RunOnCaller(lk, MakeTicket(inputs, o),
-                     [&](const std::shared_ptr<Ticket>& t) { Execute({t}, intra_op_threads); });
+                     [&](const std::shared_ptr<Ticket>& t) { Execute(t, intra_op_threads); });
 }
 
 std::shared_ptr<Servable::Ticket> Servable::Impl::Submit(const Tensors& inputs,

@@ -48,6 +48,7 @@ class Reason {
     return text_ ? *text_ : kEmpty;
   }
   operator const std::string&() const { return str(); }
+  bool present() const { return text_ != nullptr; }
 
  private:
   std::shared_ptr<const std::string> text_;
@@ -166,6 +167,7 @@ class FixedPolicy final : public Policy, public std::enable_shared_from_this<Fix
 
  private:
   std::optional<std::string> version_;
+  Reason fixed_reason_;  // "fixed to <version>", built once
 };
 
 // Every listed version answers each request; their outputs are combined with the weights.
