@@ -9,10 +9,12 @@
   swap       p99 latency of 8 clients while versions are hot-swapped, against the steady p99
   shadow     one client: the primary's median latency with and without a mirror, and what two
              plain forwards side by side on two cores cost each other on this machine
+  idlecores  two versions sharing the cores, all traffic to one: fair shares that borrow the
+             cores the other leaves idle, against fixed budgets
   many       a deployment over 1,000 versions: load time, threads and memory it adds, and threads
              once each version has answered a request and gone idle again
 
-usage: .venv/bin/python benchmarks/engine_bench.py [--runs 5] [--only ensemble,overhead,batching,swap,shadow,many]
+usage: .venv/bin/python benchmarks/engine_bench.py [--runs 5] [--only ensemble,overhead,batching,swap,shadow,idlecores,many,idle]
 """
 import argparse
 import io
@@ -343,6 +345,40 @@ def bench_shadow(reg, runs):
     d.close()
 
 
+def bench_idle_cores(reg, runs):
+    """Two versions share every core; all traffic goes to one (a rollback kept live, a canary at
+    0%). Its fair share is half the cores; borrowing lets it use the cores the other leaves idle.
+    Against the same deployment with both budgets fixed (version_threads), which never borrow."""
+    sizes = [64, 1024, 1024, 2]
+    for seed in range(2):
+        reg.register("idlecores", torch.jit.script(mlp(sizes, seed)), example_inputs=torch.zeros(64, 64))
+    x = torch.randn(64, 64)
+    share = max(1, CORES // 2)
+    deps = {
+        "shares": lepton.Deployment(reg, "idlecores", ["v1", "v2"], adaptive=False),
+        "fixed": lepton.Deployment(reg, "idlecores", ["v1", "v2"], adaptive=False,
+                                   version_threads={"v1": share, "v2": CORES - share}),
+    }
+    try:
+        rps = {k: [] for k in deps}
+        for d in deps.values():
+            d.predict(x)
+        for _ in range(runs):  # interleaved
+            for k, d in deps.items():
+                latencies, errors = run_clients(lambda: d.predict(x), CORES, 1.0)
+                if errors:
+                    raise errors[0]
+                rps[k].append(len(latencies))
+        borrowed = deps["shares"].status()["versions"][0]["borrowed"]
+        med = {k: statistics.median(v) for k, v in rps.items()}
+        print(f"idle cores  two versions on {CORES} cores, all traffic to one, {CORES} clients, batch 64: "
+              f"{med['shares']:.0f} req/s with shares that borrow idle cores ({borrowed} requests borrowed), "
+              f"{med['fixed']:.0f} req/s with fixed budgets ({med['shares'] / med['fixed']:.2f}x)")
+    finally:
+        for d in deps.values():
+            d.close()
+
+
 def _threads():
     return len(os.listdir("/proc/self/task"))
 
@@ -415,14 +451,14 @@ def bench_idle(reg, runs, models=1000):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", default="ensemble,overhead,batching,swap,shadow,many,idle")
+    ap.add_argument("--only", default="ensemble,overhead,batching,swap,shadow,idlecores,many,idle")
     args = ap.parse_args()
     print(f"lepton {lepton.__version__}, torch {torch.__version__}, {CORES} cores")
     with tempfile.TemporaryDirectory() as tmp:
         reg = lepton.Registry(os.path.join(tmp, "reg"))
         for name in args.only.split(","):
             {"ensemble": bench_ensemble, "overhead": bench_overhead, "batching": bench_batching, "swap": bench_swap,
-             "shadow": bench_shadow, "many": bench_many, "idle": bench_idle}[
+             "shadow": bench_shadow, "idlecores": bench_idle_cores, "many": bench_many, "idle": bench_idle}[
                 name
             ](reg, args.runs)
 

@@ -329,6 +329,51 @@ TEST_F(DeploymentTest, AdaptiveBudgetsFollowDemand) {
   EXPECT_EQ(spin_threads, 3);  // the idle version keeps its minimum of one
 }
 
+TEST_F(DeploymentTest, AVersionBorrowsTheCoresItsSharesLeaveIdleUnlessItsBudgetIsItsOwn) {
+  RegisterOptions r;
+  r.version = "slow";
+  reg_->RegisterBytes("m", testing::Sleeps(), r);
+  for (const bool own_budget : {false, true}) {
+    SCOPED_TRACE(own_budget ? "version_threads" : "shares");
+    DeploymentOptions o = Opts();  // two cores, shared by two versions: one thread each
+    if (own_budget) o.version_threads = {{"slow", 1}, {"v1", 1}};
+    Deployment d(reg_, "m", {"slow", "v1"}, o);
+    auto slow = [&] {
+      for (const auto& v : d.Status().versions) {
+        if (v.version == "slow") return v;
+      }
+      return ServableStats{};
+    };
+    ASSERT_EQ(slow().threads, 1);
+    // Two clients of the one version: while one request sleeps in the version's one slot, the
+    // other finds the second core idle.
+    std::atomic<bool> stop{false};
+    std::atomic<int> wrong{0};
+    std::vector<std::thread> clients;
+    for (int t = 0; t < 2; ++t) {
+      clients.emplace_back([&] {
+        while (!stop) {
+          Prediction p = d.Predict({torch::full({1, 1}, 20.0f)});
+          wrong += p.outputs[0].item<float>() != 20.0f || p.versions[0] != "slow";
+        }
+      });
+    }
+    const auto until = Clock::now() + std::chrono::seconds(own_budget ? 1 : 20);
+    while (slow().borrowed == 0 && Clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    stop = true;
+    for (auto& c : clients) c.join();
+    EXPECT_EQ(wrong.load(), 0);
+    if (own_budget) {
+      EXPECT_EQ(slow().borrowed, 0);
+    } else {
+      EXPECT_GT(slow().borrowed, 0);
+    }
+    EXPECT_EQ(slow().threads, 1);
+  }
+}
+
 TEST_F(DeploymentTest, CloseMakesItUnavailable) {
   Deployment d(reg_, "m", {"v1"}, Opts());
   d.Close();

@@ -121,6 +121,64 @@ TEST(Servable, ManyThreadsThrowingInsideWorkersLoseNothing) {
   EXPECT_EQ(answers.load(), 200);
 }
 
+ServableOptions Sharing(std::shared_ptr<CorePool> cores, bool borrow) {
+  ServableOptions o = Opts(1);
+  o.cores = std::move(cores);
+  o.borrow = borrow;
+  return o;
+}
+
+TEST(Servable, AWaiterRunsTheQueueOnACoreNoVersionUsesWhenTheBudgetIsFull) {
+  auto cores = std::make_shared<CorePool>(2);
+  auto s = Load(testing::Sleeps(), Sharing(cores, true));
+  RunOptions async;
+  async.force_async = true;
+  // The budget's one slot is busy for three seconds; one of the deployment's two cores is idle.
+  auto running = s->Submit({torch::full({1, 1}, 3000.0f)}, async);
+  AwaitRunning(s);
+  EXPECT_EQ(cores->running(), 1);
+  auto queued = s->Submit({torch::full({1, 1}, 0.0f)}, async);
+  // Its waiter runs it at once on its own thread instead of waiting behind the slow one.
+  EXPECT_TRUE(s->Wait(queued).outputs[0].equal(torch::zeros({1, 1})));
+  const ServableStats st = s->stats();
+  EXPECT_EQ(st.borrowed, 1);
+  EXPECT_EQ(st.in_flight, 1);  // the slow one still runs
+  EXPECT_EQ(st.succeeded, 1);
+  s->Wait(running);
+  EXPECT_EQ(cores->running(), 0);
+  EXPECT_EQ(s->stats().in_flight, 0);
+  // The slot is free again: the next request runs within the budget, not on a borrowed core.
+  s->Run({torch::zeros({1, 1})});
+  EXPECT_EQ(s->stats().borrowed, 1);
+}
+
+TEST(Servable, NoCoreIsBorrowedWhenAllAreBusyForAFixedBudgetOrWithADeadline) {
+  struct Case {
+    int cores;
+    bool borrow;
+    bool deadline;
+  };
+  for (const Case c : {Case{1, true, false}, Case{2, false, false}, Case{2, true, true}}) {
+    SCOPED_TRACE(std::to_string(c.cores) + " core(s), borrow " + std::to_string(c.borrow) +
+                 ", deadline " + std::to_string(c.deadline));
+    auto cores = std::make_shared<CorePool>(c.cores);
+    auto s = Load(testing::Sleeps(), Sharing(cores, c.borrow));
+    RunOptions async;
+    async.force_async = true;
+    auto running = s->Submit({torch::full({1, 1}, 200.0f)}, async);
+    AwaitRunning(s);
+    RunOptions later = async;
+    if (c.deadline) later.deadline = Clock::now() + std::chrono::seconds(60);
+    auto queued = s->Submit({torch::zeros({1, 1})}, later);
+    // The waiter waits for the slot: when its answer comes, the slow one has finished first.
+    s->Wait(queued);
+    EXPECT_EQ(s->stats().succeeded, 2);
+    EXPECT_EQ(s->stats().borrowed, 0);
+    s->Wait(running);
+    EXPECT_EQ(cores->running(), 0);
+  }
+}
+
 TEST(Servable, HangingRequestIsCutOffByItsDeadline) {
   auto hang = Load(testing::Sleeps(), Opts(1));
   auto other = Servable::Load("m", "v2", AddN(1), "", std::nullopt, Opts(1));

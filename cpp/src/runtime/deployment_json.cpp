@@ -55,6 +55,7 @@ json StatusJson(const DeploymentStatus& s) {
          {"batches", v.batches},
          {"batched_rows", v.batched_rows},
          {"in_flight", v.in_flight},
+         {"borrowed", v.borrowed},
          {"queued", v.queued},
          {"busy_seconds", v.busy_s},
          {"weight_bytes", v.weight_bytes},

@@ -184,6 +184,16 @@ RunResult Servable::Impl::Forward(const Tensors& inputs, const StringTensors* st
 }
 
 void Servable::Impl::Execute(TicketSpan batch, int intra_op_threads) {
+  // Forwards that run here count against the deployment's cores while they run.
+  struct Running {
+    explicit Running(CorePool* p) : pool(p) {
+      if (pool) pool->Begin();
+    }
+    ~Running() {
+      if (pool) pool->End();
+    }
+    CorePool* pool;
+  } running(target_ ? nullptr : options_.cores.get());
   const auto start = Clock::now();
   int64_t rows = 0;
   // The batch's earliest deadline: a forward that runs elsewhere is given up on at it.

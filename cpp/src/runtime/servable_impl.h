@@ -124,7 +124,9 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
 
   void Stop();
 
-  void Collect();
+  // Takes the head of the queue (a batch, or an exchange for a target) and runs it on this thread;
+  // `borrowed`: beyond the budget, on a core no version uses.
+  void Collect(bool borrowed = false);
 
   // Marks the tickets done and counts them, under the lock; `coalesced`: they were separate
   // forwards sent together, not one batch.
@@ -159,7 +161,14 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   }
 
   // Whether a thread may start on the queue now: no one is taking from it and a slot is free.
-  bool SlotFree() const { return !collecting_ && in_flight_ < threads_; }
+  bool SlotFree() const { return !collecting_ && in_flight_ - lent_ < threads_; }
+
+  // Whether a thread waiting for a queued request may run the head of the queue now although the
+  // budget is full: a core of the deployment's is idle (work-conserving budgets).
+  bool MayBorrow() const {
+    return options_.borrow && options_.cores && !target_ && options_.max_batch_size == 1 &&
+           !collecting_ && !queue_.empty() && options_.cores->Idle();
+  }
 
   // Whether a request run with `o` is run by its own caller, with whatever waits ahead of it,
   // rather than by an executor (no deadline, no batching).
@@ -199,10 +208,12 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   std::map<Key, std::shared_ptr<Ticket>> queue_;
   uint64_t next_seq_ = 0;
   bool collecting_ = false;
-  int in_flight_ = 0;
+  int in_flight_ = 0;  // running now, `lent_` of them beyond the budget (borrowed cores)
+  int lent_ = 0;
   // Cleared by whichever thread ran the batch or the split that showed otherwise.
   std::atomic<bool> rows_independent_{true};
   int64_t requests_ = 0, succeeded_ = 0, failed_ = 0, timed_out_ = 0, rejected_ = 0;
+  int64_t borrowed_ = 0;
   int64_t batches_ = 0, batched_rows_ = 0;
   double busy_s_ = 0;
 };

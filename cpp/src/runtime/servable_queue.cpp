@@ -127,7 +127,7 @@ void Servable::Impl::Stop() {
   work_.notify_all();
 }
 
-void Servable::Impl::Collect() {
+void Servable::Impl::Collect(bool borrowed) {
   // Declared before the lock so that tickets (and the caller's tensors, whose destructor may
   // need Python's GIL) are released only after the mutex is.
   std::vector<std::shared_ptr<Ticket>> batch;
@@ -171,6 +171,10 @@ void Servable::Impl::Collect() {
     }
     for (const auto& t : batch) t->state = Ticket::State::kRunning;
     ++in_flight_;
+    if (borrowed) {
+      ++lent_;
+      borrowed_ += static_cast<int64_t>(batch.size());
+    }
   }
   collecting_ = false;
   MaybeDispatch(lk);
@@ -187,6 +191,7 @@ void Servable::Impl::Collect() {
   }
   lk.lock();
   --in_flight_;
+  if (borrowed) --lent_;
   Finish(batch, coalesced);
   MaybeDispatch(lk);
   lk.unlock();
@@ -269,13 +274,23 @@ std::shared_ptr<Servable::Ticket> Servable::Impl::Submit(const Tensors& inputs,
 RunResult Servable::Impl::WaitLocked(std::unique_lock<std::mutex>& lk,
                                      const std::shared_ptr<Ticket>& t) {
   while (t->state != Ticket::State::kDone) {
-    if (t->caller_collects && t->state == Ticket::State::kQueued && SlotFree() && !stopping_) {
-      collecting_ = true;
-      auto arena = arena_;
-      lk.unlock();
-      arena->execute([this] { Collect(); });
-      lk.lock();
-      continue;
+    if (t->state == Ticket::State::kQueued && !stopping_) {
+      // Its caller runs the head of the queue itself: in a free slot of the budget (a caller
+      // that collects), or on a core that no version of the deployment uses (any waiter).
+      // Never with a deadline: a request run on its waiter's thread could not be given up on.
+      const bool slot = t->caller_collects && SlotFree();
+      if (slot || (!t->deadline && !SlotFree() && MayBorrow())) {
+        collecting_ = true;
+        auto arena = arena_;
+        lk.unlock();
+        if (slot) {
+          arena->execute([this] { Collect(); });
+        } else {
+          Collect(/*borrowed=*/true);  // beyond the arena's slots, which the budget fills
+        }
+        lk.lock();
+        continue;
+      }
     }
     if (!t->deadline) {
       t->done.wait(lk);
@@ -343,6 +358,7 @@ ServableStats Servable::Impl::Stats() const {
   s.batches = batches_;
   s.batched_rows = batched_rows_;
   s.in_flight = in_flight_;
+  s.borrowed = borrowed_;
   s.queued = static_cast<int64_t>(queue_.size());
   s.busy_s = busy_s_;
   s.weight_bytes = weight_bytes_;

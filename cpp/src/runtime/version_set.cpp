@@ -41,6 +41,7 @@ VersionSet::VersionSet(ArtifactSource source, const DeploymentOptions& options,
       on_policy_change_(std::move(on_policy_change)),
       budget_(options.memory_budget),
       pool_(std::make_shared<LoadPool>(options.load_threads, options.servable.idle_thread_s)),
+      cores_(std::make_shared<CorePool>(options.threads)),
       load_seconds_(std::make_shared<Histogram>(LatencyBuckets())) {}
 
 std::shared_ptr<const VersionState> VersionSet::LiveState() const {
@@ -60,6 +61,10 @@ std::shared_ptr<Servable> VersionSet::LoadServable(const ArtifactInfo& a) {
     }
   }
   o.threads = planner_.InitialThreads(a.label, sharing);
+  // A version with a budget of its own (version_threads) keeps to it; the others may run on a
+  // core that no version uses when their share is full.
+  o.cores = cores_;
+  o.borrow = options_.version_threads.count(a.label) == 0;
   auto p = options_.version_priority.find(a.label);
   if (p != options_.version_priority.end()) o.priority = p->second;
   const auto t0 = Clock::now();

@@ -20,6 +20,7 @@ void AddCounters(ServableStats& into, const ServableStats& from) {
   into.failed += from.failed;
   into.timed_out += from.timed_out;
   into.rejected += from.rejected;
+  into.borrowed += from.borrowed;
   into.batches += from.batches;
   into.batched_rows += from.batched_rows;
   into.busy_s += from.busy_s;

@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -34,9 +35,38 @@ inline Clock::duration DeadlineIn(double seconds) {
   return ClampedDuration<Clock::duration>(seconds);
 }
 
+// The cores a deployment's versions share, and how many forwards run on them now. Budgets divide
+// the cores between versions, but a version whose budget is full may run a request on a core
+// that no version uses (see ServableOptions::borrow): budgets keep each version its share under
+// contention without leaving cores idle when the others have nothing to do. Thread-safe.
+class CorePool {
+ public:
+  explicit CorePool(int cores) : cores_(cores) {}
+  CorePool(const CorePool&) = delete;
+  CorePool& operator=(const CorePool&) = delete;
+
+  bool Idle() const {
+    return running_.load(std::memory_order_relaxed) < cores_.load(std::memory_order_relaxed);
+  }
+  void Begin() { running_.fetch_add(1, std::memory_order_relaxed); }
+  void End() { running_.fetch_sub(1, std::memory_order_relaxed); }
+  int running() const { return running_.load(std::memory_order_relaxed); }
+  int cores() const { return cores_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<int> running_{0};
+  std::atomic<int> cores_;
+};
+
 struct ServableOptions {
   // CPU budget: how many requests (or batches) of this version run at once, each on one thread.
   int threads = 1;
+  // The deployment's cores, counted while this version's forwards run here. With `borrow`, a
+  // request waiting for a budget that is full runs at once on its caller's thread when fewer
+  // forwards run than there are cores (without dynamic batching; a request run elsewhere never
+  // borrows).
+  std::shared_ptr<CorePool> cores;
+  bool borrow = false;
   // Intra-op threads inside one forward. 1 by default: parallelism comes from running requests and
   // versions side by side, which does not oversubscribe the cores the way nested pools do.
   int intra_op_threads = 1;
@@ -67,6 +97,7 @@ struct ServableStats {
   int64_t batches = 0;
   int64_t batched_rows = 0;
   int64_t in_flight = 0;  // running now
+  int64_t borrowed = 0;   // requests run beyond the budget, on cores no version used
   int64_t queued = 0;     // waiting now
   double busy_s = 0;      // total compute time
   int64_t weight_bytes = 0;

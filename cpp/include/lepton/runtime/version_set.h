@@ -108,6 +108,8 @@ class VersionSet {
   const std::function<void(const Policy&, const Policy&)> on_policy_change_;
   const std::shared_ptr<MemoryBudget> budget_;
   const std::shared_ptr<LoadPool> pool_;
+  // The deployment's cores, shared by its versions' budgets (ServableOptions::cores).
+  const std::shared_ptr<CorePool> cores_;
   const std::shared_ptr<Histogram> load_seconds_;
   std::shared_ptr<const VersionState> state_;
   std::mutex admin_mu_;
