@@ -460,6 +460,44 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def test_a_version_runs_on_the_cores_its_share_leaves_idle(registry):
+    # Two versions share two cores, one thread each; all traffic goes to the first. Requests
+    # that find its thread busy run at once on the second core (counted as borrowed), and the
+    # answers are its own; with both budgets fixed, it keeps to its one thread.
+    registry.register("m", Spin(), version="spin", example_inputs=torch.zeros(1, 1))
+    registry.register("m", AddN(1), version="v1", example_inputs=torch.zeros(1, 1))
+    x = torch.full((1, 1), 4.0)
+    for fixed in (False, True):
+        kwargs = {"version_threads": {"spin": 1, "v1": 1}} if fixed else {}
+        with lepton.Deployment(registry, "m", ["spin", "v1"], threads=2, adaptive=False, **kwargs) as d:
+            spin = lambda: next(v for v in d.status()["versions"] if v["version"] == "spin")
+            assert spin()["threads"] == 1
+            stop = threading.Event()
+            wrong = []
+
+            def client():
+                while not stop.is_set():
+                    p = d.predict(x)
+                    if p.version != "spin" or not torch.equal(p.output, x):
+                        wrong.append(p)
+
+            clients = [threading.Thread(target=client) for _ in range(2)]
+            for c in clients:
+                c.start()
+            try:
+                if fixed:
+                    wait_for(lambda: spin()["succeeded"] >= 20)
+                else:
+                    wait_for(lambda: spin()["borrowed"] > 0, timeout=20)
+            finally:
+                stop.set()
+                for c in clients:
+                    c.join()
+            assert not wrong
+            if fixed:
+                assert spin()["borrowed"] == 0
+
+
 def test_threads_do_not_grow_with_versions(registry):
     for i in range(60):
         registry.register("many", AddN(1), version=f"v{i}", example_inputs=torch.zeros(1, 3))
