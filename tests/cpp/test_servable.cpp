@@ -49,6 +49,24 @@ TEST(Servable, RunsAndCounts) {
   EXPECT_EQ(st.in_flight, 0);
 }
 
+TEST(Servable, ForwardsWithTensorParametersAndWithDefaultsOrOptionalsAnswerAlike) {
+  // Every parameter a Tensor: called with a stack of the inputs as they are.
+  auto two = Load(testing::ScriptBytes("def forward(self, a, b):\n  return a * b + self.n\n", 1));
+  EXPECT_TRUE(two->Run({torch::full({2, 2}, 2.0f), torch::full({2, 2}, 3.0f)})
+                  .outputs[0]
+                  .equal(torch::full({2, 2}, 7.0f)));
+  // A default the schema fills in, and an optional tensor left out: the schema's own path.
+  auto defaults = Load(testing::ScriptBytes(
+      "def forward(self, x, scale: float = 2.0, bias: Optional[Tensor] = None):\n"
+      "  y = x * scale\n"
+      "  if bias is not None:\n"
+      "    y = y + bias\n"
+      "  return y\n"));
+  EXPECT_TRUE(defaults->Run({torch::ones({1, 3})}).outputs[0].equal(torch::full({1, 3}, 2.0f)));
+  // The wrong count of tensors is refused before the forward, either way.
+  EXPECT_THROW(two->Run({torch::ones({1, 1})}), InvalidArgument);
+}
+
 TEST(Servable, ChecksumIsVerified) {
   const std::string bytes = AddN(1);
   EXPECT_THROW(Servable::Load("m", "v1", bytes, std::string(64, '0'), std::nullopt, Opts()),

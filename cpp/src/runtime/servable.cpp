@@ -85,6 +85,15 @@ void Servable::Impl::LoadModule(std::string_view bytes, std::shared_ptr<void> ow
   module_.eval();
   // Looked up once here, not by name on every request.
   if (auto m = module_.find_method("forward")) forward_.emplace(std::move(*m));
+  if (forward_) {
+    const c10::FunctionSchema& schema = forward_->function().getSchema();
+    const auto& args = schema.arguments();
+    bool plain = !schema.is_vararg() && !args.empty();
+    for (size_t i = 1; i < args.size() && plain; ++i) {  // 0 is self
+      plain = args[i].type()->kind() == c10::TypeKind::TensorType && !args[i].kwarg_only();
+    }
+    plain_tensor_args_ = plain ? static_cast<int>(args.size()) - 1 : -1;
+  }
   ResolveInputNames();
   weight_bytes_ = MeasureTensors();
 }
@@ -168,9 +177,22 @@ RunResult Servable::Impl::Forward(const Tensors& inputs, const StringTensors* st
     ~IntraOpThreads() { omp_set_num_threads(saved); }
   } intra_op(intra_op_threads > 0 ? intra_op_threads : options_.intra_op_threads);
   c10::InferenceMode guard;
-  std::vector<c10::IValue> args = ForwardArguments(inputs, strings);
   try {
     RunResult r;
+    const bool plain =
+        forward_ && !strings && plain_tensor_args_ == static_cast<int>(inputs.size()) &&
+        std::all_of(inputs.begin(), inputs.end(), [](const at::Tensor& t) { return t.defined(); });
+    if (plain) {
+      // Tensors for Tensor parameters: what the schema's check would find; self goes first.
+      torch::jit::Stack stack;
+      stack.reserve(inputs.size() + 1);
+      stack.emplace_back(module_._ivalue());
+      for (const auto& t : inputs) stack.emplace_back(t);
+      forward_->function().run(stack);
+      ToOutputs(stack.front(), Who(), r.outputs, r.strings);
+      return r;
+    }
+    std::vector<c10::IValue> args = ForwardArguments(inputs, strings);
     ToOutputs(forward_ ? (*forward_)(std::move(args)) : module_.forward(std::move(args)), Who(),
               r.outputs, r.strings);
     return r;

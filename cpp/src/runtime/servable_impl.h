@@ -192,6 +192,10 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   InputCheck inputs_;  // what a request must give
   torch::jit::Module module_;
   std::optional<torch::jit::Method> forward_;
+  // How many tensors `forward` takes when every parameter is a plain Tensor (no defaults to fill,
+  // nothing to convert): such a call goes straight to the function with a stack of its inputs,
+  // without the schema's per-call type check. -1 otherwise.
+  int plain_tensor_args_ = -1;
   int64_t weight_bytes_ = 0;
   bool shared_code_ = false, mapped_ = false, pooled_ = false;
   // Set for a version whose forwards run elsewhere (a worker process); the module is then empty.
