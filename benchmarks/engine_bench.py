@@ -51,84 +51,53 @@ def median_of(fn, calls, runs):
     return statistics.median(timed(fn, calls) for _ in range(runs))
 
 
+class _Loop(torch.nn.Module):
+    """Runs a model `n` times inside TorchScript: a loop that holds no GIL while it runs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, n: int):
+        y = self.model(x)
+        for _ in range(n - 1):
+            y = self.model(x)
+        return y
+
+
 def concurrency_ceiling(models, x, seconds=0.3):
     """Forwards per second of one thread per core, each looping over its own model, as a share of
     what the same threads reach one at a time: the parallel efficiency of work with no
-    dependencies and no synchronisation."""
+    dependencies and no synchronisation. Each thread loops inside TorchScript, so that the GIL
+    does not serialise small forwards."""
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
+    loops = [torch.jit.script(_Loop(m)) for m in models]
 
-    def loop(m, out):
+    def run(loop, n, out, i):
+        torch.set_num_threads(1)
         with torch.inference_mode():
-            m(x)
-            n, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                m(x)
-                n += 1
-            out.append(n / (time.perf_counter() - start))
+            start = time.perf_counter()
+            loop(x, n)
+            out[i] = n / (time.perf_counter() - start)
 
     try:
-        alone = []
-        for m in models:
-            t = threading.Thread(target=loop, args=(m, alone))
-            t.start()
-            t.join()
-        together = []
-        threads = [threading.Thread(target=loop, args=(m, together)) for m in models]
+        with torch.inference_mode():
+            for loop in loops:  # the profiling executor optimizes after its first runs
+                for _ in range(3):
+                    loop(x, 2)
+            one = max(timed(lambda: loop(x, 1), 3) for loop in loops)
+        n = max(1, int(seconds / max(one, 1e-6)))
+        alone = [0.0] * len(loops)
+        for i, loop in enumerate(loops):
+            run(loop, n, alone, i)
+        together = [0.0] * len(loops)
+        threads = [threading.Thread(target=run, args=(loop, n, together, i)) for i, loop in enumerate(loops)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         return sum(together) / sum(alone)
-    finally:
-        torch.set_num_threads(saved)
-
-
-class _Loop(torch.nn.Module):
-    """Runs a model `n` times inside TorchScript: a loop that holds no GIL while it runs."""
-
-    def __init__(self, model, n: int):
-        super().__init__()
-        self.model = model
-        self.n = n
-
-    def forward(self, x):
-        y = self.model(x)
-        for _ in range(self.n - 1):
-            y = self.model(x)
-        return y
-
-
-def side_by_side(models, x, n=2000):
-    """Each model's speed, on one thread, while the others run at once on other threads, as a
-    share of its speed alone: what forwards side by side on different cores cost each other
-    (shared caches and memory), with no GIL in the way. The median over the models."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    loops = [torch.jit.script(_Loop(m, n)) for m in models]
-
-    def run(loop, out, i):
-        torch.set_num_threads(1)
-        with torch.inference_mode():
-            start = time.perf_counter()
-            loop(x)
-            out[i] = time.perf_counter() - start
-
-    try:
-        for loop in loops:  # warm up: the profiling executor optimizes after its first runs
-            with torch.inference_mode():
-                for _ in range(3):
-                    loop(x)
-        alone = [0.0] * len(loops)
-        for i, loop in enumerate(loops):
-            run(loop, alone, i)
-        together = [0.0] * len(loops)
-        threads = [threading.Thread(target=run, args=(loop, together, i)) for i, loop in enumerate(loops)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return statistics.median(a / t for a, t in zip(alone, together))
     finally:
         torch.set_num_threads(saved)
 
@@ -337,7 +306,7 @@ def bench_shadow(reg, runs):
     [report] = d.shadow_report()
     # In a loop, the mirror's forward runs on the other core while the next request's forward
     # runs: what two such forwards side by side cost each other here, without lepton.
-    share = statistics.median(side_by_side(models, x) for _ in range(runs))
+    share = statistics.median(concurrency_ceiling(models, x, seconds=0.2) for _ in range(runs))
     print(f"shadow    one client, MLP {sizes} batch 8: primary median {base * 1e3:.3f} ms alone, "
           f"{mirrored * 1e3:.3f} ms with one mirror (+{(mirrored / base - 1) * 100:.1f}%, goal < 5%); "
           f"mirrored {report['compared']}, dropped {report['dropped']}; two plain forwards side by side "

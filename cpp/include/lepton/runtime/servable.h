@@ -45,17 +45,14 @@ class CorePool {
   CorePool(const CorePool&) = delete;
   CorePool& operator=(const CorePool&) = delete;
 
-  bool Idle() const {
-    return running_.load(std::memory_order_relaxed) < cores_.load(std::memory_order_relaxed);
-  }
+  bool Idle() const { return running_.load(std::memory_order_relaxed) < cores_; }
   void Begin() { running_.fetch_add(1, std::memory_order_relaxed); }
   void End() { running_.fetch_sub(1, std::memory_order_relaxed); }
   int running() const { return running_.load(std::memory_order_relaxed); }
-  int cores() const { return cores_.load(std::memory_order_relaxed); }
 
  private:
   std::atomic<int> running_{0};
-  std::atomic<int> cores_;
+  const int cores_;
 };
 
 struct ServableOptions {
