@@ -46,7 +46,12 @@ TEST_F(DeploymentTest, FixedRoutesToThePrimaryAndPinsOverride) {
   EXPECT_EQ(Answer(p), 1);
   EXPECT_EQ(p.versions, std::vector<std::string>{"v1"});
   EXPECT_EQ(p.policy, "fixed");
-  EXPECT_FALSE(p.request_id.empty());
+  EXPECT_EQ(p.request_id.str().size(), 32u);
+  EXPECT_EQ(p.request_id.str(), p.request_id.str());
+  const Prediction q = d.Predict({torch::zeros({1})});
+  const Prediction copy = q;  // copied before its id was read: both have the same one
+  EXPECT_EQ(copy.request_id.str(), q.request_id.str());
+  EXPECT_NE(q.request_id.str(), p.request_id.str());
   EXPECT_GT(p.latency_s, 0);
   PredictOptions pin;
   pin.context.version = "v2";
@@ -56,7 +61,7 @@ TEST_F(DeploymentTest, FixedRoutesToThePrimaryAndPinsOverride) {
   d.SetPolicy(std::make_shared<FixedPolicy>("v2"));
   EXPECT_EQ(Answer(d.Predict({torch::zeros({1})})), 2);
   EXPECT_THROW(d.SetPolicy(std::make_shared<FixedPolicy>("v4")), NotFound);
-  EXPECT_NE(d.Predict({torch::zeros({1})}).request_id, p.request_id);
+  EXPECT_NE(d.Predict({torch::zeros({1})}).request_id.str(), p.request_id.str());
 }
 
 TEST_F(DeploymentTest, VersionsResolveThroughTheRegistry) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <ctime>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -29,13 +30,11 @@ void Histogram::Observe(double value) {
   double sum = sum_.load(std::memory_order_relaxed);
   while (!sum_.compare_exchange_weak(sum, sum + value, std::memory_order_relaxed)) {
   }
-  count_.fetch_add(1, std::memory_order_release);
 }
 
 Histogram::Snapshot Histogram::snapshot() const {
   Snapshot s;
   s.bounds = bounds_;
-  s.count = count_.load(std::memory_order_acquire);
   s.sum = sum_.load(std::memory_order_relaxed);
   s.counts.resize(bounds_.size() + 1);
   uint64_t total = 0;
@@ -43,7 +42,6 @@ Histogram::Snapshot Histogram::snapshot() const {
     s.counts[i] = counts_[i].load(std::memory_order_relaxed);
     total += s.counts[i];
   }
-  // Counts and total are read at slightly different moments; the buckets are the truth.
   s.count = total;
   return s;
 }
@@ -101,17 +99,18 @@ RequestSeries::RequestSeries()
 
 namespace {
 
+// Milliseconds since the epoch from the kernel's coarse clock (a few ms fine, and far cheaper to
+// read per request than the precise one).
 int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
 }  // namespace
 
 void RequestSeries::Succeeded(double queue_s, double compute_s, double total_s, int batch_rows,
                               int64_t rows) {
-  requests_.fetch_add(1, std::memory_order_relaxed);
   succeeded_.fetch_add(1, std::memory_order_relaxed);
   rows_.fetch_add(static_cast<uint64_t>(std::max<int64_t>(rows, 0)), std::memory_order_relaxed);
   last_ms_.store(NowMs(), std::memory_order_relaxed);
@@ -122,7 +121,6 @@ void RequestSeries::Succeeded(double queue_s, double compute_s, double total_s, 
 }
 
 void RequestSeries::Failed(FailureReason reason, double total_s) {
-  requests_.fetch_add(1, std::memory_order_relaxed);
   failures_[static_cast<size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
   total_.Observe(total_s);
   double f = failed_s_.load(std::memory_order_relaxed);
@@ -142,7 +140,7 @@ RequestSeries::Snapshot RequestSeries::snapshot(const SeriesKey& key) const {
   s.key = key;
   s.succeeded = succeeded_.load(std::memory_order_relaxed);
   for (size_t i = 0; i < kFailureReasons; ++i) s.failures[i] = failures_[i].load();
-  s.requests = std::max(requests_.load(std::memory_order_relaxed), s.succeeded + s.failed());
+  s.requests = s.succeeded + s.failed();
   s.queue = queue_.snapshot();
   s.compute = compute_.snapshot();
   s.total = total_.snapshot();
@@ -150,6 +148,41 @@ RequestSeries::Snapshot RequestSeries::snapshot(const SeriesKey& key) const {
   s.rows = rows_.load(std::memory_order_relaxed);
   s.failed_s = failed_s_.load(std::memory_order_relaxed);
   s.last_ms = last_ms_.load(std::memory_order_relaxed);
+  return s;
+}
+
+namespace {
+
+std::atomic<uint64_t> next_metrics_id{1};
+
+// The series this thread used last and its labels: a thread that serves one deployment's route
+// finds it again without building a key or taking the map's lock.
+struct LastSeries {
+  uint64_t owner = 0;  // RequestMetrics::id_
+  std::string model, version, alias, policy;
+  RequestSeries* series = nullptr;
+};
+thread_local LastSeries last_series;
+
+}  // namespace
+
+RequestMetrics::RequestMetrics() : id_(next_metrics_id.fetch_add(1)) {}
+
+RequestSeries& RequestMetrics::Series(std::string_view model, std::string_view version,
+                                      std::string_view alias, std::string_view policy) {
+  LastSeries& last = last_series;
+  if (last.owner == id_ && last.version == version && last.policy == policy &&
+      last.model == model && last.alias == alias) {
+    return *last.series;
+  }
+  RequestSeries& s = Series(
+      SeriesKey{std::string(model), std::string(version), std::string(alias), std::string(policy)});
+  last.owner = id_;
+  last.model.assign(model);
+  last.version.assign(version);
+  last.alias.assign(alias);
+  last.policy.assign(policy);
+  last.series = &s;
   return s;
 }
 

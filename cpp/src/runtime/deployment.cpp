@@ -1,5 +1,6 @@
 #include "lepton/runtime/deployment.h"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -126,23 +127,27 @@ Prediction Deployment::Impl::PredictOn(const std::shared_ptr<const VersionState>
   if (o.timeout_s) deadline = start + DeadlineIn(*o.timeout_s);
   // One series per answering version (an ensemble's members joined by '+'); a pinned version
   // that is not live counts under "" so that requests cannot mint label values.
-  std::string label;
-  for (const auto& t : route.targets) {
-    if (!st->live.Has(t.version)) {
-      label.clear();
-      break;
+  std::string joined;
+  std::string_view label;
+  if (std::all_of(route.targets.begin(), route.targets.end(),
+                  [&](const Target& t) { return st->live.Has(t.version); })) {
+    if (route.targets.size() == 1) {
+      label = route.targets[0].version;
+    } else {
+      for (const auto& t : route.targets) joined += (joined.empty() ? "" : "+") + t.version;
+      label = joined;
     }
-    label += (label.empty() ? "" : "+") + t.version;
   }
-  RequestSeries& series = metrics_.Series({model_, label, alias_.value_or(""), route.policy});
+  RequestSeries& series =
+      metrics_.Series(model_, label, alias_ ? std::string_view(*alias_) : "", route.policy);
   // The versions' loaded servables, held until the answer: a version in use is never evicted.
   // A version that is not loaded loads now, while this request waits until its deadline.
-  std::vector<VersionSlot::Lease> leases;
-  std::vector<std::shared_ptr<Servable>> members;
+  c10::SmallVector<VersionSlot::Lease, 2> leases;
+  Members members;
   try {
     for (const auto& t : route.targets) {
-      leases.push_back(st->Slot(t.version)->Acquire(deadline));
-      members.push_back(leases.back().servable());
+      leases.push_back(st->Slot(t.version)->Acquire(deadline, start));
+      members.push_back(leases.back().servable().get());
     }
   } catch (const Unavailable&) {
     throw;  // a version that left: counted by Predict unless a retry answers it
@@ -173,7 +178,7 @@ Prediction Deployment::Impl::PredictOn(const std::shared_ptr<const VersionState>
     const FailureReason reason = CurrentFailure();
     series.Failed(reason, Seconds(Clock::now() - start));
     if (reason == FailureReason::kModelError || reason == FailureReason::kInternal) {
-      NoteModelError(label);
+      NoteModelError(std::string(label));
     }
     throw;
   }
@@ -198,18 +203,16 @@ void Deployment::Impl::NoteModelError(const std::string& version) {
 }
 
 Prediction Deployment::Impl::Answer(const VersionState& st, const Route& route,
-                                    const std::vector<std::shared_ptr<Servable>>& members,
-                                    const Tensors& inputs, const PredictOptions& o,
-                                    Clock::time_point start) {
+                                    const Members& members, const Tensors& inputs,
+                                    const PredictOptions& o, Clock::time_point start) {
   Prediction p = executor_.Run(st, route, members, inputs, o, start);
   if (!route.mirrors.empty()) shadows_.Mirror(st, route, inputs, o.strings, p);
   return p;
 }
 
 Prediction Deployment::Impl::Routed(const std::shared_ptr<const VersionState>& st,
-                                    const Route& route,
-                                    const std::vector<std::shared_ptr<Servable>>& members,
-                                    bool routed, const Tensors& inputs, const PredictOptions& o,
+                                    const Route& route, const Members& members, bool routed,
+                                    const Tensors& inputs, const PredictOptions& o,
                                     Clock::time_point start) {
   const Policy& policy = *st->policy;
   if (!routed || !policy.observes() || route.combine) {

@@ -65,13 +65,12 @@ class Deployment::Impl {
   // cannot flood the log; the rest are counted in the metrics.
   void NoteModelError(const std::string& version);
 
-  Prediction Answer(const VersionState& st, const Route& route,
-                    const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
-                    const PredictOptions& o, Clock::time_point start);
+  Prediction Answer(const VersionState& st, const Route& route, const Members& members,
+                    const Tensors& inputs, const PredictOptions& o, Clock::time_point start);
 
   Prediction Routed(const std::shared_ptr<const VersionState>& st, const Route& route,
-                    const std::vector<std::shared_ptr<Servable>>& members, bool routed,
-                    const Tensors& inputs, const PredictOptions& o, Clock::time_point start);
+                    const Members& members, bool routed, const Tensors& inputs,
+                    const PredictOptions& o, Clock::time_point start);
 
   // A shared policy's outcomes on a replica that does not lead wait for the next sync.
   void Observe(const Policy& policy, const Outcome& outcome);

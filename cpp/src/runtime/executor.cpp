@@ -29,8 +29,7 @@ int64_t SharedRows(const Tensors& inputs) {
   return inputs[0].size(0);
 }
 
-void CombineMembers(const Route& route, const VersionState& st,
-                    const std::vector<std::shared_ptr<Servable>>& members,
+void CombineMembers(const Route& route, const VersionState& st, const Members& members,
                     std::vector<RunResult>& results, const std::vector<std::exception_ptr>& errors,
                     Prediction& p) {
   std::vector<Tensors> outputs;
@@ -68,10 +67,17 @@ void CombineMembers(const Route& route, const VersionState& st,
   } else {
     p.outputs = CombineOutputs(outputs, weights, route.combine_mode);
   }
-  if (!p.skipped.empty()) p.route += "; skipped after errors: " + JoinNames(p.skipped);
+  if (!p.skipped.empty()) {
+    p.route = p.route.str() + "; skipped after errors: " + JoinNames(p.skipped);
+  }
 }
 
 }  // namespace
+
+const std::string& RequestId::str() const {
+  if (id_.empty()) id_ = RandomHex(16);
+  return id_;
+}
 
 struct Executor::Arena {
   // All slots reserved for callers: each request's caller joins and works; no TBB workers are
@@ -84,8 +90,7 @@ Executor::Executor(int threads) : threads_(threads), arena_(std::make_unique<Are
 
 Executor::~Executor() = default;
 
-Prediction Executor::Run(const VersionState& st, const Route& route,
-                         const std::vector<std::shared_ptr<Servable>>& members,
+Prediction Executor::Run(const VersionState& st, const Route& route, const Members& members,
                          const Tensors& inputs, const PredictOptions& o, Clock::time_point start) {
   RunOptions run;
   if (o.timeout_s) {
@@ -99,7 +104,7 @@ Prediction Executor::Run(const VersionState& st, const Route& route,
   Prediction p;
   p.policy = route.policy;
   p.route = route.reason;
-  p.request_id = RandomHex(16);  // 128 random bits: no client can guess another's id
+  Clock::time_point answered{};
   if (!route.combine) {
     RunResult r = members[0]->Run(inputs, run);
     p.outputs = std::move(r.outputs);
@@ -108,10 +113,12 @@ Prediction Executor::Run(const VersionState& st, const Route& route,
     p.queue_s = r.queue_s;
     p.compute_s = r.compute_s;
     p.batch_rows = r.batch_rows;
+    answered = r.finished;  // its forward's end is its answer's (no clock read again)
   } else {
     RunEnsemble(st, route, members, inputs, run, p);
   }
-  p.latency_s = Seconds(Clock::now() - start);
+  if (answered == Clock::time_point{}) answered = Clock::now();
+  p.latency_s = Seconds(answered - start);
   return p;
 }
 
@@ -130,9 +137,8 @@ bool Executor::SpreadsMembers(const Route& route, const RunOptions& run, size_t 
 // Every forward keeps one intra-op thread: OpenMP teams would spin into the next piece's
 // cores. A member whose outputs turn out not to follow the batch dimension is run again whole,
 // and runs whole from then on.
-void Executor::RunSpread(const std::vector<std::shared_ptr<Servable>>& members,
-                         const Tensors& inputs, std::vector<RunResult>& results,
-                         std::vector<std::exception_ptr>& errors) {
+void Executor::RunSpread(const Members& members, const Tensors& inputs,
+                         std::vector<RunResult>& results, std::vector<std::exception_ptr>& errors) {
   const int64_t cores = threads_;
   const int64_t rows = SharedRows(inputs);
   const size_t whole = members.size() - members.size() % static_cast<size_t>(cores);
@@ -208,8 +214,8 @@ void Executor::RunSpread(const std::vector<std::shared_ptr<Servable>>& members,
 // Runs the members one after another on the calling thread, each forward with an intra-op
 // thread per core: what a plain loop with torch's threads does. Alone on the machine the team's
 // threads have nothing else to keep from the cores.
-void Executor::RunSequence(const std::vector<std::shared_ptr<Servable>>& members,
-                           const Tensors& inputs, std::vector<RunResult>& results,
+void Executor::RunSequence(const Members& members, const Tensors& inputs,
+                           std::vector<RunResult>& results,
                            std::vector<std::exception_ptr>& errors) {
   for (size_t m = 0; m < members.size(); ++m) {
     try {
@@ -220,8 +226,7 @@ void Executor::RunSequence(const std::vector<std::shared_ptr<Servable>>& members
   }
 }
 
-void Executor::RunEnsemble(const VersionState& st, const Route& route,
-                           const std::vector<std::shared_ptr<Servable>>& members,
+void Executor::RunEnsemble(const VersionState& st, const Route& route, const Members& members,
                            const Tensors& inputs, RunOptions run, Prediction& p) {
   struct Counted {
     explicit Counted(std::atomic<int>& n) : n(n), alone(n.fetch_add(1) == 0) {}

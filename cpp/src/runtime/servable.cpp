@@ -172,9 +172,14 @@ RunResult Servable::Impl::Forward(const Tensors& inputs, const StringTensors* st
   // The count is per thread; the caller's own setting comes back when the forward ends.
   (void)at::get_num_threads();
   struct IntraOpThreads {
-    int saved = omp_get_max_threads();
-    explicit IntraOpThreads(int n) { omp_set_num_threads(n); }
-    ~IntraOpThreads() { omp_set_num_threads(saved); }
+    const int saved = omp_get_max_threads();
+    const int n;
+    explicit IntraOpThreads(int threads) : n(threads) {
+      if (n != saved) omp_set_num_threads(n);
+    }
+    ~IntraOpThreads() {
+      if (n != saved) omp_set_num_threads(saved);
+    }
   } intra_op(intra_op_threads > 0 ? intra_op_threads : options_.intra_op_threads);
   c10::InferenceMode guard;
   try {
@@ -184,7 +189,15 @@ RunResult Servable::Impl::Forward(const Tensors& inputs, const StringTensors* st
         std::all_of(inputs.begin(), inputs.end(), [](const at::Tensor& t) { return t.defined(); });
     if (plain) {
       // Tensors for Tensor parameters: what the schema's check would find; self goes first.
-      torch::jit::Stack stack;
+      // The thread's stack keeps its capacity from one forward to the next; a forward nested in
+      // another (which finds it in use) has its own.
+      thread_local torch::jit::Stack reused;
+      torch::jit::Stack nested;
+      torch::jit::Stack& stack = reused.empty() ? reused : nested;
+      struct Emptied {
+        torch::jit::Stack& s;
+        ~Emptied() { s.clear(); }
+      } emptied{stack};
       stack.reserve(inputs.size() + 1);
       stack.emplace_back(module_._ivalue());
       for (const auto& t : inputs) stack.emplace_back(t);
@@ -228,15 +241,15 @@ void Servable::Impl::Execute(TicketSpan batch, int intra_op_threads) {
     if (batch.size() == 1) {
       RunResult& r = batch[0]->result;
       RunResult out =
-          Forward(batch[0]->inputs, batch[0]->strings.get(), intra_op_threads, deadline);
+          Forward(batch[0]->inputs(), batch[0]->strings.get(), intra_op_threads, deadline);
       r.outputs = std::move(out.outputs);
       r.strings = std::move(out.strings);
     } else {
       Tensors joined;
-      for (size_t i = 0; i < batch[0]->inputs.size(); ++i) {
+      for (size_t i = 0; i < batch[0]->inputs().size(); ++i) {
         std::vector<at::Tensor> parts;
         parts.reserve(batch.size());
-        for (const auto& t : batch) parts.push_back(t->inputs[i]);
+        for (const auto& t : batch) parts.push_back(t->inputs()[i]);
         joined.push_back(at::cat(parts, 0));
       }
       Tensors out = Forward(joined, nullptr, intra_op_threads, deadline).outputs;
@@ -252,7 +265,7 @@ void Servable::Impl::Execute(TicketSpan batch, int intra_op_threads) {
       } else {
         // The outputs do not follow the batch dimension: this model cannot be batched.
         rows_independent_ = false;
-        for (const auto& t : batch) t->result = Forward(t->inputs, nullptr, 0, t->deadline);
+        for (const auto& t : batch) t->result = Forward(t->inputs(), nullptr, 0, t->deadline);
       }
     }
   } catch (...) {
@@ -261,9 +274,10 @@ void Servable::Impl::Execute(TicketSpan batch, int intra_op_threads) {
   }
   const auto end = Clock::now();
   for (const auto& t : batch) {
-    t->result.queue_s = Seconds(start - t->enqueued);
+    t->result.queue_s = QueuedFor(*t, start);
     t->result.compute_s = Seconds(end - start);
     t->result.batch_rows = static_cast<int>(rows);
+    t->result.finished = end;
   }
 }
 
@@ -272,14 +286,15 @@ void Servable::Impl::ExecuteCoalesced(const std::vector<std::shared_ptr<Ticket>>
   std::vector<ForwardTarget::Call> calls;
   calls.reserve(group.size());
   for (const auto& t : group) {
-    calls.push_back({&t->inputs, t->strings.get(), t->deadline, &t->result, &t->error});
+    calls.push_back({&t->inputs(), t->strings.get(), t->deadline, &t->result, &t->error});
   }
   target_->ForwardEach(calls);
   const auto end = Clock::now();
   for (const auto& t : group) {
-    t->result.queue_s = Seconds(start - t->enqueued);
+    t->result.queue_s = QueuedFor(*t, start);
     t->result.compute_s = Seconds(end - start);
     t->result.batch_rows = static_cast<int>(t->rows);
+    t->result.finished = end;
   }
 }
 
@@ -385,7 +400,7 @@ std::shared_ptr<Servable::Ticket> Servable::Submit(const Tensors& inputs,
 }
 RunResult Servable::Wait(const std::shared_ptr<Ticket>& ticket) {
   std::unique_lock<std::mutex> lk(impl_->mu_);
-  return impl_->WaitLocked(lk, ticket);
+  return Impl::Queued(impl_->WaitLocked(lk, ticket));
 }
 bool Servable::Drain(double timeout_s) { return impl_->Drain(timeout_s); }
 void Servable::SetThreads(int threads) { impl_->SetThreads(threads); }

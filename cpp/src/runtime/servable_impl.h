@@ -26,12 +26,14 @@ namespace lepton {
 class Servable::Ticket {
  public:
   enum class State { kQueued, kRunning, kDone };
-  Tensors inputs;
+  Tensors own_inputs;                      // a queued request's own copy of its inputs
+  const Tensors* caller_inputs = nullptr;  // or its caller's, for one its caller runs at once
+  const Tensors& inputs() const { return caller_inputs ? *caller_inputs : own_inputs; }
   std::shared_ptr<const StringTensors> strings;  // never batched with others
   int64_t rows = 0;
   int priority = 0;
   std::optional<Clock::time_point> deadline;
-  Clock::time_point enqueued;
+  Clock::time_point enqueued;  // when it joined the queue; unset for one its caller runs at once
   uint64_t seq = 0;
   State state = State::kQueued;
   RunResult result;
@@ -41,6 +43,11 @@ class Servable::Ticket {
   // (see MaybeDispatch).
   bool caller_collects = false;
 };
+
+// How long a ticket waited before its run started at `start`.
+inline double QueuedFor(const Servable::Ticket& t, Clock::time_point start) {
+  return t.enqueued == Clock::time_point{} ? 0.0 : Seconds(start - t.enqueued);
+}
 
 // Tickets borrowed for one run: a batch taken from the queue, or the single ticket its caller
 // runs (without building a vector for it).
@@ -104,6 +111,12 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   void ExecuteCoalesced(const std::vector<std::shared_ptr<Ticket>>& group);
 
   std::shared_ptr<Ticket> MakeTicket(const Tensors& inputs, const RunOptions& o);
+  void FillTicket(Ticket& t, const Tensors& inputs, const RunOptions& o) const;
+  // A ticket that its caller runs at once, never queued, lives on the caller's stack and reads
+  // the caller's inputs: this pointer to it owns nothing and must not outlive the run.
+  static std::shared_ptr<Ticket> Borrowed(Ticket& t) {
+    return std::shared_ptr<Ticket>(std::shared_ptr<Ticket>(), &t);
+  }
 
   void RequireServing() const;
 
@@ -137,6 +150,12 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   void Wake(TicketSpan batch);
 
   RunResult Take(const std::shared_ptr<Ticket>& t);
+  // A queued request's answer reaches its caller when the caller wakes, not when its run ended:
+  // the caller reads the clock itself.
+  static RunResult Queued(RunResult r) {
+    r.finished = {};
+    return r;
+  }
 
   RunResult Run(const Tensors& inputs, const RunOptions& o);
 

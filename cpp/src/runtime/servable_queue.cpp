@@ -24,7 +24,13 @@ bool SameBatchShape(const Tensors& a, const Tensors& b) {
 std::shared_ptr<Servable::Ticket> Servable::Impl::MakeTicket(const Tensors& inputs,
                                                              const RunOptions& o) {
   auto t = std::make_shared<Ticket>();
-  t->inputs = inputs;
+  t->own_inputs = inputs;
+  FillTicket(*t, inputs, o);
+  return t;
+}
+
+void Servable::Impl::FillTicket(Ticket& ticket, const Tensors& inputs, const RunOptions& o) const {
+  Ticket* t = &ticket;
   t->strings = o.strings && !o.strings->empty() ? o.strings : nullptr;
   if (t->strings && t->strings->count(0)) {
     t->rows = t->strings->at(0).shape.at(0);
@@ -33,8 +39,6 @@ std::shared_ptr<Servable::Ticket> Servable::Impl::MakeTicket(const Tensors& inpu
   }
   t->priority = o.priority.value_or(options_.priority);
   t->deadline = o.deadline;
-  t->enqueued = Clock::now();
-  return t;
 }
 
 void Servable::Impl::RequireServing() const {
@@ -61,6 +65,7 @@ void Servable::Impl::Admit(std::unique_lock<std::mutex>& lk, const std::shared_p
     evicted->done.notify_all();
   }
   t->seq = next_seq_++;
+  t->enqueued = Clock::now();
   queue_.emplace(Key{-t->priority, t->seq}, t);
   ++requests_;
   if (QueuedRows() >= options_.max_batch_size) changed_.notify_all();
@@ -154,7 +159,7 @@ void Servable::Impl::Collect(bool borrowed) {
       for (auto it = queue_.begin(); it != queue_.end() && rows < options_.max_batch_size;) {
         const auto& t = it->second;
         if (rows + t->rows <= options_.max_batch_size && !t->strings && !batch[0]->strings &&
-            SameBatchShape(t->inputs, batch[0]->inputs)) {
+            SameBatchShape(t->inputs(), batch[0]->inputs())) {
           rows += t->rows;
           batch.push_back(t);
           it = queue_.erase(it);
@@ -230,12 +235,15 @@ RunResult Servable::Impl::Run(const Tensors& inputs, const RunOptions& o) {
     auto t = MakeTicket(inputs, o);
     Admit(lk, t);
     MaybeDispatch(lk);
-    return WaitLocked(lk, t);
+    return Queued(WaitLocked(lk, t));
   }
   if (!target_ && queue_.empty() && SlotFree()) {
     // A free slot and nobody waiting: the caller runs the request itself, inside the arena.
     auto arena = arena_;
-    return RunOnCaller(lk, MakeTicket(inputs, o), [&](const std::shared_ptr<Ticket>& t) {
+    Ticket ticket;
+    ticket.caller_inputs = &inputs;
+    FillTicket(ticket, inputs, o);
+    return RunOnCaller(lk, Borrowed(ticket), [&](const std::shared_ptr<Ticket>& t) {
       arena->execute([&] { Execute(t); });
     });
   }
@@ -246,7 +254,7 @@ RunResult Servable::Impl::Run(const Tensors& inputs, const RunOptions& o) {
   auto t = MakeTicket(inputs, o);
   t->caller_collects = true;
   Admit(lk, t);
-  return WaitLocked(lk, t);
+  return Queued(WaitLocked(lk, t));
 }
 
 RunResult Servable::Impl::RunHere(const Tensors& inputs, int intra_op_threads,
@@ -256,7 +264,10 @@ RunResult Servable::Impl::RunHere(const Tensors& inputs, int intra_op_threads,
   RequireServing();
   RunOptions o;
   o.strings = std::move(strings);
-  return RunOnCaller(lk, MakeTicket(inputs, o),
+  Ticket ticket;
+  ticket.caller_inputs = &inputs;
+  FillTicket(ticket, inputs, o);
+  return RunOnCaller(lk, Borrowed(ticket),
                      [&](const std::shared_ptr<Ticket>& t) { Execute(t, intra_op_threads); });
 }
 

@@ -149,8 +149,9 @@ double Decayed(double uses, int64_t since_ns, int64_t now_ns, double half_life_s
 }  // namespace
 
 // Under mu_.
-void VersionSlot::Touch() {
-  const int64_t now = NowNs();
+void VersionSlot::Touch(Clock::time_point at) {
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(at.time_since_epoch()).count();
   last_used_.store(now, std::memory_order_relaxed);
   uses_ = Decayed(uses_, uses_at_, now, MemoryBudget::kHalfLifeS) + 1;
   uses_at_ = now;
@@ -183,7 +184,8 @@ void VersionSlot::ThrowFailedLocked() const {
   }
 }
 
-VersionSlot::Lease VersionSlot::Acquire(std::optional<Clock::time_point> deadline) {
+VersionSlot::Lease VersionSlot::Acquire(std::optional<Clock::time_point> deadline,
+                                        Clock::time_point now) {
   std::unique_lock<std::mutex> lk(mu_);
   bool missed = false;
   for (;;) {
@@ -192,7 +194,7 @@ VersionSlot::Lease VersionSlot::Acquire(std::optional<Clock::time_point> deadlin
         ++active_;
         fresh_ = false;
         missed ? ++stats_.misses : ++stats_.hits;
-        Touch();
+        Touch(missed ? Clock::now() : now);
         return Lease(shared_from_this(), servable_, missed);
       }
       case Residency::kDraining:

@@ -250,7 +250,7 @@ Server::Impl::Inferred Server::Impl::InferDecoded(Deployment& deployment, const 
   resp.model = model;
   resp.version = pred.versions.size() == 1 ? pred.versions[0] : JoinVersions(pred.versions);
   // Every response has an id: the request's, else lepton's request id.
-  resp.id = req.id.empty() ? pred.request_id : req.id;
+  resp.id = req.id.empty() ? pred.request_id.str() : req.id;
   resp.parameters = PredictionParameters(pred);
   for (size_t i = 0; i < pred.outputs.size(); ++i) {
     std::string name = i < names.size() ? names[i] : "output_" + std::to_string(i);
@@ -270,8 +270,8 @@ Server::Impl::Inferred Server::Impl::InferDecoded(Deployment& deployment, const 
       throw InvalidArgument("the model has no output named '" + want + "'");
     }
   }
-  done.request_id = std::move(pred.request_id);
-  done.route = std::move(pred.route);
+  done.request_id = pred.request_id.str();
+  done.route = pred.route.str();
   return done;
 }
 

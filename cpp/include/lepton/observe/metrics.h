@@ -12,6 +12,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "lepton/common/errors.h"
@@ -42,7 +43,6 @@ class Histogram {
  private:
   std::vector<double> bounds_;
   std::unique_ptr<std::atomic<uint64_t>[]> counts_;
-  std::atomic<uint64_t> count_{0};
   std::atomic<double> sum_{0};
 };
 
@@ -76,7 +76,7 @@ class RequestSeries {
   Snapshot snapshot(const SeriesKey& key) const;
 
  private:
-  std::atomic<uint64_t> requests_{0}, succeeded_{0}, rows_{0};
+  std::atomic<uint64_t> succeeded_{0}, rows_{0};
   std::atomic<double> failed_s_{0};
   std::atomic<int64_t> last_ms_{0};
   std::array<std::atomic<uint64_t>, kFailureReasons> failures_{};
@@ -106,11 +106,19 @@ struct MetricsSnapshot {
 
 class RequestMetrics {
  public:
+  RequestMetrics();
+  RequestMetrics(const RequestMetrics&) = delete;
+  RequestMetrics& operator=(const RequestMetrics&) = delete;
+
   // The series of a label set, created on first use; the reference stays valid.
   RequestSeries& Series(const SeriesKey& key);
+  // The same by its labels, without copying them when the calling thread's last series had them.
+  RequestSeries& Series(std::string_view model, std::string_view version, std::string_view alias,
+                        std::string_view policy);
   std::vector<RequestSeries::Snapshot> Snapshot() const;
 
  private:
+  const uint64_t id_;  // unique in the process, never reused: tells threads' caches apart
   mutable std::shared_mutex mu_;
   std::map<SeriesKey, std::unique_ptr<RequestSeries>> series_;
 };

@@ -6,6 +6,8 @@
 // batcher, since the cores are busy anyway and splitting only adds work.
 #pragma once
 
+#include <c10/util/SmallVector.h>
+
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -18,6 +20,29 @@
 #include "lepton/runtime/version_set.h"
 
 namespace lepton {
+
+// The loaded servables of a request's targets, in the route's order (one for most requests);
+// the caller's leases keep them loaded while they run.
+using Members = c10::SmallVector<Servable*, 2>;
+
+// A request's id: 128 random bits in hex, so that no client can guess another's. It is drawn
+// when first read (most callers never read it); a copy draws it first, so copies agree.
+class RequestId {
+ public:
+  RequestId() = default;
+  RequestId(const RequestId& o) : id_(o.str()) {}
+  RequestId(RequestId&&) noexcept = default;
+  RequestId& operator=(const RequestId& o) {
+    id_ = o.str();
+    return *this;
+  }
+  RequestId& operator=(RequestId&&) noexcept = default;
+  const std::string& str() const;
+  operator const std::string&() const { return str(); }  // NOLINT
+
+ private:
+  mutable std::string id_;
+};
 
 struct PredictOptions {
   RequestContext context;           // key, pinned version, headers
@@ -36,8 +61,8 @@ struct Prediction {
   std::vector<std::string> versions;  // which versions answered (ensemble: every member used)
   std::vector<std::string> skipped;   // ensemble members left out after an error
   std::string policy;
-  std::string route;  // why these versions
-  std::string request_id;
+  Reason route;  // why these versions (shared with the policy's own text)
+  RequestId request_id;
   double latency_s = 0;
   double queue_s = 0;
   double compute_s = 0;
@@ -55,23 +80,21 @@ class Executor {
 
   // Runs `inputs` on the route's targets, whose loaded servables `members` holds in the same
   // order (leased by the caller); `start` is when the request arrived.
-  Prediction Run(const VersionState& st, const Route& route,
-                 const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
-                 const PredictOptions& options, Clock::time_point start);
+  Prediction Run(const VersionState& st, const Route& route, const Members& members,
+                 const Tensors& inputs, const PredictOptions& options, Clock::time_point start);
 
   // How ensemble requests that ran alone were laid over the cores, per ensemble and batch size.
   std::vector<ArrangementStats> arrangements() const { return chooser_.Stats(); }
 
  private:
-  void RunEnsemble(const VersionState& st, const Route& route,
-                   const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
-                   RunOptions run, Prediction& p);
+  void RunEnsemble(const VersionState& st, const Route& route, const Members& members,
+                   const Tensors& inputs, RunOptions run, Prediction& p);
   bool SpreadsMembers(const Route& route, const RunOptions& run, size_t members,
                       int64_t rows) const;
-  void RunSpread(const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
-                 std::vector<RunResult>& results, std::vector<std::exception_ptr>& errors);
-  void RunSequence(const std::vector<std::shared_ptr<Servable>>& members, const Tensors& inputs,
-                   std::vector<RunResult>& results, std::vector<std::exception_ptr>& errors);
+  void RunSpread(const Members& members, const Tensors& inputs, std::vector<RunResult>& results,
+                 std::vector<std::exception_ptr>& errors);
+  void RunSequence(const Members& members, const Tensors& inputs, std::vector<RunResult>& results,
+                   std::vector<std::exception_ptr>& errors);
 
   struct Arena;
   const int threads_;

@@ -122,7 +122,8 @@ struct RunResult {
   StringTensors strings;  // string outputs; their positions in `outputs` are undefined
   double queue_s = 0;
   double compute_s = 0;
-  int batch_rows = 0;  // rows in the batch this request ran in
+  int batch_rows = 0;            // rows in the batch this request ran in
+  Clock::time_point finished{};  // when its run ended; unset for a result made elsewhere
 };
 
 // What runs a version's forwards elsewhere (its worker process, its remote endpoint) is down,

@@ -124,8 +124,9 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
   // request waiting until `deadline`, then getting Timeout while the load goes on; or, for a
   // version whose last load took at most a quarter of the time left, on this thread. LoadError
   // when the load failed (and, for retry_s after, at once); Overloaded when no room could be made
-  // in time; Unavailable once the slot drains.
-  Lease Acquire(std::optional<Clock::time_point> deadline);
+  // in time; Unavailable once the slot drains. `now`: when the request arrived (its use, unless
+  // it waited for a load).
+  Lease Acquire(std::optional<Clock::time_point> deadline, Clock::time_point now = Clock::now());
   // Loads now on the calling thread unless loaded (waits for a load in progress); throws what
   // the load threw.
   void Load();
@@ -171,7 +172,7 @@ class VersionSlot final : public BudgetItem, public std::enable_shared_from_this
   // The load itself, on whichever thread runs it; waits for room under the budget until
   // load_wait_s has passed or `deadline`, whichever comes first.
   void RunLoad(std::optional<Clock::time_point> deadline = std::nullopt);
-  void Touch();
+  void Touch(Clock::time_point now);
   [[noreturn]] void ThrowFailedLocked() const;
   bool EvictableLocked() const;
 
