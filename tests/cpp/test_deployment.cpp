@@ -53,6 +53,10 @@ TEST_F(DeploymentTest, FixedRoutesToThePrimaryAndPinsOverride) {
   EXPECT_EQ(copy.request_id.str(), q.request_id.str());
   EXPECT_NE(q.request_id.str(), p.request_id.str());
   EXPECT_GT(p.latency_s, 0);
+  // Run at once on the caller's thread: it never queued, and its answer came after its forward.
+  EXPECT_EQ(p.queue_s, 0);
+  EXPECT_GT(p.compute_s, 0);
+  EXPECT_GE(p.latency_s, p.compute_s);
   PredictOptions pin;
   pin.context.version = "v2";
   EXPECT_EQ(Answer(d.Predict({torch::zeros({1})}, pin)), 2);

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -69,6 +70,40 @@ TEST(ProcessMetrics, ResidentMemoryAndThreadsAreMeasured) {
   EXPECT_NE(text.find("# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes "),
             std::string::npos);
   EXPECT_NE(text.find("# TYPE process_threads gauge\nprocess_threads "), std::string::npos);
+}
+
+TEST(RequestMetrics, AThreadFindsItsLastSeriesOnlyInTheMetricsThatHoldIt) {
+  RequestMetrics a, b;
+  RequestSeries& a1 = a.Series("m", "v1", "", "fixed");
+  EXPECT_EQ(&a.Series("m", "v1", "", "fixed"), &a1);
+  EXPECT_EQ(&a.Series({"m", "v1", "", "fixed"}), &a1);
+  RequestSeries& b1 = b.Series("m", "v1", "", "fixed");  // the same labels elsewhere
+  EXPECT_NE(&b1, &a1);
+  EXPECT_EQ(&a.Series("m", "v1", "", "fixed"), &a1);
+  EXPECT_NE(&a.Series("m", "v1", "prod", "fixed"), &a1);
+  EXPECT_NE(&a.Series("m", "v1", "", "weighted"), &a1);
+  EXPECT_NE(&a.Series("m", "v2", "", "fixed"), &a1);
+  EXPECT_EQ(&a.Series("m", "v1", "", "fixed"), &a1);
+  a1.Succeeded(0.001, 0.002, 0.003, 4);
+  b1.Succeeded(0.001, 0.002, 0.003, 4);
+  b1.Failed(FailureReason::kTimeout, 0.5);
+  // Another thread finds the same series.
+  std::thread other([&] { a.Series("m", "v1", "", "fixed").Succeeded(0, 0.001, 0.001, 1); });
+  other.join();
+  std::map<std::string, RequestSeries::Snapshot> by_version;
+  for (const auto& s : a.Snapshot()) by_version[s.key.version + s.key.alias + s.key.policy] = s;
+  ASSERT_EQ(by_version.size(), 4u);
+  EXPECT_EQ(by_version["v1fixed"].requests, 2u);
+  EXPECT_EQ(by_version["v1fixed"].succeeded, 2u);
+  EXPECT_EQ(by_version["v1fixed"].total.count, 2u);
+  EXPECT_NEAR(by_version["v1fixed"].total.sum, 0.004, 1e-12);
+  EXPECT_GT(by_version["v1fixed"].last_ms, 0);
+  EXPECT_EQ(by_version["v2fixed"].requests, 0u);
+  const auto bs = b.Snapshot();
+  ASSERT_EQ(bs.size(), 1u);
+  EXPECT_EQ(bs[0].requests, 2u);
+  EXPECT_EQ(bs[0].succeeded, 1u);
+  EXPECT_EQ(bs[0].total.count, 2u);
 }
 
 TEST(Prometheus, FollowsTheTextFormat) {
