@@ -4,6 +4,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <cmath>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "bindings.h"
@@ -48,6 +49,37 @@ py::list StringValues(const StringTensor& s) {
   return out;
 }
 
+// What Deployment.predict returns: the core's answer, and whether the inputs were numpy arrays
+// (the outputs then are too).
+struct Answer {
+  Prediction p;
+  bool numpy = false;
+};
+
+py::list Outputs(const Answer& a) {
+  py::list outs;
+  for (const auto& t : a.p.outputs) {
+    if (!t.defined()) {
+      outs.append(py::none());
+      continue;
+    }
+    py::object o = py::cast(t);
+    outs.append(a.numpy ? o.attr("numpy")() : o);
+  }
+  for (const auto& [i, s] : a.p.strings) {
+    if (i >= outs.size()) continue;
+    py::list values = StringValues(s);
+    outs[i] = a.numpy ? py::module_::import("numpy").attr("array")(values, py::arg("dtype") = "O")
+                      : py::object(values);
+  }
+  return outs;
+}
+
+py::object VersionOf(const Answer& a) {
+  if (a.p.versions.size() == 1 && a.p.policy != "ensemble") return py::str(a.p.versions[0]);
+  return py::cast(a.p.versions);
+}
+
 }  // namespace
 
 void BindEngine(py::module_& m) {
@@ -58,25 +90,57 @@ void BindEngine(py::module_& m) {
       .def_property_readonly("versions", &EnsemblePolicy::versions)
       .def_property_readonly("weights", &EnsemblePolicy::weights);
 
-  py::class_<Prediction>(m, "Prediction")
-      .def_readonly("outputs", &Prediction::outputs)
-      // String outputs by position ({position: [str or bytes, ...]}); None in `outputs` there.
-      .def_property_readonly("strings",
-                             [](const Prediction& p) {
-                               py::dict out;
-                               for (const auto& [i, s] : p.strings)
-                                 out[py::int_(i)] = StringValues(s);
-                               return out;
-                             })
-      .def_readonly("versions", &Prediction::versions)
-      .def_readonly("skipped", &Prediction::skipped)
-      .def_readonly("policy", &Prediction::policy)
-      .def_property_readonly("route", [](const Prediction& p) { return p.route.str(); })
-      .def_property_readonly("request_id", [](const Prediction& p) { return p.request_id.str(); })
-      .def_readonly("latency", &Prediction::latency_s)
-      .def_readonly("queue_time", &Prediction::queue_s)
-      .def_readonly("compute_time", &Prediction::compute_s)
-      .def_readonly("cold_start", &Prediction::cold_start);
+  py::class_<Answer>(m, "Prediction",
+                     "The answer to one request, and which version gave it and why.")
+      .def_property_readonly("outputs", &Outputs,
+                             "Every output, as tensors (numpy arrays when the inputs were numpy), "
+                             "and as lists of ``str`` for a model that returns ``List[str]`` (a "
+                             "numpy array of objects in numpy mode; an element that is not UTF-8 "
+                             "comes as ``bytes``).")
+      .def_property_readonly(
+          "output",
+          [](const Answer& a) -> py::object {
+            py::list outs = Outputs(a);
+            if (outs.size() == 1) return outs[0];
+            return py::tuple(outs);
+          },
+          "The model's output: one tensor (or array), or a tuple for multi-output models.")
+      .def_property_readonly("version", &VersionOf,
+                             "The version that answered; for an ensemble, the members whose "
+                             "outputs were combined.")
+      .def_property_readonly(
+          "versions", [](const Answer& a) { return a.p.versions; },
+          "Every version whose output is in the answer.")
+      .def_property_readonly(
+          "skipped", [](const Answer& a) { return a.p.skipped; },
+          "Ensemble members left out after an error.")
+      .def_property_readonly(
+          "policy", [](const Answer& a) { return a.p.policy; },
+          "The policy that routed the request.")
+      .def_property_readonly(
+          "route", [](const Answer& a) { return a.p.route.str(); }, "Why these versions answered.")
+      .def_property_readonly(
+          "request_id", [](const Answer& a) { return a.p.request_id.str(); },
+          "The request's id, for feedback.")
+      .def_property_readonly(
+          "cold_start", [](const Answer& a) { return a.p.cold_start; },
+          "Whether the request waited for its version to load (under a memory budget).")
+      .def_property_readonly(
+          "latency", [](const Answer& a) { return a.p.latency_s; }, "Seconds from call to answer.")
+      .def_property_readonly(
+          "queue_time", [](const Answer& a) { return a.p.queue_s; },
+          "Seconds spent waiting in a queue.")
+      .def_property_readonly(
+          "compute_time", [](const Answer& a) { return a.p.compute_s; },
+          "Seconds of model compute.")
+      .def("__repr__", [](const Answer& a) {
+        char ms[32];
+        std::snprintf(ms, sizeof(ms), "%.3f", a.p.latency_s * 1e3);
+        return "Prediction(version=" + py::repr(VersionOf(a)).cast<std::string>() +
+               ", route=" + py::repr(py::str(a.p.route.str())).cast<std::string>() +
+               ", request_id=" + py::repr(py::str(a.p.request_id.str())).cast<std::string>() +
+               ", latency=" + ms + " ms)";
+      });
 
   // Destroying a deployment drains its versions, whose workers may need the GIL to release the
   // caller's tensors: it must not hold the GIL while it waits.
@@ -149,7 +213,8 @@ void BindEngine(py::module_& m) {
              std::optional<std::string> key,
              std::optional<std::map<std::string, std::string>> headers,
              std::optional<double> timeout_s, std::optional<int> priority,
-             std::map<size_t, std::pair<std::vector<int64_t>, std::vector<std::string>>> strings) {
+             std::map<size_t, std::pair<std::vector<int64_t>, std::vector<std::string>>> strings,
+             bool numpy) {
             PredictOptions o;
             if (!strings.empty()) {
               auto text = std::make_shared<StringTensors>();
@@ -166,19 +231,20 @@ void BindEngine(py::module_& m) {
             o.timeout_s = timeout_s;
             o.priority = priority;
             py::gil_scoped_release release;
-            return d.Predict(inputs, o);
+            return Answer{d.Predict(inputs, o), numpy};
           },
           arg("inputs"), arg("version"), arg("key"), arg("headers"), arg("timeout"),
           arg("priority"),
           arg("strings") =
-              std::map<size_t, std::pair<std::vector<int64_t>, std::vector<std::string>>>{})
+              std::map<size_t, std::pair<std::vector<int64_t>, std::vector<std::string>>>{},
+          arg("numpy") = false)
       // One tensor and no options: the common call, without converting six empty arguments.
       .def(
           "predict_tensor",
           [](Deployment& d, const at::Tensor& x) {
             const Tensors inputs{x};
             py::gil_scoped_release release;
-            return d.Predict(inputs, PredictOptions{});
+            return Answer{d.Predict(inputs, PredictOptions{}), false};
           },
           arg("x"))
       .def("add", &Deployment::Add, arg("version"), arg("policy"), Release())

@@ -75,59 +75,11 @@ class Ensemble(_Policy):
 Policy = _Policy
 
 
-class Prediction:
-    """The answer to one request, and which version gave it and why."""
-
-    __slots__ = ("_p", "_numpy")
-
-    def __init__(self, core_prediction: "_core.Prediction", numpy_out: bool):
-        self._p = core_prediction
-        self._numpy = numpy_out
-
-    @property
-    def outputs(self) -> List[Any]:
-        """The outputs: tensors (numpy arrays when the inputs were numpy), and lists of ``str``
-        for a model that returns ``List[str]`` (a numpy array of objects in numpy mode; an element
-        that is not UTF-8 comes as ``bytes``)."""
-        outs = self._p.outputs
-        if not self._numpy:
-            outs = list(outs)
-        else:
-            outs = [None if o is None else o.numpy() for o in outs]
-        strings = self._p.strings
-        if strings:
-            for i, values in strings.items():
-                outs[i] = np.array(values, dtype=object) if self._numpy else values
-        return outs
-
-    @property
-    def output(self) -> Any:
-        """The model's output: one tensor (or array), or a tuple for multi-output models."""
-        outs = self.outputs
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-    @property
-    def version(self) -> Union[str, List[str]]:
-        """The version that answered; for an ensemble, the members whose outputs were combined."""
-        versions = self._p.versions
-        return versions[0] if len(versions) == 1 and self._p.policy != "ensemble" else list(versions)
-
-    versions = property(lambda self: list(self._p.versions))
-    skipped = property(lambda self: list(self._p.skipped), doc="Ensemble members left out after an error.")
-    policy = property(lambda self: self._p.policy, doc="The policy that routed the request.")
-    route = property(lambda self: self._p.route, doc="Why these versions answered.")
-    request_id = property(lambda self: self._p.request_id)
-    cold_start = property(lambda self: bool(self._p.cold_start),
-                          doc="Whether the request waited for its version to load (under a memory budget).")
-    latency = property(lambda self: self._p.latency, doc="Seconds from call to answer.")
-    queue_time = property(lambda self: self._p.queue_time, doc="Seconds spent waiting in a queue.")
-    compute_time = property(lambda self: self._p.compute_time, doc="Seconds of model compute.")
-
-    def __repr__(self) -> str:
-        return (
-            f"Prediction(version={self.version!r}, route={self.route!r}, request_id={self.request_id!r}, "
-            f"latency={self.latency * 1e3:.3f} ms)"
-        )
+# The answer to one request (defined by the extension, where predict makes it): ``output`` and
+# ``outputs`` (numpy arrays when the inputs were numpy), ``version``/``versions``, ``skipped``,
+# ``policy``, ``route``, ``request_id``, ``cold_start``, ``latency``, ``queue_time`` and
+# ``compute_time``.
+Prediction = _core.Prediction
 
 
 def _strings(item: Any) -> Optional[Tuple[List[int], List[Union[str, bytes]]]]:
@@ -410,12 +362,12 @@ class Deployment:
             and timeout is None
             and priority is None
         ):
-            return Prediction(self._core.predict_tensor(x), False)
+            return self._core.predict_tensor(x)
         tensors, numpy_in, strings = _to_inputs(x)
         h = None if headers is None else dict(headers)
         if strings:
-            return Prediction(self._core.predict(tensors, version, key, h, timeout, priority, strings), numpy_in)
-        return Prediction(self._core.predict(tensors, version, key, h, timeout, priority), numpy_in)
+            return self._core.predict(tensors, version, key, h, timeout, priority, strings, numpy_in)
+        return self._core.predict(tensors, version, key, h, timeout, priority, numpy=numpy_in)
 
     def __call__(self, x: Inputs, **kwargs: Any) -> Any:
         """The output alone: ``deployment(x)`` is ``deployment.predict(x).output``."""
