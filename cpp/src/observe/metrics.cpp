@@ -27,6 +27,7 @@ void Histogram::Observe(double value) {
   if (std::isnan(value)) return;
   const size_t i = std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin();
   counts_[i].fetch_add(1, std::memory_order_relaxed);
+  if (value == 0) return;  // the sum stays (a request that never queued, for one)
   double sum = sum_.load(std::memory_order_relaxed);
   while (!sum_.compare_exchange_weak(sum, sum + value, std::memory_order_relaxed)) {
   }

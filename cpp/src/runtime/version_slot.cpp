@@ -194,7 +194,8 @@ VersionSlot::Lease VersionSlot::Acquire(std::optional<Clock::time_point> deadlin
         ++active_;
         fresh_ = false;
         missed ? ++stats_.misses : ++stats_.hits;
-        Touch(missed ? Clock::now() : now);
+        // Its uses order evictions under a memory budget; without one nothing reads them.
+        if (config_.budget) Touch(missed ? Clock::now() : now);
         return Lease(shared_from_this(), servable_, missed);
       }
       case Residency::kDraining:
