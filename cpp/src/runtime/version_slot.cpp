@@ -8,9 +8,9 @@
 namespace lepton {
 namespace {
 
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
-      .count();
+// A time point as nanoseconds of the steady clock, the unit the budget's uses are kept in.
+int64_t Ns(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
 // Adds what `from` counted (requests and their outcomes, batches, busy time) to `into`.
@@ -150,8 +150,7 @@ double Decayed(double uses, int64_t since_ns, int64_t now_ns, double half_life_s
 
 // Under mu_.
 void VersionSlot::Touch(Clock::time_point at) {
-  const int64_t now =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(at.time_since_epoch()).count();
+  const int64_t now = Ns(at);
   last_used_.store(now, std::memory_order_relaxed);
   uses_ = Decayed(uses_, uses_at_, now, MemoryBudget::kHalfLifeS) + 1;
   uses_at_ = now;
@@ -328,7 +327,7 @@ void VersionSlot::RunLoad(std::optional<Clock::time_point> deadline) {
       ++stats_.loads;
       stats_.bytes_loaded += measured;
       stats_.last_load_s = seconds;
-      last_used_.store(NowNs(), std::memory_order_relaxed);
+      last_used_.store(Ns(Clock::now()), std::memory_order_relaxed);
       fresh_ = true;
       loaded_at_ = Clock::now();
     } else {
