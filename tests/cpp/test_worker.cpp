@@ -148,16 +148,18 @@ TEST_F(WorkerTest, TheProcessCountsTheRequestsItIsAnswering) {
   EXPECT_EQ(CountedRequest::InFlight(), 0);
 }
 
-// Under load, requests queued for a worker go to it together in one exchange; each is still its
-// own forward there, with its own answer, its own error and its own deadline, in its own order.
-// Requests without a deadline are taken to the worker by their callers, the others by the
-// servable's executors: both kinds mix in the queue, over one exchange at a time and over two.
+// Under load, each request is its own forward in the worker, with its own answer, its own error
+// and its own deadline. With shared memory, each caller sends its own request through a slot of
+// the worker's ring. Without, requests queued for a worker go to it together in one exchange over
+// a connection: those without a deadline are taken there by their callers, the others by the
+// servable's executors, both kinds mixed in the queue, over one exchange at a time and over two.
 TEST_F(WorkerTest, RequestsThatWaitTogetherTravelTogetherAndEachGetsItsOwnAnswer) {
   testing::RegisterLabelled(*reg_, "m", "v3", testing::FailsOnNegative());
-  for (int threads : {1, 2}) {
-    SCOPED_TRACE("threads " + std::to_string(threads));
+  for (auto [threads, shared] : {std::pair{2, true}, std::pair{1, false}, std::pair{2, false}}) {
+    SCOPED_TRACE("threads " + std::to_string(threads) + (shared ? ", ring" : ", connections"));
     DeploymentOptions o = Opts();
     o.threads = threads;  // exchanges at a time: the others queue behind them
+    o.worker.shared_memory = shared;
     o.placement["v3"] = Placement::kProcess;
     Deployment d(reg_, "m", {"v3"}, o);
     constexpr int kClients = 8, kRequests = 300;
@@ -194,9 +196,10 @@ TEST_F(WorkerTest, RequestsThatWaitTogetherTravelTogetherAndEachGetsItsOwnAnswer
   }
 }
 
-// An exchange goes through the connection's shared mailbox, or over its socket when it is too
+// A request goes through a slot of the worker's ring, or over a connection when it is too large
+// for a slot (64 KiB), through the connection's shared mailbox, or over its socket when it is too
 // large for the mailbox (256 KiB each way) or shared memory is turned off: the same answers
-// either way, for small and large requests mixed in the same exchanges.
+// whichever way, for small and large requests sent at once.
 TEST_F(WorkerTest, ExchangesThroughSharedMemoryOrTheSocketGiveTheSameAnswers) {
   for (bool shared : {true, false}) {
     SCOPED_TRACE(shared ? "shared memory" : "socket only");
@@ -225,6 +228,37 @@ TEST_F(WorkerTest, ExchangesThroughSharedMemoryOrTheSocketGiveTheSameAnswers) {
     EXPECT_EQ(wrong.load(), 0);
     EXPECT_EQ(Stats(d.Status(), "v2").succeeded, 160);
   }
+}
+
+// A small request whose answer is larger than its slot: the answer comes back through the slot
+// in pieces, for several callers at once, and the slots serve the requests after it.
+TEST_F(WorkerTest, AnAnswerLargerThanItsSlotComesBackInPieces) {
+  testing::RegisterLabelled(*reg_, "m", "v4",
+                            ScriptBytes("def forward(self, x):\n"
+                                        "  return x.repeat(100)\n"));
+  DeploymentOptions o = Opts();
+  o.placement["v4"] = Placement::kProcess;
+  Deployment d(reg_, "m", {"v4"}, o);
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&, c] {
+      for (int i = 0; i < 30; ++i) {
+        // 4 KB asked; 400 KB answered (7 pieces), or 40 bytes and 4 KB.
+        const int64_t n = i % 3 == 0 ? 10 : 1000;
+        const torch::Tensor x = torch::arange(n, torch::kFloat) + static_cast<float>(c * 100 + i);
+        try {
+          const Prediction p = d.Predict({x}, Pin("v4"));
+          if (!torch::equal(p.outputs[0], x.repeat(100))) ++wrong;
+        } catch (...) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(Stats(d.Status(), "v4").succeeded, 120);
 }
 
 TEST_F(WorkerTest, LimitsAreAppliedInTheWorkerAndReadBack) {

@@ -281,12 +281,13 @@ void Servable::Impl::Execute(TicketSpan batch, int intra_op_threads) {
   }
 }
 
-void Servable::Impl::ExecuteCoalesced(const std::vector<std::shared_ptr<Ticket>>& group) {
+void Servable::Impl::ExecuteCoalesced(TicketSpan group) {
   const auto start = Clock::now();
   std::vector<ForwardTarget::Call> calls;
   calls.reserve(group.size());
   for (const auto& t : group) {
-    calls.push_back({&t->inputs(), t->strings.get(), t->deadline, &t->result, &t->error});
+    calls.push_back(
+        {&t->inputs(), t->strings.get(), t->deadline, &t->result, &t->error, t->priority});
   }
   target_->ForwardEach(calls);
   const auto end = Clock::now();

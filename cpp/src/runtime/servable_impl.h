@@ -108,7 +108,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   void Execute(TicketSpan batch, int intra_op_threads = 0);
   // Runs queued requests taken together for a target that runs them elsewhere: each is its own
   // forward there, with its own answer or error. Never throws.
-  void ExecuteCoalesced(const std::vector<std::shared_ptr<Ticket>>& group);
+  void ExecuteCoalesced(TicketSpan group);
 
   std::shared_ptr<Ticket> MakeTicket(const Tensors& inputs, const RunOptions& o);
   void FillTicket(Ticket& t, const Tensors& inputs, const RunOptions& o) const;

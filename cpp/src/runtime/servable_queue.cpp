@@ -231,6 +231,14 @@ RunResult Servable::Impl::Run(const Tensors& inputs, const RunOptions& o) {
   if (!o.inputs_checked) CheckInputs(inputs, nullptr, o.strings.get());
   std::unique_lock<std::mutex> lk(mu_);
   RequireServing();
+  if (target_ && target_->direct() && options_.max_batch_size == 1 && !o.force_async) {
+    // The target queues and orders requests itself: the caller sends its own at once.
+    Ticket ticket;
+    ticket.caller_inputs = &inputs;
+    FillTicket(ticket, inputs, o);
+    return RunOnCaller(lk, Borrowed(ticket),
+                       [&](const std::shared_ptr<Ticket>& t) { ExecuteCoalesced(t); });
+  }
   if (!CallerCollects(o)) {
     auto t = MakeTicket(inputs, o);
     Admit(lk, t);

@@ -193,8 +193,8 @@ bool WorkerChannel::posted_on_socket(bool request) const {
   return m.on_socket.load(std::memory_order_acquire) != 0;
 }
 
-bool SendDescriptor(int socket, int fd) {
-  char byte = fd >= 0 ? 'm' : 's';
+bool SendDescriptor(int socket, int fd, char kind) {
+  char byte = fd >= 0 ? kind : kNoDescriptor;
   iovec iov{&byte, 1};
   msghdr m{};
   m.msg_iov = &iov;
@@ -217,7 +217,7 @@ bool SendDescriptor(int socket, int fd) {
   }
 }
 
-std::optional<int> ReceiveDescriptor(int socket) {
+std::optional<int> ReceiveDescriptor(int socket, char* kind) {
   char byte = 0;
   iovec iov{&byte, 1};
   msghdr m{};
@@ -232,6 +232,7 @@ std::optional<int> ReceiveDescriptor(int socket) {
     if (r != 1) return std::nullopt;
     break;
   }
+  if (kind) *kind = byte;
   int fd = -1;
   for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
     if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&

@@ -70,10 +70,17 @@ class WorkerChannel {
   uint32_t seen_response_ = 0;  // the deployment's
 };
 
-// Sends `fd` (or, when it is -1, nothing but the byte) over a Unix socket with one byte of data.
-bool SendDescriptor(int socket, int fd);
+// What a descriptor sent after the worker's hello is: a connection's mailbox, or a ring
+// (worker_ring.h); a connection without either gets kNoDescriptor.
+constexpr char kMailboxDescriptor = 'm';
+constexpr char kRingDescriptor = 'r';
+constexpr char kNoDescriptor = 's';
+
+// Sends `fd` (or, when it is -1, nothing but the byte) over a Unix socket with one byte of data,
+// which says what it is (`kind`).
+bool SendDescriptor(int socket, int fd, char kind);
 // Receives what SendDescriptor sent: the descriptor, or -1 when only the byte came; nullopt when
-// the socket closed.
-std::optional<int> ReceiveDescriptor(int socket);
+// the socket closed. `kind`, when given, receives the byte.
+std::optional<int> ReceiveDescriptor(int socket, char* kind = nullptr);
 
 }  // namespace lepton

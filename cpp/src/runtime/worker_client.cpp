@@ -17,6 +17,7 @@
 #include "lepton/common/process.h"
 #include "lepton/runtime/worker.h"
 #include "worker_channel.h"
+#include "worker_ring.h"
 #include "worker_supervisor.h"
 #include "worker_wire.h"
 
@@ -28,6 +29,14 @@ namespace {
 struct WorkerConnection {
   Fd socket;
   std::unique_ptr<WorkerChannel> channel;
+  uint64_t generation = 0;
+  int pid = 0;
+};
+
+// The shared request slots of one incarnation of a worker, and the socket they were sent over.
+struct RingLink {
+  std::unique_ptr<WorkerRing> ring;
+  Fd socket;
   uint64_t generation = 0;
   int pid = 0;
 };
@@ -83,9 +92,24 @@ class WorkerProcess final : public ForwardTarget {
   }
 
   int max_coalesced() const override { return kMaxCoalesced; }
+  bool direct() const override { return options_.shared_memory; }
 
-  // The calls' requests go out in one write on one connection; the worker answers them in order.
+  // A call alone goes through a slot of the worker's ring. Several calls (or one when no slot is
+  // free, or too large for one) go out in one write on one connection, and the worker answers
+  // them in order.
   void ForwardEach(std::vector<Call>& calls) override {
+    if (calls.size() == 1 && options_.shared_memory) {
+      Call& c = calls[0];
+      try {
+        if (std::shared_ptr<RingLink> link = Ring()) {
+          const int slot = link->ring->Acquire();
+          if (slot >= 0 && ForwardInRing(*link, slot, c, Awake(InFlight::Now() + 1))) return;
+        }
+      } catch (...) {
+        *c.error = std::current_exception();
+        return;
+      }
+    }
     std::vector<worker::Request> requests(calls.size());
     std::vector<Tensors> payloads(calls.size());
     std::vector<size_t> sent;  // the calls asked, in the order asked
@@ -112,12 +136,7 @@ class WorkerProcess final : public ForwardTarget {
     }
     if (sent.empty()) return;
     if (unbounded) deadline.reset();
-    // Waiting awake pays only while a core is free for it: the worker needs one to answer, so
-    // this process's exchanges with workers, and the requests it is answering, two cores each,
-    // must fit.
-    const auto awake = [](int exchanges) {
-      return CoresToSpare(std::max(exchanges, CountedRequest::InFlight()));
-    };
+    const auto awake = Awake;
     if (awake(InFlight::Now() + 1)) {
       for (size_t i : sent) requests[i].set_awake(true);
     }
@@ -205,6 +224,12 @@ class WorkerProcess final : public ForwardTarget {
     }
   }
 
+  // Waiting awake pays only while a core is free for it: the worker needs one to answer, so this
+  // process's exchanges with workers, and the requests it is answering, two cores each, must fit.
+  static bool Awake(int exchanges) {
+    return CoresToSpare(std::max(exchanges, CountedRequest::InFlight()));
+  }
+
   void Describe(ServableStats& stats) const override {
     stats.placement = PlacementName(Placement::kProcess);
     stats.worker = supervisor_.status();
@@ -219,6 +244,7 @@ class WorkerProcess final : public ForwardTarget {
       std::lock_guard<std::mutex> lk(mu_);
       stopped_ = true;
       idle.swap(idle_);
+      ring_.reset();
     }
     supervisor_.Stop();
   }
@@ -237,6 +263,18 @@ class WorkerProcess final : public ForwardTarget {
         stale.push_back(std::move(c));
       }
     }
+    WorkerConnection c{Dial(run), options_.shared_memory ? WorkerChannel::Create() : nullptr,
+                       run.generation, run.pid};
+    if (!SendDescriptor(c.socket.fd, c.channel ? c.channel->fd() : -1, kMailboxDescriptor)) {
+      throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(run.pid) +
+                               ") closed a new connection");
+    }
+    if (c.channel) c.channel->CloseDescriptor();
+    return c;
+  }
+
+  // A new connection to the incarnation `run`, after its hello.
+  Fd Dial(const WorkerSupervisor::Running& run) {
     Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
@@ -252,14 +290,127 @@ class WorkerProcess final : public ForwardTarget {
       throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(run.pid) +
                                ") closed a new connection");
     }
-    WorkerConnection c{std::move(fd), options_.shared_memory ? WorkerChannel::Create() : nullptr,
-                       run.generation, run.pid};
-    if (!SendDescriptor(c.socket.fd, c.channel ? c.channel->fd() : -1)) {
+    return fd;
+  }
+
+  // The running incarnation's ring, set up on first use; nullptr where the system cannot make
+  // one (requests then go over connections).
+  std::shared_ptr<RingLink> Ring() {
+    const WorkerSupervisor::Running run = supervisor_.Current();
+    std::lock_guard<std::mutex> ring_lk(ring_mu_);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (stopped_) throw Unavailable(who_ + ": its worker was stopped");
+      if (ring_ && ring_->generation == run.generation) return ring_;
+    }
+    auto link = std::make_shared<RingLink>();
+    link->ring = WorkerRing::Create();
+    if (!link->ring) return nullptr;
+    link->socket = Dial(run);
+    link->generation = run.generation;
+    link->pid = run.pid;
+    if (!SendDescriptor(link->socket.fd, link->ring->fd(), kRingDescriptor)) {
       throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(run.pid) +
                                ") closed a new connection");
     }
-    if (c.channel) c.channel->CloseDescriptor();
-    return c;
+    link->ring->CloseDescriptor();
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopped_) throw Unavailable(who_ + ": its worker was stopped");
+    ring_ = link;
+    return link;
+  }
+
+  // Sends one request through a slot of the ring and waits for its answer there; false when the
+  // request is too large for a slot (it then goes over a connection).
+  bool ForwardInRing(RingLink& link, int slot, const Call& c, bool awake) {
+    WorkerRing& ring = *link.ring;
+    struct Held {
+      WorkerRing& ring;
+      int slot;
+      bool answered = false;
+      ~Held() {
+        if (answered) {
+          ring.Release(slot);
+        } else {
+          ring.Abandon(slot);
+        }
+      }
+    };
+    worker::Request req;
+    Tensors payload;
+    thread_local std::string scratch;
+    thread_local WireInput in;
+    {
+      TensorsToWire(*c.inputs, c.strings, req.mutable_inputs(), payload);
+      if (c.deadline) {
+        const double left = Seconds(*c.deadline - Clock::now());
+        if (left <= 0) throw Timeout(who_ + ": the deadline passed before the worker was asked");
+        req.set_timeout_s(left);
+      }
+      if (c.priority != 0) req.set_priority(c.priority);
+      if (awake) req.set_awake(true);
+      const FramePieces laid = LayOutFrames({OutFrame{&req, &payload}}, scratch);
+      if (laid.total > WorkerRing::kArea) {
+        ring.Release(slot);
+        return false;
+      }
+      laid.CopyTo(ring.request_area(slot));
+      ring.Post(slot, laid.total, c.priority);
+    }
+    Held held{ring, slot};
+    const InFlight counted;
+    in.begin = in.end = 0;
+    for (;;) {
+      const double spin_s = awake && Awake(counted.count()) ? options_.busy_poll_s : 0;
+      const WireStatus s = ring.WaitAnswer(slot, link.socket.fd, c.deadline, spin_s);
+      if (s == WireStatus::kTimeout) {
+        throw Timeout(who_ + ": the worker did not answer before the deadline");
+      }
+      if (s == WireStatus::kClosed) {
+        DropRing(link);
+        throw BackendUnavailable(who_ + ": its worker (pid " + std::to_string(link.pid) +
+                                 ") went away while running the request" +
+                                 supervisor_.ExitOf(link.generation));
+      }
+      bool more = false;
+      size_t total = 0;
+      const size_t n = ring.answer_bytes(slot, more, total);
+      if (total > kMaxWorkerFrame + (size_t{1} << 31) || in.end + n > total) {
+        throw Error(who_ + ": its worker sent an answer that does not fit");
+      }
+      if (in.bytes.size() < in.end + n) in.bytes.resize(std::max(total, in.end + n));
+      std::memcpy(in.bytes.data() + in.end, ring.answer_area(slot), n);
+      in.end += n;
+      if (!more) break;
+      ring.NextPiece(slot);
+    }
+    held.answered = true;
+    worker::Response resp;
+    RunResult r;
+    try {
+      if (ReadFrame(-1, resp, std::nullopt, in) != WireStatus::kOk ||
+          TensorsFromWire(-1, resp.outputs(), std::nullopt, in, r.outputs, r.strings) !=
+              WireStatus::kOk) {
+        throw Error("it is cut short");
+      }
+    } catch (const std::exception& e) {
+      throw Error(who_ + ": its worker sent an answer that does not fit: " + e.what());
+    }
+    if (resp.error_code() != 0) {
+      *c.error = ErrorOf(resp);
+      return true;
+    }
+    r.queue_s = resp.queue_s();
+    r.compute_s = resp.compute_s();
+    r.batch_rows = resp.batch_rows();
+    *c.result = std::move(r);
+    return true;
+  }
+
+  // A ring whose worker went away is not used again.
+  void DropRing(const RingLink& link) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (ring_.get() == &link) ring_.reset();
   }
 
   // Keeps a connection for the next exchange, while its incarnation runs and the pool has room.
@@ -275,6 +426,8 @@ class WorkerProcess final : public ForwardTarget {
   const std::string who_;
   std::mutex mu_;  // guards the pool
   std::vector<WorkerConnection> idle_;
+  std::shared_ptr<RingLink> ring_;  // the running incarnation's, once used
+  std::mutex ring_mu_;              // one thread sets a ring up at a time
   bool stopped_ = false;
 };
 

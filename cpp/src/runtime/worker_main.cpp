@@ -18,11 +18,14 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "lepton/common/errors.h"
 #include "lepton/common/files.h"
 #include "lepton/runtime/worker.h"
 #include "worker_channel.h"
+#include "worker_ring.h"
+#include "worker_supervisor.h"
 #include "worker_wire.h"
 
 namespace lepton {
@@ -77,13 +80,107 @@ void ApplyLimits(const worker::Start& s, worker::Hello& hello) {
   }
 }
 
-// Requests this worker is running now, over all its connections.
+// Requests this worker is running now, over all its connections and rings.
 std::atomic<int> running{0};
+
+// Runs one request and fills in its answer: the outputs, or the error.
+void Respond(Servable& servable, const worker::Request& req, Tensors& inputs,
+             std::shared_ptr<StringTensors> strings, worker::Response& resp, Tensors& payload) {
+  running.fetch_add(1, std::memory_order_relaxed);
+  struct Done {
+    ~Done() { running.fetch_sub(1, std::memory_order_relaxed); }
+  } done;
+  try {
+    RunOptions o;
+    if (req.timeout_s() > 0) o.deadline = Clock::now() + DeadlineIn(req.timeout_s());
+    if (req.has_priority()) o.priority = req.priority();
+    if (!strings->empty()) o.strings = std::move(strings);
+    RunResult r = servable.Run(inputs, o);
+    TensorsToWire(r.outputs, &r.strings, resp.mutable_outputs(), payload);
+    resp.set_queue_s(r.queue_s);
+    resp.set_compute_s(r.compute_s);
+    resp.set_batch_rows(r.batch_rows);
+  } catch (...) {
+    const CurrentError e = CurrentErrorOf();
+    resp.Clear();
+    payload.clear();
+    resp.set_error_code(static_cast<int>(e.code) + 1);
+    resp.set_error(e.message);
+  }
+  inputs.clear();
+}
+
+// One of the threads that serve a ring (WorkerRing): takes the next posted slot, runs its
+// request and posts the answer in the slot, in pieces when it is larger than the slot, until the
+// deployment lets the ring go or goes away.
+void ServeRing(std::shared_ptr<WorkerRing> ring, std::shared_ptr<Fd> socket,
+               std::shared_ptr<Servable> servable, double busy_poll_s) {
+  WireInput in;
+  worker::Request req;
+  worker::Response resp;
+  Tensors inputs;
+  Tensors payload;
+  std::string scratch;
+  bool awake = false;
+  for (;;) {
+    const double spin_s =
+        awake && CoresToSpare(running.load(std::memory_order_relaxed) + 1) ? busy_poll_s : 0;
+    const int slot = ring->Take(socket->fd, spin_s);
+    if (slot < 0) break;
+    size_t n = 0;
+    const char* bytes = ring->request_bytes(slot, n);
+    if (in.bytes.size() < n) in.bytes.resize(n);
+    std::memcpy(in.bytes.data(), bytes, n);
+    in.begin = 0;
+    in.end = n;
+    resp.Clear();
+    payload.clear();
+    auto strings = std::make_shared<StringTensors>();
+    bool parsed = false;
+    try {
+      parsed = ReadFrame(-1, req, std::nullopt, in) == WireStatus::kOk &&
+               TensorsFromWire(-1, req.inputs(), std::nullopt, in, inputs, *strings) ==
+                   WireStatus::kOk &&
+               in.pending() == 0;
+    } catch (const std::exception&) {
+      parsed = false;
+    }
+    if (parsed) {
+      awake = req.awake();
+      Respond(*servable, req, inputs, std::move(strings), resp, payload);
+    } else {
+      inputs.clear();
+      resp.set_error_code(static_cast<int>(ErrorCode::kInternal) + 1);
+      resp.set_error("the worker received a request that does not parse");
+    }
+    try {
+      const FramePieces laid = LayOutFrames({OutFrame{&resp, &payload}}, scratch);
+      for (size_t at = 0;;) {
+        const size_t piece = std::min(laid.total - at, WorkerRing::kArea);
+        laid.CopyRange(at, piece, ring->answer_area(slot));
+        at += piece;
+        const bool more = at < laid.total;
+        if (!ring->Answer(slot, piece, more, laid.total, socket->fd) || !more) break;
+      }
+    } catch (const std::exception& e) {
+      // An answer over the frame limit: said in its place.
+      resp.Clear();
+      payload.clear();
+      resp.set_error_code(static_cast<int>(ErrorCode::kInternal) + 1);
+      resp.set_error(std::string("the worker cannot send its answer: ") + e.what());
+      const FramePieces laid = LayOutFrames({OutFrame{&resp, &payload}}, scratch);
+      laid.CopyRange(0, laid.total, ring->answer_area(slot));
+      ring->Answer(slot, laid.total, false, laid.total, socket->fd);
+    }
+    payload.clear();
+  }
+}
 
 // Answers one connection's requests, one exchange at a time, until it closes. With a shared
 // mailbox (WorkerChannel), an exchange's requests and answers are copied through it, and only
 // those too large for it go over the socket. Either way the answers to an exchange's requests go
-// back together, after its last request.
+// back together, after its last request. A connection that brings a ring (WorkerRing) instead is
+// served by as many threads as the version's budget, until the ring is let go.
 void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, double busy_poll_s) {
   std::string scratch;
   WireInput in;
@@ -103,10 +200,6 @@ void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, doub
     if (ReadFrame(from, req, std::nullopt, in, spin_s) != WireStatus::kOk) return false;
     awake = req.awake();
     more = req.more();
-    running.fetch_add(1, std::memory_order_relaxed);
-    struct Done {
-      ~Done() { running.fetch_sub(1, std::memory_order_relaxed); }
-    } done;
     worker::Response& resp = answers.emplace_back();
     Tensors& payload = payloads.emplace_back();
     auto strings = std::make_shared<StringTensors>();
@@ -114,24 +207,7 @@ void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, doub
         WireStatus::kOk) {
       return false;
     }
-    try {
-      RunOptions o;
-      if (req.timeout_s() > 0) o.deadline = Clock::now() + DeadlineIn(req.timeout_s());
-      if (req.has_priority()) o.priority = req.priority();
-      if (!strings->empty()) o.strings = std::move(strings);
-      RunResult r = servable->Run(inputs, o);
-      TensorsToWire(r.outputs, &r.strings, resp.mutable_outputs(), payload);
-      resp.set_queue_s(r.queue_s);
-      resp.set_compute_s(r.compute_s);
-      resp.set_batch_rows(r.batch_rows);
-    } catch (...) {
-      const CurrentError e = CurrentErrorOf();
-      resp.Clear();
-      payload.clear();
-      resp.set_error_code(static_cast<int>(e.code) + 1);
-      resp.set_error(e.message);
-    }
-    inputs.clear();
+    Respond(*servable, req, inputs, std::move(strings), resp, payload);
     return true;
   };
   const auto answer_frames = [&] {
@@ -144,10 +220,27 @@ void Serve(int fd, std::shared_ptr<Servable> servable, worker::Hello hello, doub
       ::close(fd);
       return;
     }
-    // The deployment answers the hello with its mailbox's descriptor, or with none.
-    const std::optional<int> shared = ReceiveDescriptor(fd);
+    // The deployment answers the hello with its mailbox's or its ring's descriptor, or with none.
+    char kind = 0;
+    const std::optional<int> shared = ReceiveDescriptor(fd, &kind);
     if (!shared) {
       ::close(fd);
+      return;
+    }
+    if (*shared >= 0 && kind == kRingDescriptor) {
+      std::shared_ptr<WorkerRing> ring = WorkerRing::Attach(*shared);
+      if (!ring) {
+        ::close(fd);
+        return;
+      }
+      auto socket = std::make_shared<Fd>(fd);
+      const int threads = std::max(1, servable->options().threads);
+      std::vector<std::thread> others;
+      for (int i = 1; i < threads; ++i) {
+        others.emplace_back(ServeRing, ring, socket, servable, busy_poll_s);
+      }
+      ServeRing(ring, socket, servable, busy_poll_s);
+      for (auto& t : others) t.join();
       return;
     }
     if (*shared >= 0) {

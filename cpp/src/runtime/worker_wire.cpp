@@ -186,10 +186,21 @@ FramePieces LayOutFrames(const std::vector<OutFrame>& frames, std::string& scrat
   return out;
 }
 
-void FramePieces::CopyTo(char* out) const {
-  for (const auto& [data, n] : pieces) {
-    if (n > 0) std::memcpy(out, data, n);
-    out += n;
+void FramePieces::CopyTo(char* out) const { CopyRange(0, total, out); }
+
+void FramePieces::CopyRange(size_t from, size_t n, char* out) const {
+  size_t at = 0;  // where the current piece starts
+  for (const auto& [data, size] : pieces) {
+    if (n == 0) break;
+    if (from < at + size) {
+      const size_t skip = from > at ? from - at : 0;
+      const size_t take = std::min(size - skip, n);
+      std::memcpy(out, data + skip, take);
+      out += take;
+      from += take;
+      n -= take;
+    }
+    at += size;
   }
 }
 

@@ -54,6 +54,8 @@ struct FramePieces {
   size_t total = 0;
   // Copies the pieces, in order, into `out`, which holds at least `total` bytes.
   void CopyTo(char* out) const;
+  // Copies `n` bytes from offset `from` of the pieces laid end to end into `out`.
+  void CopyRange(size_t from, size_t n, char* out) const;
 };
 FramePieces LayOutFrames(const std::vector<OutFrame>& frames, std::string& scratch);
 // Reads one frame into `message`; kClosed on end of file or a reset (the peer died), kTimeout at

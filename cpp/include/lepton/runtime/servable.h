@@ -151,10 +151,15 @@ class ForwardTarget {
     std::optional<Clock::time_point> deadline;
     RunResult* result = nullptr;
     std::exception_ptr* error = nullptr;
+    int priority = 0;
   };
   // How many queued requests one exchange with the target may carry: under load, requests that
   // wait together travel together, and the hop's cost is paid once for all of them.
   virtual int max_coalesced() const { return 1; }
+  // Whether callers send their requests to the target themselves, on their own threads and any
+  // number at once, rather than through the servable's queue: the target orders them (by
+  // priority, then arrival) and runs them within the version's budget.
+  virtual bool direct() const { return false; }
   // Runs each call's forward there, filling in its result or its error. Never throws. By
   // default, one Forward after another.
   virtual void ForwardEach(std::vector<Call>& calls);
