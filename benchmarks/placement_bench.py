@@ -1,8 +1,8 @@
 """Where a version runs, side by side in one run, medians of several runs: in this process against
-in a worker process of its own (placement="process": each exchange goes through the connection's
-shared-memory mailbox, and by default each side waits for the other's post awake while the process
-has cores to spare; "socket": worker={"shared_memory": False}, the exchange over the connection's
-socket; "sleeping": worker={"busy_poll_us": 0}, each side always sleeps), and against a remote
+in a worker process of its own (placement="process": each request goes through a slot of the
+worker's shared ring, and by default each side waits for the other's post awake while the process
+has cores to spare; "socket": worker={"shared_memory": False}, requests in exchanges over a
+connection's socket; "sleeping": worker={"busy_poll_us": 0}, each side always sleeps), and against a remote
 version (lepton.Remote) served by `lepton serve` in a child process on loopback, over HTTP with
 binary tensor data, for a small MLP (64->256->256->8).
 
