@@ -261,6 +261,50 @@ TEST_F(WorkerTest, AnAnswerLargerThanItsSlotComesBackInPieces) {
   EXPECT_EQ(Stats(d.Status(), "v4").succeeded, 120);
 }
 
+// Callers sending their own requests through the ring take none of the version's slots: the
+// requests its queue holds (a shadow's, here) are served while the callers keep the worker busy.
+TEST_F(WorkerTest, QueuedRequestsAreServedWhileCallersKeepTheRingBusy) {
+  DeploymentOptions o = Opts();
+  o.threads = 1;
+  Deployment d(reg_, "m", {"v1", "v2"}, o);
+  d.SetPolicy(std::make_shared<ShadowPolicy>("v1", std::vector<std::string>{"v2"}));
+  std::atomic<bool> stop{false};
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&] {
+      while (!stop) {
+        try {
+          const Prediction p = d.Predict({torch::ones({4})}, Pin("v2"));
+          if (!torch::equal(p.outputs[0], torch::full({4}, 3.0f))) ++wrong;
+        } catch (...) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (int i = 0; i < 20; ++i) {
+    const Prediction p = d.Predict({torch::zeros({4})});
+    EXPECT_TRUE(torch::equal(p.outputs[0], torch::ones({4})));
+  }
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  int64_t seen = 0;
+  while (std::chrono::steady_clock::now() < until) {
+    const auto s = d.Shadows();
+    seen = s.empty() ? 0 : s[0].compared + s[0].dropped + s[0].failed;
+    if (seen == 20) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  stop = true;
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(seen, 20);
+  EXPECT_EQ(wrong.load(), 0);
+  const auto s = d.Shadows();
+  ASSERT_EQ(s.size(), 1u);
+  EXPECT_GT(s[0].compared, 0);
+  EXPECT_EQ(s[0].failed, 0);
+}
+
 TEST_F(WorkerTest, LimitsAreAppliedInTheWorkerAndReadBack) {
   DeploymentOptions o = Opts();
   o.resources["v2"].memory_bytes = int64_t{6} << 30;

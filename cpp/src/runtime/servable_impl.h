@@ -233,6 +233,7 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
   bool collecting_ = false;
   int in_flight_ = 0;  // running now, `lent_` of them beyond the budget (borrowed cores)
   int lent_ = 0;
+  int direct_ = 0;  // sent by their callers to a target that orders them itself (direct())
   // Cleared by whichever thread ran the batch or the split that showed otherwise.
   std::atomic<bool> rows_independent_{true};
   int64_t requests_ = 0, succeeded_ = 0, failed_ = 0, timed_out_ = 0, rejected_ = 0;

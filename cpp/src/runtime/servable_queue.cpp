@@ -232,12 +232,22 @@ RunResult Servable::Impl::Run(const Tensors& inputs, const RunOptions& o) {
   std::unique_lock<std::mutex> lk(mu_);
   RequireServing();
   if (target_ && target_->direct() && options_.max_batch_size == 1 && !o.force_async) {
-    // The target queues and orders requests itself: the caller sends its own at once.
+    // The target queues and orders requests itself: the caller sends its own at once. It takes
+    // none of the budget's slots, which stay for the requests this queue holds.
     Ticket ticket;
     ticket.caller_inputs = &inputs;
     FillTicket(ticket, inputs, o);
-    return RunOnCaller(lk, Borrowed(ticket),
-                       [&](const std::shared_ptr<Ticket>& t) { ExecuteCoalesced(t); });
+    const std::shared_ptr<Ticket> t = Borrowed(ticket);
+    ++requests_;
+    ++direct_;
+    t->state = Ticket::State::kRunning;
+    lk.unlock();
+    ExecuteCoalesced(t);
+    lk.lock();
+    --direct_;
+    Finish(t);
+    lk.unlock();
+    return Take(t);
   }
   if (!CallerCollects(o)) {
     auto t = MakeTicket(inputs, o);
@@ -337,8 +347,9 @@ bool Servable::Impl::Drain(double timeout_s) {
   if (health_ == Health::kUnloaded) return true;
   health_ = Health::kDraining;
   const auto deadline = Clock::now() + ClampedDuration<Clock::duration>(timeout_s);
-  const bool finished = changed_.wait_until(
-      lk, deadline, [&] { return queue_.empty() && in_flight_ == 0 && !collecting_; });
+  const bool finished = changed_.wait_until(lk, deadline, [&] {
+    return queue_.empty() && in_flight_ == 0 && direct_ == 0 && !collecting_;
+  });
   for (auto& [k, t] : queue_) {
     t->error = std::make_exception_ptr(Unavailable(Who() + " was unloaded before this ran"));
     t->state = Ticket::State::kDone;
@@ -376,7 +387,7 @@ ServableStats Servable::Impl::Stats() const {
   s.rejected = rejected_;
   s.batches = batches_;
   s.batched_rows = batched_rows_;
-  s.in_flight = in_flight_;
+  s.in_flight = in_flight_ + direct_;
   s.borrowed = borrowed_;
   s.queued = static_cast<int64_t>(queue_.size());
   s.busy_s = busy_s_;

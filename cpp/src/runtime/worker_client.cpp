@@ -297,12 +297,15 @@ class WorkerProcess final : public ForwardTarget {
   // one (requests then go over connections).
   std::shared_ptr<RingLink> Ring() {
     const WorkerSupervisor::Running run = supervisor_.Current();
-    std::lock_guard<std::mutex> ring_lk(ring_mu_);
-    {
+    const auto current = [&]() -> std::shared_ptr<RingLink> {
       std::lock_guard<std::mutex> lk(mu_);
       if (stopped_) throw Unavailable(who_ + ": its worker was stopped");
       if (ring_ && ring_->generation == run.generation) return ring_;
-    }
+      return nullptr;
+    };
+    if (auto link = current()) return link;
+    std::lock_guard<std::mutex> ring_lk(ring_mu_);
+    if (auto link = current()) return link;  // another caller set it up meanwhile
     auto link = std::make_shared<RingLink>();
     link->ring = WorkerRing::Create();
     if (!link->ring) return nullptr;
