@@ -327,42 +327,48 @@ class WorkerProcess final : public ForwardTarget {
   // request is too large for a slot (it then goes over a connection).
   bool ForwardInRing(RingLink& link, int slot, const Call& c, bool awake) {
     WorkerRing& ring = *link.ring;
+    // The slot goes back to the ring however this ends: free at once when nothing was posted or
+    // the answer was read, given up on otherwise (the worker may still be writing in it).
     struct Held {
       WorkerRing& ring;
       int slot;
+      bool posted = false;
       bool answered = false;
       ~Held() {
-        if (answered) {
-          ring.Release(slot);
-        } else {
+        if (posted && !answered) {
           ring.Abandon(slot);
+        } else {
+          ring.Release(slot);
         }
       }
-    };
+    } held{ring, slot};
     worker::Request req;
     Tensors payload;
     thread_local std::string scratch;
     thread_local WireInput in;
+    TensorsToWire(*c.inputs, c.strings, req.mutable_inputs(), payload);
+    if (c.deadline) {
+      const double left = Seconds(*c.deadline - Clock::now());
+      if (left <= 0) throw Timeout(who_ + ": the deadline passed before the worker was asked");
+      req.set_timeout_s(left);
+    }
+    if (c.priority != 0) req.set_priority(c.priority);
+    if (awake) req.set_awake(true);
     {
-      TensorsToWire(*c.inputs, c.strings, req.mutable_inputs(), payload);
-      if (c.deadline) {
-        const double left = Seconds(*c.deadline - Clock::now());
-        if (left <= 0) throw Timeout(who_ + ": the deadline passed before the worker was asked");
-        req.set_timeout_s(left);
-      }
-      if (c.priority != 0) req.set_priority(c.priority);
-      if (awake) req.set_awake(true);
       const FramePieces laid = LayOutFrames({OutFrame{&req, &payload}}, scratch);
-      if (laid.total > WorkerRing::kArea) {
-        ring.Release(slot);
-        return false;
-      }
+      if (laid.total > WorkerRing::kArea) return false;
       laid.CopyTo(ring.request_area(slot));
       ring.Post(slot, laid.total, c.priority);
+      held.posted = true;
     }
-    Held held{ring, slot};
     const InFlight counted;
     in.begin = in.end = 0;
+    // A large answer's buffer is not kept for the thread's next request.
+    struct Trim {
+      ~Trim() {
+        if (in.bytes.size() > 4 * WorkerRing::kArea) std::string().swap(in.bytes);
+      }
+    } trim;
     for (;;) {
       const double spin_s = awake && Awake(counted.count()) ? options_.busy_poll_s : 0;
       const WireStatus s = ring.WaitAnswer(slot, link.socket.fd, c.deadline, spin_s);
@@ -378,10 +384,10 @@ class WorkerProcess final : public ForwardTarget {
       bool more = false;
       size_t total = 0;
       const size_t n = ring.answer_bytes(slot, more, total);
-      if (total > kMaxWorkerFrame + (size_t{1} << 31) || in.end + n > total) {
-        throw Error(who_ + ": its worker sent an answer that does not fit");
+      if (in.end + n > total) throw Error(who_ + ": its worker sent an answer that does not fit");
+      if (in.bytes.size() < in.end + n) {
+        in.bytes.resize(std::max(in.end + n, std::min(total, 2 * in.bytes.size())));
       }
-      if (in.bytes.size() < in.end + n) in.bytes.resize(std::max(total, in.end + n));
       std::memcpy(in.bytes.data() + in.end, ring.answer_area(slot), n);
       in.end += n;
       if (!more) break;
