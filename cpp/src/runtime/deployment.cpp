@@ -79,6 +79,7 @@ void Deployment::Impl::Start(const std::vector<std::string>& specs) {
       alias_pushed_ = true;
       Wake();
     });
+    alias_watched_ = alias_watch_ != nullptr;
   }
 }
 

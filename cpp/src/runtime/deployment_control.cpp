@@ -101,7 +101,7 @@ Clock::time_point Deployment::Impl::ControlOnce() {
   const auto now = Clock::now();
   if (follower_ && (now >= next_.poll || alias_pushed_.exchange(false))) {
     FollowAliasOnce();
-    const bool pushed = alias_watch_ && versions_.registry()->AliasesPushed();
+    const bool pushed = alias_watched_ && versions_.registry()->AliasesPushed();
     next_.poll = now + DeadlineIn(pushed ? std::max(options_.alias_poll_s, kPushedPollS)
                                          : options_.alias_poll_s);
   }
@@ -203,6 +203,7 @@ void Deployment::Impl::Rebalance() {
 
 void Deployment::Impl::Close() {
   stopping_ = true;
+  alias_watched_ = false;
   alias_watch_.reset();  // waits for a call in progress; none comes after
   // Waits for a chore in progress; none runs after.
   if (scheduler_) scheduler_->Remove(control_id_);

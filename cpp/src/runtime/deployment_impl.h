@@ -165,6 +165,9 @@ class Deployment::Impl {
   Dormancy dormancy_;  // whether the chores sleep until the next request
   // Alias moves pushed by the registry, and how often the alias is still polled meanwhile.
   std::shared_ptr<void> alias_watch_;
+  // Whether `alias_watch_` is set, for the chores and the status, which run beside Start and
+  // Close.
+  std::atomic<bool> alias_watched_{false};
   std::atomic<bool> alias_pushed_{false};
   static constexpr double kPushedPollS = 5.0;
 

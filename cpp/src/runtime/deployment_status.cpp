@@ -24,7 +24,7 @@ DeploymentStatus Deployment::Impl::Status() const {
   }
   if (follower_) {
     out.alias_follow_failures = follower_->failures();
-    out.alias_pushed = alias_watch_ && versions_.registry()->AliasesPushed();
+    out.alias_pushed = alias_watched_ && versions_.registry()->AliasesPushed();
     out.registry_unreachable = follower_->registry_unreachable();
     out.alias_target_failed = follower_->failed_target();
   }
