@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -62,8 +63,10 @@ class ServerGrpcTest : public ::testing::Test {
     return req;
   }
 
-  // Infers once; the answer of AddN(1) to zeros is 1 everywhere.
-  static grpc::StatusCode Infer(inference::GRPCInferenceService::Stub& stub) {
+  // Infers once; the answer of AddN(1) to zeros is 1 everywhere. `message`, when given, receives
+  // the status's message.
+  static grpc::StatusCode Infer(inference::GRPCInferenceService::Stub& stub,
+                                std::string* message = nullptr) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
     inference::ModelInferResponse resp;
@@ -75,6 +78,7 @@ class ServerGrpcTest : public ::testing::Test {
       std::memcpy(out, resp.raw_output_contents(0).data(), sizeof out);
       for (float v : out) EXPECT_EQ(v, 1.0f);
     }
+    if (message) *message = st.error_message();
     return st.error_code();
   }
 
@@ -136,13 +140,21 @@ TEST_F(ServerGrpcTest, StoppingWithCallsInFlightAnswersOrRefusesEveryCall) {
     std::atomic<int> answered{0};
     std::vector<std::thread> clients;
     std::atomic<bool> started{false};
+    std::mutex mu;
+    std::string refusals;  // what the refused calls said, should none be answered
     for (int c = 0; c < 4; ++c) {
       clients.emplace_back([&] {
         auto stub = Stub(*server);
         for (int i = 0; i < 1000; ++i) {
-          const grpc::StatusCode code = Infer(*stub);
+          std::string message;
+          const grpc::StatusCode code = Infer(*stub, &message);
           started = true;
           if (code != grpc::StatusCode::OK) {
+            {
+              std::lock_guard<std::mutex> lk(mu);
+              refusals +=
+                  "call " + std::to_string(i) + ": " + std::to_string(code) + " " + message + "; ";
+            }
             // After the stop: refused, never an internal failure.
             EXPECT_TRUE(code == grpc::StatusCode::UNAVAILABLE ||
                         code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::NOT_FOUND)
@@ -156,7 +168,7 @@ TEST_F(ServerGrpcTest, StoppingWithCallsInFlightAnswersOrRefusesEveryCall) {
     while (!started) std::this_thread::yield();
     server->Stop();
     for (auto& t : clients) t.join();
-    EXPECT_GT(answered.load(), 0);
+    EXPECT_GT(answered.load(), 0) << "round " << round << ": " << refusals;
   }
 }
 
