@@ -163,16 +163,18 @@ class Servable::Impl : public std::enable_shared_from_this<Servable::Impl> {
                     std::shared_ptr<const StringTensors> strings);
 
   // Runs a ticket on the calling thread, counted like every other request; `run` executes it
-  // with the lock released.
+  // with the lock released. It runs in one of the budget's slots (`in_flight_`), or (`direct_`)
+  // outside them, sent to a target that orders requests itself.
   template <typename RunFn>
-  RunResult RunOnCaller(std::unique_lock<std::mutex>& lk, std::shared_ptr<Ticket> t, RunFn&& run) {
+  RunResult RunOnCaller(std::unique_lock<std::mutex>& lk, std::shared_ptr<Ticket> t, RunFn&& run,
+                        int Impl::*running = &Impl::in_flight_) {
     ++requests_;
-    ++in_flight_;
+    ++(this->*running);
     t->state = Ticket::State::kRunning;
     lk.unlock();
     run(t);
     lk.lock();
-    --in_flight_;
+    --(this->*running);
     Finish(t);
     MaybeDispatch(lk);
     lk.unlock();

@@ -237,17 +237,9 @@ RunResult Servable::Impl::Run(const Tensors& inputs, const RunOptions& o) {
     Ticket ticket;
     ticket.caller_inputs = &inputs;
     FillTicket(ticket, inputs, o);
-    const std::shared_ptr<Ticket> t = Borrowed(ticket);
-    ++requests_;
-    ++direct_;
-    t->state = Ticket::State::kRunning;
-    lk.unlock();
-    ExecuteCoalesced(t);
-    lk.lock();
-    --direct_;
-    Finish(t);
-    lk.unlock();
-    return Take(t);
+    return RunOnCaller(
+        lk, Borrowed(ticket), [&](const std::shared_ptr<Ticket>& t) { ExecuteCoalesced(t); },
+        &Impl::direct_);
   }
   if (!CallerCollects(o)) {
     auto t = MakeTicket(inputs, o);

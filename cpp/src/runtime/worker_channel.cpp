@@ -1,17 +1,16 @@
 #include "worker_channel.h"
 
 #include <linux/futex.h>
-#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <new>
+
+#include "shared_memory.h"
 
 namespace lepton {
 
@@ -35,24 +34,6 @@ struct WorkerChannel::Layout {
 
 namespace {
 
-static_assert(std::atomic<uint32_t>::is_always_lock_free, "futex words must be plain words");
-
-// How often a side that sleeps for its peer looks at the socket for the peer's end. The
-// deployment's side waits for an answer, where a worker's death must reach the caller soon; the
-// worker's side waits for the next request, and the deployment tells it when it leaves.
-constexpr double kAnswerLook_s = 0.01;
-constexpr double kRequestLook_s = 0.5;
-
-long Futex(std::atomic<uint32_t>& word, int op, uint32_t value, const timespec* timeout) {
-  return ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), op, value, timeout, nullptr, 0);
-}
-
-// Whether the peer's end of the socket has closed.
-bool PeerGone(int socket) {
-  pollfd p{socket, POLLRDHUP, 0};
-  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
-}
-
 void Post(Mailbox& m, size_t bytes, int count, bool on_socket) {
   m.bytes.store(static_cast<uint32_t>(bytes), std::memory_order_relaxed);
   m.count.store(static_cast<uint32_t>(count), std::memory_order_relaxed);
@@ -71,24 +52,12 @@ WireStatus Wait(Mailbox& m, uint32_t& seen, std::optional<Clock::time_point> dea
     seen = now;
     return true;
   };
-  if (moved()) return WireStatus::kOk;
-  if (spin_s > 0) {
-    const auto until = Clock::now() + DeadlineIn(spin_s);
-    for (int n = 1;; ++n) {
-      if (moved()) return WireStatus::kOk;
-      if ((n & 63) == 0 && Clock::now() >= until) break;
-    }
-  }
+  if (moved() || Spin(spin_s, moved)) return WireStatus::kOk;
   const auto look = DeadlineIn(look_s);
   for (;;) {
     auto until = Clock::now() + look;
     if (deadline) until = std::min(until, *deadline);
-    const auto left = std::max(Clock::duration::zero(), until - Clock::now());
-    const auto secs = std::chrono::duration_cast<std::chrono::seconds>(left);
-    const timespec ts{
-        static_cast<time_t>(secs.count()),
-        static_cast<long>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(left - secs).count())};
+    const timespec ts = TimespecOf(until - Clock::now());
     m.sleeping.store(1, std::memory_order_seq_cst);
     const bool posted = moved() || (Futex(m.seq, FUTEX_WAIT, seen, &ts), moved());
     m.sleeping.store(0, std::memory_order_relaxed);
@@ -100,32 +69,16 @@ WireStatus Wait(Mailbox& m, uint32_t& seen, std::optional<Clock::time_point> dea
 
 }  // namespace
 
-namespace {
-
-// Maps a channel's memory from `fd`; nullptr when it cannot.
-void* MapLayout(int fd, size_t size) {
-  void* mem = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  return mem == MAP_FAILED ? nullptr : mem;
-}
-
-}  // namespace
-
 std::unique_ptr<WorkerChannel> WorkerChannel::Create() {
-  const int fd = ::memfd_create("lepton-worker-channel", MFD_CLOEXEC);
-  if (fd < 0) return nullptr;
-  void* mem = ::ftruncate(fd, sizeof(Layout)) == 0 ? MapLayout(fd, sizeof(Layout)) : nullptr;
-  if (!mem) {
-    ::close(fd);
-    return nullptr;
-  }
+  int fd = -1;
+  void* mem = CreateShared("lepton-worker-channel", sizeof(Layout), fd);
+  if (!mem) return nullptr;
   // The descriptor stays until it has been sent (CloseDescriptor).
   return std::unique_ptr<WorkerChannel>(new WorkerChannel(fd, new (mem) Layout, /*owner=*/true));
 }
 
 std::unique_ptr<WorkerChannel> WorkerChannel::Attach(int fd) {
-  const bool fits = ::lseek(fd, 0, SEEK_END) == static_cast<off_t>(sizeof(Layout));
-  void* mem = fits ? MapLayout(fd, sizeof(Layout)) : nullptr;
-  ::close(fd);  // a mapping stays without it
+  void* mem = AttachShared(fd, sizeof(Layout));
   if (!mem) return nullptr;
   return std::unique_ptr<WorkerChannel>(
       new WorkerChannel(-1, static_cast<Layout*>(mem), /*owner=*/false));

@@ -83,6 +83,15 @@ void ApplyLimits(const worker::Start& s, worker::Hello& hello) {
 // Requests this worker is running now, over all its connections and rings.
 std::atomic<int> running{0};
 
+// An answer that carries an error in place of outputs (its code is off by one on the wire, so that
+// 0 says "no error").
+void Refuse(worker::Response& resp, Tensors& payload, ErrorCode code, const std::string& message) {
+  resp.Clear();
+  payload.clear();
+  resp.set_error_code(static_cast<int>(code) + 1);
+  resp.set_error(message);
+}
+
 // Runs one request and fills in its answer: the outputs, or the error.
 void Respond(Servable& servable, const worker::Request& req, Tensors& inputs,
              std::shared_ptr<StringTensors> strings, worker::Response& resp, Tensors& payload) {
@@ -102,10 +111,7 @@ void Respond(Servable& servable, const worker::Request& req, Tensors& inputs,
     resp.set_batch_rows(r.batch_rows);
   } catch (...) {
     const CurrentError e = CurrentErrorOf();
-    resp.Clear();
-    payload.clear();
-    resp.set_error_code(static_cast<int>(e.code) + 1);
-    resp.set_error(e.message);
+    Refuse(resp, payload, e.code, e.message);
   }
   inputs.clear();
 }
@@ -150,8 +156,8 @@ void ServeRing(std::shared_ptr<WorkerRing> ring, std::shared_ptr<Fd> socket,
       Respond(*servable, req, inputs, std::move(strings), resp, payload);
     } else {
       inputs.clear();
-      resp.set_error_code(static_cast<int>(ErrorCode::kInternal) + 1);
-      resp.set_error("the worker received a request that does not parse");
+      Refuse(resp, payload, ErrorCode::kInternal,
+             "the worker received a request that does not parse");
     }
     try {
       const FramePieces laid = LayOutFrames({OutFrame{&resp, &payload}}, scratch);
@@ -164,10 +170,8 @@ void ServeRing(std::shared_ptr<WorkerRing> ring, std::shared_ptr<Fd> socket,
       }
     } catch (const std::exception& e) {
       // An answer over the frame limit: said in its place.
-      resp.Clear();
-      payload.clear();
-      resp.set_error_code(static_cast<int>(ErrorCode::kInternal) + 1);
-      resp.set_error(std::string("the worker cannot send its answer: ") + e.what());
+      Refuse(resp, payload, ErrorCode::kInternal,
+             std::string("the worker cannot send its answer: ") + e.what());
       const FramePieces laid = LayOutFrames({OutFrame{&resp, &payload}}, scratch);
       laid.CopyRange(0, laid.total, ring->answer_area(slot));
       ring->Answer(slot, laid.total, false, laid.total, socket->fd);

@@ -1,20 +1,18 @@
 #include "worker_ring.h"
 
 #include <linux/futex.h>
-#include <poll.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <new>
 
+#include "shared_memory.h"
+
 namespace lepton {
 namespace {
-
-static_assert(std::atomic<uint32_t>::is_always_lock_free, "futex words must be plain words");
 
 // A slot's state word: its phase in the low bits, and flags.
 constexpr uint32_t kPhase = 0xf;
@@ -26,40 +24,6 @@ constexpr uint32_t kPiece = 4;           // a piece of the answer is in the area
 constexpr uint32_t kCallerWaits = 0x10;  // the caller sleeps on the word
 constexpr uint32_t kCancelled = 0x20;    // the caller gave up
 constexpr uint32_t kWorkerWaits = 0x40;  // the worker sleeps on the word for a piece to be taken
-
-// How often a side asleep looks at the socket for the other's end: a caller waiting for its
-// answer soon after its worker died, a worker thread waiting for work rarely (the deployment
-// says when it lets the ring go, and a worker whose deployment died is ended by its lifeline).
-constexpr double kAnswerLook_s = 0.01;
-constexpr double kRequestLook_s = 0.5;
-
-long Futex(std::atomic<uint32_t>& word, int op, uint32_t value, const timespec* timeout) {
-  return ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), op, value, timeout, nullptr, 0);
-}
-
-timespec Span(Clock::duration d) {
-  d = std::max(Clock::duration::zero(), d);
-  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(d);
-  return timespec{
-      static_cast<time_t>(secs.count()),
-      static_cast<long>(std::chrono::duration_cast<std::chrono::nanoseconds>(d - secs).count())};
-}
-
-bool PeerGone(int socket) {
-  pollfd p{socket, POLLRDHUP, 0};
-  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
-}
-
-// Looks for `ready` awake for up to `spin_s`.
-template <typename Ready>
-bool Spin(double spin_s, Ready ready) {
-  if (!(spin_s > 0)) return false;
-  const auto until = Clock::now() + DeadlineIn(spin_s);
-  for (int n = 1;; ++n) {
-    if (ready()) return true;
-    if ((n & 63) == 0 && Clock::now() >= until) return false;
-  }
-}
 
 }  // namespace
 
@@ -87,31 +51,15 @@ struct WorkerRing::Layout {
   Areas areas[kSlots];
 };
 
-namespace {
-
-void* MapRing(int fd) {
-  void* mem =
-      ::mmap(nullptr, sizeof(WorkerRing::Layout), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  return mem == MAP_FAILED ? nullptr : mem;
-}
-
-}  // namespace
-
 std::unique_ptr<WorkerRing> WorkerRing::Create() {
-  const int fd = ::memfd_create("lepton-worker-ring", MFD_CLOEXEC);
-  if (fd < 0) return nullptr;
-  void* mem = ::ftruncate(fd, sizeof(Layout)) == 0 ? MapRing(fd) : nullptr;
-  if (!mem) {
-    ::close(fd);
-    return nullptr;
-  }
+  int fd = -1;
+  void* mem = CreateShared("lepton-worker-ring", sizeof(Layout), fd);
+  if (!mem) return nullptr;
   return std::unique_ptr<WorkerRing>(new WorkerRing(fd, new (mem) Layout, /*owner=*/true));
 }
 
 std::unique_ptr<WorkerRing> WorkerRing::Attach(int fd) {
-  const bool fits = ::lseek(fd, 0, SEEK_END) == static_cast<off_t>(sizeof(Layout));
-  void* mem = fits ? MapRing(fd) : nullptr;
-  ::close(fd);
+  void* mem = AttachShared(fd, sizeof(Layout));
   if (!mem) return nullptr;
   return std::unique_ptr<WorkerRing>(
       new WorkerRing(-1, static_cast<Layout*>(mem), /*owner=*/false));
@@ -207,7 +155,7 @@ WireStatus WorkerRing::WaitAnswer(int slot, int socket, std::optional<Clock::tim
     }
     auto until = Clock::now() + look;
     if (deadline) until = std::min(until, *deadline);
-    const timespec ts = Span(until - Clock::now());
+    const timespec ts = TimespecOf(until - Clock::now());
     Futex(state, FUTEX_WAIT, s, &ts);
     if (answered()) return WireStatus::kOk;
     const auto now = Clock::now();
@@ -297,7 +245,7 @@ int WorkerRing::Take(int socket, double spin_s) {
       if (posted) continue;
     }
     l.sleepers.fetch_add(1, std::memory_order_seq_cst);
-    const timespec ts = Span(DeadlineIn(kRequestLook_s));
+    const timespec ts = TimespecOf(DeadlineIn(kRequestLook_s));
     const long r = Futex(l.posted, FUTEX_WAIT, seen, &ts);
     l.sleepers.fetch_sub(1, std::memory_order_seq_cst);
     if (r != 0 && errno == ETIMEDOUT && PeerGone(socket)) return -1;
@@ -338,7 +286,7 @@ bool WorkerRing::Answer(int slot, size_t bytes, bool more, size_t total, int soc
       if (!state.compare_exchange_weak(s, s | kWorkerWaits, std::memory_order_acq_rel)) continue;
       s |= kWorkerWaits;
     }
-    const timespec ts = Span(DeadlineIn(kAnswerLook_s));
+    const timespec ts = TimespecOf(DeadlineIn(kAnswerLook_s));
     const long r = Futex(state, FUTEX_WAIT, s, &ts);
     if (r != 0 && errno == ETIMEDOUT && PeerGone(socket)) return false;
   }
